@@ -1,0 +1,207 @@
+"""Read a study directory (results/history parquet, spec, Optuna DB, MLflow runs).
+
+Every loader names the file it failed on: a report built on a silently empty
+table is worse than no report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+STATUSES = ("completed", "pruned", "failed", "diverged")
+
+
+class InsufficientDataError(ValueError):
+    """Too few usable trials for a fit; the message says how many and why."""
+
+
+def _file(study_dir: str | Path, name: str) -> Path:
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise FileNotFoundError(f"study directory {str(study_dir)!r} does not exist")
+    path = study_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} not found in study directory {str(study_dir)!r} (looked for {path})")
+    return path
+
+
+def _read_parquet(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a truncated/foreign file
+        raise ValueError(f"cannot read {path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path} lacks required column(s) {missing}; it has {sorted(df.columns)}")
+    return df
+
+
+def searched_list(value: Any) -> list[str]:
+    """The `searched` cell (a JSON list of names) as a list; empty for missing."""
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    try:
+        out = json.loads(value)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ValueError(f"column 'searched' holds {value!r}, expected a JSON list of parameter names") from e
+    if not isinstance(out, list):
+        raise ValueError(f"column 'searched' holds {value!r}, expected a JSON list of parameter names")
+    return [str(v) for v in out]
+
+
+def searched_params(df: pd.DataFrame) -> list[str]:
+    """Union of the searched parameter names over the rows, in first-seen order."""
+    names: dict[str, None] = {}
+    for v in df["searched"] if "searched" in df.columns else ():
+        for n in searched_list(v):
+            names.setdefault(n, None)
+    return list(names)
+
+
+def load_results(study_dir: str | Path) -> pd.DataFrame:
+    """results.parquet: one row per trial (see the study output schema)."""
+    path = _file(study_dir, "results.parquet")
+    df = _read_parquet(path, ("experiment", "variant", "phase", "trial_id", "seed", "status", "val_acc"))
+    bad = sorted(set(df["status"].dropna().unique()) - set(STATUSES))
+    if bad:
+        raise ValueError(f"{path}: column 'status' has unknown value(s) {bad}; allowed: {list(STATUSES)}")
+    if "searched" not in df.columns:
+        df["searched"] = "[]"
+    if "depth" not in df.columns:
+        df["depth"] = -1
+    return df
+
+
+def load_history(study_dir: str | Path) -> pd.DataFrame:
+    """history.parquet: one row per trial-epoch."""
+    path = _file(study_dir, "history.parquet")
+    return _read_parquet(path, ("experiment", "variant", "trial_id", "epoch", "val_acc"))
+
+
+def load_spec(study_dir: str | Path) -> dict[str, Any]:
+    """spec.yaml as a plain dict."""
+    import yaml
+
+    path = _file(study_dir, "spec.yaml")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot parse {path}: {e}") from e
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} must hold a mapping, got {type(spec).__name__}")
+    return spec
+
+
+def load_study_meta(study_dir: str | Path) -> dict[str, Any]:
+    """study.json: MLflow tracking_uri, experiment_id, mlflow_parent_run_id."""
+    path = _file(study_dir, "study.json")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"cannot parse {path}: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def load_optuna_studies(study_dir: str | Path) -> dict[str, "optuna.Study"]:  # noqa: F821
+    """Every Optuna study in optuna.db, keyed by study (= experiment) name."""
+    import optuna
+
+    path = _file(study_dir, "optuna.db")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head and not head.startswith(b"SQLite format 3"):
+        raise ValueError(f"{path} is not an SQLite database")
+    url = f"sqlite:///{path.resolve()}"
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=False)
+        names = optuna.get_all_study_names(storage)
+        return {n: optuna.load_study(study_name=n, storage=storage) for n in names}
+    except Exception as e:
+        raise ValueError(f"cannot read Optuna storage {path}: {type(e).__name__}: {e}") from e
+
+
+def load_mlflow_runs(study_dir: str | Path) -> pd.DataFrame:
+    """The study's MLflow runs: the parent run and all its descendants.
+
+    Uses study.json's tracking_uri, experiment_id and mlflow_parent_run_id. A
+    column `level` says study / experiment / trial.
+    """
+    import mlflow
+
+    meta = load_study_meta(study_dir)
+    for key in ("tracking_uri", "mlflow_parent_run_id"):
+        if not meta.get(key):
+            raise ValueError(f"study.json in {str(study_dir)!r} lacks key {key!r}")
+    client = mlflow.MlflowClient(tracking_uri=meta["tracking_uri"])
+    parent = client.get_run(meta["mlflow_parent_run_id"])
+    exp_id = meta.get("experiment_id") or parent.info.experiment_id
+    runs = _search_all(client, exp_id)
+    if runs.empty:
+        return runs
+    parent_col = "tags.mlflow.parentRunId"
+    if parent_col not in runs.columns:
+        runs[parent_col] = None
+    # Walk down from the parent: the experiment may hold other studies' runs.
+    keep = {parent.info.run_id}
+    level = {parent.info.run_id: "study"}
+    frontier = {parent.info.run_id}
+    depth_names = ["experiment", "trial"]
+    depth = 0
+    while frontier:
+        children = runs.loc[runs[parent_col].isin(frontier), "run_id"]
+        frontier = set(children) - keep
+        for r in frontier:
+            level[r] = depth_names[min(depth, len(depth_names) - 1)]
+        keep |= frontier
+        depth += 1
+    out = runs[runs["run_id"].isin(keep)].copy()
+    out["level"] = out["run_id"].map(level)
+    return out.reset_index(drop=True)
+
+
+def _search_all(client: "mlflow.MlflowClient", experiment_id: str) -> pd.DataFrame:  # noqa: F821
+    """All runs of an experiment as mlflow.search_runs lays them out (tags./params./metrics.)."""
+    rows, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for r in page:
+            row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+                   "start_time": r.info.start_time, "end_time": r.info.end_time}
+            row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+            row.update({f"params.{k}": v for k, v in r.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in r.data.metrics.items()})
+            rows.append(row)
+        token = page.token
+        if not token:
+            return pd.DataFrame(rows)
+
+
+def default_study_dir() -> Path:
+    """$RESSTUDY_STUDY_DIR, else the newest study dir under ./resstudy_runs."""
+    env = os.environ.get("RESSTUDY_STUDY_DIR")
+    if env:
+        return Path(env)
+    root = Path("resstudy_runs")
+    found = sorted(root.glob("*/results.parquet"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(
+            "no study directory: set RESSTUDY_STUDY_DIR to a study dir (the folder holding results.parquet)"
+        )
+    return found[-1].parent
+
+
+__all__ = [
+    "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta",
+    "load_optuna_studies", "load_mlflow_runs", "searched_list", "searched_params", "default_study_dir",
+]

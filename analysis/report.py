@@ -1,0 +1,313 @@
+"""`analyze`: the whole analysis of one study directory, written as PNG and
+HTML plots, CSV/Parquet tables and ONE self-contained HTML report (plotly.js
+inlined once, no network needed to open it), then logged to the study's
+MLflow parent run."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+from matplotlib.figure import Figure
+
+from . import plots
+from .compare import compare_variants
+from .importance import Importance, importance_frame, importances_from_results, importances_from_studies
+from .load import load_history, load_optuna_studies, load_results, load_spec, load_study_meta
+from .sensitivity import MIN_POINTS, epsilon_tradeoffs, sensitivity, usable
+
+REPORT_NAME = "report.html"
+
+
+def _say(msg: str) -> None:
+    print(f"[analyze] {msg}", flush=True)
+
+
+def _slug(*parts) -> str:
+    s = "-".join(str(p) for p in parts if str(p))
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+@dataclass
+class _Report:
+    """Collects sections; writes each figure as PNG + standalone HTML on the way."""
+
+    plot_dir: Path
+    sections: list[tuple[str, list[str]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    _n: int = 0
+
+    def section(self, title: str) -> list[str]:
+        parts: list[str] = []
+        self.sections.append((title, parts))
+        return parts
+
+    def figure(self, parts: list[str], name: str, png: Figure, fig: go.Figure) -> None:
+        png_path = self.plot_dir / f"{name}.png"
+        png.savefig(png_path, dpi=110)
+        html_path = self.plot_dir / f"{name}.html"
+        # "directory": each standalone HTML loads the plotly.min.js written next
+        # to it once, instead of embedding 4 MB per plot.
+        fig.write_html(html_path, include_plotlyjs="directory", full_html=True)
+        self.files += [png_path, html_path]
+        self._n += 1
+        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{self._n}",
+                          config={"displaylogo": False, "responsive": True})
+        parts.append(f'<div class="figure">{div}</div>')
+
+
+def _table_html(df: pd.DataFrame, max_rows: int = 200) -> str:
+    if df.empty:
+        return "<p><em>(empty)</em></p>"
+    more = f"<p><em>{len(df) - max_rows} more rows in the CSV</em></p>" if len(df) > max_rows else ""
+    return df.head(max_rows).to_html(index=False, classes="tbl", border=0, na_rep="",
+                                      float_format=lambda v: f"{v:.4g}") + more
+
+
+def _write_table(df: pd.DataFrame, tables: Path, name: str, files: list[Path]) -> None:
+    csv, pq = tables / f"{name}.csv", tables / f"{name}.parquet"
+    df.to_csv(csv, index=False)
+    df.to_parquet(pq, index=False)
+    files += [csv, pq]
+
+
+def trial_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials per experiment, phase and status, and the best completed val_acc."""
+    c = df.pivot_table(index=["experiment", "variant", "depth", "phase"], columns="status", values="trial_id",
+                       aggfunc="count", fill_value=0).reset_index()
+    c.columns.name = None
+    for s in ("completed", "pruned", "diverged", "failed"):
+        if s not in c.columns:
+            c[s] = 0
+    best = df[df["status"] == "completed"].groupby(["experiment", "phase"])["val_acc"].max()
+    c["best_val_acc"] = [best.get((e, p), float("nan")) for e, p in zip(c["experiment"], c["phase"])]
+    return c
+
+
+def _page(title: str, rep: _Report, intro: str) -> str:
+    css = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;
+color:#222;padding:0 1em} h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.82em;margin:.6em 0}
+.tbl th,.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:right} .tbl th{background:#f3f3f3}
+.figure{margin:.8em 0} .note{color:#8a4b00} nav a{margin-right:1em} img{max-width:100%}
+"""
+    nav = " ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(rep.sections))
+    notes = ""
+    if rep.notes:
+        notes = "<h2>Notes</h2><ul>" + "".join(f'<li class="note">{html.escape(n)}</li>' for n in rep.notes) + "</ul>"
+    body = "".join(f'<h2 id="s{i}">{html.escape(t)}</h2>' + "".join(parts) for i, (t, parts) in
+                   enumerate(rep.sections))
+    # plotly.js once, inline: the report must render on an offline machine.
+    js = plotly.offline.get_plotlyjs()
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<style>{css}</style><script type="text/javascript">{js}</script></head><body>'
+            f"<h1>{html.escape(title)}</h1>{intro}<nav>{nav}</nav>{notes}{body}</body></html>")
+
+
+def analyze(study_dir: str | Path, *, out_dir: str | Path | None = None, log_to_mlflow: bool = True,
+            n_boot: int = 200, seed: int = 0) -> Path:
+    """Analyse a study directory; returns the path of the HTML report.
+
+    Writes into out_dir (default study_dir/analysis): report.html, plots/
+    (PNG + interactive HTML per figure), tables/ (CSV + Parquet). With
+    log_to_mlflow, uploads all of it under "analysis/" to the study's MLflow
+    parent run (study.json), warning instead when that is not reachable.
+    """
+    t0 = time.perf_counter()
+    study_dir = Path(study_dir)
+    out = Path(out_dir) if out_dir is not None else study_dir / "analysis"
+    plot_dir, table_dir = out / "plots", out / "tables"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    table_dir.mkdir(parents=True, exist_ok=True)
+    rep = _Report(plot_dir)
+
+    _say(f"loading {study_dir}")
+    df = load_results(study_dir)
+    spec: dict = {}
+    try:
+        spec = load_spec(study_dir)
+    except (FileNotFoundError, ValueError) as e:
+        rep.notes.append(f"spec: {e}")
+    name = str(spec.get("name") or (df["study"].iloc[0] if "study" in df.columns and len(df) else study_dir.name))
+    history = None
+    try:
+        history = load_history(study_dir)
+    except (FileNotFoundError, ValueError) as e:
+        rep.notes.append(f"learning curves skipped: {e}")
+    studies = None
+    try:
+        studies = load_optuna_studies(study_dir)
+    except (FileNotFoundError, ValueError) as e:
+        rep.notes.append(f"importance computed from results.parquet instead of the Optuna DB: {e}")
+    _say(f"{len(df)} trials in {df['experiment'].nunique()} experiment(s)")
+
+    counts = trial_counts(df)
+    _write_table(counts, table_dir, "trial_counts", rep.files)
+    for exp, g in df.groupby("experiment"):
+        k = len(usable(g))
+        if k < MIN_POINTS:
+            rep.notes.append(f"{exp}: only {k} completed search trial(s): too few for sensitivity curves "
+                             f"(need {MIN_POINTS}) and importance")
+
+    # -- comparison
+    _say("comparing variants with the baseline")
+    seeds = spec.get("seeds")
+    top_k = len(seeds) if isinstance(seeds, list) and seeds else 5
+    cmp = compare_variants(df, top_k=top_k)
+    _write_table(cmp, table_dir, "comparison", rep.files)
+    sec = rep.section("Variants vs baseline")
+    sec.append("<p>Best configuration of each variant over seeds: the <code>repeat</code> runs when present "
+               f"(source=repeat), else the top {top_k} completed search trials (source=top-search: selected "
+               "as best, so optimistic). Difference from the baseline at the same depth with its 95% interval; "
+               "paired t-test when both ran the same seeds, Welch's t-test otherwise.</p>")
+    sec.append(_table_html(cmp))
+    if len(cmp):
+        rep.figure(sec, "comparison", plots.comparison_png(cmp), plots.comparison_plotly(cmp))
+
+    # -- sensitivity
+    _say(f"fitting sensitivity curves ({n_boot} bootstrap resamples each)")
+    sens = sensitivity(df, n_boot=n_boot, seed=seed)
+    rep.notes += sens.notes
+    summ = sens.summary()
+    _write_table(summ, table_dir, "sensitivity_summary", rep.files)
+    grid = pd.concat([c.to_frame() for c in sens.curves], ignore_index=True) if sens.curves else pd.DataFrame()
+    _write_table(grid, table_dir, "sensitivity_curves", rep.files)
+    sec = rep.section("Sensitivity: numeric parameters")
+    sec.append("<p>Final val_acc of completed search trials (pruned trials are low-fidelity and excluded; "
+               "failed/diverged have no accuracy) against each searched parameter: Gaussian-process fit "
+               "(log10 axis for log-scale parameters), 95% bootstrap band of the fitted mean, and the argmax "
+               "with its 95% bootstrap interval.</p>")
+    sec.append(_table_html(summ))
+    for c in sens.curves:
+        rep.figure(sec, _slug("curve", c.experiment, c.param), plots.curve_png(c), plots.curve_plotly(c))
+    if not sens.curves:
+        sec.append("<p><em>No experiment had enough completed trials for a curve.</em></p>")
+
+    _say("categorical levels")
+    _write_table(sens.levels, table_dir, "categorical_levels", rep.files)
+    sec = rep.section("Sensitivity: categorical parameters")
+    sec.append("<p>Per level: mean val_acc of completed search trials with its 95% t interval; divergence rate "
+               "= diverged / all search trials at that level; dead-signal rate (quotient) = fraction of trials "
+               "whose final q_dead_frac (share of quotient elements &lt; 1e-3) exceeds 0.5.</p>")
+    sec.append(_table_html(sens.levels))
+    for (exp, param), _ in sens.levels.groupby(["experiment", "param"], sort=True):
+        rep.figure(sec, _slug("levels", exp, param), plots.levels_png(sens.levels, exp, param),
+                   plots.levels_plotly(sens.levels, exp, param))
+
+    # -- epsilon
+    trades = epsilon_tradeoffs(df, n_boot=n_boot, seed=seed)
+    if trades:
+        _say("epsilon trade-offs")
+        sec = rep.section("epsilon-ResNet trade-offs")
+        sec.append("<p>Compression against epsilon and accuracy against parameter reduction; the Pareto front "
+                   "holds the trials no other trial beats on both accuracy and reduction.</p>")
+        pts = []
+        for t in trades:
+            rep.notes += t.notes
+            rep.figure(sec, _slug("epsilon", t.experiment), plots.tradeoff_png(t), plots.tradeoff_plotly(t))
+            sec.append(f"<h3>{html.escape(t.experiment)}: Pareto front</h3>" + _table_html(t.front()))
+            pts.append(t.points.assign(experiment=t.experiment, acc_col=t.acc_col))
+        _write_table(pd.concat(pts, ignore_index=True), table_dir, "epsilon_tradeoff", rep.files)
+
+    # -- importance
+    _say("parameter importance (fANOVA, PED-ANOVA)")
+    if studies:
+        variants = df.drop_duplicates("experiment").set_index("experiment")["variant"].astype(str).to_dict()
+        imps: list[Importance] = importances_from_studies(studies, variants, seed=seed)
+    else:
+        imps = importances_from_results(df, seed=seed)
+    imp = importance_frame(imps)
+    _write_table(imp, table_dir, "importance", rep.files)
+    sec = rep.section("Parameter importance")
+    sec.append("<p>fANOVA and PED-ANOVA (Optuna) over COMPLETE trials only, restricted to the parameters "
+               "searched in every complete trial; each column normalised to sum 1.</p>")
+    for r in imps:
+        title = f"{r.experiment}: importance (n={r.n}, from {r.source})"
+        if r.note and r.table.empty:
+            rep.notes.append(f"{r.experiment}: no importance: {r.note}")
+        elif r.note:
+            sec.append(f'<p class="note">{html.escape(r.experiment)}: {html.escape(r.note)}</p>')
+        if not r.table.empty:
+            rep.figure(sec, _slug("importance", r.experiment), plots.importance_png(r.table, title),
+                       plots.importance_plotly(r.table, title))
+
+    # -- learning curves
+    if history is not None and len(history):
+        _say("learning curves")
+        sec = rep.section("Learning curves")
+        for exp in sorted(history["experiment"].unique()):
+            rep.figure(sec, _slug("learning", exp), plots.learning_png(history, exp, df),
+                       plots.learning_plotly(history, exp, df))
+
+    intro = (f"<p>Study <b>{html.escape(name)}</b> ({html.escape(str(study_dir))}): {len(df)} trials. "
+             f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>" + _table_html(counts))
+    path = out / REPORT_NAME
+    path.write_text(_page(f"resstudy analysis: {name}", rep, intro), encoding="utf-8")
+    _say(f"wrote {path} ({len(rep.files)} plot/table files)")
+
+    if log_to_mlflow:
+        log_artifacts(study_dir, out)
+    _say(f"done in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+def _reachable(uri: str) -> tuple[bool, str]:
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                return r.status == 200, f"HTTP {r.status}"
+        except (urllib.error.URLError, OSError) as e:
+            return False, str(e)
+    if uri.startswith("sqlite:///"):
+        p = Path(uri[len("sqlite:///"):])
+        return p.is_file(), f"{p} missing"
+    if uri.startswith("file:"):
+        p = Path(urllib.parse.urlparse(uri).path)
+        return p.exists(), f"{p} missing"
+    return True, ""
+
+
+def log_artifacts(study_dir: str | Path, out_dir: str | Path) -> bool:
+    """Upload out_dir under "analysis/" to the study's MLflow parent run; warn
+    (not raise) when study.json, the server or the run is unavailable."""
+    def warn(msg: str) -> bool:
+        msg = f"analysis not logged to MLflow: {msg}"
+        warnings.warn(msg, stacklevel=3)
+        _say(f"WARNING: {msg}")
+        return False
+
+    try:
+        meta = load_study_meta(study_dir)
+    except (FileNotFoundError, ValueError) as e:
+        return warn(str(e))
+    uri, run_id = meta.get("tracking_uri"), meta.get("mlflow_parent_run_id")
+    if not uri or not run_id:
+        return warn(f"study.json lacks tracking_uri or mlflow_parent_run_id: {json.dumps(meta)[:200]}")
+    ok, why = _reachable(uri)
+    if not ok:
+        return warn(f"tracking server {uri} not reachable ({why})")
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)
+        client.log_artifacts(run_id, str(out_dir), artifact_path="analysis")
+    except Exception as e:  # any MLflow/IO failure must not lose the report already on disk
+        return warn(f"{type(e).__name__}: {e}")
+    _say(f"logged {out_dir} to MLflow run {run_id} ({uri}) under analysis/")
+    return True
+
+
+__all__ = ["analyze", "log_artifacts", "trial_counts", "REPORT_NAME"]

@@ -1,0 +1,340 @@
+"""Response of final accuracy to each searched parameter.
+
+Which trials count: phase "search", status "completed", finite metric.
+Pruned trials are excluded (ASHA stopped them early, so their val_acc is a
+low-fidelity, earlier-epoch number that would bias every curve down where the
+scheduler was impatient); failed and diverged trials have no meaningful
+accuracy and are reported instead as rates in `categorical_levels`. Repeat
+runs are excluded so the curve sees the search's own sampling design.
+
+Numeric parameters get a Gaussian-process fit (RBF + white noise, on log10(x)
+for log-scale parameters, standardised y) with a bootstrap band: trials are
+resampled with replacement and the GP refit with the kernel hyper-parameters
+of the full-data fit held fixed (refitting them per resample costs ~100x
+more and moves the band little). The band is therefore a 95% band for the
+fitted mean curve, not a prediction interval for a new trial. The argmax
+interval adds one posterior draw per resample (see _bootstrap).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+from .load import InsufficientDataError, searched_list
+from .spaces import param_info
+from .stats import mean_ci
+
+MIN_POINTS = 5  # fewer completed trials than this: no curve, a note instead
+MIN_UNIQUE = 5  # a numeric param with fewer distinct values is shown as levels
+
+
+@dataclass
+class Curve:
+    """A fitted response curve y(x) with a 95% bootstrap band and argmax interval."""
+
+    param: str
+    metric: str
+    log: bool
+    x: np.ndarray  # observed points, original units
+    y: np.ndarray
+    grid: np.ndarray  # original units
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    argmax: float
+    argmax_lo: float
+    argmax_hi: float
+    n: int
+    n_boot: int
+    experiment: str = ""
+    variant: str = ""
+    method: str = "gp"
+
+    def summary(self) -> dict:
+        i = int(np.argmax(self.mean))
+        return {"experiment": self.experiment, "variant": self.variant, "param": self.param,
+                "metric": self.metric, "log": self.log, "n": self.n, "argmax": self.argmax,
+                "argmax_lo": self.argmax_lo, "argmax_hi": self.argmax_hi, "max_mean": float(self.mean[i]),
+                "max_lo": float(self.lo[i]), "max_hi": float(self.hi[i]), "method": self.method}
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"experiment": self.experiment, "variant": self.variant, "param": self.param,
+                             "metric": self.metric, "x": self.grid, "mean": self.mean, "lo": self.lo,
+                             "hi": self.hi})
+
+
+def _kernel():
+    # x is scaled to [0, 1]; a length-scale floor of 0.05 keeps the fit from
+    # threading every noisy point.
+    return (ConstantKernel(1.0, (1e-3, 1e3)) * RBF(0.3, (0.05, 10.0))
+            + WhiteKernel(0.1, (1e-6, 1e1)))
+
+
+def _bootstrap(gp: GaussianProcessRegressor, u: np.ndarray, z: np.ndarray, gu: np.ndarray,
+               n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(means, draws) on the grid, one row per resample of the trials.
+
+    means: the GP posterior mean refit on the resample. The kernel is the
+    full-data fit's (signal part k1 + white noise k2), so a refit is one
+    Cholesky solve; noise goes on the diagonal only, so a trial drawn twice
+    counts as two noisy observations. draws: mean + one draw of the
+    noise-free posterior. The argmax interval uses the draws: argmaxes of the
+    smooth refit means alone covered the true optimum only ~70% of the time
+    on planted quadratics (they ignore the GP's uncertainty between points);
+    with the draws coverage was ~95%.
+    """
+    signal, noise = gp.kernel_.k1, float(gp.kernel_.k2.noise_level)
+    k_uu, k_gu, k_gg = signal(u), signal(gu, u), signal(gu)
+    rng = np.random.default_rng(seed)
+    n, g = u.shape[0], gu.shape[0]
+    idx = rng.integers(0, n, (n_boot, n))
+    # a resample with < 3 distinct x can't shape a curve; drop it
+    idx = idx[[np.unique(u[r, 0]).size >= 3 for r in idx]]
+    if not len(idx):
+        return np.empty((0, g)), np.empty((0, g))
+    # Batched over resamples: one stacked Cholesky instead of a Python loop.
+    k = k_uu[idx[:, :, None], idx[:, None, :]] + (noise + 1e-10) * np.eye(n)
+    low = np.linalg.cholesky(k)
+    kg = k_gu[:, idx].transpose(1, 0, 2)  # (b, g, n)
+    a = np.linalg.solve(low, kg.transpose(0, 2, 1))  # L^-1 k_ug: (b, n, g)
+    w = np.linalg.solve(low, z[idx][:, :, None])  # L^-1 z: (b, n, 1)
+    means = (a.transpose(0, 2, 1) @ w)[:, :, 0]
+    cov = k_gg - a.transpose(0, 2, 1) @ a
+    cov = 0.5 * (cov + cov.transpose(0, 2, 1)) + 1e-8 * np.eye(g)
+    try:
+        cl = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:  # numerically indefinite: eigen-decomposition is robust
+        ev, vec = np.linalg.eigh(cov)
+        cl = vec * np.sqrt(np.clip(ev, 0, None))[:, None, :]
+    draws = means + (cl @ rng.standard_normal((len(idx), g, 1)))[:, :, 0]
+    return means, draws
+
+
+def fit_curve(x, y, *, log: bool = False, n_boot: int = 200, grid_size: int = 120, seed: int = 0,
+              param: str = "x", metric: str = "y", experiment: str = "", variant: str = "") -> Curve:
+    """GP fit of y against x with a bootstrap band and bootstrap argmax interval."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same length, got {x.size} and {y.size}")
+    ok = np.isfinite(x) & np.isfinite(y) & ((x > 0) if log else True)
+    x, y = x[ok], y[ok]
+    n = int(x.size)
+    if n < MIN_POINTS or np.unique(x).size < 3:
+        raise InsufficientDataError(
+            f"{param}: {n} usable trials with {np.unique(x).size} distinct values; a curve needs "
+            f">= {MIN_POINTS} trials and >= 3 distinct values")
+    t = np.log10(x) if log else x
+    t0, t1 = float(t.min()), float(t.max())
+    u = ((t - t0) / (t1 - t0))[:, None]
+    ym, ys = float(y.mean()), float(y.std()) or 1.0
+    z = (y - ym) / ys
+    gu = np.linspace(0.0, 1.0, grid_size)[:, None]
+    grid_t = t0 + gu[:, 0] * (t1 - t0)
+    grid = 10**grid_t if log else grid_t
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp = GaussianProcessRegressor(_kernel(), n_restarts_optimizer=1, random_state=seed).fit(u, z)
+        mean = gp.predict(gu) * ys + ym
+    boots, draws = _bootstrap(gp, u, z, gu, n_boot, seed)
+    if not len(boots):  # every resample degenerate: no band beyond the fit itself
+        boots = draws = gp.predict(gu)[None, :]
+    boots = boots * ys + ym
+    lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+    arg_t = grid_t[np.argmax(draws, axis=1)]
+    a_lo, a_hi = np.percentile(arg_t, [2.5, 97.5])
+    a = grid_t[int(np.argmax(mean))]
+    to_x = (lambda v: float(10**v)) if log else float
+    return Curve(param=param, metric=metric, log=log, x=x, y=y, grid=grid, mean=mean, lo=lo, hi=hi,
+                 argmax=to_x(a), argmax_lo=to_x(a_lo), argmax_hi=to_x(a_hi), n=n, n_boot=len(boots),
+                 experiment=experiment, variant=variant)
+
+
+def usable(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """Completed search-phase trials with a finite metric (see module docstring)."""
+    phase = df["phase"] if "phase" in df.columns else pd.Series("search", index=df.index)
+    keep = (phase == "search") & (df["status"] == "completed") & np.isfinite(df[metric].astype(float))
+    return df[keep]
+
+
+def _searched_in(df: pd.DataFrame) -> list[str]:
+    names: dict[str, None] = {}
+    for v in df["searched"]:
+        for n in searched_list(v):
+            if n in df.columns:
+                names.setdefault(n, None)
+    return list(names)
+
+
+def _experiments(df: pd.DataFrame):
+    for exp, g in df.groupby("experiment", sort=True):
+        yield str(exp), str(g["variant"].iloc[0]), g
+
+
+def split_params(df: pd.DataFrame, variant: str) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) searched params of one experiment's rows.
+
+    A numeric param that took fewer than MIN_UNIQUE distinct values among the
+    usable trials is treated as categorical: a curve through 2-4 x values says
+    nothing a per-level mean doesn't.
+    """
+    num, cat = [], []
+    ok = usable(df) if "status" in df.columns else df
+    for p in _searched_in(df):
+        info = param_info(variant, p, df[p])
+        if info.numeric and ok[p].nunique() >= MIN_UNIQUE:
+            num.append(p)
+        else:
+            cat.append(p)
+    return num, cat
+
+
+@dataclass
+class SensitivityResult:
+    curves: list[Curve] = field(default_factory=list)
+    levels: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> pd.DataFrame:
+        return pd.DataFrame([c.summary() for c in self.curves])
+
+
+def numeric_curves(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200,
+                   seed: int = 0) -> tuple[list[Curve], list[str]]:
+    """One curve per (experiment, numeric searched param); notes for skipped ones."""
+    curves, notes = [], []
+    for exp, variant, g in _experiments(df):
+        num, _ = split_params(g, variant)
+        ok = usable(g, metric)
+        for p in num:
+            info = param_info(variant, p, g[p])
+            try:
+                curves.append(fit_curve(ok[p].astype(float), ok[metric].astype(float), log=info.log,
+                                        n_boot=n_boot, seed=seed, param=p, metric=metric,
+                                        experiment=exp, variant=variant))
+            except InsufficientDataError as e:
+                notes.append(f"{exp}: no sensitivity curve for {e}")
+    return curves, notes
+
+
+def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_threshold: float = 0.5,
+                       params: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Per level of each categorical searched param: mean metric with its 95%
+    t interval over completed trials, and failure rates over all search trials.
+
+    divergence_rate = diverged / all search trials at the level (pruned count
+    in the denominator: they ran, and did not diverge while running).
+    dead_rate = fraction of trials (any status) reporting q_dead_frac whose
+    final q_dead_frac > dead_threshold, i.e. most quotient elements < 1e-3: the
+    block's output signal is essentially gone. NaN where nothing reported it.
+    `params` maps experiment -> params to tabulate (default: the categorical
+    searched ones, see split_params).
+    """
+    rows = []
+    search = df[df["phase"] == "search"] if "phase" in df.columns else df
+    for exp, variant, g in _experiments(search):
+        names = params.get(exp, []) if params is not None else split_params(g, variant)[1]
+        for p in names:
+            for level, lv in g.groupby(g[p].astype(str), sort=True):
+                done = lv[(lv["status"] == "completed")][metric].astype(float)
+                m, lo, hi, n = mean_ci(done)
+                dead = lv["q_dead_frac"].astype(float).dropna() if "q_dead_frac" in lv.columns else pd.Series([])
+                rows.append({
+                    "experiment": exp, "variant": variant, "param": p, "level": level,
+                    "n_trials": len(lv), "n_completed": n, "mean": m, "ci_lo": lo, "ci_hi": hi,
+                    "n_diverged": int((lv["status"] == "diverged").sum()),
+                    "divergence_rate": float((lv["status"] == "diverged").mean()),
+                    "n_failed": int((lv["status"] == "failed").sum()),
+                    "dead_rate": float((dead > dead_threshold).mean()) if len(dead) else float("nan"),
+                })
+    return pd.DataFrame(rows, columns=["experiment", "variant", "param", "level", "n_trials", "n_completed",
+                                       "mean", "ci_lo", "ci_hi", "n_diverged", "divergence_rate",
+                                       "n_failed", "dead_rate"])
+
+
+def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200, seed: int = 0,
+                dead_threshold: float = 0.5) -> SensitivityResult:
+    """Numeric curves plus categorical level tables for every experiment."""
+    curves, notes = numeric_curves(df, metric=metric, n_boot=n_boot, seed=seed)
+    levels = categorical_levels(df, metric=metric, dead_threshold=dead_threshold)
+    for exp, _, g in _experiments(df):
+        k = len(usable(g, metric))
+        if k < MIN_POINTS:
+            notes.append(f"{exp}: only {k} completed search trial(s); sensitivity estimates are unreliable")
+    return SensitivityResult(curves, levels, notes)
+
+
+# --- epsilon-ResNet trade-offs -------------------------------------------------------------
+
+def pareto_front(x, y) -> np.ndarray:
+    """Mask of the non-dominated points when maximising both x and y.
+
+    A point is dominated if another is >= in both and > in at least one;
+    exact ties are all kept. NaN points are never on the front.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    front = np.zeros(x.size, dtype=bool)
+    idx = np.flatnonzero(ok)
+    for i in idx:
+        ge = (x[idx] >= x[i]) & (y[idx] >= y[i])
+        gt = (x[idx] > x[i]) | (y[idx] > y[i])
+        front[i] = not np.any(ge & gt)
+    return front
+
+
+@dataclass
+class EpsilonTradeoff:
+    experiment: str
+    acc_col: str
+    points: pd.DataFrame  # epsilon, discarded_ratio, param_reduction, acc, pareto
+    discarded: Curve | None = None  # discarded_ratio vs epsilon
+    reduction: Curve | None = None  # param_reduction vs epsilon
+    notes: list[str] = field(default_factory=list)
+
+    def front(self) -> pd.DataFrame:
+        return self.points[self.points["pareto"]].sort_values("param_reduction")
+
+
+def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> list[EpsilonTradeoff]:
+    """Per epsilon experiment: compression vs epsilon, and accuracy vs compression.
+
+    Accuracy is test_acc where every usable trial has it (completed trials ran
+    all epochs, so normally yes), else val_acc.
+    """
+    out = []
+    for exp, variant, g in _experiments(df):
+        if variant != "epsilon" or "param_reduction" not in g.columns:
+            continue
+        ok = usable(g)
+        acc = "test_acc" if "test_acc" in ok.columns and ok["test_acc"].notna().all() and len(ok) else "val_acc"
+        pts = pd.DataFrame({
+            "trial_id": ok["trial_id"].to_numpy(), "epsilon": ok["epsilon"].astype(float).to_numpy(),
+            "discarded_ratio": ok["discarded_ratio"].astype(float).to_numpy(),
+            "param_reduction": ok["param_reduction"].astype(float).to_numpy(),
+            "acc": ok[acc].astype(float).to_numpy()})
+        pts["pareto"] = pareto_front(pts["param_reduction"], pts["acc"])
+        res = EpsilonTradeoff(exp, acc, pts)
+        log = param_info(variant, "epsilon", g["epsilon"]).log
+        for attr, col in (("discarded", "discarded_ratio"), ("reduction", "param_reduction")):
+            try:
+                setattr(res, attr, fit_curve(pts["epsilon"], pts[col], log=log, n_boot=n_boot, seed=seed,
+                                             param="epsilon", metric=col, experiment=exp, variant=variant))
+            except InsufficientDataError as e:
+                res.notes.append(f"{exp}: no {col} curve for {e}")
+        out.append(res)
+    return out
+
+
+__all__ = ["Curve", "fit_curve", "usable", "split_params", "SensitivityResult", "numeric_curves",
+           "categorical_levels", "sensitivity", "pareto_front", "EpsilonTradeoff", "epsilon_tradeoffs",
+           "MIN_POINTS", "MIN_UNIQUE"]

@@ -1,0 +1,80 @@
+"""What Ray Tune, Optuna and MLflow cost on top of training.
+
+Runs a study of N trials (one at a time, every trial given the whole machine,
+no early stopping) through `resstudy run`, then trains the very same N
+configurations bare, one after another in one process with study.train, and
+prints the study's wall time against the bare sum: the overhead ratio.
+Trial length is calibrated to --trial-seconds first.
+
+    python benchmarks/study_overhead.py [--trials 4] [--trial-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from study.config import TrainConfig
+from study.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bare_seconds(cfg: TrainConfig) -> float:
+    t0 = time.perf_counter()
+    train(cfg)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--trial-seconds", type=float, default=30.0)
+    p.add_argument("--variant", default="resnet")
+    args = p.parse_args()
+    cpus = os.cpu_count() or 1
+    base = dict(variant=args.variant, dataset="digits", depth=8, image_size=32, batch_size=64, val_size=0.15,
+                threads=cpus)
+
+    probe = bare_seconds(TrainConfig(epochs=2, **base)) / 2
+    epochs = max(2, math.ceil(args.trial_seconds / probe))
+    print(f"calibration: {probe:.1f} s/epoch -> {epochs} epochs per trial (~{epochs * probe:.0f} s)", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="resstudy-overhead-") as tmp:
+        spec = {
+            "name": "overhead", "dataset": "digits", "image_size": 32, "depth": 8, "epochs": epochs,
+            "trials_per_variant": args.trials, "variants": [args.variant],
+            "train": {"batch_size": 64, "val_size": 0.15},
+            "search": {"algorithm": "random", "seed": 0}, "scheduler": {"type": "none"},
+            "resources": {"cpu": cpus, "gpu": 0}, "max_concurrent": 1, "storage_path": tmp,
+        }
+        spec_path = Path(tmp) / "overhead.yaml"
+        spec_path.write_text(yaml.safe_dump(spec))
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "study.cli", "run", str(spec_path)], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL)
+        study_s = time.perf_counter() - t0
+        results = pd.read_parquet(Path(tmp) / "overhead" / "results.parquet")
+
+    fields = set(TrainConfig.__dataclass_fields__)
+    bare = 0.0
+    for _, row in results.iterrows():
+        cfg = TrainConfig.from_dict({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                     for k, v in row.items() if k in fields})
+        bare += bare_seconds(cfg)
+    print(f"{'study (resstudy run: Ray Tune + Optuna + MLflow)':<52} {study_s:8.1f} s")
+    print(f"{'the same trials bare, in one process':<52} {bare:8.1f} s")
+    print(f"{'overhead (study / bare)':<52} {study_s / bare:8.3f}x  ({100 * (study_s / bare - 1):+.1f}%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Training throughput of resstudy's trainer against a plain PyTorch loop.
+
+Both train ResNet-20 on the same synthetic CIFAR-shaped data in the same run:
+  reference: torchvision DataLoader over PIL images with per-sample transforms
+             (RandomCrop(32, 4), RandomHorizontalFlip, ToTensor, Normalize), fp32
+  resstudy:  study.train (uint8 data on the device, whole-batch augmentation,
+             bf16 autocast where the hardware has it, channels_last on CUDA)
+and then the variants' steps against the ResNet step (target: within 1.10x).
+
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 2560] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from study.config import TrainConfig
+from study.models import create_model
+from study.train import resolve_device, resolve_precision, train
+
+
+def trainer_images_per_s(device: str, images: int, epochs: int, **options) -> float:
+    """Median images/s over the epochs after the first (the first warms caches)."""
+    cfg = TrainConfig(dataset="synthetic", depth=20, epochs=epochs, batch_size=128, device=device, val_size=256,
+                      image_size=32, **options)
+    rates: list[float] = []
+    import study.data as data_lib
+
+    original = data_lib.load_data
+
+    def load(*a, **k):
+        k["synthetic_size"] = images + 256
+        return original(*a, **k)
+
+    data_lib.load_data = load
+    try:
+        train(cfg, lambda m, info, save: rates.append(m["images_per_s"]))
+    finally:
+        data_lib.load_data = original
+    return float(np.median(rates[1:] if len(rates) > 1 else rates))
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def reference_images_per_s(device: str, images: int, epochs: int, workers: int) -> float:
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, size=images)
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
+    loader = torch.utils.data.DataLoader(_PilDataset(x, y, tf), batch_size=128, shuffle=True, drop_last=True,
+                                         num_workers=workers, persistent_workers=workers > 0,
+                                         pin_memory=device.startswith("cuda"))
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = create_model("resnet", depth=20, num_classes=10).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    rates = []
+    for _ in range(epochs):
+        model.train()
+        seen, t0 = 0, time.perf_counter()
+        for xb, yb in loader:
+            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(yb)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(seen / (time.perf_counter() - t0))
+    return float(np.median(rates[1:] if len(rates) > 1 else rates))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--images", type=int, default=2560)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    p.add_argument("--json", default=None, help="also write the numbers here")
+    args = p.parse_args()
+    device = str(resolve_device(args.device))
+    amp = resolve_precision("auto", torch.device(device))
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"autocast {amp or 'off (fp32)'}, {args.images} images x {args.epochs} epochs")
+
+    ref = reference_images_per_s(device, args.images, args.epochs, args.workers)
+    ours = trainer_images_per_s(device, args.images, args.epochs)
+    print(f"{'reference (DataLoader, per-sample transforms, fp32)':<55} {ref:9.0f} images/s")
+    print(f"{'resstudy trainer':<55} {ours:9.0f} images/s")
+    print(f"{'speed-up (resstudy / reference)':<55} {ours / ref:9.2f}x")
+
+    rows = {"reference": ref, "resnet": ours}
+    variants = {
+        "quotient": dict(variant="quotient", shortcut="B"),
+        "resnet, shortcut B (quotient's parameter twin)": dict(variant="resnet", shortcut="B"),
+        "epsilon": dict(variant="epsilon"),
+        "sgs (branches)": dict(variant="sgs", sgs_mode="branches"),
+        "sgs (mi, recomputed every epoch)": dict(variant="sgs", sgs_mode="mi", sgs_interval=1, sgs_batches=2),
+    }
+    for name, options in variants.items():
+        rows[name] = trainer_images_per_s(device, args.images, args.epochs, **options)
+    base_b = rows["resnet, shortcut B (quotient's parameter twin)"]
+    print("\nstep cost against the ResNet step (lower is better; target <= 1.10x):")
+    for name in variants:
+        ref_rate = base_b if name == "quotient" else ours
+        print(f"  {name:<53} {ref_rate / rows[name]:6.2f}x  ({rows[name]:.0f} images/s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, **rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

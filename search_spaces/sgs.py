@@ -1,0 +1,30 @@
+"""Spatial gradient scaling (METHODS.md section 3): does scaling the 3x3
+kernels' gradients help a CIFAR ResNet, and is the MI-learned scaling better
+than the fixed scaling equivalent to a named branch set?
+
+`sgs_mode` chooses between the two; the branch set is searched only in
+`branches` mode, and the MI sharpening k (log scale: k -> 0 keeps the centre
+only, k -> infinity is plain SGD), the recompute interval and the number of
+batches the MI pass uses only in `mi` mode. The variant never trains with
+SGS off: that is the baseline's job.
+"""
+
+from __future__ import annotations
+
+from .shared import Param
+
+MODES = ("branches", "mi")
+BRANCH_SETS = ("3x3+1x1", "3x3+3x1+1x1", "acb")
+
+PARAMS: tuple[Param, ...] = (
+    Param("sgs_mode", "categorical", choices=MODES, help="branch-equivalent or MI-learned scaling"),
+    Param("sgs_branches", "categorical", choices=BRANCH_SETS, condition="sgs_mode == 'branches'",
+          help="branch set whose equivalent scaling is used"),
+    Param("sgs_k", "float", 0.25, 64.0, log=True, condition="sgs_mode == 'mi'",
+          min_value=0.0, min_open=True, help="MI sharpening k"),
+    # log scale: the official configs use 5 and 30 epochs, 2 and 20 batches
+    Param("sgs_interval", "int", 1, 30, log=True, condition="sgs_mode == 'mi'", min_value=1,
+          help="epochs between MI recomputations"),
+    Param("sgs_batches", "int", 1, 20, log=True, condition="sgs_mode == 'mi'", min_value=1,
+          help="training batches the MI pass uses"),
+)

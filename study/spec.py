@@ -1,0 +1,510 @@
+"""The study spec: one YAML file that says what a study trains, what it searches,
+how it schedules trials and where results go.
+
+    spec = load_spec("my_study.yaml")            # or load_spec(preset="quick")
+    for variant, depth in spec.experiments():
+        base = spec.trial_base_config(variant, depth)   # fixed TrainConfig fields
+        space = spec.build_space(variant)               # optuna define-by-run space
+        sampler = spec.make_sampler(variant)
+
+Every problem is reported as one SpecError naming the field path
+(`scheduler.grace_period`), the bad value and what is allowed. Search-space
+overrides are checked by building the spaces, so a bad range fails at load
+time, not inside a trial on a remote node.
+
+`train` holds TrainConfig fields fixed for every trial. A `train` field that a
+variant searches (say `weight_decay`) is fixed for that variant too, unless
+the variant overrides it under `variants.<name>.space`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, NoReturn
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+import search_spaces
+from search_spaces import SpaceError
+from search_spaces.quotient import RULES
+from search_spaces.sgs import BRANCH_SETS
+from study.config import TrainConfig, config_field_names
+
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
+FILE_DATASETS = ("cifar10", "cifar100", "svhn")  # read from data_root; never downloaded
+# Set at the top level of the spec (or by the search), never under train/fixed.
+TOP_LEVEL_FIELDS = ("variant", "seed", "depth", "dataset", "epochs", "data_root", "image_size")
+
+# TrainConfig fields with a closed set of values (None is always allowed where
+# the field's type allows it).
+FIELD_CHOICES: dict[str, tuple] = {
+    "block": ("post", "pre"),
+    "shortcut": ("A", "B", "conv3x3"),
+    "schedule": ("step", "cosine"),
+    "precision": ("auto", "fp32", "bf16"),
+    "sgs_mode": ("off", "branches", "mi"),
+    "sgs_branches": BRANCH_SETS,
+    "quotient_rule": RULES,
+}
+# Lower bounds of numeric TrainConfig fields: (minimum, minimum excluded).
+FIELD_MINIMUM: dict[str, tuple[float, bool]] = {
+    "batch_size": (1, False), "width": (1, False), "lr": (0, True), "momentum": (0, False),
+    "weight_decay": (0, False), "warmup_epochs": (0, False), "label_smoothing": (0, False),
+    "grad_clip": (0, True), "threads": (1, False), "limit_train_batches": (1, False),
+    "alpha": (1, True), "epsilon": (0, False), "side_weight": (0, False), "sgs_k": (0, True),
+    "sgs_warmup": (0, False), "sgs_interval": (1, False), "sgs_batches": (1, False),
+}
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+
+
+class SpecError(ValueError):
+    """An invalid study spec; the message names the field path, value and what is allowed."""
+
+
+def _fail(path: str, message: str) -> NoReturn:
+    # `path` is relative to the model being validated; the converter prefixes
+    # pydantic's location. The message is passed through the context so braces
+    # in user values are not read as template fields.
+    raise PydanticCustomError("spec", "{spec_msg}", {"spec_path": path, "spec_msg": message})
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _check_fields(values: Mapping[str, Any], where: str) -> None:
+    """Type- and range-check TrainConfig fields given under train / fixed."""
+    known = config_field_names()
+    for key, value in values.items():
+        if key not in known:
+            _fail(key, f"unknown TrainConfig field {key!r} in {where}; allowed: "
+                       f"{', '.join(k for k in known if k not in TOP_LEVEL_FIELDS)}")
+        if key in TOP_LEVEL_FIELDS:
+            _fail(key, f"{key!r} cannot be set in {where}: "
+                       + ("the variant comes from `variants`" if key == "variant"
+                          else "search trials use seeds[0]; set `seeds`" if key == "seed"
+                          else f"set the top-level `{key}`"))
+        try:
+            value = TypeAdapter(_FIELD_TYPES[key]).validate_python(value, strict=True)
+        except ValidationError:
+            _fail(key, f"{value!r} is not a valid value for {key}; allowed: {_type_name(_FIELD_TYPES[key])}")
+        if value is None:
+            continue
+        if key in FIELD_CHOICES and value not in FIELD_CHOICES[key]:
+            _fail(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, FIELD_CHOICES[key]))}")
+        if key == "device" and not _DEVICE.match(value):
+            _fail(key, f"{value!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+        if key == "val_size" and not (value >= 1 if isinstance(value, int) else 0 < value < 1):
+            _fail(key, f"{value!r} is not allowed; allowed: an image count >= 1 or a fraction in (0, 1)")
+        if key in FIELD_MINIMUM:
+            low, excluded = FIELD_MINIMUM[key]
+            if value < low or (excluded and value == low):
+                _fail(key, f"{value!r} is not allowed; allowed: {'>' if excluded else '>='} {low}")
+
+
+def _type_name(tp: Any) -> str:
+    names = [getattr(a, "__name__", str(a)) for a in (typing.get_args(tp) or (tp,))]
+    return " or ".join("null" if n == "NoneType" else n for n in names)
+
+
+class _Model(BaseModel):
+    # strict: YAML gives real types, and "4" for an int is a mistake worth reporting
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_key", "unknown key '{spec_key}'; allowed keys: {allowed}",
+                        {"spec_key": str(key), "allowed": ", ".join(cls.model_fields)},
+                    )
+        return data
+
+
+class VariantSpec(_Model):
+    """Per-variant search overrides ({param: {low, high, log, choices, value}})
+    and fixed TrainConfig fields."""
+
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_empty(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, Mapping):
+            return {k: ({} if v is None and k in ("space", "fixed") else v) for k, v in data.items()}
+        return data
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _check_fields(v, "variants.<name>.fixed")
+        return v
+
+
+class SearchSpec(_Model):
+    algorithm: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
+    seed: int | None = 0
+    n_startup_trials: Annotated[int, Field(ge=0)] | None = None
+    grid_points: Annotated[int, Field(ge=2)] = 3  # values per numeric param for `grid`
+
+
+class SchedulerSpec(_Model):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: Annotated[int, Field(ge=1)] = 1  # epochs before ASHA may stop a trial
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class ResourcesSpec(_Model):
+    """Per trial. A fractional gpu packs several trials on one GPU."""
+
+    cpu: Annotated[float, Field(gt=0)] = 1.0
+    gpu: Annotated[float, Field(ge=0)] = 0.0
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu_share(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpu={v!r}; allowed: 0, a fraction in (0, 1], or a whole number of GPUs")
+        return v
+
+
+class MlflowSpec(_Model):
+    tracking_uri: str | None = None  # None: sqlite:///<storage_path>/<name>/mlflow.db
+    experiment: Annotated[str, Field(min_length=1)] | None = None  # None: the spec name
+
+
+class StudySpec(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+    dataset: Literal["digits", "cifar10", "cifar100", "svhn", "synthetic"]
+    data_root: str | None = None
+    image_size: Annotated[int, Field(ge=4)] | None = None
+    depth: list[int] = Field(default_factory=lambda: [20])  # a single int is accepted and stored as [int]
+    epochs: Annotated[int, Field(ge=1)] = 10
+    trials_per_variant: Annotated[int, Field(ge=1)] = 8
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    repeat_best: bool = False
+    variants: dict[str, VariantSpec] = Field(
+        default_factory=lambda: {v: VariantSpec() for v in search_spaces.VARIANTS})
+    train: dict[str, Any] = Field(default_factory=dict)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    max_concurrent: Annotated[int, Field(ge=1)] = 1
+    max_failures: Annotated[int, Field(ge=0)] = 2  # retries of a failing trial, each from its last checkpoint
+    storage_path: Annotated[str, Field(min_length=1, validate_default=True)] = "./resstudy_runs"
+    shared_storage: bool = False  # the user asserts storage_path is reachable from every node
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+
+    # ------------------------------------------------------------ validation
+
+    @field_validator("depth", mode="before")
+    @classmethod
+    def _depths(cls, v: Any) -> Any:
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            _fail("", "depth list is empty; allowed: one depth or a list of depths 6n+2")
+        for i, d in enumerate(items):
+            where = f"[{i}]" if isinstance(v, list) else ""
+            if isinstance(d, bool) or not isinstance(d, int) or d < 8 or (d - 2) % 6:
+                _fail(where, f"{d!r} is not a CIFAR ResNet depth; allowed: 6n+2 with n >= 1 "
+                             "(8, 14, 20, 32, 44, 56, 110, ...)")
+        if len(set(items)) != len(items):
+            _fail("", f"{v!r} repeats a depth")
+        return items
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds {v} repeat a value; allowed: distinct integers >= 0")
+        return v
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variant_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for i, name in enumerate(v):
+                if name not in search_spaces.VARIANTS:
+                    _fail(f"[{i}]", f"unknown variant {name!r}; allowed: {', '.join(search_spaces.VARIANTS)}")
+            if len(set(v)) != len(v):
+                _fail("", f"{v} repeats a variant")
+            v = {name: {} for name in v}
+        if isinstance(v, Mapping):
+            if not v:
+                _fail("", f"no variants; allowed: some of {', '.join(search_spaces.VARIANTS)}")
+            for name in v:
+                if name not in search_spaces.VARIANTS:
+                    _fail(str(name), f"unknown variant {name!r}; allowed: {', '.join(search_spaces.VARIANTS)}")
+            v = {k: ({} if x is None else x) for k, x in v.items()}
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _check_fields(v, "train")
+        return v
+
+    @field_validator("storage_path", "data_root")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Ray runs trials in their own working directories, so a relative path
+        # is resolved once, here, against the directory the spec is loaded in.
+        if v is None or (_URI.match(v) and not v.startswith("file://")):
+            return v
+        return str(Path(v.removeprefix("file://")).expanduser().resolve())
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        if self.dataset in FILE_DATASETS and not self.data_root:
+            _fail("data_root", f"required for dataset {self.dataset!r} (the folder holding it on every "
+                               "node; nothing is downloaded); allowed: a path")
+        if self.dataset not in FILE_DATASETS and self.data_root is not None:
+            _fail("data_root", f"{self.data_root!r} is given but dataset {self.dataset!r} is built in; "
+                               f"allowed: null (data_root is for {', '.join(FILE_DATASETS)})")
+        if self.image_size is not None and self.dataset in FILE_DATASETS:
+            _fail("image_size", f"{self.image_size!r} is given but {self.dataset!r} images are 32x32; "
+                                "allowed: null (image_size is for digits, synthetic)")
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.epochs:
+            _fail("scheduler.grace_period", f"{self.scheduler.grace_period} exceeds epochs={self.epochs}; "
+                                            f"allowed: 1..{self.epochs}")
+        if self.is_remote_storage and self.mlflow.tracking_uri is None:
+            _fail("mlflow.tracking_uri", f"required when storage_path is a URI ({self.storage_path!r}): "
+                                         "the default sqlite file needs a local path; allowed: an MLflow URI")
+        for name in self.variants:
+            try:
+                self.build_space(name)
+                self.make_sampler(name)
+            except SpaceError as e:
+                section = e.section
+                if e.param in self.train and e.param not in self.variants[name].space \
+                        and e.param not in self.variants[name].fixed:
+                    path = _join("train", e.param)  # the fixed value came from train
+                else:
+                    path = _join("variants", name, section, e.param or "")
+                _fail(path, str(e))
+            except ImportError as e:
+                _fail("search.algorithm", str(e))
+        return self
+
+    # -------------------------------------------------------------- queries
+
+    @property
+    def is_remote_storage(self) -> bool:
+        return bool(_URI.match(self.storage_path))
+
+    def experiments(self) -> list[tuple[str, int]]:
+        """(variant, depth) pairs, depth-major: each is one search."""
+        return [(v, d) for d in self.depth for v in self.variants]
+
+    def _check_experiment(self, variant: str, depth: int | None = None) -> None:
+        if variant not in self.variants:
+            raise ValueError(f"variant {variant!r} is not in this study; allowed: {', '.join(self.variants)}")
+        if depth is not None and depth not in self.depth:
+            raise ValueError(f"depth {depth!r} is not in this study; allowed: {self.depth}")
+
+    def trial_base_config(self, variant: str, depth: int) -> dict[str, Any]:
+        """TrainConfig fields fixed for every trial of (variant, depth); the
+        search's suggestions are merged over these."""
+        self._check_experiment(variant, depth)
+        base: dict[str, Any] = {
+            "dataset": self.dataset,
+            "data_root": self.data_root,
+            "depth": depth,
+            "epochs": self.epochs,
+            "variant": variant,
+            "seed": self.seeds[0],
+        }
+        if self.image_size is not None:
+            base["image_size"] = self.image_size
+        return {**base, **self.train, **self.variants[variant].fixed}
+
+    def space_overrides(self, variant: str) -> dict[str, dict[str, Any]]:
+        """The variant's `space` overrides plus `train` values of searched params."""
+        self._check_experiment(variant)
+        vs = self.variants[variant]
+        searched = {p.name for p in search_spaces.PARAMS[variant]}
+        from_train = {k: {"value": v} for k, v in self.train.items()
+                      if k in searched and k not in vs.space and k not in vs.fixed}
+        return {**from_train, **copy.deepcopy(vs.space)}
+
+    def build_space(self, variant: str):
+        """search_spaces.build_space for this variant, with the spec's overrides."""
+        return search_spaces.build_space(variant, self.space_overrides(variant), self.variants[variant].fixed)
+
+    def make_sampler(self, variant: str, seed: int | None | Literal["spec"] = "spec"):
+        """The spec's optuna sampler for `variant` (seed: search.seed unless given)."""
+        return search_spaces.make_sampler(
+            self.search.algorithm, self.search.seed if seed == "spec" else seed, variant,
+            self.space_overrides(variant), fixed=self.variants[variant].fixed,
+            n_startup_trials=self.search.n_startup_trials, grid_points=self.search.grid_points,
+        )
+
+    def study_dir(self) -> Path | str:
+        """storage_path/name: an absolute Path, or a URI string for remote storage."""
+        if self.is_remote_storage:
+            return f"{self.storage_path.rstrip('/')}/{self.name}"
+        return Path(self.storage_path) / self.name
+
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.study_dir()}/mlflow.db"
+
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ------------------------------------------------------------------ loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-4 as a float (YAML 1.1 wants 1.0e-4) and
+    refuses duplicate keys instead of keeping the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark)
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{origin}, line {mark.line + 1}, column {mark.column + 1}" if mark else origin
+        raise SpecError(f"invalid YAML in {where}: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"invalid YAML in {origin}: {e}") from None
+
+
+def _presets_dir():
+    return importlib.resources.files("study").joinpath("presets")
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in study/presets."""
+    return sorted(p.name[: -len(".yaml")] for p in _presets_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
+    """Deep-merge `overrides` into `base`; a dotted key ("scheduler.grace_period")
+    addresses a nested field. Mappings merge; anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["epochs=2", "scheduler.grace_period=1", "depth=[8, 14]"] -> overrides
+    for load_spec; values are read as YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"override {item!r} is not KEY=VALUE (e.g. scheduler.grace_period=2)")
+        out[key.strip()] = _parse_yaml(raw, f"override {item!r}")
+    return out
+
+
+def load_spec(source: str | Path | Mapping[str, Any] | None = None, *, preset: str | None = None,
+              overrides: Mapping[str, Any] | None = None) -> StudySpec:
+    """Load and validate a spec from a YAML file, a mapping, or a named preset,
+    with optional `overrides` merged in first. Raises SpecError."""
+    if (source is None) == (preset is None):
+        raise SpecError("give exactly one of a spec file (source) or a preset name "
+                        f"(presets: {', '.join(list_presets())})")
+    if preset is not None:
+        if preset not in list_presets():
+            raise SpecError(f"unknown preset {preset!r}; allowed: {', '.join(list_presets())}")
+        origin = f"preset {preset!r}"
+        data = _parse_yaml(_presets_dir().joinpath(f"{preset}.yaml").read_text(), origin)
+    elif isinstance(source, Mapping):
+        origin, data = "<mapping>", copy.deepcopy(dict(source))
+    else:
+        path = Path(source).expanduser()
+        origin = str(path)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}"
+                            + (" (a directory)" if path.is_dir() else "")
+                            + f"; presets: {', '.join(list_presets())}")
+        data = _parse_yaml(path.read_text(), origin)
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: the top level of a spec must be a mapping of fields "
+                        f"({', '.join(StudySpec.model_fields)}), got {type(data).__name__}")
+    if overrides:
+        data = _merge(data, overrides)
+    return validate_spec(data, origin)
+
+
+def validate_spec(data: Mapping[str, Any], origin: str = "<mapping>") -> StudySpec:
+    """StudySpec from a mapping, with pydantic's errors turned into one SpecError."""
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise SpecError(f"invalid study spec {origin}:\n  " + "\n  ".join(lines)) from None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]]
+    ctx = err.get("ctx") or {}
+    if err["type"] == "spec":
+        loc.append(ctx["spec_path"])
+        msg = ctx["spec_msg"]
+    elif err["type"] == "unknown_key":
+        loc.append(ctx["spec_key"])
+        msg = err["msg"]
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif err["type"] == "value_error":
+        msg = err["msg"].removeprefix("Value error, ")
+    else:
+        msg = f"{err['msg']} (got {err['input']!r})"
+    path = ".".join(p for p in loc if p).replace(".[", "[")
+    return f"{path or '<top level>'}: {msg}"
+
+
+__all__ = [
+    "DATASETS", "SpecError", "StudySpec", "VariantSpec", "list_presets", "load_spec",
+    "parse_overrides", "validate_spec",
+]

@@ -1,0 +1,217 @@
+"""MLflow tracking for a study: runs nested study > experiment (variant) > trial.
+
+Every MLflow call goes through one ordered queue keyed by resstudy's own names
+("study", "exp:<name>", "trial:<id>"). When the tracking server is unreachable
+the queue keeps the calls and replays them in order once it answers again, so
+trials keep training and lose no metric. Run ids are kept in the study's
+study.json, so a resumed study reopens its runs instead of opening new ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+# MLflow 3 opens an experiment without this tag on its GenAI overview; this
+# value makes the UI open on the runs table with metric/param columns.
+EXPERIMENT_KIND = "custom_model_development"
+PARENT_TAG = "mlflow.parentRunId"
+LEVEL_TAG = "resstudy.level"
+STATUS_BY_OUTCOME = {"completed": "FINISHED", "pruned": "KILLED", "stopped": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be used; raised before any trial starts."""
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with any password or token replaced, fit for logs and reports."""
+    parts = urlsplit(uri)
+    if parts.password or parts.username:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        netloc = f"{parts.username}:***@{host}" if parts.password else f"***@{host}"
+        parts = parts._replace(netloc=netloc)
+    query = re.sub(r"(?i)((?:token|password|secret|key)[^=&]*=)[^&]*", r"\1***", parts.query)
+    return urlunsplit(parts._replace(query=query))
+
+
+def default_tracking_uri(study_dir: str | Path) -> str:
+    return f"sqlite:///{Path(study_dir).resolve() / 'mlflow.db'}"
+
+
+def _quiet_http_retries(uri: str) -> None:
+    # MLflow's HTTP client retries with exponential backoff for minutes by default;
+    # the queue below does the retrying, so one quick attempt per call is right.
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str, study_name: str, study_dir: str | Path,
+                 ids: dict[str, str] | None = None, on_ids_changed: Callable[[dict[str, str]], None] | None = None,
+                 log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
+        _quiet_http_retries(tracking_uri)
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        self.study_dir = Path(study_dir)
+        self.client = MlflowClient(tracking_uri)
+        self.ids: dict[str, str] = dict(ids or {})
+        self._on_ids_changed = on_ids_changed or (lambda ids: None)
+        self._log = log
+        self._queue: collections.deque[tuple[str, str, dict[str, Any]]] = collections.deque()
+        self._down_since: float | None = None
+        try:
+            self.experiment_id = self._experiment(experiment)
+        except Exception as e:  # connection refused, bad scheme, locked DB: all fatal here
+            raise TrackingError(
+                f"MLflow tracking at {redact_uri(tracking_uri)} cannot be used ({type(e).__name__}: {_short(e)}); "
+                "start the server or fix mlflow.tracking_uri in the spec"
+            ) from e
+        self.create("study", None, study_name, {LEVEL_TAG: "study", "resstudy.study": study_name})
+
+    # ------------------------------------------------------------ public
+
+    def create(self, key: str, parent: str | None, name: str, tags: dict[str, str]) -> None:
+        """Open a run under `key` (or reopen the one a previous driver opened)."""
+        if key in self.ids:
+            self._submit("reopen", key, {})
+        else:
+            self._submit("create", key, {"parent": parent, "name": name, "tags": tags})
+
+    def params(self, key: str, params: dict[str, Any]) -> None:
+        self._submit("params", key, {"params": {k: _param(v) for k, v in params.items()}})
+
+    def metrics(self, key: str, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._submit("metrics", key, {"metrics": clean, "step": int(step), "ts": int(time.time() * 1000)})
+
+    def tags(self, key: str, tags: dict[str, Any]) -> None:
+        self._submit("tags", key, {"tags": {k: str(v) for k, v in tags.items()}})
+
+    def artifact(self, key: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self._submit("artifact", key, {"path": str(path), "artifact_path": artifact_path})
+
+    def end(self, key: str, outcome: str) -> None:
+        self._submit("end", key, {"status": STATUS_BY_OUTCOME.get(outcome, outcome)})
+
+    def flush(self, wait_s: float = 0.0) -> bool:
+        """Replay queued calls; True when the queue is empty. Waits up to wait_s for a server to return."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self._drain():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(2.0, max(deadline - time.monotonic(), 0.05)))
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def run_id(self, key: str) -> str | None:
+        return self.ids.get(key)
+
+    def ui_command(self) -> str:
+        if self.uri.startswith("sqlite:"):
+            art = self.study_dir / "mlartifacts"
+            return f"mlflow ui --host 127.0.0.1 --backend-store-uri {self.uri} --default-artifact-root {art}"
+        return f"open {redact_uri(self.uri)} in a browser"
+
+    # ------------------------------------------------------------ internals
+
+    def _experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:"):
+                location = (self.study_dir / "mlartifacts").resolve().as_uri()
+            exp_id = self.client.create_experiment(name, artifact_location=location,
+                                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        else:
+            exp_id = exp.experiment_id
+            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return exp_id
+
+    def _submit(self, kind: str, key: str, payload: dict[str, Any]) -> None:
+        self._queue.append((kind, key, payload))
+        self._drain()
+
+    def _drain(self) -> bool:
+        while self._queue:
+            kind, key, payload = self._queue[0]
+            try:
+                self._apply(kind, key, payload)
+            except Exception as e:
+                if not _is_transient(e):
+                    self._log(f"resstudy: MLflow refused {kind} for {key}: {_short(e)} (skipped)")
+                    self._queue.popleft()
+                    continue
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    self._log(f"resstudy: MLflow at {redact_uri(self.uri)} is unreachable; "
+                              f"keeping {len(self._queue)} call(s) until it returns")
+                return False
+            self._queue.popleft()
+            if self._down_since is not None:
+                self._log("resstudy: MLflow is back; delivering kept calls")
+                self._down_since = None
+        return True
+
+    def _apply(self, kind: str, key: str, p: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        if kind == "create":
+            tags = dict(p["tags"])
+            if p["parent"] is not None:
+                tags[PARENT_TAG] = self.ids[p["parent"]]
+            run = self.client.create_run(self.experiment_id, run_name=p["name"], tags=tags)
+            self.ids[key] = run.info.run_id
+            self._on_ids_changed(self.ids)
+            return
+        run_id = self.ids[key]
+        if kind == "reopen":
+            self.client.update_run(run_id, status="RUNNING")
+        elif kind == "params":
+            items = [Param(k, v) for k, v in p["params"].items()]
+            for i in range(0, len(items), 100):  # MLflow's per-request param limit
+                self.client.log_batch(run_id, params=items[i:i + 100])
+        elif kind == "metrics":
+            self.client.log_batch(run_id, metrics=[Metric(k, v, p["ts"], p["step"]) for k, v in p["metrics"].items()])
+        elif kind == "tags":
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in p["tags"].items()])
+        elif kind == "artifact":
+            self.client.log_artifact(run_id, p["path"], p["artifact_path"])
+        elif kind == "end":
+            self.client.set_terminated(run_id, p["status"])
+
+
+def _param(v: Any) -> str:
+    return "None" if v is None else str(v)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__
+
+
+def _is_transient(e: BaseException) -> bool:
+    """Connection trouble (retry later) as opposed to a request MLflow rejects."""
+    import requests
+
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+        return True
+    text = str(e)
+    return any(s in text for s in ("Max retries exceeded", "Connection refused", "Failed to establish",
+                                   "API request to", "database is locked", "timed out", "503", "502"))

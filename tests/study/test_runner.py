@@ -1,0 +1,153 @@
+"""The study end to end: one tiny real study (tests/conftest.py) and what it leaves."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study.config import TrainConfig
+from study.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from tests.conftest import TINY_SPEC, run_cli
+
+pytestmark = pytest.mark.slow
+VARIANTS = set(TINY_SPEC["variants"])
+
+
+@pytest.fixture(scope="module")
+def results(tiny_study_dir) -> pd.DataFrame:
+    return pd.read_parquet(tiny_study_dir / "results.parquet")
+
+
+def test_progress_view_and_pointers(tiny_study_run):
+    _, proc = tiny_study_run
+    assert "trials" in proc.stdout and "done" in proc.stdout and "best val_acc" in proc.stdout
+    assert "mlflow ui --host 127.0.0.1" in proc.stdout
+
+
+def test_results_parquet_has_every_variant_and_trial(results):
+    search = results[results.phase == "search"]
+    assert set(search.variant) == VARIANTS
+    assert search.groupby("variant").size().to_dict() == {v: TINY_SPEC["trials_per_variant"] for v in VARIANTS}
+    assert set(results.status) <= {"completed", "pruned", "failed", "diverged"}
+    for col in ("experiment", "trial_id", "seed", "epochs_reached", "seconds", "node", "mlflow_run_id", "val_acc",
+                "best_val_acc", "lr", "weight_decay", "searched"):
+        assert col in results.columns, col
+    # every TrainConfig option is a column with its own name
+    assert set(TrainConfig.__dataclass_fields__) <= set(results.columns)
+    completed = results[results.status == "completed"]
+    assert len(completed) and completed.test_acc.notna().all()
+    assert (completed.epochs_reached == TINY_SPEC["epochs"]).all()
+    assert results.trial_id.is_unique
+
+
+def test_variant_specific_columns(results):
+    eps = results[(results.variant == "epsilon") & (results.status == "completed")]
+    assert eps.discarded_ratio.between(0, 1).all() and (eps.params_compressed <= eps.params).all()
+    assert eps.compressed_test_acc.notna().all()
+    q = results[(results.variant == "quotient") & results.status.isin(["completed", "pruned"])]
+    assert q.q_mean_stage1.notna().all()
+    sgs = results[results.variant == "sgs"]
+    assert set(sgs.sgs_mode) <= {"branches", "mi"}
+    # searched params are recorded and differ between trials
+    searched = json.loads(results[results.variant == "epsilon"].searched.iloc[0])
+    assert "epsilon" in searched and "lr" in searched
+    assert results[results.variant == "epsilon"].epsilon.nunique() > 1
+
+
+def test_history_has_one_row_per_trial_epoch(tiny_study_dir, results):
+    hist = pd.read_parquet(tiny_study_dir / "history.parquet")
+    per_trial = hist.groupby("trial_id").epoch.max()
+    joined = results.set_index("trial_id").epochs_reached
+    assert (per_trial.reindex(joined.index) == joined).all()
+    assert not hist.duplicated(["trial_id", "epoch"]).any()
+    assert {"train_loss", "val_acc", "lr", "images_per_s"} <= set(hist.columns)
+
+
+def test_repeat_phase_reruns_best_config_over_seeds(results):
+    rep = results[results.phase == "repeat"]
+    for variant in VARIANTS:
+        rows = rep[rep.variant == variant]
+        assert sorted(rows.seed) == TINY_SPEC["seeds"]
+        # same configuration, only the seed differs
+        assert rows.lr.nunique() == 1 and rows.weight_decay.nunique() == 1
+
+
+def test_optuna_db_records_asha_stops_as_pruned(tiny_study_dir, results):
+    storage = f"sqlite:///{tiny_study_dir / 'optuna.db'}"
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    pruned_total = 0
+    for variant in VARIANTS:
+        name = f"tiny-{variant}-d8"
+        assert name in summaries
+        study = optuna.load_study(study_name=name, storage=storage)
+        by_ray_id = {t.user_attrs.get("ray_trial_id"): t for t in study.trials}
+        rows = results[(results.experiment == name) & (results.phase == "search")]
+        assert len(study.trials) == len(rows)
+        for _, row in rows.iterrows():
+            t = by_ray_id[row.trial_id]
+            expected = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}.get(
+                row.status, optuna.trial.TrialState.FAIL)
+            assert t.state == expected, (row.trial_id, row.status, t.state)
+            if t.state == optuna.trial.TrialState.PRUNED:
+                pruned_total += 1
+                # pruned at the epoch it reached, before the last one
+                assert max(t.intermediate_values) == row.epochs_reached < TINY_SPEC["epochs"]
+            if t.state == optuna.trial.TrialState.COMPLETE:
+                assert t.value == pytest.approx(row.val_acc)
+            assert t.user_attrs["seed"] == row.seed
+    assert pruned_total >= 1, "ASHA stopped no trial: the tiny study no longer exercises pruning"
+
+
+def test_mlflow_runs_nested_study_variant_trial(tiny_study_dir, results):
+    state = json.loads((tiny_study_dir / "study.json").read_text())
+    client = MlflowClient(f"sqlite:///{tiny_study_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_level = {}
+    for r in runs:
+        by_level.setdefault(r.data.tags.get("resstudy.level"), []).append(r)
+    (parent,) = by_level["study"]
+    assert parent.info.run_id == state["mlflow_parent_run_id"] and parent.info.status == "FINISHED"
+    variants = by_level["variant"]
+    assert {r.data.tags["variant"] for r in variants} == VARIANTS
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in variants)
+    variant_ids = {r.info.run_id for r in variants}
+    trials = by_level["trial"]
+    assert len(trials) == len(results)
+    assert {r.info.run_id for r in trials} == set(results.mlflow_run_id)
+    status = dict(zip(results.mlflow_run_id, results.status))
+    expected = {"completed": "FINISHED", "pruned": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+    for r in trials:
+        assert r.data.tags["mlflow.parentRunId"] in variant_ids
+        assert r.info.status == expected[status[r.info.run_id]]
+        assert r.data.tags["status"] == status[r.info.run_id]
+        assert {"lr", "weight_decay", "seed", "variant", "depth"} <= set(r.data.params)
+        history = client.get_metric_history(r.info.run_id, "val_acc")
+        assert [m.step for m in history] == list(range(1, len(history) + 1))
+
+
+def test_mlflow_artifacts_per_variant(tiny_study_dir, results):
+    client = MlflowClient(f"sqlite:///{tiny_study_dir / 'mlflow.db'}")
+    done = results[results.status == "completed"]
+    expected = {"epsilon": "epsilon_discarded_blocks.json", "sgs": "sgs_scalings.png", "quotient": "quotient_stats.json"}
+    for variant, name in expected.items():
+        run_id = done[done.variant == variant].mlflow_run_id.iloc[0]
+        assert name in {a.path for a in client.list_artifacts(run_id)}, (variant, name)
+
+
+def test_status_and_export_commands(tiny_study_dir):
+    out = run_cli("status", str(tiny_study_dir)).stdout
+    assert "finished" in out and "tiny-epsilon-d8" in out
+    exported = run_cli("export", str(tiny_study_dir), "--out", str(tiny_study_dir / "exp")).stdout
+    assert "results.csv" in exported
+    assert len(pd.read_csv(tiny_study_dir / "exp" / "results.csv")) > 0
+
+
+def test_unknown_study_name_is_a_clear_error(tmp_path):
+    proc = run_cli("status", "nope", "--storage-path", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "nope" in proc.stderr and "Traceback" not in proc.stderr
