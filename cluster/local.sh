@@ -29,7 +29,10 @@
 #   gRPC servers (GCS, raylets) bind all interfaces; the token guards them. The
 #   dashboard/Jobs API and MLflow bind 127.0.0.1 only.
 # - Several nodes on one host need distinct dashboard-agent ports, random worker
-#   ports, and must start one after another (concurrent starts race on ports).
+#   ports, must start one after another (concurrent starts race on ports), and
+#   need their own temp dirs (n0 = head, n1.. = workers): in a shared session dir
+#   one node's runtime-env agent deletes a job's unpacked working_dir that
+#   another node's job driver is still running in.
 # - `ray stop` would kill every Ray on the machine, so each node runs as
 #   `ray start --block` in its own session; `down` signals those and their
 #   recorded descendants only (pid + start time guard against pid reuse).
@@ -88,8 +91,8 @@ descendants() {  # all descendants of the given pids, one per line
 
 group_members() { pgrep -g "$1" 2>/dev/null || true; }
 
-# Processes of our own Ray session (their command lines name our temp dir).
-session_members() { [[ -d $STATE/ray ]] && pgrep -f -- "$STATE/ray/session_" 2>/dev/null || true; }
+# Processes of our own Ray sessions (their command lines name our temp dirs).
+session_members() { pgrep -f -- "$(printf '%s' "$STATE" | sed 's/[][\\.*^$+?(){}|]/\\&/g')/n[0-9]+/session_" 2>/dev/null || true; }
 
 record() {  # record ROLE PID
     local st
@@ -111,6 +114,8 @@ port_free() {  # port_free HOST PORT
     python - "$1" "$2" <<'EOF'
 import socket, sys
 s = socket.socket()
+# A port in TIME_WAIT is reusable; one with a listener still is not.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind((sys.argv[1], int(sys.argv[2])))
 except OSError:
@@ -199,8 +204,9 @@ start_all() {
         ((running)) && die "a cluster recorded in $STATE is running; run '$0 down' first"
         rm -f "$PROCS"
     fi
-    # Ray's Unix sockets live under the temp dir; their paths must stay < 108 bytes.
-    ((${#STATE} <= 60)) || die "RESSTUDY_LOCAL_CLUSTER='$STATE' is too long (${#STATE} chars); Ray's socket paths need it <= 60"
+    # Ray's Unix sockets live at <temp dir>/session_<date>_<pid>/sockets/plasma_store,
+    # which must stay under 108 bytes.
+    ((${#STATE} <= 36)) || die "RESSTUDY_LOCAL_CLUSTER='$STATE' is too long (${#STATE} chars); Ray's socket paths need it <= 36"
     port_free 0.0.0.0 "$GCS_PORT" || die "RESSTUDY_GCS_PORT=$GCS_PORT is in use; choose a free port"
     port_free 127.0.0.1 "$DASHBOARD_PORT" || die "RESSTUDY_DASHBOARD_PORT=$DASHBOARD_PORT is in use; choose a free port"
     port_free 0.0.0.0 "$CLIENT_PORT" || die "RESSTUDY_CLIENT_PORT=$CLIENT_PORT is in use; choose a free port"
@@ -211,7 +217,7 @@ start_all() {
         port_free 127.0.0.1 "$MLFLOW_PORT" || die "RESSTUDY_MLFLOW_PORT=$MLFLOW_PORT is in use; choose a free port"
     fi
 
-    mkdir -p "$STATE/logs" "$STATE/ray" "$STATE/mlflow/artifacts" "$STATE/storage"
+    mkdir -p "$STATE/logs" "$STATE/mlflow/artifacts" "$STATE/storage"
     (umask 077 && python -c 'import secrets; print(secrets.token_hex(32), end="")' >"$STATE/auth_token")
     : >"$PROCS"
     UP_OK=0
@@ -238,12 +244,12 @@ start_all() {
     spawn head ray start --head "${common[@]}" --port="$GCS_PORT" --num-cpus="$HEAD_CPUS" \
         --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
         --ray-client-server-port="$CLIENT_PORT" --dashboard-agent-listen-port="$AGENT_PORT" \
-        --temp-dir="$STATE/ray"
+        --temp-dir="$STATE/n0"
     wait_for "Ray head" head nodes_at_least 1
     for ((i = 1; i <= n; i++)); do
         spawn "worker$i" ray start --address="127.0.0.1:$GCS_PORT" "${common[@]}" \
             --num-cpus="$WORKER_CPUS" --resources="{\"local_worker_$i\": 1}" \
-            --dashboard-agent-listen-port=$((AGENT_PORT + i))
+            --dashboard-agent-listen-port=$((AGENT_PORT + i)) --temp-dir="$STATE/n$i"
         wait_for "Ray worker $i" "worker$i" nodes_at_least $((i + 1))
     done
     if [[ $WITH_MLFLOW == 1 ]]; then wait_for "MLflow server" mlflow curl -sf "$MLFLOW_URL/health"; fi

@@ -16,17 +16,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
+if not os.environ.get("RAY_ADDRESS"):
+    # The embedded local Ray must listen on loopback only. On Linux Ray rewrites
+    # 127.0.0.1 to the machine's routable IP and binds its servers to every
+    # interface; this switch (read when ray is imported) keeps them on 127.0.0.1.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import search_spaces
-from study.config import TrainConfig
-from study.results import FINAL_METRICS, ResultsWriter
-from study.spec import StudySpec
-from study.tracking import Tracker, redact_uri
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+
+import search_spaces  # noqa: E402
+from study.config import TrainConfig  # noqa: E402
+from study.results import FINAL_METRICS, ResultsWriter  # noqa: E402
+from study.spec import StudySpec  # noqa: E402
+from study.tracking import Tracker, redact_uri  # noqa: E402
 
 STATE_FILE = "study.json"
 METRIC, MODE = "val_acc", "max"
@@ -357,7 +363,8 @@ class StudyRunner:
         else:
             tuner = tune.Tuner(fn, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                max_concurrent_trials=spec.max_concurrent, reuse_actors=True))
+                max_concurrent_trials=None if search_alg is not None else spec.max_concurrent, reuse_actors=True,
+                trial_dirname_creator=_trial_dirname))
         print(f"resstudy: {name}: {num_samples if phase == 'search' else len(spec.seeds)} trial(s)", flush=True)
         tuner.fit()
         self.results.flush()
@@ -387,13 +394,16 @@ class StudyRunner:
         return {k: v for k, v in best.items() if k in fields}
 
 
+def _trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
 def _init_ray(spec: StudySpec) -> None:
     if ray.is_initialized():
         return
     # The progress view is resstudy's own: silence Tune's tables and chatter.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import logging
 
     for name in ("ray.tune", "ray.train", "ray.air"):
@@ -402,8 +412,7 @@ def _init_ray(spec: StudySpec) -> None:
         ray.init(address="auto", log_to_driver=False)
     else:
         # An embedded single-node Ray: nothing listens beyond loopback, no dashboard.
-        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
-                 num_gpus=None, _node_ip_address="127.0.0.1")
+        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
 
 
 # ---------------------------------------------------------------- study.json
