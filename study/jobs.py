@@ -124,7 +124,15 @@ def _client(address: str | None, token: str | None):
                        "allowed: the address of a Ray dashboard with Ray Jobs (ray[default])")
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address, headers=_headers(token))
+    # Ray's client lets RAY_API_SERVER_ADDRESS / RAY_ADDRESS override the address
+    # it is given; the address checked above must be the one used.
+    saved = {k: os.environ.pop(k) for k in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if k in os.environ}
+    try:
+        return JobSubmissionClient(address, headers=_headers(token))
+    except (ConnectionError, RuntimeError, requests.exceptions.RequestException) as e:
+        raise JobError(f"address: {address} is not a usable Ray Jobs endpoint ({e})") from None
+    finally:
+        os.environ.update(saved)
 
 
 def alive_node_count(address: str | None = None, *, token: str | None = None) -> int:
@@ -203,8 +211,9 @@ def submit(spec_path: str | os.PathLike, address: str | None = None, *, working_
     shared_storage: the spec's storage_path is mounted on every node (or set
         `shared_storage: true` in the spec).
     tracking_uri: MLflow URI for the job; default the spec's mlflow.tracking_uri,
-        else this process's MLFLOW_TRACKING_URI, else the spec's default (a
-        sqlite file in the study dir).
+        else this process's MLFLOW_TRACKING_URI when it names a server (http(s),
+        databricks, a database URL), else the spec's default (a sqlite file in
+        the study dir).
     node_count: for tests; default: ask the cluster.
     """
     from study.spec import SpecError, load_spec
@@ -228,11 +237,25 @@ def submit(spec_path: str | os.PathLike, address: str | None = None, *, working_
     runtime_env: dict[str, Any] = {"working_dir": str(wd), "excludes": list(EXCLUDES)}
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
-    try:
-        return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
-                                 metadata={"resstudy.study": spec.name})
-    except (RuntimeError, requests.exceptions.RequestException) as e:
-        raise JobError(f"the cluster at {address} refused the job: {e}") from None
+    return _call(address, token, None, lambda c: c.submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
+        metadata={"resstudy.study": spec.name}), client)
+
+
+def submit_command(entrypoint: str, address: str | None = None, *, working_dir: str | os.PathLike | None = None,
+                   token: str | None = None, env_vars: Mapping[str, str] | None = None,
+                   submission_id: str | None = None) -> str:
+    """Submit any shell command as a Ray job (no spec checks); return its id."""
+    runtime_env: dict[str, Any] = {}
+    if working_dir is not None:
+        wd = Path(working_dir).expanduser().resolve()
+        if not wd.is_dir():
+            raise JobError(f"working_dir: {str(working_dir)!r} is not a directory")
+        runtime_env.update(working_dir=str(wd), excludes=list(EXCLUDES))
+    if env_vars:
+        runtime_env["env_vars"] = dict(env_vars)
+    return _call(address, token, None, lambda c: c.submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env or None, submission_id=submission_id))
 
 
 def _server_tracking_uri() -> str | None:
@@ -249,15 +272,25 @@ def _plain(obj: Any) -> dict[str, Any]:
     return dict(obj)
 
 
-def _call(address: str | None, token: str | None, job_id: str | None, fn: Callable[[Any], Any]) -> Any:
-    client = _client(address, token)
+def _call(address: str | None, token: str | None, job_id: str | None, fn: Callable[[Any], Any],
+          client: Any = None) -> Any:
+    """fn(client) with the client's errors turned into JobErrors."""
+    from ray.exceptions import AuthenticationError
+
+    client = client or _client(address, token)
+    where = _normalize_address(address)
     try:
         return fn(client)
+    except AuthenticationError as e:
+        raise JobError(f"the Ray cluster at {where} refused the token ({str(e).splitlines()[0]}); give the "
+                       "cluster's token with RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token") from None
+    except requests.exceptions.RequestException as e:
+        raise JobError(f"address: lost the Ray dashboard at {where} ({type(e).__name__})") from None
     except RuntimeError as e:
         if job_id and ("404" in str(e) or "does not exist" in str(e)):
-            raise JobError(f"job_id: {job_id!r} is not a job on the cluster at {_normalize_address(address)}; "
+            raise JobError(f"job_id: {job_id!r} is not a job on the cluster at {where}; "
                            "allowed: an id from `resstudy submit` or `ray job list`") from None
-        raise JobError(f"the cluster at {_normalize_address(address)} refused the request: {e}") from None
+        raise JobError(f"the cluster at {where} refused the request: {e}") from None
 
 
 def job_info(job_id: str, address: str | None = None, *, token: str | None = None) -> dict[str, Any]:
@@ -282,8 +315,9 @@ def wait(job_id: str, address: str | None = None, *, token: str | None = None,
          timeout: float | None = None, poll_s: float = 2.0) -> str:
     """Block until the job ends; return its final state. TimeoutError after `timeout` s."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    client = _client(address, token)
     while True:
-        state = job_status(job_id, address, token=token)
+        state = str(_call(address, token, job_id, lambda c: c.get_job_status(job_id), client).value)
         if state in TERMINAL:
             return state
         if deadline is not None and time.monotonic() > deadline:

@@ -72,15 +72,27 @@ class ResultsWriter:
 
     def __init__(self, study_dir: str | Path) -> None:
         self.dir = Path(study_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.epochs_dir = self.dir / "epochs"
+        self.epochs_dir.mkdir(parents=True, exist_ok=True)
         self.results = {r["trial_id"]: r for r in read_table(self.dir / RESULTS_FILE)}
         self.history = {(r["trial_id"], r["epoch"]): r for r in read_table(self.dir / HISTORY_FILE)}
+        # Epoch rows are also appended to one JSON-lines file per trial as they
+        # arrive, so a killed driver keeps them even for trials still running.
+        for path in sorted(self.epochs_dir.glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                self.history[(row["trial_id"], row["epoch"])] = row
 
     def add_epoch(self, identity: dict[str, Any], metrics: dict[str, Any]) -> None:
         row = dict(identity)
         row["epoch"] = int(metrics["epoch"])
-        row.update({k: metrics.get(k, float("nan")) for k in HISTORY_METRICS})
+        row.update({k: _clean(metrics.get(k, float("nan"))) for k in HISTORY_METRICS})
         self.history[(row["trial_id"], row["epoch"])] = row
+        with open(self.epochs_dir / f"{row['trial_id']}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def finish_trial(self, row: dict[str, Any]) -> None:
         self.results[row["trial_id"]] = row

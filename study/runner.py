@@ -29,6 +29,7 @@ from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 import search_spaces  # noqa: E402
+from study import faults  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
 from study.results import FINAL_METRICS, ResultsWriter  # noqa: E402
 from study.spec import StudySpec  # noqa: E402
@@ -62,6 +63,7 @@ def trainable(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="resstudy-ckpt-") as d:
             save(d)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+        faults.check(config, int(metrics["epoch"]))
 
     train(cfg, report, resume=resume)
 
@@ -129,6 +131,11 @@ class StudyCallback(tune.Callback):
         self.searcher, self.searched = searcher, searched
         self.last: dict[str, dict[str, Any]] = {}
         self.started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config (callbacks included) into the experiment
+        # folder; the runner is re-attached on restore, so leave it out.
+        return {k: v for k, v in self.__dict__.items() if k not in ("r", "searcher")}
 
     def _key(self, trial) -> str:
         return f"trial:{trial.trial_id}"

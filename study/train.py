@@ -203,8 +203,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, report: ReportFn | None = None, resume: str | Path | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, report: ReportFn | None = None,
+          resume: str | Path | dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one trial; returns the last epoch's metrics (with `status`).
+
+    `resume` is a checkpoint directory or a state already read by load_checkpoint.
 
     status is `completed` after the last epoch or `diverged` when a loss goes
     NaN/inf, which ends the trial without raising.
@@ -215,7 +218,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None, resume: str | Path |
     device = resolve_device(cfg.device)
     amp = resolve_precision(cfg.precision, device)
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
-    state = load_checkpoint(resume) if resume is not None else None
+    state = resume if isinstance(resume, dict) or resume is None else load_checkpoint(resume)
 
     torch.manual_seed(cfg.seed)
     data = data_lib.load_data(cfg.dataset, cfg.data_root, download=cfg.download, val_size=cfg.val_size,

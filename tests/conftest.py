@@ -71,3 +71,23 @@ def tiny_study_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_study_dir(tiny_study_run) -> Path:
     return tiny_study_run[0]
+
+
+# ---------------------------------------------------------------- the fault table
+
+FAULTS: list[tuple[str, str, str]] = []
+
+
+def record_fault(fault: str, expected: str, observed: str) -> None:
+    """A fault-injection test that passed records what it tried and saw."""
+    FAULTS.append((fault, expected, observed))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not FAULTS:
+        return
+    terminalreporter.section("fault injection: faults tried and their outcomes")
+    terminalreporter.write_line("| fault | required outcome | observed |")
+    terminalreporter.write_line("|---|---|---|")
+    for row in FAULTS:
+        terminalreporter.write_line("| " + " | ".join(row) + " |")
