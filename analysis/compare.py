@@ -79,4 +79,23 @@ def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METR
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-__all__ = ["best_runs", "compare_variants", "METRICS"]
+def compare_study(study_dir, results: pd.DataFrame | None = None) -> pd.DataFrame:
+    """compare_variants on a study directory; top_k = the number of spec seeds."""
+    from .load import load_results
+
+    df = load_results(study_dir) if results is None else results
+    return compare_variants(df, top_k=spec_top_k(study_dir))
+
+
+def spec_top_k(study_dir, default: int = 5) -> int:
+    """How many top search trials stand in for missing repeats: one per spec seed."""
+    from .load import load_spec
+
+    try:
+        seeds = load_spec(study_dir).get("seeds")
+    except (FileNotFoundError, ValueError):
+        return default
+    return len(seeds) if isinstance(seeds, list) and seeds else default
+
+
+__all__ = ["best_runs", "compare_variants", "compare_study", "spec_top_k", "METRICS"]

@@ -186,6 +186,21 @@ def importances_from_studies(studies: dict[str, optuna.Study], variants: dict[st
     return out
 
 
+def study_importances(study_dir, results: pd.DataFrame | None = None, *, seed: int = 0
+                      ) -> tuple[list[Importance], str | None]:
+    """(importances, note): from the study's optuna.db when it can be read,
+    else from results.parquet (the note says why)."""
+    from .load import load_optuna_studies, load_results
+
+    df = load_results(study_dir) if results is None else results
+    try:
+        studies = load_optuna_studies(study_dir)
+    except (FileNotFoundError, ValueError) as e:
+        return importances_from_results(df, seed=seed), f"importance from results.parquet, not the Optuna DB: {e}"
+    variants = df.drop_duplicates("experiment").set_index("experiment")["variant"].astype(str).to_dict()
+    return importances_from_studies(studies, variants, seed=seed), None
+
+
 def importance_frame(results: list[Importance]) -> pd.DataFrame:
     frames = [r.to_frame() for r in results if len(r.table)]
     if not frames:
@@ -194,4 +209,4 @@ def importance_frame(results: list[Importance]) -> pd.DataFrame:
 
 
 __all__ = ["Importance", "study_from_frame", "complete_only", "param_importances",
-           "importances_from_results", "importances_from_studies", "importance_frame", "MIN_TRIALS"]
+           "importances_from_results", "importances_from_studies", "study_importances", "importance_frame", "MIN_TRIALS"]

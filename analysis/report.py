@@ -21,9 +21,9 @@ import plotly.offline
 from matplotlib.figure import Figure
 
 from . import plots
-from .compare import compare_variants
-from .importance import Importance, importance_frame, importances_from_results, importances_from_studies
-from .load import load_history, load_optuna_studies, load_results, load_spec, load_study_meta
+from .compare import compare_variants, spec_top_k
+from .importance import importance_frame, study_importances
+from .load import load_history, load_results, load_spec, load_study_meta
 from .sensitivity import MIN_POINTS, epsilon_tradeoffs, sensitivity, usable
 
 REPORT_NAME = "report.html"
@@ -146,11 +146,6 @@ def analyze(study_dir: str | Path, *, out_dir: str | Path | None = None, log_to_
         history = load_history(study_dir)
     except (FileNotFoundError, ValueError) as e:
         rep.notes.append(f"learning curves skipped: {e}")
-    studies = None
-    try:
-        studies = load_optuna_studies(study_dir)
-    except (FileNotFoundError, ValueError) as e:
-        rep.notes.append(f"importance computed from results.parquet instead of the Optuna DB: {e}")
     _say(f"{len(df)} trials in {df['experiment'].nunique()} experiment(s)")
 
     counts = trial_counts(df)
@@ -163,8 +158,7 @@ def analyze(study_dir: str | Path, *, out_dir: str | Path | None = None, log_to_
 
     # -- comparison
     _say("comparing variants with the baseline")
-    seeds = spec.get("seeds")
-    top_k = len(seeds) if isinstance(seeds, list) and seeds else 5
+    top_k = spec_top_k(study_dir)
     cmp = compare_variants(df, top_k=top_k)
     _write_table(cmp, table_dir, "comparison", rep.files)
     sec = rep.section("Variants vs baseline")
@@ -223,11 +217,9 @@ def analyze(study_dir: str | Path, *, out_dir: str | Path | None = None, log_to_
 
     # -- importance
     _say("parameter importance (fANOVA, PED-ANOVA)")
-    if studies:
-        variants = df.drop_duplicates("experiment").set_index("experiment")["variant"].astype(str).to_dict()
-        imps: list[Importance] = importances_from_studies(studies, variants, seed=seed)
-    else:
-        imps = importances_from_results(df, seed=seed)
+    imps, why = study_importances(study_dir, df, seed=seed)
+    if why:
+        rep.notes.append(why)
     imp = importance_frame(imps)
     _write_table(imp, table_dir, "importance", rep.files)
     sec = rep.section("Parameter importance")

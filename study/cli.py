@@ -142,7 +142,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.address or args.name.startswith("raysubmit_"):
         from study import jobs
 
-        print(jobs.status(args.name, args.address or os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")))
+        print(jobs.status(args.name, args.address))
         return 0
     from study.report import status_text
 
@@ -169,9 +169,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from study import jobs
 
-    job_id = jobs.submit(args.spec, args.address, shared_storage=args.shared_storage)
-    print(f"submitted job {job_id} to {args.address}")
-    print(f"follow it with: resstudy logs {job_id} --address {args.address} --follow")
+    job_id = jobs.submit(args.spec, args.address, shared_storage=args.shared_storage, tracking_uri=args.tracking_uri,
+                         working_dir=args.working_dir)
+    print(f"submitted job {job_id} to {args.address or jobs.default_address()}")
+    print(f"follow it with: resstudy logs {job_id} --follow" + (f" --address {args.address}" if args.address else ""))
     return 0
 
 
@@ -202,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="continue from a checkpoint directory")
     p.set_defaults(func=cmd_train)
 
-    address_default = os.environ.get("RAY_ADDRESS", "http://127.0.0.1:8265")
+    address_help = ("Ray dashboard address (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, "
+                    "else http://127.0.0.1:8265); the token comes from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token")
     p = sub.add_parser("run", help="run a study on the embedded local Ray (or the cluster of RAY_ADDRESS)")
     p.add_argument("spec", nargs="?", help="study spec YAML")
     p.add_argument("--preset", help="a shipped spec: quick, cifar10, cifar100, svhn")
@@ -236,15 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="submit a study to a Ray cluster through Ray Jobs")
     p.add_argument("spec")
-    p.add_argument("--address", default=address_default, help="Ray dashboard address (default %(default)s)")
+    p.add_argument("--address", default=None, help=address_help)
     p.add_argument("--shared-storage", action="store_true", help="storage_path is a mount every node can reach")
+    p.add_argument("--tracking-uri", default=None, help="MLflow server the trials log to (default: the spec's)")
+    p.add_argument("--working-dir", default=".", help="folder shipped to the cluster; must contain the spec")
     p.set_defaults(func=cmd_submit)
 
     for name, helptext, func in (("logs", "print a submitted study's logs", cmd_logs),
                                  ("stop", "stop a submitted study", cmd_stop)):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("job_id")
-        p.add_argument("--address", default=address_default)
+        p.add_argument("--address", default=None, help=address_help)
         if name == "logs":
             p.add_argument("--follow", action="store_true")
         p.set_defaults(func=func)

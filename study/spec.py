@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import math
 import re
 import typing
 from pathlib import Path
@@ -62,6 +63,8 @@ FIELD_MINIMUM: dict[str, tuple[float, bool]] = {
 }
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# GridSampler materialises the whole product of its grid at construction.
+MAX_GRID_POINTS, MAX_GRID_SIZE = 100, 100_000
 _FIELD_TYPES = typing.get_type_hints(TrainConfig)
 
 
@@ -98,6 +101,8 @@ def _check_fields(values: Mapping[str, Any], where: str) -> None:
             _fail(key, f"{value!r} is not a valid value for {key}; allowed: {_type_name(_FIELD_TYPES[key])}")
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(key, f"{value!r} is not allowed; allowed: a finite number")
         if key in FIELD_CHOICES and value not in FIELD_CHOICES[key]:
             _fail(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, FIELD_CHOICES[key]))}")
         if key == "device" and not _DEVICE.match(value):
@@ -117,7 +122,7 @@ def _type_name(tp: Any) -> str:
 
 class _Model(BaseModel):
     # strict: YAML gives real types, and "4" for an int is a mistake worth reporting
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -157,9 +162,9 @@ class VariantSpec(_Model):
 
 class SearchSpec(_Model):
     algorithm: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
-    seed: int | None = 0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = 0  # numpy's seed range, used by optuna
     n_startup_trials: Annotated[int, Field(ge=0)] | None = None
-    grid_points: Annotated[int, Field(ge=2)] = 3  # values per numeric param for `grid`
+    grid_points: Annotated[int, Field(ge=2, le=MAX_GRID_POINTS)] = 3  # values per numeric param for `grid`
 
 
 class SchedulerSpec(_Model):
@@ -195,7 +200,7 @@ class StudySpec(_Model):
     depth: list[int] = Field(default_factory=lambda: [20])  # a single int is accepted and stored as [int]
     epochs: Annotated[int, Field(ge=1)] = 10
     trials_per_variant: Annotated[int, Field(ge=1)] = 8
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
     repeat_best: bool = False
     variants: dict[str, VariantSpec] = Field(
         default_factory=lambda: {v: VariantSpec() for v in search_spaces.VARIANTS})
@@ -265,7 +270,10 @@ class StudySpec(_Model):
         # is resolved once, here, against the directory the spec is loaded in.
         if v is None or (_URI.match(v) and not v.startswith("file://")):
             return v
-        return str(Path(v.removeprefix("file://")).expanduser().resolve())
+        try:
+            return str(Path(v.removeprefix("file://")).expanduser().resolve())
+        except (RuntimeError, OSError, ValueError) as e:  # "~nobody/x", a NUL byte
+            raise ValueError(f"{v!r} is not a usable path ({e}); allowed: a local path or a URI") from None
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
@@ -287,6 +295,14 @@ class StudySpec(_Model):
         for name in self.variants:
             try:
                 self.build_space(name)
+                if self.search.algorithm == "grid":
+                    grid = search_spaces.grid_space(name, self.space_overrides(name), self.search.grid_points,
+                                                    self.variants[name].fixed)
+                    size = math.prod(len(v) for v in grid.values())
+                    if size > MAX_GRID_SIZE:
+                        _fail("search.grid_points", f"{self.search.grid_points} points per parameter give variant "
+                                                    f"{name!r} a grid of {size} points; allowed: a grid of at most "
+                                                    f"{MAX_GRID_SIZE} (fewer grid_points, or fix parameters)")
                 self.make_sampler(name)
             except SpaceError as e:
                 section = e.section
@@ -384,7 +400,12 @@ class _Loader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
                     f"found duplicate key {key!r}", key_node.start_mark)
-            seen[key] = True
+            try:
+                seen[key] = True
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found a {type(key).__name__} as a key; allowed: a plain name", key_node.start_mark) from None
         return super().construct_mapping(node, deep=deep)
 
 
@@ -404,6 +425,8 @@ def _parse_yaml(text: str, origin: str) -> Any:
         raise SpecError(f"invalid YAML in {where}: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"invalid YAML in {origin}: {e}") from None
+    except (ValueError, OverflowError, RecursionError) as e:  # a bad !!timestamp or 0x literal, deep nesting
+        raise SpecError(f"invalid YAML in {origin}: {type(e).__name__}: {e}") from None
 
 
 def _presets_dir():

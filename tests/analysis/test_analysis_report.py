@@ -1,0 +1,109 @@
+import json
+import re
+import shutil
+
+import pandas as pd
+import pytest
+
+from analysis.load import load_mlflow_runs
+from analysis.report import analyze
+
+EXTERNAL = re.compile(r"""<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
+
+
+@pytest.fixture(scope="module")
+def analyzed(synthetic_study_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis")
+    report = analyze(synthetic_study_dir, out_dir=out, log_to_mlflow=False, n_boot=100)
+    return report, out
+
+
+def test_analyze_writes_report_plots_and_tables(analyzed, capsys):
+    report, out = analyzed
+    assert report == out / "report.html" and report.is_file()
+    pngs = sorted((out / "plots").glob("*.png"))
+    htmls = sorted((out / "plots").glob("*.html"))
+    names = {p.stem for p in pngs}
+    assert {"comparison", "curve-syn-epsilon-d8-epsilon", "epsilon-syn-epsilon-d8",
+            "levels-syn-quotient-d8-quotient_rule", "importance-syn-epsilon-d8", "learning-syn-resnet-d8"} <= names
+    assert {p.stem for p in htmls} == names
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert (out / "plots" / "plotly.min.js").is_file()  # per-plot HTML files load it locally
+    for t in ("comparison", "sensitivity_summary", "sensitivity_curves", "categorical_levels", "importance",
+              "epsilon_tradeoff", "trial_counts"):
+        assert (out / "tables" / f"{t}.csv").is_file()
+        pd.read_parquet(out / "tables" / f"{t}.parquet")
+    cmp = pd.read_csv(out / "tables" / "comparison.csv")
+    assert set(cmp["variant"]) == {"resnet", "quotient", "epsilon", "sgs"}
+    summ = pd.read_csv(out / "tables" / "sensitivity_summary.csv")
+    eps = summ[summ["param"] == "epsilon"].iloc[0]
+    assert eps["argmax_lo"] <= 1.0 <= eps["argmax_hi"]
+
+
+def test_report_is_self_contained(analyzed):
+    report, _ = analyzed
+    text = report.read_text()
+    assert not EXTERNAL.search(text), EXTERNAL.search(text)
+    assert "cdn.plot.ly" not in re.sub(r"<script[^>]*>.*?</script>", "", text, flags=re.S)  # outside JS code
+    # plotly.js inlined exactly once; every figure is a div plus a newPlot call
+    assert text.count("Plotly.newPlot(") + text.count("Plotly.newPlot (") >= 1
+    assert len(re.findall(r"plotly\.js v\d", text)) == 1
+    n_divs = len(re.findall(r'<div id="fig-\d+" class="plotly-graph-div', text))
+    assert n_divs == len(list((report.parent / "plots").glob("*.png")))
+    # too-few-trial variant is reported, not dropped silently
+    assert "syn-sgs-d8" in text and "too few" in text
+
+
+def test_analyze_tolerates_sparse_study(study_dir_factory, tmp_path):
+    d = study_dir_factory(tmp_path)
+    df = pd.read_parquet(d / "results.parquet")
+    # one trial per variant, no history, no Optuna DB
+    df.groupby("variant").head(1).to_parquet(d / "results.parquet")
+    (d / "history.parquet").unlink()
+    (d / "optuna.db").unlink()
+    report = analyze(d, log_to_mlflow=False, n_boot=20)
+    assert report == d / "analysis" / "report.html"
+    text = report.read_text()
+    assert "learning curves skipped" in text and "history.parquet not found" in text
+    assert "only 1 completed search trial" in text
+
+
+def _mlflow_study(d):
+    import mlflow
+
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("syn", artifact_location=str(d / "mlartifacts"))
+    parent = client.create_run(exp, run_name="syn", tags={"resstudy.level": "study"})
+    child = client.create_run(exp, tags={"mlflow.parentRunId": parent.info.run_id, "variant": "epsilon"})
+    client.create_run(exp, tags={"mlflow.parentRunId": child.info.run_id, "trial": "eps-0"})
+    client.create_run(exp, run_name="other-study")  # not part of this study
+    client.set_terminated(parent.info.run_id)
+    (d / "study.json").write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp,
+                                              "mlflow_parent_run_id": parent.info.run_id}))
+    return client, parent.info.run_id
+
+
+def test_mlflow_runs_and_artifact_logging(study_dir_factory, tmp_path):
+    d = study_dir_factory(tmp_path, optuna_db=False)
+    client, run_id = _mlflow_study(d)
+    runs = load_mlflow_runs(d)
+    assert sorted(runs["level"]) == ["experiment", "study", "trial"]
+    report = analyze(d, log_to_mlflow=True, n_boot=20)
+    logged = {a.path for a in client.list_artifacts(run_id, "analysis")}
+    assert "analysis/report.html" in logged and "analysis/plots" in logged and "analysis/tables" in logged
+    tables = {a.path for a in client.list_artifacts(run_id, "analysis/tables")}
+    assert "analysis/tables/comparison.csv" in tables
+    assert report.is_file()
+
+
+def test_unreachable_tracking_server_warns(study_dir_factory, tmp_path):
+    d = study_dir_factory(tmp_path, optuna_db=False)
+    (d / "study.json").write_text(json.dumps({"tracking_uri": "http://127.0.0.1:9", "mlflow_parent_run_id": "x"}))
+    with pytest.warns(UserWarning, match="not logged to MLflow.*not reachable"):
+        report = analyze(d, log_to_mlflow=True, n_boot=20)
+    assert report.is_file()
+    shutil.rmtree(d / "analysis")
+    (d / "study.json").unlink()
+    with pytest.warns(UserWarning, match="study.json not found"):
+        analyze(d, log_to_mlflow=True, n_boot=20)

@@ -1,0 +1,91 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.compare import best_runs, compare_variants
+from analysis.stats import diff_test, mean_ci
+
+
+def _runs(effect: float, *, seeds=range(5), noise=0.004, rng_seed=0, phase="repeat", variant_seeds=None):
+    """Baseline and variant over the same seeds; a per-seed offset shared by both
+    (same data order/init) plus independent noise."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    seeds = list(seeds)
+    shared = rng.normal(0, 0.01, len(seeds))
+    for variant, shift, vseeds in (("resnet", 0.0, seeds), ("quotient", effect, variant_seeds or seeds)):
+        for k, s in enumerate(vseeds):
+            acc = 0.90 + shift + shared[k % len(shared)] + rng.normal(0, noise)
+            rows.append({"experiment": f"x-{variant}", "variant": variant, "depth": 20, "phase": phase,
+                         "trial_id": f"{variant}-{s}", "seed": s, "status": "completed", "val_acc": acc,
+                         "test_acc": acc - 0.003})
+    return pd.DataFrame(rows)
+
+
+def _row(table, variant, metric="val_acc"):
+    return table[(table["variant"] == variant) & (table["metric"] == metric)].iloc[0]
+
+
+def test_planted_two_percent_effect_is_detected():
+    table = compare_variants(_runs(0.02))
+    q = _row(table, "quotient")
+    assert q["test"] == "paired t" and q["n"] == 5 and q["source"] == "repeat"
+    assert q["p_value"] < 0.05
+    assert q["diff_lo"] < 0.02 < q["diff_hi"] and q["diff_lo"] > 0
+    assert _row(table, "resnet")["test"] == "baseline"
+    assert _row(table, "quotient", "test_acc")["p_value"] < 0.05
+
+
+def test_null_effect_is_not_significant():
+    q = _row(compare_variants(_runs(0.0)), "quotient")
+    assert q["p_value"] > 0.05 and q["diff_lo"] < 0 < q["diff_hi"]
+
+
+def test_welch_when_seeds_differ_and_planted_effect_still_found():
+    df = _runs(0.02, noise=0.003, variant_seeds=[10, 11, 12, 13, 14])
+    df.loc[df["variant"] == "quotient", "val_acc"] = 0.92 + np.random.default_rng(1).normal(0, 0.003, 5)
+    df.loc[df["variant"] == "resnet", "val_acc"] = 0.90 + np.random.default_rng(2).normal(0, 0.003, 5)
+    q = _row(compare_variants(df), "quotient")
+    assert q["test"] == "welch t" and q["p_value"] < 0.05
+    a = df.loc[df["variant"] == "quotient", "val_acc"]
+    b = df.loc[df["variant"] == "resnet", "val_acc"]
+    assert q["p_value"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_single_seed_gives_nan_not_crash():
+    table = compare_variants(_runs(0.02, seeds=[0]))
+    q = _row(table, "quotient")
+    assert q["n"] == 1 and np.isnan(q["p_value"]) and np.isnan(q["ci_lo"])
+    assert q["diff"] == pytest.approx(0.02, abs=0.02)
+
+
+def test_missing_baseline_and_top_search_fallback():
+    df = _runs(0.01, phase="search")
+    df = pd.concat([df, df.assign(trial_id=df["trial_id"] + "b", val_acc=df["val_acc"] - 0.1)], ignore_index=True)
+    runs, source, _ = best_runs(df[df["variant"] == "quotient"], top_k=3)
+    assert source == "top-search" and len(runs) == 3
+    assert runs["val_acc"].min() >= df.loc[df["variant"] == "quotient", "val_acc"].nlargest(3).min()
+    only = compare_variants(df[df["variant"] == "quotient"], top_k=3)
+    assert (only["test"] == "none").all() and only["p_value"].isna().all()
+
+
+def test_diverged_repeats_are_counted_not_averaged():
+    df = _runs(0.02)
+    df.loc[df.index[-1], ["status", "val_acc"]] = ["diverged", np.nan]
+    q = _row(compare_variants(df), "quotient")
+    assert q["n"] == 4 and q["n_diverged"] == 1 and q["test"] == "welch t"
+
+
+def test_stats_helpers_agree_with_scipy():
+    m, lo, hi, n = mean_ci([1.0, 2.0, 3.0])
+    assert (m, n) == (2.0, 3) and hi - m == pytest.approx(stats.t.ppf(0.975, 2) / np.sqrt(3))
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(0, 1, 8), rng.normal(0.5, 2, 6)
+    t = diff_test(a, b, paired=False)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    assert t.p_value == pytest.approx(res.pvalue) and (t.lo, t.hi) == pytest.approx((ci.low, ci.high))
+    assert np.isnan(diff_test([1.0], [2.0, 3.0], paired=False).p_value)
+    with pytest.raises(ValueError, match="equal lengths"):
+        diff_test([1.0, 2.0], [1.0], paired=True)

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.load import InsufficientDataError
+from analysis.sensitivity import (categorical_levels, epsilon_tradeoffs, fit_curve, numeric_curves, pareto_front,
+                                  sensitivity, split_params)
+
+
+def test_planted_epsilon_optimum_found_with_interval(planted_epsilon):
+    curves, notes = numeric_curves(planted_epsilon, n_boot=200, seed=0)
+    by = {c.param: c for c in curves}
+    assert set(by) == {"epsilon", "side_weight"}, notes
+    c = by["epsilon"]
+    assert c.log and c.n == 40 and c.n_boot > 150
+    assert abs(np.log10(c.argmax)) < 0.25
+    assert c.argmax_lo <= 1.0 <= c.argmax_hi
+    assert c.argmax_lo <= c.argmax <= c.argmax_hi
+    # the band brackets the fitted mean and the grid spans the data in original units
+    assert np.all(c.lo <= c.mean + 1e-9) and np.all(c.mean <= c.hi + 1e-9)
+    assert c.grid.min() == pytest.approx(c.x.min()) and c.grid.max() == pytest.approx(c.x.max())
+    # the fitted maximum is close to the planted 0.9
+    assert abs(c.mean.max() - 0.9) < 0.02
+
+
+def test_non_completed_and_repeat_trials_do_not_enter_the_fit(planted_epsilon):
+    bad = planted_epsilon.head(6).copy()
+    bad["trial_id"] = [f"bad-{i}" for i in range(6)]
+    bad["epsilon"] = 1.0
+    bad["val_acc"] = 0.1  # would drag the optimum away if used
+    bad["status"] = ["pruned", "pruned", "failed", "diverged", "completed", "completed"]
+    bad["phase"] = ["search"] * 4 + ["repeat", "repeat"]
+    df = pd.concat([planted_epsilon, bad], ignore_index=True)
+    c = {c.param: c for c in numeric_curves(df, n_boot=50)[0]}["epsilon"]
+    assert c.n == 40
+    assert abs(np.log10(c.argmax)) < 0.25
+
+
+def test_too_few_trials_gives_note_not_crash(planted_epsilon):
+    with pytest.raises(InsufficientDataError, match="usable trials"):
+        fit_curve([1.0, 2.0, 3.0], [0.1, 0.2, 0.3], param="alpha")
+    curves, notes = numeric_curves(planted_epsilon.head(4), n_boot=20)
+    assert curves == [] or all(c.n >= 5 for c in curves)
+    res = sensitivity(planted_epsilon.head(3), n_boot=20)
+    assert res.curves == [] and any("only 3 completed" in n for n in res.notes)
+
+
+def test_fit_curve_linear_scale_recovers_peak():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(1.2, 4.0, 35)
+    y = 0.85 - 0.03 * (x - 2.5) ** 2 + rng.normal(0, 0.003, 35)
+    c = fit_curve(x, y, log=False, n_boot=100, param="alpha")
+    assert not c.log and abs(c.argmax - 2.5) < 0.3 and c.argmax_lo <= 2.5 <= c.argmax_hi
+
+
+def test_pareto_front_hand_made():
+    # (reduction, acc)
+    pts = np.array([[0.10, 0.90], [0.20, 0.85], [0.15, 0.80], [0.30, 0.70], [0.30, 0.60], [0.05, 0.90],
+                    [0.20, 0.85], [np.nan, 1.0], [0.0, 0.95]])
+    got = pareto_front(pts[:, 0], pts[:, 1])
+    #            kept   kept  dom    kept   dom    dom(0.1,.9) tie-kept nan  kept
+    expected = [True, True, False, True, False, False, True, False, True]
+    assert got.tolist() == expected
+
+
+def test_pareto_front_definition_on_random_points():
+    rng = np.random.default_rng(0)
+    x, y = rng.random(60), rng.random(60)
+    f = pareto_front(x, y)
+    for i in range(60):
+        dominated = np.any((x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i])))
+        assert f[i] == (not dominated)
+    # the front is a decreasing staircase: more reduction costs accuracy
+    order = np.argsort(x[f])
+    assert np.all(np.diff(y[f][order]) < 0)
+
+
+def _cat_frame():
+    rows = []
+    for i, (lvl, st, acc, dead, stem) in enumerate([
+        ("a", "completed", 0.80, 0.9, True), ("a", "completed", 0.82, 0.1, False),
+        ("a", "completed", 0.84, 0.7, True), ("a", "diverged", np.nan, 0.95, True),
+        ("b", "completed", 0.70, np.nan, False), ("b", "pruned", 0.30, np.nan, False),
+    ]):
+        rows.append({"experiment": "q", "variant": "quotient", "phase": "search", "trial_id": str(i), "seed": 0,
+                     "status": st, "val_acc": acc, "quotient_rule": lvl, "quotient_stem": stem,
+                     "q_dead_frac": dead, "searched": json.dumps(["quotient_rule", "quotient_stem"])})
+    return pd.DataFrame(rows)
+
+
+def test_categorical_levels_means_intervals_and_rates():
+    lv = categorical_levels(_cat_frame())
+    a = lv[(lv["param"] == "quotient_rule") & (lv["level"] == "a")].iloc[0]
+    assert a["n_trials"] == 4 and a["n_completed"] == 3
+    assert a["mean"] == pytest.approx(0.82)
+    h = stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3)
+    assert a["ci_lo"] == pytest.approx(0.82 - h) and a["ci_hi"] == pytest.approx(0.82 + h)
+    assert a["divergence_rate"] == pytest.approx(0.25) and a["n_diverged"] == 1
+    assert a["dead_rate"] == pytest.approx(3 / 4)  # 0.9, 0.7, 0.95 > 0.5 out of 4 reporting
+    b = lv[(lv["param"] == "quotient_rule") & (lv["level"] == "b")].iloc[0]
+    assert b["n_completed"] == 1 and b["mean"] == pytest.approx(0.70)  # pruned excluded from the mean
+    assert np.isnan(b["ci_lo"]) and np.isnan(b["dead_rate"]) and b["divergence_rate"] == 0
+    assert set(lv.loc[lv["param"] == "quotient_stem", "level"]) == {"True", "False"}
+
+
+def test_split_params_few_values_become_levels(planted_epsilon):
+    df = planted_epsilon.copy()
+    df["sgs_interval"] = np.resize([5, 10, 30], len(df))
+    df["searched"] = json.dumps(["epsilon", "side_weight", "sgs_interval", "adaptive_lr"])
+    num, cat = split_params(df, "epsilon")
+    assert num == ["epsilon", "side_weight"] and cat == ["sgs_interval", "adaptive_lr"]
+
+
+def test_epsilon_tradeoffs(planted_epsilon):
+    (t,) = epsilon_tradeoffs(planted_epsilon, n_boot=50)
+    assert t.acc_col == "test_acc" and len(t.points) == 40
+    assert t.discarded is not None and t.reduction is not None
+    # planted: reduction grows with epsilon
+    assert t.reduction.mean[-1] > t.reduction.mean[0] + 0.3
+    front = t.front()
+    assert 1 <= len(front) < 40
+    assert np.array_equal(pareto_front(t.points["param_reduction"], t.points["acc"]), t.points["pareto"].to_numpy())
