@@ -24,7 +24,7 @@ from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvalu
 from optuna.search_space import intersection_search_space
 from optuna.trial import FrozenTrial, TrialState
 
-from .load import searched_list
+from .load import searched_list, searched_params
 from .sensitivity import usable
 from .spaces import param_info
 
@@ -89,13 +89,16 @@ def study_from_frame(df: pd.DataFrame, *, metric: str = "val_acc", variant: str 
                      params: list[str] | None = None) -> tuple[optuna.Study, list[str]]:
     """In-memory Optuna study (direction maximize) from a results table.
 
-    Uses completed search trials; params default to those searched in every
-    one of them. Distributions come from search_spaces when it knows the
+    Uses completed search trials; params default to those searched (and, if
+    conditional, active) in every one of them. Distributions come from search_spaces when it knows the
     variant, else are inferred. Returns (study, params left out).
     """
     ok = usable(df, metric)
     variant = variant or (str(ok["variant"].iloc[0]) if len(ok) else "")
-    lists = [set(searched_list(v)) for v in ok["searched"]] if len(ok) else []
+    # a trial's params: what it searched, less conditional params whose condition failed
+    infos = {p: param_info(variant, p, ok[p]) for p in searched_params(ok) if p in ok.columns}
+    active = {p: i.active(ok) for p, i in infos.items()}
+    lists = [{p for p in searched_list(v) if p in active and active[p].loc[i]} for i, v in ok["searched"].items()]
     union = sorted(set().union(*lists)) if lists else []
     common = sorted(set.intersection(*lists)) if lists else []
     if params is None:
@@ -181,7 +184,8 @@ def importances_from_studies(studies: dict[str, optuna.Study], variants: dict[st
     out = []
     for name in sorted(studies):
         copy, dropped = complete_only(studies[name])
-        variant = (variants or {}).get(name, "")
+        trials = studies[name].get_trials(deepcopy=False)
+        variant = (variants or {}).get(name) or (str(trials[0].user_attrs.get("variant", "")) if trials else "")
         out.append(_result(name, variant, copy, dropped, "optuna.db", seed))
     return out
 

@@ -76,6 +76,12 @@ def load_results(study_dir: str | Path) -> pd.DataFrame:
         df["searched"] = "[]"
     if "depth" not in df.columns:
         df["depth"] = -1
+    if {"params", "params_compressed"} <= set(df.columns):
+        # the schema defines param_reduction = 1 - params_compressed / params;
+        # derive it where a writer left it out
+        derived = 1.0 - df["params_compressed"].astype(float) / df["params"].astype(float)
+        df["param_reduction"] = df["param_reduction"].astype(float).fillna(derived) \
+            if "param_reduction" in df.columns else derived
     return df
 
 
@@ -140,11 +146,15 @@ def load_mlflow_runs(study_dir: str | Path) -> pd.DataFrame:
     import mlflow
 
     meta = load_study_meta(study_dir)
-    for key in ("tracking_uri", "mlflow_parent_run_id"):
-        if not meta.get(key):
-            raise ValueError(f"study.json in {str(study_dir)!r} lacks key {key!r}")
-    client = mlflow.MlflowClient(tracking_uri=meta["tracking_uri"])
-    parent = client.get_run(meta["mlflow_parent_run_id"])
+    if not meta.get("mlflow_parent_run_id"):
+        raise ValueError(f"study.json in {str(study_dir)!r} lacks key 'mlflow_parent_run_id'")
+    uri = tracking_uri(study_dir, meta)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        parent = client.get_run(meta["mlflow_parent_run_id"])
+    except Exception as e:  # bad URI, missing DB, unknown run: say which
+        raise ValueError(f"cannot read MLflow parent run {meta['mlflow_parent_run_id']!r} from tracking URI "
+                         f"{uri!r} (study.json of {str(study_dir)!r}): {type(e).__name__}: {e}") from e
     exp_id = meta.get("experiment_id") or parent.info.experiment_id
     runs = _search_all(client, exp_id)
     if runs.empty:
@@ -168,6 +178,30 @@ def load_mlflow_runs(study_dir: str | Path) -> pd.DataFrame:
     out = runs[runs["run_id"].isin(keep)].copy()
     out["level"] = out["run_id"].map(level)
     return out.reset_index(drop=True)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a well-formed sqlite:/// URI, else None."""
+    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
+        return None
+    return Path(uri[len("sqlite:///"):])
+
+
+def tracking_uri(study_dir: str | Path, meta: dict[str, Any] | None = None) -> str:
+    """study.json's tracking_uri; for an SQLite store whose file is not where
+    the URI says (a copied/moved study dir, or a malformed URI) the study
+    dir's own mlflow.db, which is where the runner puts it by default."""
+    meta = load_study_meta(study_dir) if meta is None else meta
+    uri = meta.get("tracking_uri")
+    if not uri:
+        raise ValueError(f"study.json in {str(study_dir)!r} lacks key 'tracking_uri'")
+    local = Path(study_dir) / "mlflow.db"
+    if uri.startswith("sqlite:"):
+        f = _sqlite_file(uri)
+        if (f is None or not f.is_file()) and local.is_file():
+            print(f"[analysis] tracking_uri {uri!r} in study.json has no database; using {local}", flush=True)
+            return f"sqlite:///{local.resolve()}"
+    return uri
 
 
 def _search_all(client: "mlflow.MlflowClient", experiment_id: str) -> pd.DataFrame:  # noqa: F821
@@ -203,5 +237,5 @@ def default_study_dir() -> Path:
 
 __all__ = [
     "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta",
-    "load_optuna_studies", "load_mlflow_runs", "searched_list", "searched_params", "default_study_dir",
+    "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "searched_list", "searched_params", "default_study_dir",
 ]

@@ -209,8 +209,13 @@ def _p_text(r) -> str:
     return f"{r['diff']:+.4f} (p={p})"
 
 
+def _panels(table: pd.DataFrame) -> list[tuple]:
+    # table order: depth, then metrics as compare.METRICS lists them (val before test)
+    return list(table[["depth", "metric"]].drop_duplicates().itertuples(index=False, name=None))
+
+
 def comparison_png(table: pd.DataFrame) -> Figure:
-    keys = list(table.groupby(["depth", "metric"], sort=True).groups)
+    keys = _panels(table)
     fig = Figure(figsize=(5.5 * max(1, len(keys)), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, max(1, len(keys))))
     for ax, (depth, metric) in zip(axes, keys):
@@ -219,7 +224,7 @@ def comparison_png(table: pd.DataFrame) -> Figure:
         err = np.vstack([g["mean"] - g["ci_lo"], g["ci_hi"] - g["mean"]])
         ax.errorbar(xs, g["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=5)
         for i, r in g.iterrows():
-            ax.annotate(f"n={r['n']}\n{_p_text(r)}", (i, r["mean"]), textcoords="offset points", xytext=(7, -4),
+            ax.annotate(f"n={r['n']} ({r['source']})\n{_p_text(r)}", (i, r["mean"]), textcoords="offset points", xytext=(7, -4),
                         fontsize=7)
         ax.set_xticks(xs, g["variant"])
         ax.set_xlim(-0.5, len(g) - 0.2)
@@ -229,7 +234,7 @@ def comparison_png(table: pd.DataFrame) -> Figure:
 
 
 def comparison_plotly(table: pd.DataFrame) -> go.Figure:
-    keys = list(table.groupby(["depth", "metric"], sort=True).groups)
+    keys = _panels(table)
     fig = make_subplots(rows=1, cols=max(1, len(keys)),
                         subplot_titles=[f"depth {d}: {m}" for d, m in keys] or [""])
     for i, (depth, metric) in enumerate(keys, 1):

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from . import plots
 from .compare import compare_variants, spec_top_k
 from .importance import importance_frame, study_importances
-from .load import load_history, load_results, load_spec, load_study_meta
-from .sensitivity import MIN_POINTS, epsilon_tradeoffs, sensitivity, usable
+from .load import _sqlite_file, load_history, load_results, load_spec, load_study_meta, tracking_uri
+from .sensitivity import epsilon_tradeoffs, sensitivity
 
 REPORT_NAME = "report.html"
 
@@ -150,11 +150,6 @@ def analyze(study_dir: str | Path, *, out_dir: str | Path | None = None, log_to_
 
     counts = trial_counts(df)
     _write_table(counts, table_dir, "trial_counts", rep.files)
-    for exp, g in df.groupby("experiment"):
-        k = len(usable(g))
-        if k < MIN_POINTS:
-            rep.notes.append(f"{exp}: only {k} completed search trial(s): too few for sensitivity curves "
-                             f"(need {MIN_POINTS}) and importance")
 
     # -- comparison
     _say("comparing variants with the baseline")
@@ -262,8 +257,10 @@ def _reachable(uri: str) -> tuple[bool, str]:
                 return r.status == 200, f"HTTP {r.status}"
         except (urllib.error.URLError, OSError) as e:
             return False, str(e)
-    if uri.startswith("sqlite:///"):
-        p = Path(uri[len("sqlite:///"):])
+    if uri.startswith("sqlite:"):
+        p = _sqlite_file(uri)
+        if p is None:
+            return False, "not an SQLite file URI (sqlite:///relative/path or sqlite:////absolute/path)"
         return p.is_file(), f"{p} missing"
     if uri.startswith("file:"):
         p = Path(urllib.parse.urlparse(uri).path)
@@ -284,9 +281,10 @@ def log_artifacts(study_dir: str | Path, out_dir: str | Path) -> bool:
         meta = load_study_meta(study_dir)
     except (FileNotFoundError, ValueError) as e:
         return warn(str(e))
-    uri, run_id = meta.get("tracking_uri"), meta.get("mlflow_parent_run_id")
-    if not uri or not run_id:
+    run_id = meta.get("mlflow_parent_run_id")
+    if not meta.get("tracking_uri") or not run_id:
         return warn(f"study.json lacks tracking_uri or mlflow_parent_run_id: {json.dumps(meta)[:200]}")
+    uri = tracking_uri(study_dir, meta)
     ok, why = _reachable(uri)
     if not ok:
         return warn(f"tracking server {uri} not reachable ({why})")

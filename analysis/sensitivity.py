@@ -8,7 +8,8 @@ accuracy and are reported instead as rates in `categorical_levels`. Repeat
 runs are excluded so the curve sees the search's own sampling design.
 
 Numeric parameters get a Gaussian-process fit (RBF + white noise, on log10(x)
-for log-scale parameters, standardised y) with a bootstrap band: trials are
+for log-scale parameters, standardised y; a conditional parameter uses only
+the trials where its condition held) with a bootstrap band: trials are
 resampled with replacement and the GP refit with the kernel hyper-parameters
 of the full-data fit held fixed (refitting them per resample costs ~100x
 more and moves the band little). The band is therefore a 95% band for the
@@ -185,15 +186,16 @@ def _experiments(df: pd.DataFrame):
 def split_params(df: pd.DataFrame, variant: str) -> tuple[list[str], list[str]]:
     """(numeric, categorical) searched params of one experiment's rows.
 
-    A numeric param that took fewer than MIN_UNIQUE distinct values among the
-    usable trials is treated as categorical: a curve through 2-4 x values says
-    nothing a per-level mean doesn't.
+    An integer param that took fewer than MIN_UNIQUE distinct values among
+    the usable trials is shown as levels: a curve through 2-4 x values says
+    nothing a per-level mean doesn't. Continuous params always get a curve
+    (or a too-few-trials note), never one level per float value.
     """
     num, cat = [], []
     ok = usable(df) if "status" in df.columns else df
     for p in _searched_in(df):
         info = param_info(variant, p, df[p])
-        if info.numeric and ok[p].nunique() >= MIN_UNIQUE:
+        if info.numeric and (info.kind == "float" or ok[p].nunique() >= MIN_UNIQUE):
             num.append(p)
         else:
             cat.append(p)
@@ -217,10 +219,15 @@ def numeric_curves(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 2
     for exp, variant, g in _experiments(df):
         num, _ = split_params(g, variant)
         ok = usable(g, metric)
+        if len(ok) < MIN_POINTS:
+            notes.append(f"{exp}: only {len(ok)} completed search trial(s): too few for sensitivity curves "
+                         f"(need {MIN_POINTS})")
+            continue
         for p in num:
             info = param_info(variant, p, g[p])
+            on = ok[info.active(ok)]  # a conditional param only where its condition held
             try:
-                curves.append(fit_curve(ok[p].astype(float), ok[metric].astype(float), log=info.log,
+                curves.append(fit_curve(on[p].astype(float), on[metric].astype(float), log=info.log,
                                         n_boot=n_boot, seed=seed, param=p, metric=metric,
                                         experiment=exp, variant=variant))
             except InsufficientDataError as e:
@@ -235,7 +242,8 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
 
     divergence_rate = diverged / all search trials at the level (pruned count
     in the denominator: they ran, and did not diverge while running).
-    dead_rate = fraction of trials (any status) reporting q_dead_frac whose
+    A conditional param (search_spaces condition) counts only the trials
+    where its condition held. dead_rate = fraction of trials (any status) reporting q_dead_frac whose
     final q_dead_frac > dead_threshold, i.e. most quotient elements < 1e-3: the
     block's output signal is essentially gone. NaN where nothing reported it.
     `params` maps experiment -> params to tabulate (default: the categorical
@@ -246,7 +254,8 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
     for exp, variant, g in _experiments(search):
         names = params.get(exp, []) if params is not None else split_params(g, variant)[1]
         for p in names:
-            for level, lv in g.groupby(g[p].astype(str), sort=True):
+            on = g[param_info(variant, p, g[p]).active(g)]
+            for level, lv in on.groupby(on[p].astype(str), sort=True):
                 done = lv[(lv["status"] == "completed")][metric].astype(float)
                 m, lo, hi, n = mean_ci(done)
                 dead = lv["q_dead_frac"].astype(float).dropna() if "q_dead_frac" in lv.columns else pd.Series([])
@@ -268,10 +277,6 @@ def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200,
     """Numeric curves plus categorical level tables for every experiment."""
     curves, notes = numeric_curves(df, metric=metric, n_boot=n_boot, seed=seed)
     levels = categorical_levels(df, metric=metric, dead_threshold=dead_threshold)
-    for exp, _, g in _experiments(df):
-        k = len(usable(g, metric))
-        if k < MIN_POINTS:
-            notes.append(f"{exp}: only {k} completed search trial(s); sensitivity estimates are unreliable")
     return SensitivityResult(curves, levels, notes)
 
 
@@ -328,6 +333,11 @@ def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> 
         pts["pareto"] = pareto_front(pts["param_reduction"], pts["acc"])
         res = EpsilonTradeoff(exp, acc, pts)
         log = param_info(variant, "epsilon", g["epsilon"]).log
+        if len(pts) < MIN_POINTS:
+            res.notes.append(f"{exp}: {len(pts)} completed search trial(s): too few for epsilon trade-off "
+                             f"curves (need {MIN_POINTS})")
+            out.append(res)
+            continue
         for attr, col in (("discarded", "discarded_ratio"), ("reduction", "param_reduction")):
             try:
                 setattr(res, attr, fit_curve(pts["epsilon"], pts[col], log=log, n_boot=n_boot, seed=seed,

@@ -24,21 +24,32 @@ class ParamInfo:
     high: float | None = None
     log: bool = False
     choices: tuple[Any, ...] | None = None
+    condition: tuple[str, Any] | None = None  # (parent, value): used only when parent == value
 
     @property
     def numeric(self) -> bool:
         return self.kind != "categorical"
 
+    def active(self, df: pd.DataFrame) -> pd.Series:
+        """Rows where this param was in effect (its condition held)."""
+        if self.condition is None or self.condition[0] not in df.columns:
+            return pd.Series(True, index=df.index)
+        parent, value = self.condition
+        return df[parent] == value
+
 
 def _from_space(p: Any) -> ParamInfo:
     kind = str(getattr(p, "kind", "float")).lower()
     choices = getattr(p, "choices", None)
+    parent = getattr(p, "parent", None)
+    cond = parent() if callable(parent) else None
     if kind in _CATEGORICAL_KINDS or (choices is not None and kind not in ("float", "int")):
-        return ParamInfo(p.name, "categorical", choices=tuple(choices) if choices is not None else None)
+        return ParamInfo(p.name, "categorical", choices=tuple(choices) if choices is not None else None,
+                         condition=cond)
     kind = "int" if kind.startswith("int") else "float"
     low, high = getattr(p, "low", None), getattr(p, "high", None)
     return ParamInfo(p.name, kind, None if low is None else float(low), None if high is None else float(high),
-                     bool(getattr(p, "log", False)))
+                     bool(getattr(p, "log", False)), condition=cond)
 
 
 def space_info(variant: str) -> dict[str, ParamInfo]:

@@ -256,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that name a bad file or setting (a corrupt results file or
+    checkpoint, unreachable MLflow). Looked up only in modules already imported,
+    so `resstudy train` never imports pyarrow or mlflow to catch them."""
+    names = (("study.results", "ResultsError"), ("study.train", "CheckpointError"),
+             ("study.tracking", "TrackingError"), ("study.spec", "SpecError"))
+    return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -266,6 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (ValueError, FileNotFoundError) as e:
         # Configuration and data-path errors carry their own field/value/allowed text.
+        print(f"resstudy {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"resstudy {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -396,16 +396,15 @@ class _Loader(yaml.SafeLoader):
         seen: dict = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict, set)):  # unhashable: `? [a]` or `{[1]: 2}`
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found a {type(key).__name__} as a key; allowed: a plain name", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark,
                     f"found duplicate key {key!r}", key_node.start_mark)
-            try:
-                seen[key] = True
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found a {type(key).__name__} as a key; allowed: a plain name", key_node.start_mark) from None
+            seen[key] = True
         return super().construct_mapping(node, deep=deep)
 
 
@@ -425,7 +424,7 @@ def _parse_yaml(text: str, origin: str) -> Any:
         raise SpecError(f"invalid YAML in {where}: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"invalid YAML in {origin}: {e}") from None
-    except (ValueError, OverflowError, RecursionError) as e:  # a bad !!timestamp or 0x literal, deep nesting
+    except Exception as e:  # PyYAML's constructors raise plain errors: bad !!timestamp or 0x_, deep nesting
         raise SpecError(f"invalid YAML in {origin}: {type(e).__name__}: {e}") from None
 
 
@@ -490,7 +489,11 @@ def load_spec(source: str | Path | Mapping[str, Any] | None = None, *, preset: s
             raise SpecError(f"spec file not found: {path}"
                             + (" (a directory)" if path.is_dir() else "")
                             + f"; presets: {', '.join(list_presets())}")
-        data = _parse_yaml(path.read_text(), origin)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"spec file {path} cannot be read as UTF-8 text: {e}") from None
+        data = _parse_yaml(text, origin)
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: the top level of a spec must be a mapping of fields "
                         f"({', '.join(StudySpec.model_fields)}), got {type(data).__name__}")
@@ -515,7 +518,8 @@ def _describe(err: Mapping[str, Any]) -> str:
         loc.append(ctx["spec_path"])
         msg = ctx["spec_msg"]
     elif err["type"] == "unknown_key":
-        loc.append(ctx["spec_key"])
+        key = ctx["spec_key"]  # quoted unless a plain name, so ' ' or 'a: b' stay readable
+        loc.append(key if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_+-]*", key) else repr(key))
         msg = err["msg"]
     elif err["type"] == "missing":
         msg = "required field is missing"
@@ -524,7 +528,9 @@ def _describe(err: Mapping[str, Any]) -> str:
     else:
         msg = f"{err['msg']} (got {err['input']!r})"
     path = ".".join(p for p in loc if p).replace(".[", "[")
-    return f"{path or '<top level>'}: {msg}"
+    # user keys and values are quoted into the text: escape control characters so
+    # each error stays on its one line
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{path or '<top level>'}: {msg}")
 
 
 __all__ = [

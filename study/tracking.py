@@ -33,14 +33,20 @@ class TrackingError(RuntimeError):
 
 def redact_uri(uri: str) -> str:
     """The URI with any password or token replaced, fit for logs and reports."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return re.sub(r"//[^/@\s]*@", "//***@", uri)
     if parts.password or parts.username:
         host = parts.hostname or ""
         if parts.port:
             host += f":{parts.port}"
         netloc = f"{parts.username}:***@{host}" if parts.password else f"***@{host}"
         parts = parts._replace(netloc=netloc)
-    query = re.sub(r"(?i)((?:token|password|secret|key)[^=&]*=)[^&]*", r"\1***", parts.query)
+    query = re.sub(r"(?i)((?:token|pass|secret|key|sig|auth|credential)[^=&]*=)[^&]*", r"\1***", parts.query)
+    if query == parts.query and not (parts.password or parts.username):
+        return uri  # nothing secret; urlunsplit would fold sqlite:////abs into sqlite://abs
     return urlunsplit(parts._replace(query=query))
 
 
@@ -74,10 +80,11 @@ class Tracker:
         try:
             self.experiment_id = self._experiment(experiment)
         except Exception as e:  # connection refused, bad scheme, locked DB: all fatal here
+            # `from None`: MLflow's own message (the cause) repeats the URI with its password.
             raise TrackingError(
                 f"MLflow tracking at {redact_uri(tracking_uri)} cannot be used ({type(e).__name__}: {_short(e)}); "
                 "start the server or fix mlflow.tracking_uri in the spec"
-            ) from e
+            ) from None
         self.create("study", None, study_name, {LEVEL_TAG: "study", "resstudy.study": study_name})
 
     # ------------------------------------------------------------ public
@@ -201,8 +208,14 @@ def _param(v: Any) -> str:
     return "None" if v is None else str(v)
 
 
+def redact_text(text: str) -> str:
+    """`text` with every URI in it passed through redact_uri."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_uri(m.group(0)), text)
+
+
 def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    # MLflow's HTTP errors quote the full request URL, credentials included.
+    text = redact_text(str(e)).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ class CheckpointError(RuntimeError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # torch.device also parses meta, mps, xpu, ...: the trainer supports CPU and CUDA only.
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda|cuda:\d+", name):
+        raise ValueError(f"device: {name!r} is not allowed; use auto, cpu, cuda or cuda:N")
     try:
         device = torch.device(name)
     except RuntimeError as e:
@@ -110,6 +114,10 @@ class Schedule:
 
 
 def _validate(cfg: TrainConfig) -> None:
+    # Before any data is loaded: a bad flag fails in milliseconds, not after a download.
+    for name, value in cfg.to_dict().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}: {value!r} is not allowed; expected a finite number")
     checks = [
         ("epochs", cfg.epochs >= 1, "an integer >= 1"),
         ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
@@ -123,6 +131,14 @@ def _validate(cfg: TrainConfig) -> None:
         ("sgs_interval", cfg.sgs_interval >= 1, "an integer >= 1"),
         ("sgs_batches", cfg.sgs_batches >= 1, "an integer >= 1"),
         ("sgs_k", cfg.sgs_k > 0, "a float > 0"),
+        ("sgs_branches", cfg.sgs_mode != "branches" or cfg.sgs_branches in sgs_lib.BRANCH_SETS,
+         f"one of {', '.join(sgs_lib.BRANCH_SETS)}"),
+        ("sgs_warmup", cfg.sgs_warmup >= 0, "an integer >= 0"),
+        ("grad_clip", cfg.grad_clip is None or cfg.grad_clip > 0, "None or a float > 0"),
+        ("threads", cfg.threads is None or cfg.threads >= 1, "None or an integer >= 1"),
+        ("limit_train_batches", cfg.limit_train_batches is None or cfg.limit_train_batches >= 1,
+         "None or an integer >= 1"),
+        ("seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)"),  # the spec's range for seeds
     ]
     for name, ok, allowed in checks:
         if not ok:

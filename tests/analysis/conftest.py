@@ -162,3 +162,22 @@ def study_dir_factory():
 def planted_epsilon() -> pd.DataFrame:
     """40 completed epsilon trials with the planted optimum at epsilon = 1."""
     return pd.DataFrame(planted_epsilon_rows(40, seed=0))
+
+
+@pytest.fixture(scope="session")
+def analyzed_report(synthetic_study_dir, tmp_path_factory) -> Path:
+    """report.html of the synthetic study (analysed once per session, no MLflow)."""
+    from analysis.report import analyze
+
+    return analyze(synthetic_study_dir, out_dir=tmp_path_factory.mktemp("analysis"), log_to_mlflow=False,
+                   n_boot=100)
+
+
+@pytest.fixture
+def sparse_study_dir(tmp_path) -> Path:
+    """One trial per variant; no history, no Optuna DB: the too-few-trials path."""
+    d = make_study_dir(tmp_path, optuna_db=False)
+    df = pd.read_parquet(d / "results.parquet")
+    df.groupby("variant").head(1).to_parquet(d / "results.parquet")
+    (d / "history.parquet").unlink()
+    return d

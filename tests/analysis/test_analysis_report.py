@@ -1,24 +1,20 @@
 import json
 import re
-import shutil
-
 import pandas as pd
 import pytest
 
 from analysis.load import load_mlflow_runs
-from analysis.report import analyze
+from analysis.report import analyze, log_artifacts
 
 EXTERNAL = re.compile(r"""<(script|link|img|iframe)\b[^>]*\b(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
 
 
-@pytest.fixture(scope="module")
-def analyzed(synthetic_study_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("analysis")
-    report = analyze(synthetic_study_dir, out_dir=out, log_to_mlflow=False, n_boot=100)
-    return report, out
+@pytest.fixture
+def analyzed(analyzed_report):
+    return analyzed_report, analyzed_report.parent
 
 
-def test_analyze_writes_report_plots_and_tables(analyzed, capsys):
+def test_analyze_writes_report_plots_and_tables(analyzed):
     report, out = analyzed
     assert report == out / "report.html" and report.is_file()
     pngs = sorted((out / "plots").glob("*.png"))
@@ -54,18 +50,16 @@ def test_report_is_self_contained(analyzed):
     assert "syn-sgs-d8" in text and "too few" in text
 
 
-def test_analyze_tolerates_sparse_study(study_dir_factory, tmp_path):
-    d = study_dir_factory(tmp_path)
-    df = pd.read_parquet(d / "results.parquet")
-    # one trial per variant, no history, no Optuna DB
-    df.groupby("variant").head(1).to_parquet(d / "results.parquet")
-    (d / "history.parquet").unlink()
-    (d / "optuna.db").unlink()
+def test_analyze_tolerates_sparse_study(sparse_study_dir, capsys):
+    d = sparse_study_dir
     report = analyze(d, log_to_mlflow=False, n_boot=20)
     assert report == d / "analysis" / "report.html"
     text = report.read_text()
     assert "learning curves skipped" in text and "history.parquet not found" in text
     assert "only 1 completed search trial" in text
+    assert "Optuna DB" in text  # importance fell back to results.parquet, and says so
+    out = capsys.readouterr().out
+    assert "[analyze] loading" in out and "[analyze] wrote" in out
 
 
 def _mlflow_study(d):
@@ -84,8 +78,8 @@ def _mlflow_study(d):
     return client, parent.info.run_id
 
 
-def test_mlflow_runs_and_artifact_logging(study_dir_factory, tmp_path):
-    d = study_dir_factory(tmp_path, optuna_db=False)
+def test_mlflow_runs_and_artifact_logging(sparse_study_dir):
+    d = sparse_study_dir
     client, run_id = _mlflow_study(d)
     runs = load_mlflow_runs(d)
     assert sorted(runs["level"]) == ["experiment", "study", "trial"]
@@ -97,13 +91,12 @@ def test_mlflow_runs_and_artifact_logging(study_dir_factory, tmp_path):
     assert report.is_file()
 
 
-def test_unreachable_tracking_server_warns(study_dir_factory, tmp_path):
-    d = study_dir_factory(tmp_path, optuna_db=False)
+def test_unreachable_tracking_server_warns(sparse_study_dir):
+    d = sparse_study_dir
     (d / "study.json").write_text(json.dumps({"tracking_uri": "http://127.0.0.1:9", "mlflow_parent_run_id": "x"}))
     with pytest.warns(UserWarning, match="not logged to MLflow.*not reachable"):
         report = analyze(d, log_to_mlflow=True, n_boot=20)
     assert report.is_file()
-    shutil.rmtree(d / "analysis")
     (d / "study.json").unlink()
     with pytest.warns(UserWarning, match="study.json not found"):
-        analyze(d, log_to_mlflow=True, n_boot=20)
+        assert log_artifacts(d, d / "analysis") is False

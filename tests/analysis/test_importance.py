@@ -1,6 +1,7 @@
 import json
 
 import optuna
+import pytest
 import pandas as pd
 from optuna.distributions import FloatDistribution
 
@@ -80,3 +81,15 @@ def test_falls_back_to_results_without_db(study_dir_factory, tmp_path):
     assert "optuna.db not found" in why
     assert {r.source for r in imps} == {"results"}
     assert isinstance(importance_frame(imps), pd.DataFrame)
+
+
+def test_inactive_conditional_param_is_not_given_to_the_evaluators():
+    from tests.analysis.test_sensitivity import _sgs_frame
+
+    from analysis.spaces import space_info
+
+    if space_info("sgs").get("sgs_k") is None or space_info("sgs")["sgs_k"].condition is None:
+        pytest.skip("search_spaces declares no condition for sgs_k")
+    study, dropped = study_from_frame(_sgs_frame())
+    assert dropped == ["sgs_k"]
+    assert all(set(t.params) == {"sgs_mode"} for t in study.trials)

@@ -123,3 +123,44 @@ def test_epsilon_tradeoffs(planted_epsilon):
     front = t.front()
     assert 1 <= len(front) < 40
     assert np.array_equal(pareto_front(t.points["param_reduction"], t.points["acc"]), t.points["pareto"].to_numpy())
+
+
+def _sgs_frame(n=30, seed=0):
+    """sgs_k matters only for sgs_mode == 'mi' (search_spaces condition); branch-mode
+    rows carry the default sgs_k = 5 with a much lower accuracy."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        mi = i % 3 != 0
+        k = float(10 ** rng.uniform(np.log10(0.25), np.log10(64))) if mi else 5.0
+        acc = 0.9 - 0.05 * (np.log10(k) - 1) ** 2 + rng.normal(0, 0.005) if mi else 0.5
+        rows.append({"experiment": "s", "variant": "sgs", "phase": "search", "trial_id": str(i), "seed": 0,
+                     "status": "completed", "val_acc": acc, "sgs_mode": "mi" if mi else "branches", "sgs_k": k,
+                     "searched": json.dumps(["sgs_mode", "sgs_k"])})
+    return pd.DataFrame(rows)
+
+
+def test_conditional_param_uses_only_trials_where_it_was_active():
+    pytest.importorskip("search_spaces")
+    from analysis.spaces import space_info
+
+    if space_info("sgs").get("sgs_k") is None or space_info("sgs")["sgs_k"].condition is None:
+        pytest.skip("search_spaces declares no condition for sgs_k")
+    df = _sgs_frame()
+    (c,) = numeric_curves(df, n_boot=50)[0]
+    assert c.param == "sgs_k" and c.n == 20 and c.log
+    assert abs(np.log10(c.argmax) - 1) < 0.3
+    lv = categorical_levels(df)
+    assert set(lv.loc[lv["param"] == "sgs_mode", "level"]) == {"mi", "branches"}
+
+
+def test_log_scale_inferred_without_search_spaces(monkeypatch, planted_epsilon):
+    import analysis.spaces as spaces
+
+    monkeypatch.setattr(spaces, "space_info", lambda variant: {})
+    info = spaces.param_info("epsilon", "epsilon", planted_epsilon["epsilon"])
+    assert info.kind == "float" and info.log
+    assert not spaces.param_info("epsilon", "side_weight", planted_epsilon["side_weight"]).log
+    assert spaces.param_info("epsilon", "adaptive_lr", planted_epsilon["adaptive_lr"]).kind == "categorical"
+    c = {c.param: c for c in numeric_curves(planted_epsilon, n_boot=30)[0]}["epsilon"]
+    assert c.log

@@ -1,0 +1,143 @@
+"""The report renders in headless Chromium, offline, without console errors.
+
+Drives Chromium over the DevTools protocol (aiohttp websocket client, which
+ray[default] already brings) so console messages arrive with their level.
+Skips only when no Chromium binary is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+aiohttp = pytest.importorskip("aiohttp")
+
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium binary (chromium, chromium-browser, "
+                                                       "google-chrome) on PATH")
+
+# Per plotly div: how many rendered main-svg elements it holds.
+COUNT_JS = ("JSON.stringify(Array.from(document.querySelectorAll('div.plotly-graph-div'))"
+            ".map(d => d.querySelectorAll('svg.main-svg').length))")
+
+
+def _start(profile: Path) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--remote-allow-origins=*", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file = profile / "DevToolsActivePort"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if port_file.is_file() and port_file.read_text().strip():
+            return proc, int(port_file.read_text().split()[0])
+        if proc.poll() is not None:
+            raise RuntimeError(f"{BROWSER} exited with {proc.returncode} before opening DevTools")
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{BROWSER} did not open a DevTools port within 60 s")
+
+
+async def _render(port: int, url: str, timeout: float = 60.0) -> tuple[list[int], list[str]]:
+    """(main-svg count per plotly div, problems) after loading url; problems are
+    console errors, uncaught exceptions, error log entries and any request
+    that leaves the machine (the report must render offline)."""
+    errors: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+            targets = await r.json(content_type=None)
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
+        async with http.ws_connect(ws_url, max_msg_size=0) as ws:
+            ids = iter(range(1, 10**6))
+            pending: dict[int, asyncio.Future] = {}
+            loaded = asyncio.Event()
+
+            async def reader():
+                async for msg in ws:
+                    m = json.loads(msg.data)
+                    if "id" in m and m["id"] in pending:
+                        pending.pop(m["id"]).set_result(m)
+                    method, p = m.get("method"), m.get("params", {})
+                    if method == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                        errors.append("console.error: " + " ".join(str(a.get("value", a.get("description")))
+                                                                   for a in p.get("args", [])))
+                    elif method == "Runtime.exceptionThrown":
+                        d = p.get("exceptionDetails", {})
+                        errors.append("exception: " + str(d.get("exception", {}).get("description", d.get("text"))))
+                    elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                        errors.append("log: " + p["entry"].get("text", ""))
+                    elif method == "Network.requestWillBeSent":
+                        u = p.get("request", {}).get("url", "")
+                        if not u.startswith(("file:", "data:", "about:", "blob:")):
+                            errors.append("network request: " + u)
+                    elif method == "Page.loadEventFired":
+                        loaded.set()
+
+            async def call(method: str, **params):
+                i = next(ids)
+                fut = asyncio.get_running_loop().create_future()
+                pending[i] = fut
+                await ws.send_str(json.dumps({"id": i, "method": method, "params": params}))
+                return await asyncio.wait_for(fut, timeout)
+
+            task = asyncio.create_task(reader())
+            try:
+                for domain in ("Runtime", "Log", "Network", "Page"):
+                    await call(f"{domain}.enable")
+                await call("Page.navigate", url=url)
+                await asyncio.wait_for(loaded.wait(), timeout)
+                deadline = time.monotonic() + timeout
+                counts: list[int] = []
+                while time.monotonic() < deadline:
+                    r = await call("Runtime.evaluate", expression=COUNT_JS, returnByValue=True)
+                    counts = json.loads(r["result"]["result"]["value"])
+                    if counts and all(c > 0 for c in counts):
+                        break
+                    await asyncio.sleep(0.25)
+                await asyncio.sleep(0.5)  # let late errors (e.g. resize handlers) arrive
+                return counts, errors
+            finally:
+                task.cancel()
+
+
+def test_report_renders_offline_without_console_errors(analyzed_report, tmp_path):
+    text = analyzed_report.read_text()
+    n_figs = text.count('class="plotly-graph-div')
+    assert n_figs > 5
+    proc, port = _start(tmp_path / "profile")
+    try:
+        counts, errors = asyncio.run(_render(port, analyzed_report.resolve().as_uri()))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert errors == []
+    assert len(counts) == n_figs
+    assert all(c > 0 for c in counts), counts
+
+
+def test_browser_check_catches_errors(tmp_path):
+    """The harness itself: a page with a console error and a broken plot must fail it."""
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><div class="plotly-graph-div"></div>'
+                    '<script>console.error("planted"); missingFunction();</script>'
+                    '<img src="http://127.0.0.1:9/x.png"></body></html>')
+    proc, port = _start(tmp_path / "profile")
+    try:
+        counts, errors = asyncio.run(_render(port, page.as_uri(), timeout=3))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert counts == [0]
+    assert any("planted" in e for e in errors) and any("missingFunction" in e for e in errors)
+    assert any(e.startswith("network request: http://127.0.0.1:9") for e in errors)
