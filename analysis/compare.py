@@ -35,7 +35,7 @@ def best_runs(df: pd.DataFrame, *, top_k: int = 5) -> tuple[pd.DataFrame, str, i
 def _by_seed(runs: pd.DataFrame, metric: str) -> pd.Series | None:
     """metric indexed by seed, or None when seeds repeat (then no pairing)."""
     s = runs.set_index("seed")[metric].astype(float)
-    return None if s.index.has_duplicates else s
+    return s if s.index.is_unique else None
 
 
 def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METRICS, top_k: int = 5,

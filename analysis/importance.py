@@ -201,7 +201,7 @@ def study_importances(study_dir, results: pd.DataFrame | None = None, *, seed: i
         studies = load_optuna_studies(study_dir)
     except (FileNotFoundError, ValueError) as e:
         return importances_from_results(df, seed=seed), f"importance from results.parquet, not the Optuna DB: {e}"
-    variants = df.drop_duplicates("experiment").set_index("experiment")["variant"].astype(str).to_dict()
+    variants = df.groupby("experiment")["variant"].first().astype(str).to_dict()
     return importances_from_studies(studies, variants, seed=seed), None
 
 

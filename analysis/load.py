@@ -180,7 +180,7 @@ def load_mlflow_runs(study_dir: str | Path) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _sqlite_file(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a well-formed sqlite:/// URI, else None."""
     if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
         return None
@@ -197,7 +197,7 @@ def tracking_uri(study_dir: str | Path, meta: dict[str, Any] | None = None) -> s
         raise ValueError(f"study.json in {str(study_dir)!r} lacks key 'tracking_uri'")
     local = Path(study_dir) / "mlflow.db"
     if uri.startswith("sqlite:"):
-        f = _sqlite_file(uri)
+        f = sqlite_path(uri)
         if (f is None or not f.is_file()) and local.is_file():
             print(f"[analysis] tracking_uri {uri!r} in study.json has no database; using {local}", flush=True)
             return f"sqlite:///{local.resolve()}"
@@ -237,5 +237,5 @@ def default_study_dir() -> Path:
 
 __all__ = [
     "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta",
-    "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "searched_list", "searched_params", "default_study_dir",
+    "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "sqlite_path", "searched_list", "searched_params", "default_study_dir",
 ]

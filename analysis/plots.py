@@ -211,7 +211,8 @@ def _p_text(r) -> str:
 
 def _panels(table: pd.DataFrame) -> list[tuple]:
     # table order: depth, then metrics as compare.METRICS lists them (val before test)
-    return list(table[["depth", "metric"]].drop_duplicates().itertuples(index=False, name=None))
+    keys = table[["depth", "metric"]]
+    return list(keys[~keys.duplicated()].itertuples(index=False, name=None))
 
 
 def comparison_png(table: pd.DataFrame) -> Figure:
@@ -256,7 +257,7 @@ def comparison_plotly(table: pd.DataFrame) -> go.Figure:
 def _status_of(history: pd.DataFrame, results: pd.DataFrame | None) -> pd.Series:
     if results is None or "status" not in results.columns:
         return pd.Series("completed", index=history.index)
-    m = results.drop_duplicates("trial_id").set_index("trial_id")["status"]
+    m = results.groupby("trial_id")["status"].first()
     return history["trial_id"].map(m).fillna("completed")
 
 

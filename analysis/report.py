@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from . import plots
 from .compare import compare_variants, spec_top_k
 from .importance import importance_frame, study_importances
-from .load import _sqlite_file, load_history, load_results, load_spec, load_study_meta, tracking_uri
+from .load import load_history, load_results, load_spec, load_study_meta, sqlite_path, tracking_uri
 from .sensitivity import epsilon_tradeoffs, sensitivity
 
 REPORT_NAME = "report.html"
@@ -131,6 +131,11 @@ def analyze(study_dir: str | Path, *, out_dir: str | Path | None = None, log_to_
     plot_dir, table_dir = out / "plots", out / "tables"
     plot_dir.mkdir(parents=True, exist_ok=True)
     table_dir.mkdir(parents=True, exist_ok=True)
+    # a previous run's figures/tables (e.g. a curve that now has too few
+    # trials) must not linger and get logged as if current; only our own kinds
+    for pattern, d in (("*.png", plot_dir), ("*.html", plot_dir), ("*.csv", table_dir), ("*.parquet", table_dir)):
+        for f in d.glob(pattern):
+            f.unlink()
     rep = _Report(plot_dir)
 
     _say(f"loading {study_dir}")
@@ -258,7 +263,7 @@ def _reachable(uri: str) -> tuple[bool, str]:
         except (urllib.error.URLError, OSError) as e:
             return False, str(e)
     if uri.startswith("sqlite:"):
-        p = _sqlite_file(uri)
+        p = sqlite_path(uri)
         if p is None:
             return False, "not an SQLite file URI (sqlite:///relative/path or sqlite:////absolute/path)"
         return p.is_file(), f"{p} missing"
@@ -266,6 +271,18 @@ def _reachable(uri: str) -> tuple[bool, str]:
         p = Path(urllib.parse.urlparse(uri).path)
         return p.exists(), f"{p} missing"
     return True, ""
+
+
+def _local_artifact_root(artifact_uri: str, run_id: str) -> Path | None:
+    """For a local (file) artifact URI, the experiment's store above the run's folder."""
+    parsed = urllib.parse.urlparse(artifact_uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(urllib.parse.unquote(parsed.path))
+    for parent in path.parents:
+        if parent.name == run_id:
+            return parent.parent
+    return path.parent
 
 
 def log_artifacts(study_dir: str | Path, out_dir: str | Path) -> bool:
@@ -292,7 +309,12 @@ def log_artifacts(study_dir: str | Path, out_dir: str | Path) -> bool:
 
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
-        client.get_run(run_id)
+        run = client.get_run(run_id)
+        store = _local_artifact_root(run.info.artifact_uri, run_id)
+        if store is not None and not store.parent.exists():
+            # a moved study dir: its runs still name the old local store, whose
+            # folder is gone; writing would recreate a stale tree there
+            return warn(f"the run's local artifact store {store} does not exist (study dir moved?)")
         client.log_artifacts(run_id, str(out_dir), artifact_path="analysis")
     except Exception as e:  # any MLflow/IO failure must not lose the report already on disk
         return warn(f"{type(e).__name__}: {e}")

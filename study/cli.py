@@ -130,8 +130,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from study.runner import StudyRunner
     from study.spec import SpecError, load_spec
 
+    overrides = {"mlflow": {"tracking_uri": args.tracking_uri}} if args.tracking_uri else None
     try:
-        spec = load_spec(study_dir / "spec.yaml")
+        spec = load_spec(study_dir / "spec.yaml", overrides=overrides)
     except SpecError as e:
         raise UsageError(str(e)) from None
     StudyRunner(spec, study_dir).run()
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="finish an interrupted study without re-running finished trials")
     p.add_argument("name", help="study name (under --storage-path) or study directory")
     p.add_argument("--storage-path", default=None)
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow URI, when the study's had a password (spec.yaml keeps it redacted)")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="a study's trial counts and best results, or a submitted job's state")

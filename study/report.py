@@ -50,10 +50,7 @@ def status_text(study_dir: Path) -> str:
         lines.append("experiments finished: " + ", ".join(sorted(k for k, v in exps.items() if v == "done")))
     lines.append("state: " + ("finished" if state.get("finished") else "not finished (running, or interrupted: "
                               "`resstudy resume` finishes it)"))
-    try:
-        df = load(study_dir)
-    except ResultsError as e:
-        return "\n".join(lines + [str(e)])
+    df = load(study_dir)  # a damaged results file raises ResultsError naming it (exit 2)
     if df.empty:
         return "\n".join(lines + ["no finished trials yet"])
     table = summary(df)

@@ -126,7 +126,7 @@ class StudyCallback(tune.Callback):
     """Driver-side: MLflow runs, Parquet rows and the progress view, per trial event."""
 
     def __init__(self, runner: "StudyRunner", experiment: str, variant: str, depth: int, phase: str,
-                 searcher: StudyOptunaSearch | None, searched: list[str]) -> None:
+                 searcher: StudyOptunaSearch | None, searched: list) -> None:
         self.r, self.experiment, self.variant, self.depth, self.phase = runner, experiment, variant, depth, phase
         self.searcher, self.searched = searcher, searched
         self.last: dict[str, dict[str, Any]] = {}
@@ -193,7 +193,8 @@ class StudyCallback(tune.Callback):
         row.update(optuna_number=number, status=outcome, epochs_reached=int(result.get("epoch", 0)),
                    seconds=time.time() - self.started.get(trial.trial_id, time.time()),
                    node=result.get("node", ""), mlflow_run_id=self.r.tracker.run_id(key) or "",
-                   searched=json.dumps(self.searched), error=error[-500:])
+                   searched=json.dumps([p.name for p in self.searched if p.is_active(trial.config)]),
+                   error=error[-500:])
         row.update(resolved_config(trial.config))
         row.update({k: result.get(k, float("nan")) for k in FINAL_METRICS})
         if outcome != "completed":
@@ -282,7 +283,12 @@ class StudyRunner:
 
     def run(self) -> Path:
         spec = self.spec
-        (self.study_dir / "spec.yaml").write_text(spec.to_yaml())
+        # The saved spec must not carry a tracking password: `resstudy resume` takes
+        # it again from --tracking-uri or MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD.
+        saved = spec.model_copy(deep=True)
+        if saved.mlflow.tracking_uri:
+            saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
+        (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
         uri = spec.tracking_uri()
         self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir,
                                ids=self.state.get("mlflow_runs"), on_ids_changed=self._on_ids)
@@ -320,10 +326,10 @@ class StudyRunner:
         base = spec.trial_base_config(variant, depth)
         base["threads"] = max(1, int(spec.resources.cpu))
         searcher = None
-        searched: list[str] = []
+        searched: list = []  # search_spaces.Param; a conditional one counts only where active
         if phase == "search":
             overrides = spec.space_overrides(variant)
-            searched = [p.name for p in search_spaces.space_params(variant, overrides, spec.variants[variant].fixed)]
+            searched = search_spaces.space_params(variant, overrides, spec.variants[variant].fixed)
             sampler = spec.make_sampler(variant)
             import optuna
 
@@ -419,6 +425,12 @@ def _init_ray(spec: StudySpec) -> None:
         ray.init(address="auto", log_to_driver=False)
     else:
         # An embedded single-node Ray: nothing listens beyond loopback, no dashboard.
+        # Ray reads the loopback switch (top of this module) when first imported; where
+        # ray was imported before this module, set the constant it was read into.
+        if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0").lower() in ("0", "false"):
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
 
 

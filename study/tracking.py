@@ -209,8 +209,11 @@ def _param(v: Any) -> str:
 
 
 def redact_text(text: str) -> str:
-    """`text` with every URI in it passed through redact_uri."""
-    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: redact_uri(m.group(0)), text)
+    """`text` (an error message) with the userinfo and token parameters of any URI in it masked."""
+    text = re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@]*)@",
+                  lambda m: m.group(1) + (m.group(2).split(":")[0] + ":***" if ":" in m.group(2) else "***") + "@",
+                  text)
+    return re.sub(r"(?i)([?&][^=&\s]*(?:token|pass|secret|key|sig|auth|credential)[^=&\s]*=)[^&\s'\"]*", r"\1***", text)
 
 
 def _short(e: BaseException) -> str:

@@ -327,6 +327,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
                 schedule.restart(epoch + 1)
             discarded_before = discarded
             metrics.update(eps_lib.discard_stats(model))
+            metrics["param_reduction"] = 1.0 - metrics["params_compressed"] / max(metrics["params"], 1)
             info["epsilon_dead_blocks"] = _dead_map(model)
 
         val_loss, val_acc = evaluate(model, data.val_x, data.val_y, data, amp, channels_last)

@@ -100,3 +100,26 @@ def test_unreachable_tracking_server_warns(sparse_study_dir):
     (d / "study.json").unlink()
     with pytest.warns(UserWarning, match="study.json not found"):
         assert log_artifacts(d, d / "analysis") is False
+
+
+def test_rerun_removes_stale_outputs(sparse_study_dir):
+    stale = sparse_study_dir / "analysis" / "plots" / "curve-gone-param.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    analyze(sparse_study_dir, log_to_mlflow=False, n_boot=20)
+    assert not stale.exists()
+
+
+def test_moved_study_dir_reads_local_mlflow_db_and_does_not_write_stale_store(sparse_study_dir, tmp_path):
+    import shutil
+
+    d = sparse_study_dir
+    _mlflow_study(d)
+    moved = tmp_path / "moved"
+    shutil.copytree(d, moved)
+    shutil.rmtree(d)
+    runs = load_mlflow_runs(moved)  # study.json's sqlite file is gone: falls back to moved/mlflow.db
+    assert sorted(runs["level"]) == ["experiment", "study", "trial"]
+    with pytest.warns(UserWarning, match="artifact store .* does not exist"):
+        analyze(moved, log_to_mlflow=True, n_boot=20)
+    assert not d.exists()  # nothing recreated at the old location

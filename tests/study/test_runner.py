@@ -56,6 +56,10 @@ def test_variant_specific_columns(results):
     searched = json.loads(results[results.variant == "epsilon"].searched.iloc[0])
     assert "epsilon" in searched and "lr" in searched
     assert results[results.variant == "epsilon"].epsilon.nunique() > 1
+    # a conditional param is listed only where its condition held
+    for _, row in sgs.iterrows():
+        names = json.loads(row.searched)
+        assert ("sgs_k" in names) == (row.sgs_mode == "mi") and ("sgs_branches" in names) == (row.sgs_mode == "branches")
 
 
 def test_history_has_one_row_per_trial_epoch(tiny_study_dir, results):

@@ -80,6 +80,7 @@ def test_epsilon_reports_discards_and_compression():
     # an epsilon far above any response kills every block: all discarded, params shrink
     assert last["discarded_blocks"] == last["total_blocks"] > 0
     assert last["discarded_ratio"] == 1.0 and last["params_compressed"] < last["params"]
+    assert last["param_reduction"] == pytest.approx(1 - last["params_compressed"] / last["params"])
     assert last["compressed_test_acc"] == pytest.approx(last["test_acc"])
 
 

@@ -1,0 +1,181 @@
+"""Security: secrets in tracking URIs stay out of output and state, files a user
+hands resstudy cannot run code, and the embedded Ray listens on loopback only
+with token authentication on."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from study.spec import SpecError, load_spec
+from study.tracking import Tracker, TrackingError, redact_text, redact_uri
+from study.train import CheckpointError, load_checkpoint
+from tests.conftest import ROOT
+
+SECRET = "hunter2"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket closes
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+# ---------------------------------------------------------------- redaction
+
+
+@pytest.mark.parametrize("uri, expected", [
+    ("postgresql://user:secret@db.example:5432/mlflow", "postgresql://user:***@db.example:5432/mlflow"),
+    ("http://user:tok@mlflow.example", "http://user:***@mlflow.example"),
+    ("https://tok@mlflow.example/", "https://***@mlflow.example/"),
+    ("https://mlflow.example/?token=abc&x=1", "https://mlflow.example/?token=***&x=1"),
+    ("https://h/?access_token=abc&api_key=k&Password=p&sig=s", "https://h/?access_token=***&api_key=***&Password=***&sig=***"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("sqlite:////data/runs/study/mlflow.db", "sqlite:////data/runs/study/mlflow.db"),
+    ("databricks", "databricks"),
+    ("file:///tmp/mlruns", "file:///tmp/mlruns"),
+])
+def test_redact_uri(uri, expected):
+    assert redact_uri(uri) == expected
+
+
+credential = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=%", min_size=1,
+                     max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scheme=st.sampled_from(["http", "https", "postgresql", "mysql+pymysql", "mssql"]), user=credential,
+       password=credential, port=st.one_of(st.none(), st.integers(1, 65535), st.just("99999x")))
+def test_no_password_survives_redaction(scheme, user, password, port):
+    secret = f"S3cr{password}"  # a prefix no scheme or host contains
+    netloc = f"{user}:{secret}@db.example" + ("" if port is None else f":{port}")
+    uri = f"{scheme}://{netloc}/path?q=1"
+    assert secret not in redact_uri(uri)
+    message = f"API request to {uri}/api/2.0/mlflow/runs/get failed (x)"
+    assert secret not in redact_text(message)
+    assert "API request to" in redact_text(message) and "db.example" in redact_text(message)
+
+
+def test_unreachable_tracking_server_error_hides_the_password(tmp_path):
+    uri = f"http://user:{SECRET}@127.0.0.1:{closed_port()}"
+    with pytest.raises(TrackingError) as info:
+        Tracker(uri, "exp", "study", tmp_path)
+    message = str(info.value)
+    assert "http://user:***@127.0.0.1" in message and "cannot be used" in message
+    # not in the message, nor anywhere in a traceback someone might log
+    assert SECRET not in "".join(traceback.format_exception(info.value))
+
+
+def test_run_with_unreachable_mlflow_fails_before_ray_without_leaking_the_password(tmp_path):
+    storage, ray_tmp = tmp_path / "runs", tmp_path / "raytmp"
+    spec = {"name": "sec", "dataset": "digits", "image_size": 8, "depth": 8, "epochs": 1, "trials_per_variant": 1,
+            "storage_path": str(storage), "mlflow": {"tracking_uri": f"http://user:{SECRET}@127.0.0.1:{closed_port()}"}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    # RAY_TMPDIR: where a started Ray would put its session directory
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "run", str(path)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180, env=clean_env(RAY_TMPDIR=str(ray_tmp)))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output[-3000:]
+    assert proc.stderr.startswith("resstudy run: error: MLflow tracking at http://user:***@127.0.0.1:")
+    assert SECRET not in output and "Traceback" not in output
+    assert not ray_tmp.exists() and "Started a local Ray instance" not in output
+    study = storage / "sec"
+    written = {p.name for p in study.iterdir()} if study.exists() else set()
+    assert not written & {"tune", "artifacts", "study.json", "results.parquet", "history.parquet", "optuna.db"}
+    assert not list(study.glob("epochs/*")), "a trial reported an epoch"
+
+
+# ---------------------------------------------------------------- files that try to run code
+
+
+def test_a_spec_cannot_construct_python_objects(tmp_path):
+    marker = tmp_path / "pwned"
+    for tag in ("!!python/object/apply:os.mkdir", "!!python/object/new:os.mkdir", "!!python/name:os.system"):
+        path = tmp_path / "evil.yaml"
+        path.write_text(f"name: p\ndataset: digits\nstorage_path: {tag} [{json.dumps(str(marker))}]\n")
+        with pytest.raises(SpecError, match="could not determine a constructor"):
+            load_spec(path)
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_checkpoint_cannot_run_code_when_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    state = {"model": {}, "optimizer": {}, "schedule": {}, "epoch": 1, "rng": {}, "config": _Payload(marker)}
+    torch.save(state, ckpt / "state.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(ckpt)
+    assert str(ckpt / "state.pt") in str(info.value)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- the embedded Ray
+
+_RAY_PROBE = r"""
+import json, sys
+import psutil
+if sys.argv[1] == "ray-first":
+    import ray  # as a notebook or another library might, before study.runner sets its switch
+from study import runner
+import ray
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+runner._init_ray(None)
+try:
+    me = psutil.Process()
+    listening = []
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="inet")
+            name = proc.name()
+        except psutil.NoSuchProcess:
+            continue
+        listening += [[name, c.laddr.ip, c.laddr.port] for c in conns if c.status == psutil.CONN_LISTEN]
+    print("PROBE " + json.dumps({"listening": listening, "token_auth": is_token_auth_enabled(),
+                                 "node_ip": ray.util.get_node_ip_address()}))
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.parametrize("order", ["runner-first", "ray-first"])
+def test_embedded_ray_listens_on_loopback_only_with_token_auth(tmp_path, order):
+    proc = subprocess.run([sys.executable, "-c", _RAY_PROBE, order], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240, env=clean_env())
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    probe = json.loads(lines[-1][len("PROBE "):])
+    names = {name for name, _, _ in probe["listening"]}
+    assert {"gcs_server", "raylet"} <= names, probe  # the servers were found, so the check below means something
+    exposed = [entry for entry in probe["listening"] if entry[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert probe["node_ip"] == "127.0.0.1"
+    assert probe["token_auth"] is True
