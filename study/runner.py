@@ -326,10 +326,11 @@ class StudyRunner:
         base = spec.trial_base_config(variant, depth)
         base["threads"] = max(1, int(spec.resources.cpu))
         searcher = None
-        searched: list = []  # search_spaces.Param; a conditional one counts only where active
+        # search_spaces.Param list; a conditional one counts only where active. A repeat
+        # trial runs a searched configuration, so it lists the same names.
+        overrides = spec.space_overrides(variant)
+        searched = search_spaces.space_params(variant, overrides, spec.variants[variant].fixed)
         if phase == "search":
-            overrides = spec.space_overrides(variant)
-            searched = search_spaces.space_params(variant, overrides, spec.variants[variant].fixed)
             sampler = spec.make_sampler(variant)
             import optuna
 

@@ -392,8 +392,8 @@ def test_study_commands_on_a_garbage_results_file_name_it_without_a_traceback(tm
     code, out, err = run_main([command, str(study)])
     assert "Traceback" not in out + err
     assert str(study / "results.parquet") in out + err
-    if command == "status":  # status still shows what it can, with the damage as one line
-        assert code == 0 and "is corrupt or not Parquet" in out
+    if command == "status":  # the damage is one error line naming the file, exit 2
+        assert code == 2 and "is corrupt or not Parquet" in err
     else:
         assert code == 2 and err.startswith(f"resstudy {command}: error: results file ")
 
