@@ -37,7 +37,7 @@ def bare_seconds(cfg: TrainConfig) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--trials", type=int, default=6)
     p.add_argument("--trial-seconds", type=float, default=30.0)
     p.add_argument("--variant", default="resnet")
     args = p.parse_args()
@@ -45,7 +45,10 @@ def main() -> None:
     base = dict(variant=args.variant, dataset="digits", depth=8, image_size=32, batch_size=64, val_size=0.15,
                 threads=cpus)
 
-    probe = bare_seconds(TrainConfig(epochs=2, **base)) / 2
+    # per-epoch cost after warm-up (the first epoch pays for kernel selection)
+    seconds: list[float] = []
+    train(TrainConfig(epochs=3, **base), lambda m, info, save: seconds.append(m["epoch_seconds"]))
+    probe = sum(seconds[1:]) / len(seconds[1:])
     epochs = max(2, math.ceil(args.trial_seconds / probe))
     print(f"calibration: {probe:.1f} s/epoch -> {epochs} epochs per trial (~{epochs * probe:.0f} s)", flush=True)
 
