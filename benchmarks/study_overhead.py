@@ -40,9 +40,10 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=6)
     p.add_argument("--trial-seconds", type=float, default=30.0)
     p.add_argument("--variant", default="resnet")
+    p.add_argument("--depth", type=int, default=20, help="ResNet depth (20: epochs of a few seconds, as in real studies)")
     args = p.parse_args()
     cpus = os.cpu_count() or 1
-    base = dict(variant=args.variant, dataset="digits", depth=8, image_size=32, batch_size=64, val_size=0.15,
+    base = dict(variant=args.variant, dataset="digits", depth=args.depth, image_size=32, batch_size=64, val_size=0.15,
                 threads=cpus)
 
     # per-epoch cost after warm-up (the first epoch pays for kernel selection)
@@ -54,7 +55,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="resstudy-overhead-") as tmp:
         spec = {
-            "name": "overhead", "dataset": "digits", "image_size": 32, "depth": 8, "epochs": epochs,
+            "name": "overhead", "dataset": "digits", "image_size": 32, "depth": args.depth, "epochs": epochs,
             "trials_per_variant": args.trials, "variants": [args.variant],
             "train": {"batch_size": 64, "val_size": 0.15},
             "search": {"algorithm": "random", "seed": 0}, "scheduler": {"type": "none"},
