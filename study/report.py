@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.results import HISTORY_FILE, RESULTS_FILE, ResultsError, read_table
+from study.results import HISTORY_FILE, RESULTS_FILE, read_table
 
 STATUSES = ("completed", "pruned", "diverged", "failed")
 
