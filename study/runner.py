@@ -92,6 +92,16 @@ class StudyOptunaSearch(OptunaSearch):
             self.numbers[trial_id] = self._ot_trials[trial_id].number
         return params
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        import optuna
+
+        # After a driver kill, Tune's last snapshot may predate a trial's end that
+        # Optuna already recorded; the restored run replays it: keep Optuna's record.
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         import optuna
 
