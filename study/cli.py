@@ -1,293 +1,530 @@
-"""`resstudy` command line. Each subcommand imports only what it needs, so
-`resstudy train` runs where only torch is installed."""
+"""`resstudy`: train one network, run and follow studies, open their UIs.
+
+Built on typer: it is actively kept (by the FastAPI authors), sits on click
+(so usage errors exit 2, `--flag/--no-flag` booleans, and bash/zsh/fish
+completion come for free) and reads typed signatures. The `train` flags are
+not written out here: they are derived from the options the variants declare
+(study.config.variant_options), with their types, allowed values, defaults and
+help, so a new variant's options become flags without touching this file.
+
+Exit codes: 0 done; 1 the run failed (a diverged trial, or an unexpected
+error, whose traceback is always kept); 2 bad input (any study.errors.UserError
+or usage error, printed as one `resstudy CMD: error: ...` line); 130 stopped by
+Ctrl-C. Each command imports only what it needs: `resstudy train` runs where
+only torch, numpy and scikit-learn are installed (no Ray, MLflow, Optuna or
+pyarrow is imported by this module).
+"""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
+import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
-from study.config import TrainConfig
+import typer
+import typer.core
 
+# Typer >= 0.26 carries its own copy of click; its usage-error classes are
+# reached through the public BadParameter so this works with either.
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2, no traceback."""
+from study.errors import UserError
 
-
-# ---------------------------------------------------------------- train
-
-
-def _parse_value(field: dataclasses.Field, text: str) -> Any:
-    """Cast a flag's text to the TrainConfig field's annotated type (a string here)."""
-    kind, flag = str(field.type), "--" + field.name.replace("_", "-")
-    if text.lower() in ("none", "null") and "None" in kind:
-        return None
-    if kind.startswith("bool"):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"{flag}: {text!r} is not a boolean; use true or false")
-    for tag, caster in (("int", int), ("float", float)):
-        if tag in kind:
-            try:
-                return caster(text)
-            except ValueError:
-                pass
-    if kind.startswith("str"):
-        return text
-    raise UsageError(f"{flag}: {text!r} is not a valid value; expected {kind}")
+app = typer.Typer(name="resstudy", help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=True,
+                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+STATE = {"verbose": False}
+_NULL = object()  # an option given as "none"/"null" on the command line
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(TrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, metavar=f.name.upper(), default=None,
-                       help=f"(default: {f.default!r})")
+class CliError(UserError):
+    """A bad command line the parser cannot see (two sources given, a missing study)."""
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    values = {}
-    for f in dataclasses.fields(TrainConfig):
-        text = getattr(args, f.name)
-        if text is not None:
-            values[f.name] = _parse_value(f, text)
-    return TrainConfig(**values)
+# ---------------------------------------------------------------- global options
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _train_config(args)
-    from study.train import train  # torch import only now
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("resstudy")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            v = "unknown (not installed)"
+        typer.echo(f"resstudy {v}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="print the version and exit")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="show MLflow's, Optuna's and Ray's INFO logs")] = False,
+) -> None:
+    """Distributed hyper-parameter studies of residual-network variants."""
+    STATE["verbose"] = verbose
+
+
+# ---------------------------------------------------------------- train (flags from the registry)
+
+
+def _parser(opt):
+    """Parse and check a flag's text with the option's own rules, so the error
+    text is the same as the spec's and TrainConfig's."""
+    def parse(value: Any) -> Any:
+        if value is _NULL or not isinstance(value, str):
+            return value
+        from study.errors import OptionError
+
+        try:
+            parsed = opt.parse(value)
+        except OptionError as e:
+            raise typer.BadParameter(str(e)) from None
+        return _NULL if parsed is None else parsed
+
+    return parse
+
+
+def _metavar(opt) -> str:
+    if opt.choices is not None:
+        return "[" + "|".join(map(str, opt.choices)) + "]" + ("|null" if opt.nullable else "")
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(opt.kind, "VALUE") + ("|null" if opt.nullable else "")
+
+
+def _completer(values: list[str]):
+    def complete(incomplete: str) -> list[str]:
+        return [v for v in values if v.startswith(incomplete)]
+
+    return complete
+
+
+def _choice(name: str, allowed: list[str]):
+    def parse(value: str) -> str:
+        if value not in allowed:
+            raise typer.BadParameter(f"{name}: {value!r} is not allowed; allowed: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _union_options() -> dict[str, Any]:
+    """Every train option of every registered variant, with each variant's own
+    default noted where they differ (help shows the resnet one first)."""
+    from study.config import variant_options
+    from study.variants import list_variants
+
+    merged: dict[str, Any] = {}
+    defaults: dict[str, dict[str, Any]] = {}
+    for v in list_variants():
+        for name, opt in variant_options(v).items():
+            merged.setdefault(name, opt)
+            defaults.setdefault(name, {})[v] = opt.default
+    return {n: (o, defaults[n]) for n, o in merged.items()}
+
+
+def _show(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def _default_text(per_variant: dict[str, Any], variants: list[str]) -> str:
+    values = {_show(d) for d in per_variant.values()}
+    if len(values) == 1:
+        return values.pop()
+    return ", ".join(f"{v}: {_show(d)}" for v, d in per_variant.items())
+
+
+def _train_params() -> list[inspect.Parameter]:
+    from study.config import VARIANT_HELP
+    from study.variants import features, list_variants
+
+    variants = list_variants()
+    feature_of = {o.name: f.name.upper() if len(f.name) <= 4 else f.name for f in features() for o in f.options}
+    params = [inspect.Parameter("variant", inspect.Parameter.KEYWORD_ONLY, default="resnet", annotation=Annotated[
+        str, typer.Option("--variant", help=VARIANT_HELP,
+                          parser=_choice("variant", variants), metavar="[" + "|".join(variants) + "]",
+                          autocompletion=_completer(variants), rich_help_panel="What is trained")])]
+    for name, (opt, per_variant) in _union_options().items():
+        flag = "--" + name.replace("_", "-")
+        owners = [v for v in variants if v in per_variant]
+        if len(owners) < len(variants):
+            panel = f"Options of {', '.join(owners)} only"
+        elif name in feature_of:
+            panel = f"{feature_of[name]} (any variant)"
+        else:
+            panel = "Model" if opt.target == "model" else "Training"
+        # choices show in the metavar; bounds and null need words
+        if opt.choices is not None or opt.kind is str:
+            allowed = ""
+        else:
+            allowed = f"; allowed: {opt.allowed().replace(' (or null)', '')}"
+        help_text = f"{opt.help}{allowed} (default: {_default_text(per_variant, variants)})"
+        show = False
+        if opt.kind is bool:
+            info = typer.Option(f"{flag}/--no-{name.replace('_', '-')}", help=help_text, show_default=show,
+                                rich_help_panel=panel)
+            annotation = Annotated[Optional[bool], info]
+        else:
+            info = typer.Option(flag, help=help_text, show_default=show, parser=_parser(opt),
+                                metavar=_metavar(opt), rich_help_panel=panel,
+                                autocompletion=_completer([str(c) for c in opt.choices]) if opt.choices else None)
+            annotation = Annotated[Optional[str], info]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    params.append(inspect.Parameter("checkpoint_dir", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option("--checkpoint-dir", help="write a full-state checkpoint here after every epoch",
+                                     rich_help_panel="Checkpoints")]))
+    params.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[Path], typer.Option("--resume", help="continue from this checkpoint directory",
+                                     rich_help_panel="Checkpoints")]))
+    return params
+
+
+def _train(**kw: Any) -> None:
+    """Train one network without Ray and print a per-epoch table."""
+    from study.config import TrainConfig
+    from study.preflight import data_problem
+    from study.variants import features, get_variant
+
+    checkpoint_dir, resume = kw.pop("checkpoint_dir"), kw.pop("resume")
+    variant = kw.pop("variant")
+    values = {k: (None if v is _NULL else v) for k, v in kw.items() if v is not None}
+    cfg = TrainConfig(variant, **values)  # every check happens before anything is printed
+    problem = None if cfg.get("download") else data_problem(cfg.dataset, cfg.data_root)
+    if problem:
+        raise CliError(problem)
+    from study.train import load_checkpoint, train  # torch import only now
+
+    state = load_checkpoint(resume) if resume is not None else None
 
     columns = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s"]
-    extra = {"epsilon": ["discarded_blocks", "discarded_ratio", "params_compressed"],
-             "quotient": ["q_mean_stage1", "q_mean_stage3", "q_dead_frac"]}.get(cfg.variant, [])
-    if cfg.sgs_mode != "off":
-        extra = extra + ["sgs_center"]
+    extra = list(get_variant(cfg.variant).metrics[:3])
+    for f in features():
+        if f.active(cfg.to_dict()):
+            extra += list(f.metrics[:1])
     header = columns + extra
-    print(f"resstudy train: {cfg.variant} depth {cfg.depth} on {cfg.dataset}, {cfg.epochs} epochs, seed {cfg.seed}", flush=True)
+    print(f"resstudy train: {cfg.variant} depth {cfg.depth} on {cfg.dataset}, {cfg.epochs} epochs, seed {cfg.seed}",
+          flush=True)
     print("  ".join(f"{h:>13}" for h in header), flush=True)
 
     def report(metrics: dict, info: dict, save) -> None:
         cells = []
         for h in header:
             v = metrics.get(h, float("nan"))
-            cells.append(f"{v:>13d}" if isinstance(v, int) and not isinstance(v, bool) else f"{float(v):>13.4g}")
+            if isinstance(v, int) and not isinstance(v, bool):
+                cells.append(f"{v:>13d}")
+            elif isinstance(v, (int, float)):
+                cells.append(f"{float(v):>13.4g}")
+            else:
+                cells.append(f"{str(v):>13}")
         print("  ".join(cells), flush=True)
-        if args.checkpoint_dir:
-            save(args.checkpoint_dir)
+        if checkpoint_dir is not None:
+            save(str(checkpoint_dir))
 
-    final = train(cfg, report, resume=args.resume)
-    summary = {k: final[k] for k in ("status", "val_acc", "best_val_acc", "test_acc", "compressed_test_acc") if k in final}
+    final = train(cfg, report, resume=state)
+    summary = {k: final[k] for k in ("status", "val_acc", "best_val_acc", "test_acc", "compressed_test_acc")
+               if k in final}
     print("final: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
-    return 0 if final["status"] == "completed" else 1
+    if final["status"] != "completed":
+        raise typer.Exit(1)
 
 
-# ---------------------------------------------------------------- study
+def train_command():
+    """The `train` click command, built from the registry when first asked for
+    (so `resstudy status` never imports torch)."""
+    fn = _train
+    fn.__signature__ = inspect.Signature(_train_params())  # type: ignore[attr-defined]
+    sub = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    sub.command("train", context_settings={"help_option_names": ["-h", "--help"]})(fn)
+    cmd = typer.main.get_command(sub)
+    cmd.name = "train"
+    return cmd
 
 
-def _spec_from(args: argparse.Namespace):
-    from study.spec import SpecError, load_spec
+class _Group(typer.core.TyperGroup):
+    """The root group: `train` is added lazily (see train_command)."""
 
-    if bool(args.spec) == bool(args.preset):
-        raise UsageError("give a spec file or --preset NAME (one of them)")
-    overrides = {}
-    if getattr(args, "storage_path", None):
-        overrides["storage_path"] = args.storage_path
-    if getattr(args, "tracking_uri", None):
-        overrides["mlflow"] = {"tracking_uri": args.tracking_uri}
-    try:
-        return load_spec(args.spec, preset=args.preset, overrides=overrides or None)
-    except SpecError as e:
-        raise UsageError(str(e)) from None
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return ["train", *[n for n in names if n != "train"]]
+
+    def get_command(self, ctx: typer.Context, name: str):
+        if name == "train":
+            if "train" not in self.commands:
+                self.commands["train"] = train_command()
+            return self.commands["train"]
+        return super().get_command(ctx, name)
 
 
-def _study_dir(name: str, storage_path: str | None) -> Path:
-    """A study name under the storage path, or a study directory given directly."""
-    direct = Path(name)
-    if (direct / "study.json").exists() or (direct / "spec.yaml").exists():
+app.info.cls = _Group
+
+
+# ---------------------------------------------------------------- studies
+
+StoragePath = Annotated[Optional[str], typer.Option("--storage-path", help="where studies live (default: "
+                                                    "$RESSTUDY_STORAGE, else ./resstudy_runs)")]
+TrackingUri = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI (a password in it is "
+                                                    "never printed or saved)")]
+
+
+def study_dir(name: str, storage_path: str | None = None) -> Path:
+    """A study directory given directly, or a study name under the storage path.
+    Anything that is not a study directory (no spec.yaml, no study.json) is refused."""
+    def is_study(p: Path) -> bool:
+        return p.is_dir() and ((p / "spec.yaml").is_file() or (p / "study.json").is_file())
+
+    if not name.strip():
+        raise CliError("study: '' is not a study; allowed: a study name or a study directory")
+    direct = Path(name).expanduser()
+    if is_study(direct):
         return direct.resolve()
-    root = Path(storage_path or os.environ.get("RESSTUDY_STORAGE", "resstudy_runs"))
+    root = Path(storage_path or os.environ.get("RESSTUDY_STORAGE", "resstudy_runs")).expanduser()
     candidate = root / name
-    if not candidate.exists():
-        known = sorted(p.name for p in root.iterdir() if (p / "spec.yaml").exists()) if root.is_dir() else []
-        raise UsageError(f"study {name!r}: no study directory {candidate}; studies under {root}: {known or 'none'}")
-    return candidate.resolve()
+    if "/" not in name and name not in (".", "..") and is_study(candidate):
+        return candidate.resolve()
+    known = sorted(p.name for p in root.iterdir() if is_study(p)) if root.is_dir() else []
+    what = f"{str(direct)!r} is not a study directory (no spec.yaml or study.json)" if direct.exists() \
+        else f"no study {name!r} under {str(root)!r}"
+    raise CliError(f"study: {what}; studies under {str(root)!r}: {', '.join(known) or 'none'}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    spec = _spec_from(args)
+def _load_spec(spec: Optional[Path], preset: Optional[str], storage_path: str | None, tracking_uri: str | None):
+    from study.spec import load_spec
+
+    if (spec is None) == (preset is None):
+        raise CliError("give a spec file or --preset NAME (one of them)")
+    overrides: dict[str, Any] = {}
+    if storage_path:
+        overrides["storage_path"] = storage_path
+    if tracking_uri:
+        overrides["mlflow"] = {"tracking_uri": tracking_uri}
+    return load_spec(spec, preset=preset, overrides=overrides or None)
+
+
+def _preflight(spec) -> None:
+    from study import preflight
+
+    preflight.check_spec(spec)
+    if not os.environ.get("RAY_ADDRESS"):  # the embedded Ray gets exactly this machine
+        preflight.check_cluster(spec, preflight.local_resources())
+
+
+@app.command()
+def run(
+    spec: Annotated[Optional[Path], typer.Argument(help="study spec YAML", show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", help="a shipped spec: quick, cifar10, cifar100, svhn",
+                                                  autocompletion=lambda: _presets())] = None,
+    storage_path: StoragePath = None,
+    tracking_uri: TrackingUri = None,
+    new_name: Annotated[Optional[str], typer.Option("--new-name", help="run the spec as a new study of this name "
+                                                    "(when a study of the spec's name exists with another spec)")] = None,
+) -> None:
+    """Run a study on the embedded local Ray, or on the cluster of RAY_ADDRESS."""
+    s = _load_spec(spec, preset, storage_path, tracking_uri)
+    _preflight(s)
+    from study.progress import quiet_libraries
+
+    quiet_libraries(STATE["verbose"])
     from study.runner import run_study
 
-    run_study(spec)
-    return 0
+    quiet_libraries(STATE["verbose"])  # the libraries set their loggers to INFO on import
+    out = run_study(s, new_name=new_name) if new_name else run_study(s)
+    _where(Path(out) if out else None)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    study_dir = _study_dir(args.name, args.storage_path)
-    from study.runner import StudyRunner
-    from study.spec import SpecError, load_spec
-
-    overrides = {"mlflow": {"tracking_uri": args.tracking_uri}} if args.tracking_uri else None
-    try:
-        spec = load_spec(study_dir / "spec.yaml", overrides=overrides)
-    except SpecError as e:
-        raise UsageError(str(e)) from None
-    StudyRunner(spec, study_dir).run()
-    return 0
+def _where(d: Path | None) -> None:
+    if d is None or not d.is_dir():
+        return
+    typer.echo(f"study directory: {d}")
+    for name, what in (("results.parquet", "one row per trial"), ("history.parquet", "one row per trial-epoch"),
+                       ("optuna.db", "Optuna studies"), ("mlflow.db", "MLflow runs")):
+        if (d / name).exists():
+            typer.echo(f"  {name:<16} {what}")
+    typer.echo(f"next: resstudy status {d.name} | resstudy analyze {d.name} | resstudy ui {d.name}")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    if args.address or args.name.startswith("raysubmit_"):
+def _presets() -> list[str]:
+    from study.spec import list_presets
+
+    return list_presets()
+
+
+@app.command()
+def resume(
+    name: Annotated[str, typer.Argument(help="study name (under --storage-path) or study directory")],
+    storage_path: StoragePath = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Finish an interrupted study without re-running finished trials."""
+    d = study_dir(name, storage_path)
+    from study.progress import quiet_libraries
+    from study.runner import resume_study
+
+    quiet_libraries(STATE["verbose"])
+    out = resume_study(d, tracking_uri=tracking_uri)
+    _where(Path(out) if out else d)
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="study name, study directory, or Ray job id")],
+    storage_path: StoragePath = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray dashboard address, for a job id")] = None,
+) -> None:
+    """A study's trial counts and best results, or a submitted job's state."""
+    if address or name.startswith("raysubmit_"):
         from study import jobs
 
-        print(jobs.status(args.name, args.address))
-        return 0
+        typer.echo(jobs.status(name, address))
+        return
     from study.report import status_text
 
-    print(status_text(_study_dir(args.name, args.storage_path)))
-    return 0
+    typer.echo(status_text(study_dir(name, storage_path)))
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from study.report import export
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="study name or directory")],
+    storage_path: StoragePath = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder (default: <study dir>/export)")] = None,
+) -> None:
+    """Write a study's results as CSV and a Markdown summary."""
+    from study.report import export as export_study
 
-    for path in export(_study_dir(args.name, args.storage_path), args.out):
-        print(path)
-    return 0
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from analysis.report import analyze
-
-    report = analyze(_study_dir(args.name, args.storage_path), out_dir=args.out, log_to_mlflow=not args.no_mlflow)
-    print(f"report: {report}")
-    return 0
+    for path in export_study(study_dir(name, storage_path), out):
+        typer.echo(str(path))
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+@app.command()
+def analyze(
+    name: Annotated[str, typer.Argument(help="study name or directory")],
+    storage_path: StoragePath = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="folder (default: <study dir>/analysis)")] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log the report to the study's MLflow "
+                                                                      "run")] = True,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Sensitivity fits, importances, claims and an HTML report."""
+    d = study_dir(name, storage_path)
+    from study.progress import quiet_libraries
+
+    quiet_libraries(STATE["verbose"])
+    from analysis.report import analyze as analyze_study
+
+    kwargs = {"tracking_uri": tracking_uri} if tracking_uri else {}
+    report = analyze_study(d, out_dir=out, log_to_mlflow=mlflow, **kwargs)
+    typer.echo(f"report: {report}")
+
+
+@app.command()
+def ui(
+    name: Annotated[str, typer.Argument(help="study name or directory")],
+    storage_path: StoragePath = None,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port", help="0: a free port", min=0, max=65535)] = 0,
+    dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="0: a free port", min=0, max=65535)] = 0,
+) -> None:
+    """Serve the study's MLflow UI and optuna-dashboard on 127.0.0.1 until Ctrl-C."""
+    from study import ui as study_ui
+
+    study_ui.serve(study_dir(name, storage_path), mlflow_port=mlflow_port, dashboard_port=dashboard_port)
+
+
+# ---------------------------------------------------------------- cluster jobs
+
+ADDRESS_HELP = ("Ray dashboard address (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, else "
+                "http://127.0.0.1:8265); the token comes from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token")
+Address = Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)]
+
+
+@app.command()
+def submit(
+    spec: Annotated[Path, typer.Argument(help="study spec YAML, inside --working-dir")],
+    address: Address = None,
+    shared_storage: Annotated[bool, typer.Option("--shared-storage", help="storage_path is a mount every node "
+                                                                          "can reach")] = False,
+    tracking_uri: TrackingUri = None,
+    working_dir: Annotated[Path, typer.Option("--working-dir", help="folder shipped to the cluster")] = Path("."),
+) -> None:
+    """Submit a study to a Ray cluster through Ray Jobs."""
     from study import jobs
 
-    job_id = jobs.submit(args.spec, args.address, shared_storage=args.shared_storage, tracking_uri=args.tracking_uri,
-                         working_dir=args.working_dir)
-    print(f"submitted job {job_id} to {args.address or jobs.default_address()}")
-    print(f"follow it with: resstudy logs {job_id} --follow" + (f" --address {args.address}" if args.address else ""))
-    return 0
+    job_id = jobs.submit(spec, address, shared_storage=shared_storage, tracking_uri=tracking_uri,
+                         working_dir=working_dir)
+    typer.echo(f"submitted job {job_id} to {address or jobs.default_address()}")
+    typer.echo(f"follow it with: resstudy logs {job_id} --follow" + (f" --address {address}" if address else ""))
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="a job id from `resstudy submit`")],
+    address: Address = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing until the job ends")] = False,
+) -> None:
+    """Print a submitted study's logs."""
     from study import jobs
 
-    jobs.logs(args.job_id, args.address, follow=args.follow)
-    return 0
+    jobs.logs(job_id, address, follow=follow)
 
 
-def cmd_stop(args: argparse.Namespace) -> int:
+@app.command()
+def stop(
+    job_id: Annotated[str, typer.Argument(help="a job id from `resstudy submit`")],
+    address: Address = None,
+) -> None:
+    """Stop a submitted study."""
     from study import jobs
 
-    print(jobs.stop(args.job_id, args.address))
-    return 0
+    typer.echo(jobs.stop(job_id, address))
 
 
 # ---------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resstudy", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="run one trial without Ray and print a per-epoch table")
-    _add_train_args(p)
-    p.add_argument("--checkpoint-dir", default=None, help="write a full-state checkpoint here after every epoch")
-    p.add_argument("--resume", default=None, help="continue from a checkpoint directory")
-    p.set_defaults(func=cmd_train)
-
-    address_help = ("Ray dashboard address (default: RAY_API_SERVER_ADDRESS, an http RAY_ADDRESS, "
-                    "else http://127.0.0.1:8265); the token comes from RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token")
-    p = sub.add_parser("run", help="run a study on the embedded local Ray (or the cluster of RAY_ADDRESS)")
-    p.add_argument("spec", nargs="?", help="study spec YAML")
-    p.add_argument("--preset", help="a shipped spec: quick, cifar10, cifar100, svhn")
-    p.add_argument("--storage-path", help="override the spec's storage_path")
-    p.add_argument("--tracking-uri", help="override the spec's mlflow.tracking_uri")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("resume", help="finish an interrupted study without re-running finished trials")
-    p.add_argument("name", help="study name (under --storage-path) or study directory")
-    p.add_argument("--storage-path", default=None)
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow URI, when the study's had a password (spec.yaml keeps it redacted)")
-    p.set_defaults(func=cmd_resume)
-
-    p = sub.add_parser("status", help="a study's trial counts and best results, or a submitted job's state")
-    p.add_argument("name", help="study name, study directory, or Ray job id")
-    p.add_argument("--storage-path", default=None)
-    p.add_argument("--address", default=None, help="Ray dashboard address for a job id")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("export", help="write a study's results as CSV and a Markdown summary")
-    p.add_argument("name")
-    p.add_argument("--storage-path", default=None)
-    p.add_argument("--out", default=None, help="folder (default: <study dir>/export)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("analyze", help="sensitivity fits, importances, variant comparison and an HTML report")
-    p.add_argument("name")
-    p.add_argument("--storage-path", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the study's MLflow run")
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("submit", help="submit a study to a Ray cluster through Ray Jobs")
-    p.add_argument("spec")
-    p.add_argument("--address", default=None, help=address_help)
-    p.add_argument("--shared-storage", action="store_true", help="storage_path is a mount every node can reach")
-    p.add_argument("--tracking-uri", default=None, help="MLflow server the trials log to (default: the spec's)")
-    p.add_argument("--working-dir", default=".", help="folder shipped to the cluster; must contain the spec")
-    p.set_defaults(func=cmd_submit)
-
-    for name, helptext, func in (("logs", "print a submitted study's logs", cmd_logs),
-                                 ("stop", "stop a submitted study", cmd_stop)):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("job_id")
-        p.add_argument("--address", default=None, help=address_help)
-        if name == "logs":
-            p.add_argument("--follow", action="store_true")
-        p.set_defaults(func=func)
-
-    return parser
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that name a bad file or setting (a corrupt results file or
-    checkpoint, unreachable MLflow). Looked up only in modules already imported,
-    so `resstudy train` never imports pyarrow or mlflow to catch them."""
+    """UserError, plus older error classes that name a bad file or setting and
+    are not (yet) UserErrors. Looked up only in modules already imported, so
+    `resstudy train` never imports pyarrow or mlflow to catch them."""
     names = (("study.results", "ResultsError"), ("study.train", "CheckpointError"),
-             ("study.tracking", "TrackingError"), ("study.spec", "SpecError"))
-    return tuple(getattr(sys.modules[m], n) for m, n in names if m in sys.modules)
+             ("study.tracking", "TrackingError"), ("study.spec", "SpecError"), ("study.jobs", "JobError"),
+             ("study.data", "DatasetError"), ("search_spaces", "SpaceError"))
+    return (UserError, *(getattr(sys.modules[m], n) for m, n in names
+                         if m in sys.modules and hasattr(sys.modules[m], n)))
+
+
+def _command_name(argv: Sequence[str]) -> str:
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = _command_name(argv)
+    prefix = f"resstudy {name}: error: " if name else "resstudy: error: "
+    cli = typer.main.get_command(app)
     try:
-        return int(args.func(args) or 0)
+        rv = cli.main(argv, prog_name="resstudy", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except typer.Exit as e:
+        return e.exit_code
     except UsageError as e:
-        print(f"resstudy {args.command}: error: {e}", file=sys.stderr)
+        known = name in ("train", *(c.name for c in app.registered_commands))
+        hint = "" if isinstance(e, typer.BadParameter) else f" (see resstudy {name + ' ' if known else ''}--help)"
+        if "unexpected extra argument" in e.format_message():
+            hint = " (a boolean is a flag without a value: --nesterov or --no-nesterov)" + hint
+        print(prefix + e.format_message() + hint, file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
-        # Configuration and data-path errors carry their own field/value/allowed text.
-        print(f"resstudy {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except ClickException as e:
+        print(prefix + e.format_message(), file=sys.stderr)
+        return e.exit_code if e.exit_code != 1 else 2
+    except (KeyboardInterrupt, typer.Abort):
+        print(f"resstudy {name}: interrupted", file=sys.stderr)
+        return 130
     except Exception as e:
         if not isinstance(e, _user_errors()):
-            raise
-        print(f"resstudy {args.command}: error: {e}", file=sys.stderr)
+            raise  # a bug: keep the whole traceback (exit 1)
+        print(prefix + str(e), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"resstudy {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
