@@ -28,24 +28,51 @@ from typing import Any, Mapping
 import numpy as np
 import optuna
 
-from study.config import config_field_names
+from study.config import variant_options
+from study.errors import UserError
+from study.variants import get_variant, list_variants
 
-from . import epsilon, quotient, resnet, sgs, shared
+from . import shared
 from .shared import Param
 
-VARIANTS = ("resnet", "quotient", "epsilon", "sgs")
 ALGORITHMS = ("tpe", "random", "grid", "cmaes", "qmc")
 
-PARAMS: dict[str, list[Param]] = {
-    name: [*shared.PARAMS, *module.PARAMS]
-    for name, module in zip(VARIANTS, (resnet, quotient, epsilon, sgs))
-}
+
+def variant_params(variant: str) -> list[Param]:
+    """The default space of `variant`: the shared params plus those of the module
+    `search_spaces.<variant>` (found by name), or of the variant's own `search`
+    declaration when there is no such module (a plugin variant); each bound to
+    the option it searches."""
+    v = get_variant(variant)
+    try:
+        own = importlib.import_module(f"{__name__}.{variant}").PARAMS
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{variant}":
+            raise
+        own = v.search
+    options = variant_options(variant)
+    out = []
+    for p in (*shared.PARAMS, *own):
+        if p.name not in options:
+            raise TypeError(f"search space of {variant!r} searches {p.name!r}, which is not one of its options")
+        out.append(p.bind(options[p.name]))
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    # Derived from the registry on each access, so a variant registered later
+    # (a plugin) is included.
+    if name == "VARIANTS":
+        return tuple(list_variants())
+    if name == "PARAMS":
+        return {v: variant_params(v) for v in list_variants()}
+    raise AttributeError(name)
 
 _NUMERIC_KEYS = ("low", "high", "log", "value")
 _CATEGORICAL_KEYS = ("choices", "value")
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A bad variant, override or fixed value. `param` is the offending
     parameter name (None for the variant itself); `section` says whether it
     came from the overrides ("space") or the constants ("fixed")."""
@@ -270,9 +297,9 @@ def _suggest(trial: Any, p: Param) -> Any:
 
 def _resolve(variant: str, overrides: Mapping[str, Any] | None,
              fixed: Mapping[str, Any] | None) -> _Resolved:
-    if variant not in PARAMS:
-        raise SpaceError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)}", variant=variant)
-    order = PARAMS[variant]
+    if variant not in list_variants():
+        raise SpaceError(f"unknown variant {variant!r}; allowed: {', '.join(list_variants())}", variant=variant)
+    order = variant_params(variant)
     by_name = {p.name: p for p in order}
     overrides = {} if overrides is None else overrides
     fixed = {} if fixed is None else fixed
@@ -292,11 +319,11 @@ def _resolve(variant: str, overrides: Mapping[str, Any] | None,
             )
 
     r = _Resolved(variant, list(order))
-    fields = set(config_field_names())
+    fields = set(variant_options(variant))
     for key, value in fixed.items():
         if key == "variant" or key not in fields:
-            allowed = "any TrainConfig field except 'variant'" if key == "variant" else \
-                f"TrainConfig fields: {', '.join(sorted(fields - {'variant'}))}"
+            allowed = "any option except 'variant'" if key == "variant" else \
+                f"options of {variant!r}: {', '.join(sorted(fields - {'variant'}))}"
             raise SpaceError(f"variant {variant!r}: fixed field {key!r} is not allowed; allowed: {allowed}",
                              variant=variant, param=key, section="fixed")
         if key in by_name:
@@ -311,7 +338,11 @@ def _resolve(variant: str, overrides: Mapping[str, Any] | None,
                 e.section = "fixed"
                 raise
         else:
-            r.constants[key] = value
+            try:
+                r.constants[key] = variant_options(variant)[key].check(value)
+            except UserError as e:
+                raise SpaceError(f"variant {variant!r}: fixed {e}", variant=variant, param=key,
+                                 section="fixed") from None
 
     for p in order:
         if p.name in r.fixed:
@@ -359,8 +390,8 @@ def _apply(variant: str, p: Param, ov: Any) -> Param | tuple[Any]:
             raise SpaceError(f"{where}: choices={choices!r}; allowed: a non-empty list drawn from "
                              f"{list(p.choices)}", variant=variant, param=p.name)
         for c in choices:
-            if not any(_same(c, a) for a in p.choices):
-                raise SpaceError(f"{where}: choice {c!r} is not allowed; allowed: {list(p.choices)}",
+            if not any(_same(c, a) for a in (p.allowed or p.choices)):
+                raise SpaceError(f"{where}: choice {c!r} is not allowed; allowed: {list(p.allowed or p.choices)}",
                                  variant=variant, param=p.name)
         if len(set(map(repr, choices))) != len(choices):
             raise SpaceError(f"{where}: choices={list(choices)} repeat a value", variant=variant, param=p.name)
@@ -394,8 +425,8 @@ def _is_number(v: Any, kind: str) -> bool:
 def _check_value(variant: str, p: Param, value: Any) -> Any:
     where = f"variant {variant!r}, parameter {p.name!r}"
     if p.kind == "categorical":
-        if not any(_same(value, c) for c in p.choices):
-            raise SpaceError(f"{where}: value={value!r} is not allowed; allowed: {list(p.choices)}",
+        if not any(_same(value, c) for c in (p.allowed or p.choices)):
+            raise SpaceError(f"{where}: value={value!r} is not allowed; allowed: {list(p.allowed or p.choices)}",
                              variant=variant, param=p.name)
         return value
     if not _is_number(value, p.kind) or not p.within_limits(value):
@@ -406,5 +437,5 @@ def _check_value(variant: str, p: Param, value: Any) -> Any:
 
 __all__ = [
     "ALGORITHMS", "PARAMS", "VARIANTS", "ConditionalGridSampler", "Param", "SearchSpace", "SpaceError",
-    "build_space", "grid_space", "make_sampler", "space_params",
+    "build_space", "grid_space", "make_sampler", "space_params", "variant_params",
 ]

@@ -12,8 +12,7 @@ from __future__ import annotations
 from .shared import Param
 
 PARAMS: tuple[Param, ...] = (
-    Param("epsilon", "float", 0.1, 5.0, log=True, min_value=0.0, help="gate threshold"),
-    Param("side_weight", "float", 0.0, 0.3, min_value=0.0, help="weight of the side-head loss"),
-    Param("adaptive_lr", "categorical", choices=(True, False),
-          help="restart the schedule when blocks are discarded"),
+    Param("epsilon", 0.1, 5.0, log=True),
+    Param("side_weight", 0.0, 0.3),
+    Param("adaptive_lr"),
 )

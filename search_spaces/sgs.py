@@ -17,14 +17,10 @@ MODES = ("branches", "mi")
 BRANCH_SETS = ("3x3+1x1", "3x3+3x1+1x1", "acb")
 
 PARAMS: tuple[Param, ...] = (
-    Param("sgs_mode", "categorical", choices=MODES, help="branch-equivalent or MI-learned scaling"),
-    Param("sgs_branches", "categorical", choices=BRANCH_SETS, condition="sgs_mode == 'branches'",
-          help="branch set whose equivalent scaling is used"),
-    Param("sgs_k", "float", 0.25, 64.0, log=True, condition="sgs_mode == 'mi'",
-          min_value=0.0, min_open=True, help="MI sharpening k"),
+    Param("sgs_mode", choices=MODES),
+    Param("sgs_branches", choices=BRANCH_SETS, condition="sgs_mode == 'branches'"),
+    Param("sgs_k", 0.25, 64.0, log=True, condition="sgs_mode == 'mi'"),
     # log scale: the official configs use 5 and 30 epochs, 2 and 20 batches
-    Param("sgs_interval", "int", 1, 30, log=True, condition="sgs_mode == 'mi'", min_value=1,
-          help="epochs between MI recomputations"),
-    Param("sgs_batches", "int", 1, 20, log=True, condition="sgs_mode == 'mi'", min_value=1,
-          help="training batches the MI pass uses"),
+    Param("sgs_interval", 1, 30, log=True, condition="sgs_mode == 'mi'"),
+    Param("sgs_batches", 1, 20, log=True, condition="sgs_mode == 'mi'"),
 )

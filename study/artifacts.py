@@ -8,19 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
-def write(info: dict[str, Any], result: dict[str, Any], out: Path) -> list[Path]:
+def write(info: dict[str, Any], result: dict[str, Any], out: Path, variant: str | None = None) -> list[Path]:
+    """Every artifact the trial's variant (all variants when None: each writes
+    only from its own info/metrics) and the features declare."""
+    from study.variants import features, get_variant, list_variants
+
     out.mkdir(parents=True, exist_ok=True)
-    paths: list[Path] = []
-    if "epsilon_dead_blocks" in info:
-        paths += _dead_blocks(info["epsilon_dead_blocks"], result, out)
-    if "sgs_scalings" in info:
-        paths += _scalings(info["sgs_scalings"], out)
-    quotient = {k: v for k, v in result.items() if k.startswith("q_")}
-    if quotient:
-        path = out / "quotient_stats.json"
-        path.write_text(json.dumps(quotient, indent=2))
-        paths.append(path)
-    return paths
+    variants = [variant] if variant is not None else list_variants()
+    fns = [*(get_variant(v).artifacts for v in variants), *(f.artifacts for f in features())]
+    return [p for fn in fns if fn is not None for p in fn(info, result, out)]
 
 
 def _plt():
@@ -32,7 +28,7 @@ def _plt():
     return plt
 
 
-def _dead_blocks(dead: dict[str, bool], result: dict[str, Any], out: Path) -> list[Path]:
+def block_map(dead: dict[str, bool], result: dict[str, Any], out: Path) -> list[Path]:
     path = out / "epsilon_discarded_blocks.json"
     summary = {k: result.get(k) for k in ("discarded_blocks", "discarded_ratio", "params", "params_compressed")}
     path.write_text(json.dumps({"blocks": dead, **summary}, indent=2))
@@ -50,7 +46,7 @@ def _dead_blocks(dead: dict[str, bool], result: dict[str, Any], out: Path) -> li
     return [path, png]
 
 
-def _scalings(scalings: dict[str, list[list[float]]], out: Path) -> list[Path]:
+def scaling_maps(scalings: dict[str, list[list[float]]], out: Path) -> list[Path]:
     path = out / "sgs_scalings.json"
     path.write_text(json.dumps(scalings))
     if not scalings:

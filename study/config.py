@@ -1,108 +1,206 @@
-"""One trial's configuration: plain typed data, flat, with the option names of
-../shared/METHODS.md so the same keys flow through search spaces, the study
-spec, MLflow params and result columns unchanged."""
+"""One trial's configuration: flat, typed, resolved.
+
+The trainer's own options are declared here (CORE_OPTIONS); each variant
+declares its options beside its model and each feature (SGS) beside its code
+(study.variants). A TrainConfig holds exactly the options its variant uses,
+each checked against its declaration and with every default filled in (the
+variant's own defaults, depth-dependent ones included), so what a trial
+records is what it ran.
+
+    cfg = TrainConfig(variant="quotient", depth=56, epochs=3)
+    cfg.alpha              # 1.7: the paper's value at depth 56
+    cfg.to_dict()          # flat: the keys of search spaces, spec, MLflow, results
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
 from typing import Any
 
-VARIANTS = ("resnet", "quotient", "epsilon", "sgs")
+from study.errors import OptionError
+from study.options import Option
 
-# Which TrainConfig fields are model-constructor options, per variant. The
-# rest belong to the trainer. SGS changes no structure: its model is the ResNet.
-MODEL_OPTIONS = {
-    "resnet": ("block", "shortcut", "width"),
-    "sgs": ("block", "shortcut", "width"),
-    "quotient": ("block", "shortcut", "width", "quotient_rule", "alpha", "quotient_stem", "quotient_shortcut"),
-    "epsilon": ("block", "shortcut", "width", "epsilon", "side_weight"),
-}
+DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
+SCHEDULES = ("step", "cosine")
+PRECISIONS = ("fp32", "bf16", "auto")
+COMPILE_MODES = ("off", "on", "auto")
 
-
-@dataclass
-class TrainConfig:
+CORE_OPTIONS: tuple[Option, ...] = (
     # what is trained
-    variant: str = "resnet"
-    depth: int = 20
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    val_size: int | float = 0.1  # int: images held out of train; float: fraction
-    image_size: int | None = None  # digits/synthetic only; None = the dataset's default
-
-    # shared model options (None = the variant's default: post/A for resnet and
-    # sgs, post/conv3x3 for quotient, pre/A for epsilon)
-    block: str | None = None
-    shortcut: str | None = None
-    width: int = 16
-
-    # quotient (METHODS 1)
-    quotient_rule: str = "paper"
-    alpha: float = 2.0
-    quotient_stem: bool = True
-    quotient_shortcut: bool = True
-
-    # epsilon-ResNet (METHODS 2)
-    epsilon: float = 2.5
-    side_weight: float = 0.1
-    adaptive_lr: bool = True
-
-    # spatial gradient scaling (METHODS 3); composes with any variant
-    sgs_mode: str = "off"  # off | branches | mi
-    sgs_branches: str = "3x3+3x1+1x1"
-    sgs_k: float = 5.0
-    sgs_warmup: int = 0
-    sgs_interval: int = 30
-    sgs_batches: int = 20
-    sgs_diagonal_removal: bool = False
-
+    Option("depth", int, 20, "network depth, 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)", low=8),
+    Option("dataset", str, "digits", "dataset; cifar10/cifar100/svhn are read from data_root", choices=DATASETS),
+    Option("data_root", str, None, "folder with the torchvision files of cifar10/cifar100/svhn", nullable=True),
+    Option("download", bool, False, "let torchvision download the dataset into data_root"),
+    Option("val_size", float, 0.1, "validation split held out of train: a fraction < 1, or an image count >= 1",
+           low=0.0, low_open=True),
+    Option("image_size", int, None, "digits/synthetic image side (null: the dataset's own)", low=4, nullable=True),
     # optimisation
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "step"  # step (/10 at 50% and 75%) | cosine
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-
+    Option("epochs", int, 10, "training epochs", low=1),
+    Option("batch_size", int, 128, "training batch size", low=1),
+    Option("eval_batch_size", int, 128,
+           "evaluation batch size (epsilon-ResNet's gate takes its max over the batch; 128 is the paper's)", low=1),
+    Option("lr", float, 0.1, "initial SGD learning rate", low=0.0, low_open=True),
+    Option("momentum", float, 0.9, "SGD momentum", low=0.0, high=0.999),
+    Option("nesterov", bool, False, "Nesterov momentum"),
+    Option("weight_decay", float, 1e-4, "coupled L2 weight decay", low=0.0),
+    Option("schedule", str, "step", "lr schedule: step (/10 at 50% and 75%) or cosine", choices=SCHEDULES),
+    Option("warmup_epochs", int, 0, "linear lr warm-up epochs (< epochs)", low=0),
+    Option("label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.99),
+    Option("grad_clip", float, None, "clip the gradient norm to this (null: no clipping)", low=0.0, low_open=True,
+           nullable=True),
     # execution
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 where native) | fp32 | bf16
-    channels_last: bool | None = None  # None = on for CUDA
-    threads: int | None = None  # torch intra-op threads; None = torch's default
-    limit_train_batches: int | None = None  # benchmarks/tests: cap batches per epoch
+    Option("seed", int, 0, "seed of init, data order and augmentation", low=0, high=2**32 - 1),
+    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
+    Option("precision", str, "fp32", "fp32, bf16 autocast, or auto (bf16 where the hardware computes it natively); "
+           "results record what ran", choices=PRECISIONS),
+    Option("compile", str, "off", "torch.compile the training step: on, off, or auto (on where it pays: CUDA)",
+           choices=COMPILE_MODES),
+    Option("channels_last", bool, None, "channels-last memory format (null: on for CUDA)", nullable=True),
+    Option("threads", int, None, "torch intra-op threads (null: torch's default)", low=1, nullable=True),
+    Option("limit_train_batches", int, None, "cap training batches per epoch (benchmarks, tests)", low=1,
+           nullable=True),
+)
+CORE = {o.name: o for o in CORE_OPTIONS}
+# Not an Option: its allowed values are whatever is registered.
+VARIANT_HELP = "the variant to train"
 
-    def __post_init__(self) -> None:
-        if self.variant == "sgs" and self.sgs_mode == "off":
-            self.sgs_mode = "branches"
 
-    def model_options(self) -> dict[str, Any]:
-        """Constructor options for study.models.create_model, without None."""
-        names = MODEL_OPTIONS.get(self.variant, ())
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+def variant_options(variant: str) -> dict[str, Option]:
+    """Every option a config of `variant` takes: the trainer's, the variant's own
+    (with its defaults), and the features' (with the variant's defaults for them)."""
+    from study.variants import features, get_variant
+
+    v = get_variant(variant)
+    out = {o.name: o for o in v.options}
+    for o in CORE_OPTIONS:
+        out.setdefault(o.name, o)
+    for f in features():
+        for o in f.options:
+            out.setdefault(o.name, o)
+    for name, default in v.defaults.items():
+        out[name] = out[name].replace(default=default)
+    return out
+
+
+def all_option_names() -> list[str]:
+    """Every option name of any registered variant (the spec's `train` keys)."""
+    from study.variants import features, get_variant, list_variants
+
+    names = dict.fromkeys(["variant", *CORE])
+    for f in features():
+        names.update(dict.fromkeys(o.name for o in f.options))
+    for v in list_variants():
+        names.update(dict.fromkeys(o.name for o in get_variant(v).options))
+    return list(names)
+
+
+def owners(name: str) -> list[str]:
+    """The variants whose configs take option `name`."""
+    from study.variants import list_variants
+
+    return [v for v in list_variants() if name in variant_options(v)]
+
+
+class TrainConfig:
+    """A resolved trial configuration. Attributes are the option names
+    (``cfg.lr``, ``cfg.alpha``); ``to_dict()`` gives them flat, ``variant`` first."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, variant: str = "resnet", **values: Any) -> None:
+        from study.variants import get_variant
+
+        v = get_variant(variant)
+        allowed = variant_options(variant)
+        unknown = [k for k in values if k not in allowed]
+        if unknown:
+            k = unknown[0]
+            others = owners(k) if k in all_option_names() else []
+            where = f"it belongs to variant(s) {', '.join(others)}" if others else "no variant takes it"
+            raise OptionError(f"{k}: not an option of variant {variant!r} ({where}); "
+                              f"{variant!r} takes: {', '.join(allowed)}", field=k)
+        resolved: dict[str, Any] = {"variant": variant}
+        for name, opt in allowed.items():
+            resolved[name] = opt.check(values[name]) if name in values else opt.default
+        if v.resolve is not None:
+            resolved = v.resolve(resolved, resolved["depth"])
+        _check_core(resolved)
+        object.__setattr__(self, "_values", resolved)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(f"TrainConfig of variant {self.variant!r} has no option {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("TrainConfig is immutable; use cfg.replace(...)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TrainConfig) and self._values == other._values
+
+    def __repr__(self) -> str:
+        return "TrainConfig(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "_values", dict(state))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._values.get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(self._values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        values = {**self._values, **changes}
+        return TrainConfig(**values)
+
+    def model_options(self) -> dict[str, Any]:
+        """The keyword options of the variant's model builder."""
+        from study.variants import get_variant
+
+        return {n: self._values[n] for n in get_variant(self.variant).model_option_names()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        """Build from a dict, refusing unknown keys with the list of known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown training option(s) {unknown}; known options: {sorted(known)}"
-            )
-        return cls(**values)
+        values = dict(values)
+        return cls(values.pop("variant", "resnet"), **values)
+
+    def twin(self) -> "TrainConfig | None":
+        """The matched twin: the same network, recipe and seed with the method off."""
+        from study.variants import get_variant
+
+        fn = get_variant(self.variant).twin
+        if fn is None:
+            return None
+        out = fn(self.to_dict())
+        return None if out is None else TrainConfig.from_dict(out)
+
+
+def _check_core(v: dict[str, Any]) -> None:
+    import re
+
+    depth = v["depth"]
+    if (depth - 2) % 6:
+        raise OptionError(f"depth: {depth!r} is not allowed; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)",
+                          field="depth")
+    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v["device"]):
+        raise OptionError(f"device: {v['device']!r} is not allowed; allowed: auto, cpu, cuda or cuda:N", field="device")
+    if v["warmup_epochs"] >= v["epochs"]:
+        raise OptionError(f"warmup_epochs: {v['warmup_epochs']!r} is not allowed; allowed: an integer in "
+                          f"[0, epochs={v['epochs']})", field="warmup_epochs")
+    vs = v["val_size"]
+    if vs >= 1 and vs != int(vs):
+        raise OptionError(f"val_size: {vs!r} is not allowed; allowed: a fraction in (0, 1) or an image count >= 1",
+                          field="val_size")
 
 
 def config_field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    """Every option name any config can hold (kept for callers of the old API)."""
+    return all_option_names()
 
 
-__all__ = ["TrainConfig", "VARIANTS", "MODEL_OPTIONS", "config_field_names"]
+__all__ = ["CORE_OPTIONS", "DATASETS", "TrainConfig", "all_option_names", "config_field_names", "owners",
+           "variant_options"]

@@ -23,52 +23,29 @@ import copy
 import importlib.resources
 import math
 import re
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, NoReturn
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 import search_spaces
 from search_spaces import SpaceError
-from search_spaces.quotient import RULES
-from search_spaces.sgs import BRANCH_SETS
-from study.config import TrainConfig, config_field_names
+from study.config import CORE, DATASETS, all_option_names, owners, variant_options
+from study.errors import UserError
+from study.variants import list_variants, load_plugins
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
 FILE_DATASETS = ("cifar10", "cifar100", "svhn")  # read from data_root; never downloaded
 # Set at the top level of the spec (or by the search), never under train/fixed.
 TOP_LEVEL_FIELDS = ("variant", "seed", "depth", "dataset", "epochs", "data_root", "image_size")
-
-# TrainConfig fields with a closed set of values (None is always allowed where
-# the field's type allows it).
-FIELD_CHOICES: dict[str, tuple] = {
-    "block": ("post", "pre"),
-    "shortcut": ("A", "B", "conv3x3"),
-    "schedule": ("step", "cosine"),
-    "precision": ("auto", "fp32", "bf16"),
-    "sgs_mode": ("off", "branches", "mi"),
-    "sgs_branches": BRANCH_SETS,
-    "quotient_rule": RULES,
-}
-# Lower bounds of numeric TrainConfig fields: (minimum, minimum excluded).
-FIELD_MINIMUM: dict[str, tuple[float, bool]] = {
-    "batch_size": (1, False), "width": (1, False), "lr": (0, True), "momentum": (0, False),
-    "weight_decay": (0, False), "warmup_epochs": (0, False), "label_smoothing": (0, False),
-    "grad_clip": (0, True), "threads": (1, False), "limit_train_batches": (1, False),
-    "alpha": (1, True), "epsilon": (0, False), "side_weight": (0, False), "sgs_k": (0, True),
-    "sgs_warmup": (0, False), "sgs_interval": (1, False), "sgs_batches": (1, False),
-}
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # GridSampler materialises the whole product of its grid at construction.
 MAX_GRID_POINTS, MAX_GRID_SIZE = 100, 100_000
-_FIELD_TYPES = typing.get_type_hints(TrainConfig)
+OBJECTIVES = ("val_acc", "param_reduction")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """An invalid study spec; the message names the field path, value and what is allowed."""
 
 
@@ -83,41 +60,28 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _check_fields(values: Mapping[str, Any], where: str) -> None:
-    """Type- and range-check TrainConfig fields given under train / fixed."""
-    known = config_field_names()
+def _check_fields(values: Mapping[str, Any], where: str, variants: list[str] | None = None) -> None:
+    """Check options given under train / fixed against their declarations (each
+    against every variant of the study that takes it, with that variant's rule)."""
+    known = all_option_names()
     for key, value in values.items():
         if key not in known:
-            _fail(key, f"unknown TrainConfig field {key!r} in {where}; allowed: "
+            _fail(key, f"unknown option {key!r} in {where}; allowed: "
                        f"{', '.join(k for k in known if k not in TOP_LEVEL_FIELDS)}")
         if key in TOP_LEVEL_FIELDS:
             _fail(key, f"{key!r} cannot be set in {where}: "
                        + ("the variant comes from `variants`" if key == "variant"
                           else "search trials use seeds[0]; set `seeds`" if key == "seed"
                           else f"set the top-level `{key}`"))
-        try:
-            value = TypeAdapter(_FIELD_TYPES[key]).validate_python(value, strict=True)
-        except ValidationError:
-            _fail(key, f"{value!r} is not a valid value for {key}; allowed: {_type_name(_FIELD_TYPES[key])}")
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            _fail(key, f"{value!r} is not allowed; allowed: a finite number")
-        if key in FIELD_CHOICES and value not in FIELD_CHOICES[key]:
-            _fail(key, f"{value!r} is not allowed; allowed: {', '.join(map(str, FIELD_CHOICES[key]))}")
-        if key == "device" and not _DEVICE.match(value):
-            _fail(key, f"{value!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
-        if key == "val_size" and not (value >= 1 if isinstance(value, int) else 0 < value < 1):
-            _fail(key, f"{value!r} is not allowed; allowed: an image count >= 1 or a fraction in (0, 1)")
-        if key in FIELD_MINIMUM:
-            low, excluded = FIELD_MINIMUM[key]
-            if value < low or (excluded and value == low):
-                _fail(key, f"{value!r} is not allowed; allowed: {'>' if excluded else '>='} {low}")
-
-
-def _type_name(tp: Any) -> str:
-    names = [getattr(a, "__name__", str(a)) for a in (typing.get_args(tp) or (tp,))]
-    return " or ".join("null" if n == "NoneType" else n for n in names)
+        takers = [v for v in (variants or list_variants()) if key in variant_options(v)]
+        if variants is not None and not takers:
+            _fail(key, f"{key!r} is an option of {', '.join(owners(key))}, none of which this study runs "
+                       f"({', '.join(variants)})")
+        for v in takers or owners(key)[:1]:
+            try:
+                variant_options(v)[key].check(value)
+            except UserError as e:
+                _fail(key, str(e).removeprefix(f"{key}: ") + (f" (variant {v})" if key not in CORE else ""))
 
 
 class _Model(BaseModel):
@@ -153,10 +117,14 @@ class VariantSpec(_Model):
             return {k: ({} if v is None and k in ("space", "fixed") else v) for k, v in data.items()}
         return data
 
-    @field_validator("fixed")
+    objectives: list[Literal["val_acc", "param_reduction"]] = Field(default_factory=lambda: ["val_acc"])
+
+    @field_validator("objectives")
     @classmethod
-    def _fixed_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _check_fields(v, "variants.<name>.fixed")
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "val_acc" or len(set(v)) != len(v):
+            raise ValueError(f"{v!r}; allowed: [val_acc] or [val_acc, param_reduction] (val_acc first: "
+                             "ASHA stops on it)")
         return v
 
 
@@ -193,6 +161,7 @@ class MlflowSpec(_Model):
 
 
 class StudySpec(_Model):
+    plugins: list[str] = Field(default_factory=list)  # .py files or modules that register more variants
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
     dataset: Literal["digits", "cifar10", "cifar100", "svhn", "synthetic"]
     data_root: str | None = None
@@ -203,7 +172,7 @@ class StudySpec(_Model):
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
     repeat_best: bool = False
     variants: dict[str, VariantSpec] = Field(
-        default_factory=lambda: {v: VariantSpec() for v in search_spaces.VARIANTS})
+        default_factory=lambda: {v: VariantSpec() for v in list_variants()})
     train: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
@@ -238,30 +207,50 @@ class StudySpec(_Model):
             raise ValueError(f"seeds {v} repeat a value; allowed: distinct integers >= 0")
         return v
 
+    @field_validator("plugins", mode="after")
+    @classmethod
+    def _load_plugins(cls, v: list[str]) -> list[str]:
+        # Resolved against the directory the spec is loaded in (trials import them by path).
+        out = [str(Path(p).expanduser().resolve()) if p.endswith(".py") else p for p in v]
+        load_plugins(out)
+        return out
+
     @field_validator("variants", mode="before")
     @classmethod
     def _variant_names(cls, v: Any) -> Any:
+        allowed = list_variants()
         if isinstance(v, list):
             for i, name in enumerate(v):
-                if name not in search_spaces.VARIANTS:
-                    _fail(f"[{i}]", f"unknown variant {name!r}; allowed: {', '.join(search_spaces.VARIANTS)}")
+                if name not in allowed:
+                    _fail(f"[{i}]", f"unknown variant {name!r}; allowed: {', '.join(allowed)}")
             if len(set(v)) != len(v):
                 _fail("", f"{v} repeats a variant")
             v = {name: {} for name in v}
         if isinstance(v, Mapping):
             if not v:
-                _fail("", f"no variants; allowed: some of {', '.join(search_spaces.VARIANTS)}")
+                _fail("", f"no variants; allowed: some of {', '.join(allowed)}")
             for name in v:
-                if name not in search_spaces.VARIANTS:
-                    _fail(str(name), f"unknown variant {name!r}; allowed: {', '.join(search_spaces.VARIANTS)}")
+                if name not in allowed:
+                    _fail(str(name), f"unknown variant {name!r}; allowed: {', '.join(allowed)}")
             v = {k: ({} if x is None else x) for k, x in v.items()}
         return v
 
-    @field_validator("train")
-    @classmethod
-    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _check_fields(v, "train")
-        return v
+    @model_validator(mode="after")
+    def _option_fields(self) -> "StudySpec":
+        names = list(self.variants)
+        try:
+            _check_fields(self.train, "train", names)
+        except PydanticCustomError as e:
+            _fail(_join("train", e.context["spec_path"]), e.context["spec_msg"])
+        for name, vs in self.variants.items():
+            try:
+                _check_fields(vs.fixed, f"variants.{name}.fixed", [name])
+            except PydanticCustomError as e:
+                _fail(_join("variants", name, "fixed", e.context["spec_path"]), e.context["spec_msg"])
+            if "param_reduction" in vs.objectives and "param_reduction" not in _variant_metrics(name):
+                _fail(_join("variants", name, "objectives"), f"variant {name!r} reports no param_reduction; "
+                      "allowed: [val_acc]")
+        return self
 
     @field_validator("storage_path", "data_root")
     @classmethod
@@ -346,13 +335,17 @@ class StudySpec(_Model):
         }
         if self.image_size is not None:
             base["image_size"] = self.image_size
-        return {**base, **self.train, **self.variants[variant].fixed}
+        if self.plugins:
+            base["_plugins"] = list(self.plugins)  # trials import them before building the config
+        takes = variant_options(variant)
+        train = {k: v for k, v in self.train.items() if k in takes}  # `train` holds every variant's options
+        return {**base, **train, **self.variants[variant].fixed}
 
     def space_overrides(self, variant: str) -> dict[str, dict[str, Any]]:
         """The variant's `space` overrides plus `train` values of searched params."""
         self._check_experiment(variant)
         vs = self.variants[variant]
-        searched = {p.name for p in search_spaces.PARAMS[variant]}
+        searched = {p.name for p in search_spaces.variant_params(variant)}
         from_train = {k: {"value": v} for k, v in self.train.items()
                       if k in searched and k not in vs.space and k not in vs.fixed}
         return {**from_train, **copy.deepcopy(vs.space)}
@@ -531,6 +524,12 @@ def _describe(err: Mapping[str, Any]) -> str:
     # user keys and values are quoted into the text: escape control characters so
     # each error stays on its one line
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{path or '<top level>'}: {msg}")
+
+
+def _variant_metrics(name: str) -> tuple[str, ...]:
+    from study.variants import get_variant
+
+    return get_variant(name).metrics
 
 
 __all__ = [

@@ -19,17 +19,16 @@ import torch
 import torch.nn.functional as F
 
 from study import data as data_lib
-from study import sgs as sgs_lib
 from study.config import TrainConfig
+from study.errors import UserError
 from study.models import create_model
-from study.models import epsilon as eps_lib
-from study.models import quotient as quot_lib
+from study.variants import features, get_variant
 
 CHECKPOINT_FILE = "state.pt"
 ReportFn = Callable[[dict[str, Any], dict[str, Any], Callable[[str | Path], None]], None]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read; the message names the file."""
 
 
@@ -60,7 +59,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
+    """The autocast dtype, or None for plain fp32 (`auto`: bf16 where the hardware computes it)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -79,8 +78,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 class Schedule:
     """Per-step learning rate: warm-up, then step (/10 at 50% and 75%) or cosine.
 
-    epsilon-ResNet's adaptive restart moves `origin` to the restart epoch and halves
-    `length` (METHODS 2): lr jumps back to its initial value on a compressed schedule.
+    epsilon-ResNet's adaptive restart moves `origin` to the restart epoch and sets
+    `length` to half the run's length: lr jumps back to its initial value on the
+    half-length schedule. Every restart uses that same half-length schedule (the
+    official code's; it does not halve again).
     """
 
     base_lr: float
@@ -89,6 +90,9 @@ class Schedule:
     warmup: float = 0.0
     origin: float = 0.0
     restarts: int = 0
+
+    def __post_init__(self) -> None:
+        self.full_length = self.length
 
     def lr(self, epoch_float: float) -> float:
         if self.restarts == 0 and epoch_float < self.warmup:
@@ -100,7 +104,7 @@ class Schedule:
 
     def restart(self, epoch: int) -> None:
         self.origin = float(epoch)
-        self.length = max(self.length / 2.0, 1.0)
+        self.length = max(self.full_length / 2.0, 1.0)
         self.restarts += 1
 
     def state_dict(self) -> dict[str, float]:
@@ -113,60 +117,63 @@ class Schedule:
 # ---------------------------------------------------------------- pieces
 
 
-def _validate(cfg: TrainConfig) -> None:
-    # Before any data is loaded: a bad flag fails in milliseconds, not after a download.
-    for name, value in cfg.to_dict().items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{name}: {value!r} is not allowed; expected a finite number")
-    checks = [
-        ("epochs", cfg.epochs >= 1, "an integer >= 1"),
-        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-        ("lr", cfg.lr > 0, "a float > 0"),
-        ("weight_decay", cfg.weight_decay >= 0, "a float >= 0"),
-        ("momentum", 0 <= cfg.momentum < 1, "a float in [0, 1)"),
-        ("schedule", cfg.schedule in ("step", "cosine"), "step or cosine"),
-        ("warmup_epochs", 0 <= cfg.warmup_epochs < cfg.epochs, "an integer in [0, epochs)"),
-        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "a float in [0, 1)"),
-        ("sgs_mode", cfg.sgs_mode in ("off", "branches", "mi"), "off, branches or mi"),
-        ("sgs_interval", cfg.sgs_interval >= 1, "an integer >= 1"),
-        ("sgs_batches", cfg.sgs_batches >= 1, "an integer >= 1"),
-        ("sgs_k", cfg.sgs_k > 0, "a float > 0"),
-        ("sgs_branches", cfg.sgs_mode != "branches" or cfg.sgs_branches in sgs_lib.BRANCH_SETS,
-         f"one of {', '.join(sgs_lib.BRANCH_SETS)}"),
-        ("sgs_warmup", cfg.sgs_warmup >= 0, "an integer >= 0"),
-        ("grad_clip", cfg.grad_clip is None or cfg.grad_clip > 0, "None or a float > 0"),
-        ("threads", cfg.threads is None or cfg.threads >= 1, "None or an integer >= 1"),
-        ("limit_train_batches", cfg.limit_train_batches is None or cfg.limit_train_batches >= 1,
-         "None or an integer >= 1"),
-        ("seed", 0 <= cfg.seed < 2**32, "an integer in [0, 2**32)"),  # the spec's range for seeds
-    ]
-    for name, ok, allowed in checks:
-        if not ok:
-            raise ValueError(f"{name}: {getattr(cfg, name)!r} is not allowed; expected {allowed}")
+@dataclass
+class TrialContext:
+    """What a variant's hooks may use beyond the model and config."""
+
+    cfg: TrainConfig
+    data: data_lib.DeviceData
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+
+    def evaluate(self, model: torch.nn.Module, split: str = "val") -> tuple[float, float]:
+        x, y = (self.data.val_x, self.data.val_y) if split == "val" else (self.data.test_x, self.data.test_y)
+        return evaluate(model, x, y, self.data, self.amp, self.channels_last, self.cfg.eval_batch_size)
+
+    def first_val_batch(self, size: int = 256) -> torch.Tensor:
+        data = self.data
+        return next(iter(data_lib.eval_batches(data.val_x[:size], data.val_y[:size], data, size,
+                                               channels_last=self.channels_last)))[0]
+
+    def mi_batches(self, epoch: int) -> list[torch.Tensor]:
+        # A generator of its own, seeded by (seed, epoch): the MI pass must not move the
+        # training stream, so a resumed run draws exactly the batches an unbroken one draws.
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        batches = data_lib.train_batches(self.data, cfg.batch_size, gen, channels_last=self.channels_last,
+                                         limit=cfg.sgs_batches)
+        return [x for x, _ in batches]
 
 
-def _sgs_for(cfg: TrainConfig, model: torch.nn.Module) -> sgs_lib.SpatialGradScaling | None:
-    if cfg.sgs_mode == "off":
-        return None
-    # Branch-equivalent S is fixed for the whole run; MI scalings start as all ones
-    # (plain SGD) until the first recompute at epoch `sgs_warmup`.
-    scalings = sgs_lib.branch_scalings(model, cfg.sgs_branches) if cfg.sgs_mode == "branches" else None
-    return sgs_lib.SpatialGradScaling(model, scalings)
+def make_hooks(cfg: TrainConfig, model: torch.nn.Module, ctx: TrialContext) -> list:
+    """The variant's hooks, then every feature the config switches on."""
+    values = cfg.to_dict()
+    hooks = [get_variant(cfg.variant).hooks(model, cfg, ctx)]
+    hooks += [f.hooks(model, cfg, ctx) for f in features() if f.active(values)]
+    return hooks
 
 
-def _loss(model_out: Any, y: torch.Tensor, side_weight: float, smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(model_out, tuple):  # epsilon-ResNet in training: (logits, side logits)
-        logits, side = model_out
-        loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-        loss = loss + side_weight * F.cross_entropy(side, y, label_smoothing=smoothing)
-        return loss, logits
-    return F.cross_entropy(model_out, y, label_smoothing=smoothing), model_out
+def _ce(smoothing: float):
+    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+    return ce
+
+
+def _loss(hooks: list, out: Any, y: torch.Tensor, ce) -> tuple[torch.Tensor, torch.Tensor]:
+    for h in hooks:
+        got = h.loss(out, y, ce)
+        if got is not None:
+            return got
+    return ce(out, y), out
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: data_lib.DeviceData,
-             amp: torch.dtype | None, channels_last: bool, batch_size: int = 512) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode."""
+             amp: torch.dtype | None, channels_last: bool, batch_size: int = 128) -> tuple[float, float]:
+    """(mean loss, accuracy) in eval mode, over batches of `batch_size` (epsilon's
+    gate takes its max over the batch, so the size is part of the protocol)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
@@ -179,14 +186,6 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, data: dat
     model.train(was_training)
     n = max(len(y), 1)
     return loss_sum.item() / n, correct.item() / n
-
-
-def _mi_batches(data: data_lib.DeviceData, cfg: TrainConfig, epoch: int, channels_last: bool) -> list[torch.Tensor]:
-    # A generator of its own, seeded by (seed, epoch): the MI pass must not move the
-    # training stream, so a resumed run draws exactly the batches an unbroken one draws.
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    batches = data_lib.train_batches(data, cfg.batch_size, gen, channels_last=channels_last, limit=cfg.sgs_batches)
-    return [x for x, _ in batches]
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -226,9 +225,9 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     `resume` is a checkpoint directory or a state already read by load_checkpoint.
 
     status is `completed` after the last epoch or `diverged` when a loss goes
-    NaN/inf, which ends the trial without raising.
+    NaN/inf, which ends the trial without raising. test_acc is measured with the
+    weights of the best-validation epoch (test_acc_last with the last epoch's).
     """
-    _validate(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -237,7 +236,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     state = resume if isinstance(resume, dict) or resume is None else load_checkpoint(resume)
 
     torch.manual_seed(cfg.seed)
-    data = data_lib.load_data(cfg.dataset, cfg.data_root, download=cfg.download, val_size=cfg.val_size,
+    data = data_lib.load_data(cfg.dataset, cfg.data_root, download=cfg.download,
+                              val_size=int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size,
                               image_size=cfg.image_size, device=device)
     model = create_model(cfg.variant, depth=cfg.depth, num_classes=data.num_classes,
                          in_channels=data.in_channels, **cfg.model_options()).to(device)
@@ -246,25 +246,27 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
     schedule = Schedule(cfg.lr, cfg.schedule, float(cfg.epochs), float(cfg.warmup_epochs))
-    scaling = _sgs_for(cfg, model)
+    ctx = TrialContext(cfg, data, device, amp, channels_last)
+    hooks = make_hooks(cfg, model, ctx)
+    ce = _ce(cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed)
-    is_epsilon, is_quotient = cfg.variant == "epsilon", cfg.variant == "quotient"
-    side_weight = float(getattr(model, "side_weight", 0.0))
+    resolved = {"precision": "bf16" if amp == torch.bfloat16 else "fp32", "device": str(device)}
 
-    start_epoch, best_val, best_epoch, discarded_before = 0, -1.0, 0, 0
+    start_epoch, best_val, best_epoch = 0, -1.0, 0
+    best_state: dict[str, torch.Tensor] | None = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        if scaling is not None and state.get("sgs") is not None:
-            scaling.load_state_dict(state["sgs"])
+        for h, hs in zip(hooks, state.get("hooks") or [{}] * len(hooks)):
+            h.load_state_dict(hs)
         gen.set_state(state["rng"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start_epoch = int(state["epoch"])
         best_val, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
-        discarded_before = int(state.get("discarded_before", 0))
+        best_state = state.get("best_model")
 
     n_train = len(data.train_y)
     steps = n_train // cfg.batch_size if n_train >= cfg.batch_size else 1
@@ -274,9 +276,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
 
     for epoch in range(start_epoch, cfg.epochs):
         info: dict[str, Any] = {}
-        if scaling is not None and cfg.sgs_mode == "mi" and sgs_lib.scaling_schedule_due(epoch, cfg.sgs_warmup, cfg.sgs_interval):
-            scaling.update(sgs_lib.mi_scalings(model, _mi_batches(data, cfg, epoch, channels_last),
-                                               k=cfg.sgs_k, diagonal_removal=cfg.sgs_diagonal_removal))
+        for h in hooks:
+            h.before_epoch(epoch)
 
         model.train()
         loss_sum = torch.zeros((), device=device)
@@ -289,13 +290,13 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, logits = _loss(model(x), y, side_weight, cfg.label_smoothing)
+                loss, logits = _loss(hooks, model(x), y, ce)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaling is not None:
-                scaling.apply()
+            for h in hooks:
+                h.after_backward()
             optimizer.step()
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
@@ -313,6 +314,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
             "lr": schedule.lr(epoch + 1 - 1e-9),
             "epoch_seconds": train_seconds,
             "images_per_s": seen / max(train_seconds, 1e-9),
+            **resolved,
         }
         if not math.isfinite(train_loss):
             metrics.update(status="diverged", val_loss=float("nan"), val_acc=0.0, best_val_acc=max(best_val, 0.0),
@@ -321,63 +323,46 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
                 report(metrics, info, lambda path: None)
             return metrics
 
-        if is_epsilon:
-            discarded = eps_lib.end_epoch(model)
-            if cfg.adaptive_lr and discarded >= discarded_before + 1 and epoch + 1 < cfg.epochs:
-                schedule.restart(epoch + 1)
-            discarded_before = discarded
-            metrics.update(eps_lib.discard_stats(model))
-            metrics["param_reduction"] = 1.0 - metrics["params_compressed"] / max(metrics["params"], 1)
-            info["epsilon_dead_blocks"] = _dead_map(model)
-
-        val_loss, val_acc = evaluate(model, data.val_x, data.val_y, data, amp, channels_last)
+        for h in hooks:
+            h.end_epoch(epoch, metrics, info, schedule)
+        val_loss, val_acc = ctx.evaluate(model, "val")
         metrics.update(val_loss=val_loss, val_acc=val_acc, epoch_seconds=time.perf_counter() - t0)
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch + 1
+            # a copy on the device, so the test set is read once, at the end
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         metrics.update(best_val_acc=best_val, best_epoch=best_epoch)
-        if is_quotient:
-            model.eval()
-            metrics.update(quot_lib.quotient_stats(model, _first_val_batch(data, channels_last)))
-            model.train()
-        if scaling is not None:
-            info["sgs_scalings"] = {name: s.tolist() for name, s in scaling.scalings.items()}
-            metrics["sgs_center"] = _mean_center(info["sgs_scalings"])
+        for h in hooks:
+            h.after_eval(epoch, metrics, info)
 
         if epoch + 1 == cfg.epochs:
             metrics["status"] = "completed"
-            metrics["test_loss"], metrics["test_acc"] = evaluate(model, data.test_x, data.test_y, data, amp, channels_last)
-            if is_epsilon:
-                small = eps_lib.compress(model)
-                metrics["compressed_test_acc"] = evaluate(small, data.test_x, data.test_y, data, amp, channels_last)[1]
+            metrics["test_loss_last"], metrics["test_acc_last"] = ctx.evaluate(model, "test")
+            for h in hooks:
+                h.final(metrics, lambda m: ctx.evaluate(m, "test"))
+            if best_state is not None and best_epoch != epoch + 1:
+                last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(best_state)
+                metrics["test_loss"], metrics["test_acc"] = ctx.evaluate(model, "test")
+                model.load_state_dict(last_state)
+            else:
+                metrics["test_loss"], metrics["test_acc"] = metrics["test_loss_last"], metrics["test_acc_last"]
 
-        def save(path: str | Path, _epoch: int = epoch + 1, _best=(best_val, best_epoch), _disc=discarded_before) -> None:
+        def save(path: str | Path, _epoch: int = epoch + 1, _best=(best_val, best_epoch), _best_state=best_state) -> None:
             _save(path, {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(),
-                "sgs": scaling.state_dict() if scaling is not None else None,
+                "hooks": [h.state_dict() for h in hooks],
                 "rng": {"data": gen.get_state(), "torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
                 "epoch": _epoch,
                 "best_val_acc": _best[0],
                 "best_epoch": _best[1],
-                "discarded_before": _disc,
+                "best_model": _best_state,
                 "config": cfg.to_dict(),
             })
 
         if report is not None:
             report(metrics, info, save)
     return metrics
-
-
-def _dead_map(model: torch.nn.Module) -> dict[str, bool]:
-    return {name: bool(m.dead.item()) for name, m in model.named_modules() if hasattr(m, "dead") and isinstance(m.dead, torch.Tensor)}
-
-
-def _mean_center(matrices: dict[str, list[list[float]]]) -> float:
-    centers = [m[len(m) // 2][len(m) // 2] for m in matrices.values() if m]
-    return float(sum(centers) / len(centers)) if centers else 1.0
-
-
-def _first_val_batch(data: data_lib.DeviceData, channels_last: bool, size: int = 256) -> torch.Tensor:
-    return next(iter(data_lib.eval_batches(data.val_x[:size], data.val_y[:size], data, size, channels_last=channels_last)))[0]

@@ -2,11 +2,18 @@
 
     model = create_model("quotient", depth=56, quotient_rule="exact_one", alpha=1.7)
 
-Variants: ``resnet``, ``sgs`` (the ResNet; the trainer scales its gradients),
-``quotient`` and ``epsilon``. Option names follow METHODS.md.
+Each variant lives in one module that declares its model, options, hooks, twin
+and claims and registers them (study.variants): ``resnet`` here, ``quotient``
+and ``epsilon`` beside it, ``sgs`` (a training feature plus the ResNet) in
+study/sgs.py.
 """
 
-from . import epsilon, quotient  # noqa: F401  (importing registers the variants)
+from study import sgs as _sgs
+
+# importing registers the variants, in this order: resnet, quotient, epsilon, then sgs
+from . import resnet  # noqa: F401  isort: skip
+from . import quotient  # noqa: F401  isort: skip
+from . import epsilon  # noqa: F401  isort: skip
 from .epsilon import compress, discard_stats, end_epoch
 from .quotient import QUOTIENT_RULES, quotient_stats
 from .resnet import (
@@ -17,8 +24,9 @@ from .resnet import (
     create_model,
     list_models,
     model_options,
-    register_model,
 )
+
+_sgs._register_variant()
 
 __all__ = [
     "BLOCKS",
@@ -29,7 +37,6 @@ __all__ = [
     "create_model",
     "list_models",
     "model_options",
-    "register_model",
     "quotient_stats",
     "end_epoch",
     "discard_stats",

@@ -9,13 +9,18 @@ import copy
 import torch
 from torch import nn
 
+from study.options import Option
+from study.variants import Claim, Hooks, Variant, register_variant
+
 from .resnet import (
     CifarResNet,
+    backbone_options,
+    check_bool,
+    check_choice,
     check_float,
     conv3x3,
     kaiming_init,
     make_shortcut,
-    register_model,
     resolve_block_shortcut,
 )
 
@@ -46,9 +51,10 @@ class EpsilonBlock(nn.Module):
     device (no host sync per step); ``dead`` is set by ``end_epoch``.
     """
 
-    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str, epsilon: float, preact: bool = True):
+    def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str, epsilon: float, preact: bool = True,
+                 gate: bool = True):
         super().__init__()
-        self.preact, self.epsilon = preact, epsilon
+        self.preact, self.epsilon, self.gate = preact, epsilon, gate
         self.bn1 = nn.BatchNorm2d(in_planes if preact else planes)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -66,22 +72,23 @@ class EpsilonBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.residual(x)
+        if not self.gate:  # the twin: the same block with the method switched off
+            out = self.shortcut(x) + f
+            return out if self.preact else self.relu(out)
         gate = epsilon_gate(f, self.epsilon)
         if self.training:
             with torch.no_grad():
                 self.gate_steps.add_(1.0)
                 self.gate_zero_steps.add_(gate == 0)
-        else:
-            # A discarded block contributes nothing in eval, exactly as its
-            # compressed stand-in (shortcut only). Without this, BN running
-            # statistics could reopen the gate of a block that was shut on
-            # every training step, and compress() would change eval outputs.
-            gate = gate.masked_fill(self.dead, 0.0)
+        # Eval runs the same gate graph as training (the official code forces
+        # nothing): a block dead on every training step may reopen on an eval
+        # batch under running BN statistics; compressed vs uncompressed test
+        # accuracy reports that difference instead of hiding it.
         out = self.shortcut(x) + gate * f
         return out if self.preact else self.relu(out)
 
     def extra_repr(self) -> str:
-        return f"epsilon={self.epsilon:g}"
+        return f"epsilon={self.epsilon:g}" + ("" if self.gate else ", gate=off")
 
 
 class DiscardedBlock(nn.Module):
@@ -123,36 +130,41 @@ class EpsilonResNet(CifarResNet):
         return self.head(self.layer3(x)), side
 
 
-@register_model("epsilon")
 def epsilon_resnet(
     depth: int = 20,
     num_classes: int = 10,
     in_channels: int = 3,
     *,
-    block: str | None = "pre",
-    shortcut: str | None = "A",
+    block: str = "pre",
+    shortcut: str = "A",
     width: int = 16,
+    init: str = "kaiming",
     epsilon: float = 2.5,
     side_weight: float = 0.1,
+    epsilon_gate: bool = True,
 ) -> EpsilonResNet:
     block, shortcut = resolve_block_shortcut(block, shortcut, ("pre", "A"))
     epsilon = check_float("epsilon", epsilon, 0.0)
     side_weight = check_float("side_weight", side_weight, 0.0)
+    epsilon_gate = check_bool("epsilon_gate", epsilon_gate)
     preact = block == "pre"
 
     def make_block(i: int, o: int, s: int) -> nn.Module:
-        return EpsilonBlock(i, o, s, shortcut, epsilon, preact)
+        return EpsilonBlock(i, o, s, shortcut, epsilon, preact, epsilon_gate)
 
     model = EpsilonResNet(
         make_block, depth, num_classes, in_channels, width, preact=preact, side_weight=side_weight, epsilon=epsilon
     )
-    kaiming_init(model)
+    if check_choice("init", init, ("kaiming", "default")) == "kaiming":
+        kaiming_init(model)
     model.options = {
         "block": block,
         "shortcut": shortcut,
         "width": width,
+        "init": init,
         "epsilon": epsilon,
         "side_weight": side_weight,
+        "epsilon_gate": epsilon_gate,
     }
     return model
 
@@ -229,7 +241,87 @@ def compress(model: nn.Module) -> EpsilonResNet:
     return net
 
 
+# ---------------------------------------------------------------- the variant
+
+OPTIONS: tuple[Option, ...] = (
+    *backbone_options(block="pre", shortcut="A"),
+    Option("epsilon", float, 2.5, "gate threshold: a block whose |F| < epsilon everywhere passes its shortcut only",
+           low=0.0, target="model"),
+    Option("side_weight", float, 0.1, "weight of the side-head loss (0: off)", low=0.0, high=10.0, target="model"),
+    Option("epsilon_gate", bool, True, "the sparsity gate on (off: the twin, a plain pre-activation ResNet "
+           "with the same side head)", target="model"),
+    Option("adaptive_lr", bool, True, "restart the lr schedule (half length) when a block is discarded"),
+)
+METRICS = ("discarded_blocks", "discarded_ratio", "params", "params_compressed", "param_reduction")
+
+
+class EpsilonHooks(Hooks):
+    """Side loss, discard counting with the adaptive restart, and the compressed net's accuracy."""
+
+    def __init__(self, model, cfg, ctx) -> None:
+        super().__init__(model, cfg, ctx)
+        self.discarded_before = 0
+
+    def loss(self, out, y, ce):
+        if isinstance(out, tuple):  # training: (logits, side logits)
+            logits, side = out
+            return ce(logits, y) + self.cfg.side_weight * ce(side, y), logits
+        return None
+
+    def end_epoch(self, epoch: int, metrics: dict, info: dict, schedule) -> None:
+        discarded = end_epoch(self.model)
+        if (self.cfg.adaptive_lr and self.cfg.epsilon_gate and discarded >= self.discarded_before + 1
+                and epoch + 1 < self.cfg.epochs):
+            schedule.restart(epoch + 1)
+        self.discarded_before = discarded
+        metrics.update(discard_stats(self.model))
+        metrics["param_reduction"] = 1.0 - metrics["params_compressed"] / max(metrics["params"], 1)
+        info["epsilon_dead_blocks"] = {name: bool(m.dead.item()) for name, m in self.model.named_modules()
+                                       if isinstance(m, EpsilonBlock)}
+
+    def final(self, metrics: dict, evaluate_test) -> None:
+        metrics["compressed_test_acc"] = evaluate_test(compress(self.model))[1]
+
+    def state_dict(self) -> dict:
+        return {"discarded_before": self.discarded_before}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discarded_before = int(state.get("discarded_before", 0))
+
+
+def _twin(values: dict) -> dict:
+    # The same network, side head and recipe with the gate switched off.
+    return {**values, "epsilon_gate": False}
+
+
+def _artifacts(info: dict, result: dict, out):
+    from study.artifacts import block_map
+
+    dead = info.get("epsilon_dead_blocks")
+    return [] if dead is None else block_map(dead, result, out)
+
+
+register_variant(Variant(
+    name="epsilon",
+    build=epsilon_resnet,
+    options=OPTIONS,
+    description="epsilon-ResNet (Yu et al. 2018): a gate zeroes blocks whose response stays under epsilon",
+    hooks=EpsilonHooks,
+    twin=_twin,
+    metrics=METRICS,
+    final_metrics=("compressed_test_acc",),
+    artifacts=_artifacts,
+    claims=(
+        Claim("epsilon_discards", "epsilon-ResNet discards a share of blocks at little accuracy cost (<= 1 point)",
+              "noninferior", margin=0.01, gain_metric="discarded_ratio"),
+        Claim("epsilon_restart", "the adaptive restart matters: adaptive_lr on beats off", "level",
+              metric="val_acc", option="adaptive_lr", better=True, worse=False),
+    ),
+))
+
 __all__ = [
+    "OPTIONS",
+    "EpsilonHooks",
     "EpsilonBlock",
     "EpsilonResNet",
     "DiscardedBlock",

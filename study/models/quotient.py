@@ -6,14 +6,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from study.options import Option
+from study.variants import Claim, Hooks, Variant, register_variant
+
 from .resnet import (
     CifarResNet,
+    backbone_options,
     check_bool,
     check_choice,
     check_float,
     conv3x3,
+    kaiming_init,
     make_shortcut,
-    register_model,
     resolve_block_shortcut,
 )
 
@@ -123,22 +127,33 @@ class QuotientBlock(nn.Module):
         return self.shortcut(x) * self.act(z)
 
 
-@register_model("quotient")
+# The paper tunes alpha per depth (its Table 1 setting); a depth it does not list
+# takes the nearest listed depth's value, so 1.8 below 44.
+PAPER_ALPHA = {44: 1.8, 56: 1.7, 110: 1.5}
+
+
+def paper_alpha(depth: int) -> float:
+    return PAPER_ALPHA[min(PAPER_ALPHA, key=lambda d: (abs(d - depth), d))]
+
+
 def quotient(
     depth: int = 20,
     num_classes: int = 10,
     in_channels: int = 3,
     *,
-    block: str | None = "post",
-    shortcut: str | None = "conv3x3",
+    block: str = "post",
+    shortcut: str = "conv3x3",
     width: int = 16,
+    init: str = "default",
     quotient_rule: str = "paper",
-    alpha: float = 2.0,
+    alpha: float | None = None,
     quotient_stem: bool = True,
     quotient_shortcut: bool = True,
 ) -> CifarResNet:
-    """Quotient network; same parameter count as ``resnet`` with the same block/shortcut.
-    PyTorch default init (METHODS 1); `exact_one` zeroes BN2 so every q starts at 1."""
+    """Quotient network; same parameter count as ``resnet`` with the same block/shortcut/init.
+    PyTorch default init (the authors' code); `exact_one` zeroes BN2 so every q starts at 1.
+    alpha None: the paper's value for this depth."""
+    alpha = paper_alpha(depth) if alpha is None else alpha
     block, shortcut = resolve_block_shortcut(block, shortcut, ("post", "conv3x3"))
     if shortcut == "A":
         raise ValueError(
@@ -158,6 +173,8 @@ def quotient(
     # Pre order has no stem BN (as in the pre-activation ResNet, for parameter parity).
     stem_act = QuotientActivation(rule, alpha) if quotient_stem else nn.ReLU(inplace=True)
     model = CifarResNet(make_block, depth, num_classes, in_channels, width, preact=preact, stem_act=stem_act)
+    if check_choice("init", init, ("kaiming", "default")) == "kaiming":
+        kaiming_init(model)
     if rule == "exact_one":
         for m in model.modules():
             if isinstance(m, QuotientBlock):
@@ -167,6 +184,7 @@ def quotient(
         "block": block,
         "shortcut": shortcut,
         "width": width,
+        "init": init,
         "quotient_rule": rule,
         "alpha": alpha,
         "quotient_stem": quotient_stem,
@@ -221,5 +239,70 @@ def quotient_stats(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     out["q_nonpos_frac"] = nonpos / total
     return out
 
+
+# ---------------------------------------------------------------- the variant
+
+OPTIONS: tuple[Option, ...] = (
+    *backbone_options(shortcut="conv3x3", init="default", shortcuts=("B", "conv3x3")),
+    Option("quotient_rule", str, "paper", "quotient activation/init rule: paper, exact_one (q = 1 at init), "
+           "unshifted (the ablation breaking f(0) = 1), linear_clip", choices=QUOTIENT_RULES, target="model"),
+    # linear_clip allows alpha = 1; the sigmoid rules need alpha > 1 (checked by the builder)
+    Option("alpha", float, None, "upper bound of the quotient (null: the paper's per-depth value, "
+           "1.8/1.7/1.5 at depth 44/56/110, 1.8 below)", low=1.0, high=100.0, nullable=True, target="model"),
+    Option("quotient_stem", bool, True, "quotient activation in the stem (else ReLU)", target="model"),
+    Option("quotient_shortcut", bool, True, "quotient activation on projection shortcuts", target="model"),
+)
+METRICS = (*(f"q_{s}_stage{i}" for s in ("mean", "min", "max") for i in (1, 2, 3)), "q_dead_frac", "q_nonpos_frac")
+
+
+def _resolve(values: dict, depth: int) -> dict:
+    if values["alpha"] is None:
+        values = {**values, "alpha": paper_alpha(depth)}
+    check_alpha(values["quotient_rule"], values["alpha"])  # alpha > 1 for the sigmoid rules
+    return values
+
+
+def _twin(values: dict) -> dict:
+    # The authors' baseline: the same ResNet (block order, projection shortcut,
+    # width, init) with additive blocks and ReLUs; equal parameter count.
+    drop = {o.name for o in OPTIONS} - {"block", "shortcut", "width", "init"}
+    return {**{k: v for k, v in values.items() if k not in drop}, "variant": "resnet"}
+
+
+class QuotientHooks(Hooks):
+    def after_eval(self, epoch: int, metrics: dict, info: dict) -> None:
+        was = self.model.training
+        self.model.eval()
+        metrics.update(quotient_stats(self.model, self.ctx.first_val_batch()))
+        self.model.train(was)
+
+
+def _artifacts(info: dict, result: dict, out):
+    import json
+
+    quotient = {k: result[k] for k in METRICS if k in result}
+    if not quotient:
+        return []
+    path = out / "quotient_stats.json"
+    path.write_text(json.dumps(quotient, indent=2))
+    return [path]
+
+
+register_variant(Variant(
+    name="quotient",
+    build=quotient,
+    options=OPTIONS,
+    description="quotient network (Hui et al. 2024): y = x * q(x), q bounded and positive",
+    hooks=QuotientHooks,
+    resolve=_resolve,
+    twin=_twin,
+    metrics=METRICS,
+    artifacts=_artifacts,
+    claims=(
+        Claim("quotient_vs_twin", "the quotient net beats its ResNet twin at equal parameters", "twin"),
+        Claim("quotient_rule", "the quotient rules matter: paper beats unshifted", "level",
+              metric="val_acc", option="quotient_rule", better="paper", worse="unshifted"),
+    ),
+))
 
 __all__ = ["QUOTIENT_RULES", "QuotientActivation", "QuotientBlock", "quotient", "quotient_stats"]

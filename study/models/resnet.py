@@ -8,7 +8,6 @@ so they all share ``CifarResNet`` and the shortcut builders below.
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from typing import Any, Callable
@@ -17,49 +16,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.errors import OptionError
+from study.options import Option
+from study.variants import Variant, get_variant, list_variants, register_variant
+
 BLOCKS = ("post", "pre")
 SHORTCUTS = ("A", "B", "conv3x3")
+INITS = ("kaiming", "default")
+
+
+def backbone_options(block: str = "post", shortcut: str = "A", init: str = "kaiming",
+                     shortcuts: tuple[str, ...] = SHORTCUTS) -> tuple[Option, ...]:
+    """The backbone's options, with a variant's own defaults (and allowed shortcuts)."""
+    return (
+        Option("block", str, block, "block order: post (conv-BN-ReLU-conv-BN, add, ReLU) or pre "
+               "(BN-ReLU-conv-BN-ReLU-conv, add)", choices=BLOCKS, target="model"),
+        Option("shortcut", str, shortcut, "downsampling shortcut: A (subsample + zero-pad), B (1x1 conv + BN), "
+               "conv3x3 (3x3 conv + BN)", choices=shortcuts, target="model"),
+        Option("width", int, 16, "channels of the first stage (x2, x4 after)", low=1, high=1024, target="model"),
+        Option("init", str, init, "conv init: kaiming (He-normal, fan-out) or default (PyTorch's)",
+               choices=INITS, target="model"),
+    )
 
 # ---------------------------------------------------------------- registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
 
-
-class UnknownOptionError(TypeError, ValueError):
-    """An option the variant does not take. Both a TypeError (Python's own
-    error for an unexpected keyword) and a ValueError (bad configuration)."""
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: make ``fn(depth, num_classes, in_channels, *, options...)``
-    buildable as ``create_model(name, ...)``. Its keyword-only parameters are
-    the variant's options."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS and _MODELS[name] is not fn:
-            raise ValueError(f"model variant {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return deco
+class UnknownOptionError(OptionError, TypeError):
+    """An option the variant does not take: an OptionError (bad configuration)
+    and a TypeError (Python's own error for an unexpected keyword)."""
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return sorted(list_variants())
 
 
 def model_options(variant: str) -> tuple[str, ...]:
     """The option names ``create_model(variant, ...)`` accepts."""
-    fn = _builder(variant)
-    return tuple(
-        p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY
-    )
-
-
-def _builder(variant: str) -> Callable[..., nn.Module]:
-    if not isinstance(variant, str) or variant not in _MODELS:
-        raise ValueError(f"unknown model variant {variant!r}; registered variants: {list_models()}")
-    return _MODELS[variant]
+    return get_variant(variant).model_option_names()
 
 
 def create_model(
@@ -67,15 +60,17 @@ def create_model(
 ) -> nn.Module:
     """Build a registered variant. An option given as None means the variant's
     default (so a config's unset ``block``/``shortcut`` can be passed through)."""
-    fn = _builder(variant)
-    allowed = model_options(variant)
-    unknown = sorted(set(options) - set(allowed))
+    v = get_variant(variant)
+    allowed = v.option_map
+    names = v.model_option_names()
+    unknown = sorted(set(options) - set(names))
     if unknown:
         raise UnknownOptionError(
-            f"unknown option(s) {unknown} for model variant {variant!r}; allowed options: {list(allowed)}"
+            f"unknown option(s) {unknown} for model variant {variant!r}; allowed options: {list(names)}",
+            field=unknown[0],
         )
-    options = {k: v for k, v in options.items() if v is not None}
-    model = fn(depth, num_classes, in_channels, **options)
+    options = {k: allowed[k].check(x) for k, x in options.items() if x is not None}
+    model = v.build(depth, num_classes, in_channels, **options)
     model.variant = variant
     return model
 
@@ -83,15 +78,19 @@ def create_model(
 # ---------------------------------------------------------------- validation
 
 
+def _bad(name: str, value: Any, allowed: str) -> OptionError:
+    return OptionError(f"{name}: {value!r} is not allowed; allowed: {allowed}", field=name)
+
+
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; allowed values: {list(allowed)}")
+        raise _bad(name, value, "one of " + ", ".join(allowed))
     return value
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= {minimum}")
+        raise _bad(name, value, f"an integer >= {minimum}")
     return int(value)
 
 
@@ -100,24 +99,20 @@ def check_float(name: str, value: Any, minimum: float, *, strict: bool = False) 
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > minimum if strict else value >= minimum)
     if not ok:
-        rel = ">" if strict else ">="
-        raise ValueError(f"{name}={value!r} is not allowed; it must be a finite number {rel} {minimum}")
+        raise _bad(name, value, f"a finite number {'>' if strict else '>='} {minimum:g}")
     return float(value)
 
 
 def check_bool(name: str, value: Any) -> bool:
     # numpy bools arrive from some search-space samplers; strings like "false" must not pass as True
     if type(value).__name__ not in ("bool", "bool_"):
-        raise ValueError(f"{name}={value!r} is not allowed; it must be True or False")
+        raise _bad(name, value, "true or false")
     return bool(value)
 
 
 def blocks_per_stage(depth: Any) -> int:
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"depth={depth!r} is not allowed; CIFAR ResNets need depth = 6n+2 with n >= 1 "
-            "(8, 14, 20, 32, 44, 56, 110, ...)"
-        )
+        raise _bad("depth", depth, "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
     return (int(depth) - 2) // 6
 
 
@@ -152,7 +147,7 @@ def make_shortcut(kind: str, in_planes: int, planes: int, stride: int) -> nn.Mod
         return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
     if kind == "conv3x3":
         return nn.Sequential(conv3x3(in_planes, planes, stride), nn.BatchNorm2d(planes))
-    raise ValueError(f"shortcut={kind!r} is not allowed; allowed values: {list(SHORTCUTS)}")
+    raise _bad("shortcut", kind, "one of " + ", ".join(SHORTCUTS))
 
 
 class BasicBlock(nn.Module):
@@ -272,25 +267,34 @@ def resolve_block_shortcut(block: str | None, shortcut: str | None, defaults: tu
     return block, shortcut
 
 
-@register_model("sgs")  # SGS only scales gradients (the trainer's job): same network
-@register_model("resnet")
 def resnet(
     depth: int = 20,
     num_classes: int = 10,
     in_channels: int = 3,
     *,
-    block: str | None = "post",
-    shortcut: str | None = "A",
+    block: str = "post",
+    shortcut: str = "A",
     width: int = 16,
+    init: str = "kaiming",
 ) -> CifarResNet:
     """The CIFAR ResNet baseline: ResNet-20/56/110 (option A) have 0.27M/0.85M/1.7M parameters."""
     block, shortcut = resolve_block_shortcut(block, shortcut, ("post", "A"))
+    init = check_choice("init", init, INITS)
     cls = BasicBlock if block == "post" else PreActBlock
 
     def make_block(i: int, o: int, s: int) -> nn.Module:
         return cls(i, o, s, shortcut)
 
     model = CifarResNet(make_block, depth, num_classes, in_channels, width, preact=block == "pre")
-    kaiming_init(model)
-    model.options = {"block": block, "shortcut": shortcut, "width": width}
+    if init == "kaiming":
+        kaiming_init(model)
+    model.options = {"block": block, "shortcut": shortcut, "width": width, "init": init}
     return model
+
+
+register_variant(Variant(
+    name="resnet",
+    build=resnet,
+    options=backbone_options(),
+    description="the CIFAR ResNet baseline (He et al. 2016)",
+))
