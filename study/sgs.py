@@ -479,3 +479,96 @@ __all__ = [
     "apply_scaling",
     "SpatialGradScaling",
 ]
+
+
+# ---------------------------------------------------------------- the feature and the variant
+# SGS changes no structure: it is a training feature any variant can switch on
+# (sgs_mode != "off"), and the `sgs` variant is the ResNet with it on.
+
+from study.options import Option  # noqa: E402
+from study.variants import Claim, Feature, Hooks, Variant, register_feature, register_variant  # noqa: E402
+
+MODES = ("off", "branches", "mi")
+
+OPTIONS: tuple[Option, ...] = (
+    Option("sgs_mode", str, "off", "spatial gradient scaling: off, branches (S of a branch set), mi (learned)",
+           choices=MODES),
+    Option("sgs_branches", str, "3x3+3x1+1x1", "branch set whose equivalent S is used (mode branches)",
+           choices=tuple(BRANCH_SETS)),
+    Option("sgs_k", float, 5.0, "MI sharpening k (1: unchanged; large: plain SGD; small: centre only)",
+           low=0.0, low_open=True, high=1e6),
+    Option("sgs_warmup", int, 0, "epoch of the first MI computation", low=0),
+    Option("sgs_interval", int, 30, "epochs between MI recomputations", low=1),
+    Option("sgs_batches", int, 20, "training batches the MI pass reads", low=1, high=10_000),
+    Option("sgs_diagonal_removal", bool, False, "MI: drop zero pairs and the joint histogram's diagonal"),
+)
+
+
+class SGSHooks(Hooks):
+    def __init__(self, model, cfg, ctx) -> None:
+        super().__init__(model, cfg, ctx)
+        # Branch-equivalent S is fixed for the run; MI starts as all ones (plain
+        # SGD) until the first recompute at epoch `sgs_warmup`.
+        fixed = branch_scalings(model, cfg.sgs_branches) if cfg.sgs_mode == "branches" else None
+        self.scaling = SpatialGradScaling(model, fixed)
+
+    def before_epoch(self, epoch: int) -> None:
+        cfg = self.cfg
+        if cfg.sgs_mode == "mi" and scaling_schedule_due(epoch, cfg.sgs_warmup, cfg.sgs_interval):
+            self.scaling.update(mi_scalings(self.model, self.ctx.mi_batches(epoch), k=cfg.sgs_k,
+                                            diagonal_removal=cfg.sgs_diagonal_removal))
+
+    def after_backward(self) -> None:
+        self.scaling.apply()
+
+    def after_eval(self, epoch: int, metrics: dict, info: dict) -> None:
+        info["sgs_scalings"] = {name: s.tolist() for name, s in self.scaling.scalings.items()}
+        centers = [m[len(m) // 2][len(m[0]) // 2] for m in info["sgs_scalings"].values() if m]
+        metrics["sgs_center"] = float(sum(centers) / len(centers)) if centers else 1.0
+
+    def state_dict(self) -> dict:
+        return self.scaling.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scaling.load_state_dict(state)
+
+
+def _artifacts(info: dict, result: dict, out):
+    from study.artifacts import scaling_maps
+
+    return [] if "sgs_scalings" not in info else scaling_maps(info["sgs_scalings"], out)
+
+
+register_feature(Feature(
+    name="sgs", options=OPTIONS, hooks=SGSHooks, active=lambda values: values.get("sgs_mode", "off") != "off",
+    metrics=("sgs_center",), artifacts=_artifacts,
+))
+
+
+def _twin(values: dict) -> dict:
+    # The same ResNet, recipe and seed with scaling off.
+    return {**values, "variant": "resnet", "sgs_mode": "off"}
+
+
+def _build(*args, **kwargs):
+    from study.models.resnet import resnet
+
+    return resnet(*args, **kwargs)
+
+
+def _register_variant() -> None:
+    from study.models.resnet import backbone_options
+
+    register_variant(Variant(
+        name="sgs",
+        build=_build,
+        options=backbone_options(),
+        description="spatial gradient scaling (Detkov et al. 2023) on the CIFAR ResNet",
+        twin=_twin,
+        defaults={"sgs_mode": "branches"},
+        claims=(
+            Claim("sgs_vs_twin", "SGS beats its twin (the same ResNet, scaling off)", "twin"),
+            Claim("sgs_mi", "MI-learned scaling beats branch-equivalent", "level", metric="val_acc",
+                  option="sgs_mode", better="mi", worse="branches"),
+        ),
+    ))
