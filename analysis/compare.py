@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .stats import diff_test, mean_ci
+from .stats import clip, diff_test, mean_ci
 
 METRICS = ("val_acc", "test_acc")
 COLUMNS = ["depth", "variant", "metric", "source", "n", "mean", "ci_lo", "ci_hi", "std", "n_diverged",
@@ -40,13 +40,16 @@ def _by_seed(runs: pd.DataFrame, metric: str) -> pd.Series | None:
 
 def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METRICS, top_k: int = 5,
                      conf: float = 0.95) -> pd.DataFrame:
-    """One row per (depth, variant, metric): mean with its t interval over
-    seeds, and the difference from the baseline at the same depth with its
+    """One row per (depth, variant, metric): mean with its t interval (clipped
+    to [0, 1]) over seeds, and the difference from the baseline at the same depth with its
     interval and two-sided p-value. Paired t-test (by seed) when both sides
     ran exactly the same seeds, Welch's t-test otherwise; NaN with n < 2."""
     rows = []
     for depth, dg in df.groupby("depth", sort=True):
-        runs = {str(v): best_runs(g, top_k=top_k) for v, g in dg.groupby("variant", sort=True)}
+        # by the variant under study: a twin arm's rows (variant "resnet" for
+        # quotient's twin) belong to their subject, never to the baseline
+        key = dg["subject"].fillna(dg["variant"]) if "subject" in dg.columns else dg["variant"]
+        runs = {str(v): best_runs(g, top_k=top_k) for v, g in dg.groupby(key, sort=True)}
         order = sorted(runs, key=lambda v: (v != baseline, v))
         for metric in metrics:
             if metric not in df.columns:
@@ -56,6 +59,7 @@ def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METR
                 r, source, n_div = runs[v]
                 vals = r[metric].astype(float)
                 m, lo, hi, n = mean_ci(vals, conf)
+                lo, hi = clip(lo, hi, (0.0, 1.0))  # accuracies cannot leave [0, 1]
                 row = {"depth": int(depth), "variant": v, "metric": metric, "source": source, "n": n,
                        "mean": m, "ci_lo": lo, "ci_hi": hi,
                        "std": float(vals.std(ddof=1)) if n > 1 else float("nan"), "n_diverged": n_div,
@@ -74,7 +78,8 @@ def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METR
                     else:
                         t = diff_test(vals.to_numpy(), base[0][metric].astype(float).to_numpy(), paired=False,
                                       conf=conf)
-                    row.update(diff=t.diff, diff_lo=t.lo, diff_hi=t.hi, test=t.test, p_value=t.p_value)
+                    lo, hi = clip(t.lo, t.hi, (-1.0, 1.0))
+                    row.update(diff=t.diff, diff_lo=lo, diff_hi=hi, test=t.test, p_value=t.p_value)
                 rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)
 

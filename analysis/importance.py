@@ -25,7 +25,7 @@ from optuna.search_space import intersection_search_space
 from optuna.trial import FrozenTrial, TrialState
 
 from .load import searched_list, searched_params
-from .sensitivity import usable
+from .sensitivity import subject_of, usable
 from .spaces import param_info
 
 MIN_TRIALS = 10  # fewer complete trials: no importance, a note instead
@@ -42,11 +42,13 @@ class Importance:
     source: str  # "optuna.db" | "results"
     note: str | None = None
     dropped: list[str] = field(default_factory=list)
+    fidelity: str = "final"  # "final" (complete trials) or "epoch N" (every trial at that ASHA rung)
 
     def to_frame(self) -> pd.DataFrame:
         t = self.table.copy()
         t.insert(0, "experiment", self.experiment)
         t.insert(1, "variant", self.variant)
+        t.insert(2, "fidelity", self.fidelity)
         t["n"] = self.n
         t["source"] = self.source
         return t
@@ -69,9 +71,9 @@ def _py(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _distribution(variant: str, name: str, values: pd.Series) -> BaseDistribution:
+def _distribution(variant: str, name: str, values: pd.Series, spec: dict | None = None) -> BaseDistribution:
     """The declared search distribution, widened to cover the values seen."""
-    info = param_info(variant, name, values)
+    info = param_info(variant, name, values, spec)
     v = values.dropna()
     if not info.numeric:
         seen = [_py(x) for x in v.unique()]
@@ -86,7 +88,7 @@ def _distribution(variant: str, name: str, values: pd.Series) -> BaseDistributio
 
 
 def study_from_frame(df: pd.DataFrame, *, metric: str = "val_acc", variant: str | None = None,
-                     params: list[str] | None = None) -> tuple[optuna.Study, list[str]]:
+                     params: list[str] | None = None, spec: dict | None = None) -> tuple[optuna.Study, list[str]]:
     """In-memory Optuna study (direction maximize) from a results table.
 
     Uses completed search trials; params default to those searched (and, if
@@ -94,9 +96,9 @@ def study_from_frame(df: pd.DataFrame, *, metric: str = "val_acc", variant: str 
     variant, else are inferred. Returns (study, params left out).
     """
     ok = usable(df, metric)
-    variant = variant or (str(ok["variant"].iloc[0]) if len(ok) else "")
+    variant = variant or (subject_of(ok) if len(ok) else "")
     # a trial's params: what it searched, less conditional params whose condition failed
-    infos = {p: param_info(variant, p, ok[p]) for p in searched_params(ok) if p in ok.columns}
+    infos = {p: param_info(variant, p, ok[p], spec) for p in searched_params(ok) if p in ok.columns}
     active = {p: i.active(ok) for p, i in infos.items()}
     lists = [{p for p in searched_list(v) if p in active and active[p].loc[i]} for i, v in ok["searched"].items()]
     union = sorted(set().union(*lists)) if lists else []
@@ -107,7 +109,7 @@ def study_from_frame(df: pd.DataFrame, *, metric: str = "val_acc", variant: str 
     if missing:
         raise ValueError(f"params {missing} are not columns of the results table")
     dropped = [p for p in union if p not in params]
-    dists = {p: _distribution(variant, p, ok[p]) for p in params}
+    dists = {p: _distribution(variant, p, ok[p], spec) for p in params}
     with _quiet():
         study = optuna.create_study(direction="maximize")
     study.add_trials([
@@ -149,32 +151,51 @@ def param_importances(study: optuna.Study, *, seed: int = 0,
     # planted 40-trial studies an irrelevant param then scored > 0.2 in 13% of
     # draws, vs 3% with the top quarter. Optuna advises >= 5 on top, hence 5/n.
     q = min(0.5, max(PED_ANOVA_QUANTILE, 5.0 / n))
+    # a multi-objective study (epsilon: val_acc and param_reduction) lists
+    # val_acc first; importance is of that objective
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     with _quiet():
         fan = optuna.importance.get_param_importances(
-            study, evaluator=FanovaImportanceEvaluator(seed=seed), params=varying)
+            study, evaluator=FanovaImportanceEvaluator(seed=seed), params=varying, target=target)
         ped = optuna.importance.get_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), params=varying)
+            study, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), params=varying, target=target)
     table = pd.DataFrame({"param": varying, "fanova": [fan.get(p, 0.0) for p in varying],
                           "ped_anova": [ped.get(p, 0.0) for p in varying]})
     return table.sort_values("fanova", ascending=False, ignore_index=True), None
 
 
 def _result(exp: str, variant: str, study: optuna.Study, dropped: list[str], source: str,
-            seed: int) -> Importance:
+            seed: int, fidelity: str = "final") -> Importance:
     table, note = param_importances(study, seed=seed)
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if dropped and note is None:
         note = f"left out (not searched in every complete trial): {', '.join(dropped)}"
-    return Importance(exp, variant, n, table, source, note, dropped)
+    return Importance(exp, variant, n, table, source, note, dropped, fidelity)
 
 
-def importances_from_results(df: pd.DataFrame, *, metric: str = "val_acc", seed: int = 0) -> list[Importance]:
-    """Per experiment, from the results table."""
+def importances_from_results(df: pd.DataFrame, *, metric: str = "val_acc", seed: int = 0,
+                             spec: dict | None = None, fidelity: str = "final") -> list[Importance]:
+    """Per experiment, from the results table (completed search trials)."""
     out = []
     for exp, g in df.groupby("experiment", sort=True):
-        variant = str(g["variant"].iloc[0])
-        study, dropped = study_from_frame(g, metric=metric, variant=variant)
-        out.append(_result(str(exp), variant, study, dropped, "results", seed))
+        variant = subject_of(g)
+        study, dropped = study_from_frame(g, metric=metric, variant=variant, spec=spec)
+        out.append(_result(str(exp), variant, study, dropped, "results", seed, fidelity))
+    return out
+
+
+def importances_by_rung(df: pd.DataFrame, history: pd.DataFrame, spec: dict | None, *, metric: str = "val_acc",
+                        seed: int = 0) -> list[Importance]:
+    """Per experiment and ASHA rung: importances over every search trial that
+    reached the rung, scored by its val_acc at that epoch (history.parquet).
+    Pruned trials count here: at their rung they trained as long as the rest."""
+    from .sensitivity import at_epoch, rung_epochs
+
+    out = []
+    for e in rung_epochs(spec):
+        at = at_epoch(df, history, e, metric)
+        if len(at):
+            out += importances_from_results(at, metric=metric, seed=seed, spec=spec, fidelity=f"epoch {e}")
     return out
 
 
@@ -190,8 +211,8 @@ def importances_from_studies(studies: dict[str, optuna.Study], variants: dict[st
     return out
 
 
-def study_importances(study_dir, results: pd.DataFrame | None = None, *, seed: int = 0
-                      ) -> tuple[list[Importance], str | None]:
+def study_importances(study_dir, results: pd.DataFrame | None = None, *, seed: int = 0,
+                      spec: dict | None = None) -> tuple[list[Importance], str | None]:
     """(importances, note): from the study's optuna.db when it can be read,
     else from results.parquet (the note says why)."""
     from .load import load_optuna_studies, load_results
@@ -200,17 +221,17 @@ def study_importances(study_dir, results: pd.DataFrame | None = None, *, seed: i
     try:
         studies = load_optuna_studies(study_dir)
     except (FileNotFoundError, ValueError) as e:
-        return importances_from_results(df, seed=seed), f"importance from results.parquet, not the Optuna DB: {e}"
-    variants = df.groupby("experiment")["variant"].first().astype(str).to_dict()
+        return importances_from_results(df, seed=seed, spec=spec), f"importance from results.parquet, not the Optuna DB: {e}"
+    variants = {str(e): subject_of(g) for e, g in df.groupby("experiment")}
     return importances_from_studies(studies, variants, seed=seed), None
 
 
 def importance_frame(results: list[Importance]) -> pd.DataFrame:
     frames = [r.to_frame() for r in results if len(r.table)]
     if not frames:
-        return pd.DataFrame(columns=["experiment", "variant", *COLUMNS, "n", "source"])
+        return pd.DataFrame(columns=["experiment", "variant", "fidelity", *COLUMNS, "n", "source"])
     return pd.concat(frames, ignore_index=True)
 
 
 __all__ = ["Importance", "study_from_frame", "complete_only", "param_importances",
-           "importances_from_results", "importances_from_studies", "study_importances", "importance_frame", "MIN_TRIALS"]
+           "importances_from_results", "importances_by_rung", "importances_from_studies", "study_importances", "importance_frame", "MIN_TRIALS"]

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from study.errors import UserError
+
 STATUSES = ("completed", "pruned", "failed", "diverged")
 
 
@@ -20,13 +22,21 @@ class InsufficientDataError(ValueError):
     """Too few usable trials for a fit; the message says how many and why."""
 
 
+class StudyDirError(UserError, FileNotFoundError):
+    """A study directory, or one of its files, is not where it was looked for."""
+
+
+class StudyFileError(UserError, ValueError):
+    """A study file exists but cannot be read as what it should hold."""
+
+
 def _file(study_dir: str | Path, name: str) -> Path:
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
-        raise FileNotFoundError(f"study directory {str(study_dir)!r} does not exist")
+        raise StudyDirError(f"study directory {str(study_dir)!r} does not exist")
     path = study_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"{name} not found in study directory {str(study_dir)!r} (looked for {path})")
+        raise StudyDirError(f"{name} not found in study directory {str(study_dir)!r} (looked for {path})")
     return path
 
 
@@ -34,10 +44,10 @@ def _read_parquet(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     try:
         df = pd.read_parquet(path)
     except Exception as e:  # pyarrow raises several types for a truncated/foreign file
-        raise ValueError(f"cannot read {path}: not a readable parquet file ({type(e).__name__}: {e})") from e
+        raise StudyFileError(f"cannot read {path}: not a readable parquet file ({type(e).__name__}: {e})") from e
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"{path} lacks required column(s) {missing}; it has {sorted(df.columns)}")
+        raise StudyFileError(f"{path} lacks required column(s) {missing}; it has {sorted(df.columns)}")
     return df
 
 
@@ -71,7 +81,7 @@ def load_results(study_dir: str | Path) -> pd.DataFrame:
     df = _read_parquet(path, ("experiment", "variant", "phase", "trial_id", "seed", "status", "val_acc"))
     bad = sorted(set(df["status"].dropna().unique()) - set(STATUSES))
     if bad:
-        raise ValueError(f"{path}: column 'status' has unknown value(s) {bad}; allowed: {list(STATUSES)}")
+        raise StudyFileError(f"{path}: column 'status' has unknown value(s) {bad}; allowed: {list(STATUSES)}")
     if "searched" not in df.columns:
         df["searched"] = "[]"
     if "depth" not in df.columns:
@@ -99,11 +109,11 @@ def load_spec(study_dir: str | Path) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"cannot parse {path}: {e}") from e
+        raise StudyFileError(f"cannot parse {path}: {e}") from e
     if spec is None:
         return {}
     if not isinstance(spec, dict):
-        raise ValueError(f"{path} must hold a mapping, got {type(spec).__name__}")
+        raise StudyFileError(f"{path} must hold a mapping, got {type(spec).__name__}")
     return spec
 
 
@@ -113,9 +123,9 @@ def load_study_meta(study_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"cannot parse {path}: {e}") from e
+        raise StudyFileError(f"cannot parse {path}: {e}") from e
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+        raise StudyFileError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     return meta
 
 
@@ -127,7 +137,7 @@ def load_optuna_studies(study_dir: str | Path) -> dict[str, "optuna.Study"]:  # 
     with open(path, "rb") as f:
         head = f.read(16)
     if head and not head.startswith(b"SQLite format 3"):
-        raise ValueError(f"{path} is not an SQLite database")
+        raise StudyFileError(f"{path} is not an SQLite database")
     url = f"sqlite:///{path.resolve()}"
     try:
         storage = optuna.storages.RDBStorage(url, skip_compatibility_check=False)
@@ -137,7 +147,15 @@ def load_optuna_studies(study_dir: str | Path) -> dict[str, "optuna.Study"]:  # 
         raise ValueError(f"cannot read Optuna storage {path}: {type(e).__name__}: {e}") from e
 
 
-def load_mlflow_runs(study_dir: str | Path) -> pd.DataFrame:
+def _redact(text: str) -> str:
+    try:
+        from study.tracking import redact_text
+    except Exception:  # the analysis must still read a study without the trainer's deps
+        return text
+    return redact_text(text)
+
+
+def load_mlflow_runs(study_dir: str | Path, uri: str | None = None) -> pd.DataFrame:
     """The study's MLflow runs: the parent run and all its descendants.
 
     Uses study.json's tracking_uri, experiment_id and mlflow_parent_run_id. A
@@ -148,13 +166,13 @@ def load_mlflow_runs(study_dir: str | Path) -> pd.DataFrame:
     meta = load_study_meta(study_dir)
     if not meta.get("mlflow_parent_run_id"):
         raise ValueError(f"study.json in {str(study_dir)!r} lacks key 'mlflow_parent_run_id'")
-    uri = tracking_uri(study_dir, meta)
+    uri = uri or tracking_uri(study_dir, meta)
     client = mlflow.MlflowClient(tracking_uri=uri)
     try:
         parent = client.get_run(meta["mlflow_parent_run_id"])
-    except Exception as e:  # bad URI, missing DB, unknown run: say which
-        raise ValueError(f"cannot read MLflow parent run {meta['mlflow_parent_run_id']!r} from tracking URI "
-                         f"{uri!r} (study.json of {str(study_dir)!r}): {type(e).__name__}: {e}") from e
+    except Exception as e:  # bad URI, missing DB, unknown run: say which (credentials masked)
+        raise ValueError(_redact(f"cannot read MLflow parent run {meta['mlflow_parent_run_id']!r} from tracking "
+                                 f"URI {uri!r} (study.json of {str(study_dir)!r}): {type(e).__name__}: {e}")) from e
     exp_id = meta.get("experiment_id") or parent.info.experiment_id
     runs = _search_all(client, exp_id)
     if runs.empty:
@@ -199,7 +217,7 @@ def tracking_uri(study_dir: str | Path, meta: dict[str, Any] | None = None) -> s
     if uri.startswith("sqlite:"):
         f = sqlite_path(uri)
         if (f is None or not f.is_file()) and local.is_file():
-            print(f"[analysis] tracking_uri {uri!r} in study.json has no database; using {local}", flush=True)
+            print(_redact(f"[analysis] tracking_uri {uri!r} in study.json has no database; using {local}"), flush=True)
             return f"sqlite:///{local.resolve()}"
     return uri
 
@@ -221,21 +239,65 @@ def _search_all(client: "mlflow.MlflowClient", experiment_id: str) -> pd.DataFra
             return pd.DataFrame(rows)
 
 
-def default_study_dir() -> Path:
-    """$RESSTUDY_STUDY_DIR, else the newest study dir under ./resstudy_runs."""
-    env = os.environ.get("RESSTUDY_STUDY_DIR")
+def _is_study(d: Path) -> bool:
+    return d.is_dir() and ((d / "study.json").is_file() or (d / "spec.yaml").is_file()
+                           or (d / "results.parquet").is_file())
+
+
+def storage_roots(start: str | Path | None = None) -> list[Path]:
+    """Where study names are looked up: $RESSTUDY_STORAGE, then ./resstudy_runs
+    in `start` (default: the working directory) and every folder above it,
+    so a notebook kernel started in analysis/notebooks/ finds the project's runs."""
+    roots = []
+    env = os.environ.get("RESSTUDY_STORAGE")
     if env:
-        return Path(env)
-    root = Path("resstudy_runs")
-    found = sorted(root.glob("*/results.parquet"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    if not found:
-        raise FileNotFoundError(
-            "no study directory: set RESSTUDY_STUDY_DIR to a study dir (the folder holding results.parquet)"
-        )
-    return found[-1].parent
+        roots.append(Path(env).expanduser())
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        roots.append(d / "resstudy_runs")
+    return roots
+
+
+def find_study(name_or_path: str | Path | None = None, start: str | Path | None = None) -> Path:
+    """A study directory from a name or a path, wherever the caller runs.
+
+    None: $RESSTUDY_STUDY (a name or path), else $RESSTUDY_STUDY_DIR, else the
+    newest study under the first storage root holding any. A path (absolute,
+    or relative to `start`/cwd) is used as is; a name is looked up under
+    storage_roots(start). Raises StudyDirError naming every place it looked."""
+    if name_or_path is None or str(name_or_path) == "":
+        name_or_path = os.environ.get("RESSTUDY_STUDY") or os.environ.get("RESSTUDY_STUDY_DIR")
+    roots = storage_roots(start)
+    if not name_or_path:
+        for root in roots:
+            found = sorted((p.parent for p in root.glob("*/results.parquet")), key=lambda p: p.stat().st_mtime) \
+                if root.is_dir() else []
+            if found:
+                return found[-1]
+        raise StudyDirError("no study given and none found: set RESSTUDY_STUDY to a study name or path "
+                            f"(looked under {', '.join(str(r) for r in roots[:3])}, ...)")
+    p = Path(name_or_path).expanduser()
+    base = Path(start).resolve() if start else Path.cwd()
+    for cand in ([p] if p.is_absolute() else [base / p]):
+        if _is_study(cand):
+            return cand.resolve()
+    if p.is_absolute() or len(p.parts) > 1:
+        raise StudyDirError(f"{str(name_or_path)!r} is not a study directory (no study.json, spec.yaml or "
+                            "results.parquet in it)")
+    for root in roots:
+        if _is_study(root / p):
+            return (root / p).resolve()
+    raise StudyDirError(f"no study named {str(name_or_path)!r}: looked in "
+                        + ", ".join(str(r) for r in roots[:4]) + (", ..." if len(roots) > 4 else ""))
+
+
+def default_study_dir() -> Path:
+    """$RESSTUDY_STUDY / $RESSTUDY_STUDY_DIR, else the newest study dir (see find_study)."""
+    return find_study()
 
 
 __all__ = [
     "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta",
     "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "sqlite_path", "searched_list", "searched_params", "default_study_dir",
+    "find_study", "storage_roots", "StudyDirError", "StudyFileError",
 ]

@@ -129,45 +129,75 @@ def _level_groups(levels: pd.DataFrame):
         yield str(exp), str(param), g.reset_index(drop=True)
 
 
-def levels_png(levels: pd.DataFrame, experiment: str, param: str) -> Figure:
+def _fidelities(g: pd.DataFrame) -> list[str]:
+    if "fidelity" not in g.columns:
+        return ["final"]
+    f = [x for x in g["fidelity"].unique() if x != "final"]
+    return sorted(f, key=lambda x: int(str(x).split()[-1])) + (["final"] if (g["fidelity"] == "final").any() else [])
+
+
+def _sel(levels: pd.DataFrame, experiment: str, param: str) -> pd.DataFrame:
     g = levels[(levels["experiment"] == experiment) & (levels["param"] == param)].reset_index(drop=True)
-    fig = Figure(figsize=(max(5.0, 1.2 * len(g) + 2), 5.5), layout="constrained")
+    if "fidelity" not in g.columns:
+        g = g.assign(fidelity="final")
+    return g
+
+
+def levels_drawable(levels: pd.DataFrame, experiment: str, param: str) -> bool:
+    """Whether a levels figure would show anything (a finite mean somewhere)."""
+    return bool(np.isfinite(_sel(levels, experiment, param)["mean"].astype(float)).any())
+
+
+def levels_png(levels: pd.DataFrame, experiment: str, param: str) -> Figure:
+    g = _sel(levels, experiment, param)
+    names = list(dict.fromkeys(g["level"].astype(str)))
+    xs0 = {n: i for i, n in enumerate(names)}
+    fids = _fidelities(g)
+    fig = Figure(figsize=(max(5.0, 1.2 * len(names) + 2), 5.5), layout="constrained")
     ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.4])
-    xs = np.arange(len(g))
-    err = np.vstack([g["mean"] - g["ci_lo"], g["ci_hi"] - g["mean"]])
-    ax.errorbar(xs, g["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=4)
-    for i, r in g.iterrows():
-        ax.annotate(f"n={r['n_completed']}/{r['n_trials']}", (i, r["mean"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=7)
+    for j, f in enumerate(fids):
+        gf = g[g["fidelity"] == f]
+        xs = np.array([xs0[str(v)] for v in gf["level"]]) + 0.12 * (j - (len(fids) - 1) / 2)
+        err = np.vstack([gf["mean"] - gf["ci_lo"], gf["ci_hi"] - gf["mean"]])
+        ax.errorbar(xs, gf["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=4,
+                    color=_fid_color(j, len(fids)), label=f)
     ax.set_ylabel("mean val_acc (95% CI)")
-    ax.set_title(f"{experiment}: {param}", fontsize=10)
+    ax.set_title(f"{experiment}: {param} (per fidelity: ASHA rung epoch or final)", fontsize=10)
+    ax.legend(fontsize=7)
+    fin = g[g["fidelity"] == "final"]
+    xs = np.array([xs0[str(v)] for v in fin["level"]])
     w = 0.38
-    ax2.bar(xs - w / 2, g["divergence_rate"], w, color="C3", label="divergence rate")
-    if g["dead_rate"].notna().any():
-        ax2.bar(xs + w / 2, g["dead_rate"].fillna(0), w, color="C7", label="dead-signal rate")
+    ax2.bar(xs - w / 2, fin["divergence_rate"].astype(float).fillna(0), w, color="C3", label="divergence rate")
+    if fin["dead_rate"].notna().any():
+        ax2.bar(xs + w / 2, fin["dead_rate"].astype(float).fillna(0), w, color="C7", label="dead-signal rate")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("rate")
     ax2.legend(fontsize=7)
-    ax2.set_xticks(xs, g["level"].astype(str))
+    ax2.set_xticks(range(len(names)), names)
     ax2.set_xlabel(param)
     return fig
 
 
 def levels_plotly(levels: pd.DataFrame, experiment: str, param: str) -> go.Figure:
-    g = levels[(levels["experiment"] == experiment) & (levels["param"] == param)].reset_index(drop=True)
-    lv = g["level"].astype(str)
+    g = _sel(levels, experiment, param)
+    fids = _fidelities(g)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
-    fig.add_trace(go.Scatter(x=lv, y=g["mean"], mode="markers", name="mean val_acc",
-                             error_y={"type": "data", "symmetric": False,
-                                      "array": (g["ci_hi"] - g["mean"]).fillna(0),
-                                      "arrayminus": (g["mean"] - g["ci_lo"]).fillna(0)},
-                             text=[f"n completed {a} of {b}" for a, b in zip(g["n_completed"], g["n_trials"])]),
-                  row=1, col=1)
-    fig.add_trace(go.Bar(x=lv, y=g["divergence_rate"], name="divergence rate", marker_color="#d62728"), row=2, col=1)
-    if g["dead_rate"].notna().any():
-        fig.add_trace(go.Bar(x=lv, y=g["dead_rate"], name="dead-signal rate", marker_color="#7f7f7f"), row=2, col=1)
+    for j, f in enumerate(fids):
+        gf = g[g["fidelity"] == f]
+        fig.add_trace(go.Scatter(x=gf["level"].astype(str), y=gf["mean"], mode="markers", name=f"val_acc ({f})",
+                                 marker={"color": _fid_color(j, len(fids)), "size": 9},
+                                 error_y={"type": "data", "symmetric": False,
+                                          "array": (gf["ci_hi"] - gf["mean"]).fillna(0),
+                                          "arrayminus": (gf["mean"] - gf["ci_lo"]).fillna(0)},
+                                 text=[f"{f}: n completed {a} of {b}" for a, b in
+                                       zip(gf["n_completed"], gf["n_trials"])]), row=1, col=1)
+    fin = g[g["fidelity"] == "final"]
+    lv = fin["level"].astype(str)
+    fig.add_trace(go.Bar(x=lv, y=fin["divergence_rate"], name="divergence rate", marker_color="#d62728"), row=2, col=1)
+    if fin["dead_rate"].notna().any():
+        fig.add_trace(go.Bar(x=lv, y=fin["dead_rate"], name="dead-signal rate", marker_color="#7f7f7f"), row=2, col=1)
     fig.update_yaxes(title_text="mean val_acc (95% CI)", row=1, col=1)
-    fig.update_yaxes(title_text="rate", range=[0, 1], row=2, col=1)
+    fig.update_yaxes(title_text="rate (final)", range=[0, 1], row=2, col=1)
     fig.update_xaxes(title_text=param, type="category", row=2, col=1)
     fig.update_layout(title=f"{experiment}: {param}", template="plotly_white", height=480, barmode="group")
     return fig
@@ -299,6 +329,139 @@ def learning_plotly(history: pd.DataFrame, experiment: str, results: pd.DataFram
     return fig
 
 
-__all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "levels_png", "levels_plotly",
+# --- sensitivity at every fidelity ---------------------------------------------------------
+
+FIDELITY_COLORS = ["#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b"]
+
+
+def _fid_order(curves: list[Curve]) -> list[Curve]:
+    # rungs by epoch, the final (completed-trial) fit last and darkest
+    return sorted(curves, key=lambda c: (c.epoch is None, c.epoch or 0))
+
+
+def _fid_color(i: int, n: int) -> str:
+    return FIDELITY_COLORS[-1] if i == n - 1 else FIDELITY_COLORS[min(i, len(FIDELITY_COLORS) - 2)]
+
+
+def curves_png(curves: list[Curve]) -> Figure:
+    """One parameter's fits at every fidelity (rung epochs and final), overlaid."""
+    curves = _fid_order(curves)
+    c0 = curves[0]
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for i, c in enumerate(curves):
+        col = _fid_color(i, len(curves))
+        ax.fill_between(c.grid, c.lo, c.hi, color=col, alpha=0.18, lw=0)
+        ax.plot(c.grid, c.mean, color=col, label=f"{c.fidelity} (n={c.n}): argmax {c.argmax:.3g} "
+                                                 f"[{c.argmax_lo:.3g}, {c.argmax_hi:.3g}]")
+        ax.scatter(c.x, c.y, s=10, color=col, alpha=0.8, zorder=3)
+    if c0.log:
+        ax.set_xscale("log")
+    ax.set_xlabel(c0.param)
+    ax.set_ylabel(c0.metric)
+    ax.set_title(f"{c0.experiment}: {c0.metric} vs {c0.param} (GP fit, 95% bootstrap band)", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def curves_plotly(curves: list[Curve]) -> go.Figure:
+    curves = _fid_order(curves)
+    c0 = curves[0]
+    fig = go.Figure()
+    for i, c in enumerate(curves):
+        col = _fid_color(i, len(curves))
+        name = f"{c.fidelity} (n={c.n})"
+        fig.add_trace(go.Scatter(x=np.r_[c.grid, c.grid[::-1]], y=np.r_[c.hi, c.lo[::-1]], fill="toself",
+                                 fillcolor=col, opacity=0.2, line={"width": 0}, hoverinfo="skip",
+                                 legendgroup=name, showlegend=False))
+        fig.add_trace(go.Scatter(x=c.grid, y=c.mean, mode="lines", line={"color": col}, legendgroup=name,
+                                 name=f"{name}: argmax {c.argmax:.3g} [{c.argmax_lo:.3g}, {c.argmax_hi:.3g}]"))
+        fig.add_trace(go.Scatter(x=c.x, y=c.y, mode="markers", marker={"size": 6, "color": col},
+                                 legendgroup=name, showlegend=False, name=f"trials ({c.fidelity})"))
+    fig.update_layout(title=f"{c0.experiment}: {c0.metric} vs {c0.param}<br><sup>GP fit with 95% bootstrap band, "
+                            "per fidelity (ASHA rung epoch, or final = completed trials)</sup>",
+                      xaxis_title=c0.param, yaxis_title=c0.metric, template="plotly_white", height=440)
+    if c0.log:
+        fig.update_xaxes(type="log")
+    return fig
+
+
+# --- differences from the twin / baseline --------------------------------------------------
+
+def _diff_rows(claims: pd.DataFrame, tuned: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(panel title, rows with label/est/lo/hi/ref/verdict) for panels that have an estimate."""
+    panels = []
+    c = claims[np.isfinite(claims["estimate"].astype(float))] if len(claims) else claims
+    if len(c):
+        panels.append(("claims: difference (variant - twin, or better - worse level)", pd.DataFrame({
+            "label": [f"{r['claim']} (d{r['depth']}, n={r['n']})" for _, r in c.iterrows()],
+            "est": c["estimate"].astype(float), "lo": c["ci_lo"].astype(float), "hi": c["ci_hi"].astype(float),
+            "ref": c["null"].astype(float), "verdict": c["verdict"]})))
+    t = tuned[np.isfinite(tuned["diff"].astype(float))] if len(tuned) else tuned
+    if len(t):
+        panels.append((f"tuned vs tuned: {t['metric'].iloc[0]} minus {t['baseline'].iloc[0]}", pd.DataFrame({
+            "label": [f"{r['subject']} (d{r['depth']}, n={r['n']}/{r['n_baseline']})" for _, r in t.iterrows()],
+            "est": t["diff"].astype(float), "lo": t["ci_lo"].astype(float), "hi": t["ci_hi"].astype(float),
+            "ref": 0.0, "verdict": t["verdict"]})))
+    return panels
+
+
+VERDICT_COLORS = {"supported": "#2ca02c", "better": "#2ca02c", "contradicted": "#d62728", "worse": "#d62728",
+                  "inconclusive": "#7f7f7f"}
+
+
+def differences_png(claims: pd.DataFrame, tuned: pd.DataFrame) -> Figure | None:
+    """Differences with 95% intervals and a zero line; None when nothing has an estimate."""
+    panels = _diff_rows(claims, tuned)
+    if not panels:
+        return None
+    h = max(2.5, 0.45 * sum(len(p) for _, p in panels) + 1.2 * len(panels))
+    fig = Figure(figsize=(8, h), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(panels), 1, height_ratios=[len(p) + 1 for _, p in panels]))
+    for ax, (title, p) in zip(axes, panels):
+        ys = np.arange(len(p))
+        for y, (_, r) in zip(ys, p.iterrows()):
+            err = [[r["est"] - r["lo"]], [r["hi"] - r["est"]]] if np.isfinite(r["lo"]) else None
+            ax.errorbar([r["est"]], [y], xerr=err, fmt="o", capsize=4, color=VERDICT_COLORS.get(r["verdict"], "k"))
+            if r["ref"] != 0:
+                ax.plot([r["ref"]] * 2, [y - 0.35, y + 0.35], color="C1", lw=1.5)
+        ax.axvline(0, color="k", lw=1)
+        ax.set_yticks(ys, p["label"], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("difference (95% CI; orange tick: non-inferiority margin)", fontsize=8)
+    return fig
+
+
+def differences_plotly(claims: pd.DataFrame, tuned: pd.DataFrame) -> go.Figure | None:
+    panels = _diff_rows(claims, tuned)
+    if not panels:
+        return None
+    fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels], vertical_spacing=0.18,
+                        row_heights=[len(p) + 1 for _, p in panels])
+    for i, (_, p) in enumerate(panels, 1):
+        fig.add_trace(go.Scatter(
+            x=p["est"], y=p["label"], mode="markers", showlegend=False,
+            marker={"size": 10, "color": [VERDICT_COLORS.get(v, "black") for v in p["verdict"]]},
+            error_x={"type": "data", "symmetric": False, "array": (p["hi"] - p["est"]).fillna(0),
+                     "arrayminus": (p["est"] - p["lo"]).fillna(0)},
+            text=[f"{v}: {e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for v, e, lo, hi in
+                  zip(p["verdict"], p["est"], p["lo"], p["hi"])]), row=i, col=1)
+        margins = p[p["ref"] != 0]
+        if len(margins):
+            fig.add_trace(go.Scatter(x=margins["ref"], y=margins["label"], mode="markers", name="margin",
+                                     marker={"symbol": "line-ns-open", "size": 18, "color": "orange"},
+                                     showlegend=False), row=i, col=1)
+        fig.add_vline(x=0, line={"color": "black", "width": 1}, row=i, col=1)
+        fig.update_yaxes(type="category", autorange="reversed", row=i, col=1)
+        fig.update_xaxes(title_text="difference (95% CI)", row=i, col=1)
+    fig.update_layout(title="Differences from the twin / baseline (zero line; green supported, red contradicted, "
+                            "grey inconclusive)", template="plotly_white",
+                      height=180 + 40 * sum(len(p) for _, p in panels) + 60 * len(panels))
+    return fig
+
+
+__all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "levels_png", "levels_plotly", "levels_drawable",
            "importance_png", "importance_plotly", "comparison_png", "comparison_plotly", "learning_png",
-           "learning_plotly", "STATUS_COLORS"]
+           "learning_plotly", "STATUS_COLORS", "curves_png", "curves_plotly", "differences_png",
+           "differences_plotly"]

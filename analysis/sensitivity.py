@@ -1,11 +1,16 @@
-"""Response of final accuracy to each searched parameter.
+"""Response of accuracy to each searched parameter, at every fidelity.
 
-Which trials count: phase "search", status "completed", finite metric.
-Pruned trials are excluded (ASHA stopped them early, so their val_acc is a
-low-fidelity, earlier-epoch number that would bias every curve down where the
-scheduler was impatient); failed and diverged trials have no meaningful
-accuracy and are reported instead as rates in `categorical_levels`. Repeat
-runs are excluded so the curve sees the search's own sampling design.
+Final fit: phase "search", status "completed", finite metric. Rung fits: at
+each ASHA rung epoch (grace_period * reduction_factor^k, from spec.yaml), the
+val_acc every search trial had at that epoch (history.parquet), pruned ones
+included: they all trained exactly that long, so the comparison is fair at
+that epoch, and a study whose scheduler pruned most trials still gets
+curves. Each curve is labelled by the epoch it holds at ("final" for the
+completed-trial fit). Mixing a pruned trial's early score into the final fit
+would bias it down where the scheduler was impatient, so that is never done.
+Failed and diverged trials have no meaningful accuracy and are reported
+instead as rates in `categorical_levels`. Repeat and twin runs are excluded
+so the curve sees the search's own sampling design.
 
 Numeric parameters get a Gaussian-process fit (RBF + white noise, on log10(x)
 for log-scale parameters, standardised y; a conditional parameter uses only
@@ -31,7 +36,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 
 from .load import InsufficientDataError, searched_list
 from .spaces import param_info
-from .stats import mean_ci
+from .stats import clip, mean_ci
 
 MIN_POINTS = 5  # fewer completed trials than this: no curve, a note instead
 MIN_UNIQUE = 5  # a numeric param with fewer distinct values is shown as levels
@@ -58,17 +63,22 @@ class Curve:
     experiment: str = ""
     variant: str = ""
     method: str = "gp"
+    epoch: int | None = None  # the rung epoch the fit holds at; None: final (completed trials)
+
+    @property
+    def fidelity(self) -> str:
+        return "final" if self.epoch is None else f"epoch {self.epoch}"
 
     def summary(self) -> dict:
         i = int(np.argmax(self.mean))
         return {"experiment": self.experiment, "variant": self.variant, "param": self.param,
-                "metric": self.metric, "log": self.log, "n": self.n, "argmax": self.argmax,
+                "fidelity": self.fidelity, "metric": self.metric, "log": self.log, "n": self.n, "argmax": self.argmax,
                 "argmax_lo": self.argmax_lo, "argmax_hi": self.argmax_hi, "max_mean": float(self.mean[i]),
                 "max_lo": float(self.lo[i]), "max_hi": float(self.hi[i]), "method": self.method}
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"experiment": self.experiment, "variant": self.variant, "param": self.param,
-                             "metric": self.metric, "x": self.grid, "mean": self.mean, "lo": self.lo,
+                             "fidelity": self.fidelity, "metric": self.metric, "x": self.grid, "mean": self.mean, "lo": self.lo,
                              "hi": self.hi})
 
 
@@ -178,12 +188,19 @@ def _searched_in(df: pd.DataFrame) -> list[str]:
     return list(names)
 
 
+def subject_of(g: pd.DataFrame) -> str:
+    """The variant under study in an experiment's rows: `subject` (the twin
+    arm's rows run another model, e.g. resnet for quotient), else `variant`."""
+    col = "subject" if "subject" in g.columns and g["subject"].notna().any() else "variant"
+    return str(g[col].dropna().iloc[0])
+
+
 def _experiments(df: pd.DataFrame):
     for exp, g in df.groupby("experiment", sort=True):
-        yield str(exp), str(g["variant"].iloc[0]), g
+        yield str(exp), subject_of(g), g
 
 
-def split_params(df: pd.DataFrame, variant: str) -> tuple[list[str], list[str]]:
+def split_params(df: pd.DataFrame, variant: str, spec: dict | None = None) -> tuple[list[str], list[str]]:
     """(numeric, categorical) searched params of one experiment's rows.
 
     An integer param that took fewer than MIN_UNIQUE distinct values among
@@ -194,7 +211,7 @@ def split_params(df: pd.DataFrame, variant: str) -> tuple[list[str], list[str]]:
     num, cat = [], []
     ok = usable(df) if "status" in df.columns else df
     for p in _searched_in(df):
-        info = param_info(variant, p, df[p])
+        info = param_info(variant, p, df[p], spec)
         if info.numeric and (info.kind == "float" or ok[p].nunique() >= MIN_UNIQUE):
             num.append(p)
         else:
@@ -212,33 +229,45 @@ class SensitivityResult:
         return pd.DataFrame([c.summary() for c in self.curves])
 
 
-def numeric_curves(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200,
-                   seed: int = 0) -> tuple[list[Curve], list[str]]:
-    """One curve per (experiment, numeric searched param); notes for skipped ones."""
+def numeric_curves(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200, seed: int = 0,
+                   spec: dict | None = None, epoch: int | None = None) -> tuple[list[Curve], list[str]]:
+    """One curve per (experiment, numeric searched param); notes for skipped ones.
+    `epoch` labels a rung fit (df then holds the trials' values at that epoch)."""
     curves, notes = [], []
+    at = "final" if epoch is None else f"epoch {epoch}"
     for exp, variant, g in _experiments(df):
-        num, _ = split_params(g, variant)
+        num, _ = split_params(g, variant, spec)
         ok = usable(g, metric)
         if len(ok) < MIN_POINTS:
-            notes.append(f"{exp}: only {len(ok)} completed search trial(s): too few for sensitivity curves "
+            what = "completed search trial(s)" if epoch is None else f"search trial(s) reached epoch {epoch}"
+            notes.append(f"{exp} ({at}): only {len(ok)} {what}: too few for sensitivity curves "
                          f"(need {MIN_POINTS})")
             continue
         for p in num:
-            info = param_info(variant, p, g[p])
+            info = param_info(variant, p, g[p], spec)
             on = ok[info.active(ok)]  # a conditional param only where its condition held
             try:
-                curves.append(fit_curve(on[p].astype(float), on[metric].astype(float), log=info.log,
-                                        n_boot=n_boot, seed=seed, param=p, metric=metric,
-                                        experiment=exp, variant=variant))
+                c = fit_curve(on[p].astype(float), on[metric].astype(float), log=info.log,
+                              n_boot=n_boot, seed=seed, param=p, metric=metric,
+                              experiment=exp, variant=variant)
             except InsufficientDataError as e:
-                notes.append(f"{exp}: no sensitivity curve for {e}")
+                notes.append(f"{exp} ({at}): no sensitivity curve for {e}")
+                continue
+            c.epoch = epoch
+            curves.append(c)
     return curves, notes
 
 
+LEVEL_COLUMNS = ["experiment", "variant", "param", "fidelity", "level", "n_trials", "n_completed", "mean",
+                 "ci_lo", "ci_hi", "n_diverged", "divergence_rate", "n_failed", "dead_rate"]
+
+
 def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_threshold: float = 0.5,
-                       params: dict[str, list[str]] | None = None) -> pd.DataFrame:
+                       params: dict[str, list[str]] | None = None, spec: dict | None = None,
+                       epoch: int | None = None) -> pd.DataFrame:
     """Per level of each categorical searched param: mean metric with its 95%
-    t interval over completed trials, and failure rates over all search trials.
+    t interval (clipped to [0, 1]: an accuracy cannot leave it) over completed
+    trials, and failure rates over all search trials.
 
     divergence_rate = diverged / all search trials at the level (pruned count
     in the denominator: they ran, and did not diverge while running).
@@ -247,37 +276,90 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
     final q_dead_frac > dead_threshold, i.e. most quotient elements < 1e-3: the
     block's output signal is essentially gone. NaN where nothing reported it.
     `params` maps experiment -> params to tabulate (default: the categorical
-    searched ones, see split_params).
+    searched ones, see split_params). At a rung (`epoch`), df holds the
+    trials' values at that epoch and every row that reached it counts.
     """
     rows = []
     search = df[df["phase"] == "search"] if "phase" in df.columns else df
+    fidelity = "final" if epoch is None else f"epoch {epoch}"
     for exp, variant, g in _experiments(search):
-        names = params.get(exp, []) if params is not None else split_params(g, variant)[1]
+        names = params.get(exp, []) if params is not None else split_params(g, variant, spec)[1]
         for p in names:
-            on = g[param_info(variant, p, g[p]).active(g)]
+            on = g[param_info(variant, p, g[p], spec).active(g)]
             for level, lv in on.groupby(on[p].astype(str), sort=True):
                 done = lv[(lv["status"] == "completed")][metric].astype(float)
                 m, lo, hi, n = mean_ci(done)
+                lo, hi = clip(lo, hi, (0.0, 1.0)) if metric.endswith("acc") else (lo, hi)
                 dead = lv["q_dead_frac"].astype(float).dropna() if "q_dead_frac" in lv.columns else pd.Series([])
                 rows.append({
-                    "experiment": exp, "variant": variant, "param": p, "level": level,
+                    "experiment": exp, "variant": variant, "param": p, "fidelity": fidelity, "level": level,
                     "n_trials": len(lv), "n_completed": n, "mean": m, "ci_lo": lo, "ci_hi": hi,
                     "n_diverged": int((lv["status"] == "diverged").sum()),
                     "divergence_rate": float((lv["status"] == "diverged").mean()),
                     "n_failed": int((lv["status"] == "failed").sum()),
                     "dead_rate": float((dead > dead_threshold).mean()) if len(dead) else float("nan"),
                 })
-    return pd.DataFrame(rows, columns=["experiment", "variant", "param", "level", "n_trials", "n_completed",
-                                       "mean", "ci_lo", "ci_hi", "n_diverged", "divergence_rate",
-                                       "n_failed", "dead_rate"])
+    return pd.DataFrame(rows, columns=LEVEL_COLUMNS)
+
+
+def rung_epochs(spec: dict | None) -> list[int]:
+    """ASHA's rung epochs below the last one: grace_period * reduction_factor^k
+    (Ray's milestones), from spec.yaml's scheduler. [] without ASHA."""
+    spec = spec or {}
+    sch = spec.get("scheduler") or {}
+    if str(sch.get("type", "asha")).lower() != "asha":
+        return []
+    epochs = int(spec.get("epochs") or 0)
+    grace, rf = int(sch.get("grace_period", 1) or 1), float(sch.get("reduction_factor", 2) or 2)
+    out, k = [], 0
+    while rf > 1:
+        e = int(round(grace * rf**k))
+        if e >= epochs:
+            break
+        if e not in out:
+            out.append(e)
+        k += 1
+    return out
+
+
+def at_epoch(results: pd.DataFrame, history: pd.DataFrame, epoch: int, metric: str = "val_acc") -> pd.DataFrame:
+    """Search trials that reached `epoch`, with `metric` as it stood then
+    (from history) and status "completed" (their run to that epoch was);
+    `final_status` keeps what happened after."""
+    search = results[results["phase"] == "search"] if "phase" in results.columns else results
+    h = history[history["epoch"] == epoch].drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    if metric not in h.columns:
+        return search.iloc[0:0]
+    vals = search["trial_id"].map(h[metric].astype(float))
+    out = search[vals.notna().to_numpy()].copy()
+    out["final_status"] = out["status"]
+    out[metric] = vals[vals.notna()].to_numpy()
+    out["status"] = "completed"
+    return out
 
 
 def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200, seed: int = 0,
-                dead_threshold: float = 0.5) -> SensitivityResult:
-    """Numeric curves plus categorical level tables for every experiment."""
-    curves, notes = numeric_curves(df, metric=metric, n_boot=n_boot, seed=seed)
-    levels = categorical_levels(df, metric=metric, dead_threshold=dead_threshold)
-    return SensitivityResult(curves, levels, notes)
+                dead_threshold: float = 0.5, spec: dict | None = None,
+                history: pd.DataFrame | None = None) -> SensitivityResult:
+    """Numeric curves plus categorical level tables for every experiment: the
+    final fit from completed trials, and with `history` and an ASHA spec one
+    fit per rung from every trial that reached it."""
+    curves, notes = numeric_curves(df, metric=metric, n_boot=n_boot, seed=seed, spec=spec)
+    levels = [categorical_levels(df, metric=metric, dead_threshold=dead_threshold, spec=spec)]
+    if history is not None and len(history) and metric in history.columns:
+        for e in rung_epochs(spec):
+            at = at_epoch(df, history, e, metric)
+            if at.empty:
+                continue
+            c, n = numeric_curves(at, metric=metric, n_boot=n_boot, seed=seed, spec=spec, epoch=e)
+            curves += c
+            notes += n
+            lv = categorical_levels(at, metric=metric, dead_threshold=dead_threshold, spec=spec, epoch=e)
+            levels.append(lv.drop(columns=["n_diverged", "divergence_rate", "n_failed", "dead_rate"])
+                          .reindex(columns=LEVEL_COLUMNS))
+    levels = [lv for lv in levels if len(lv)]
+    table = pd.concat(levels, ignore_index=True) if levels else pd.DataFrame(columns=LEVEL_COLUMNS)
+    return SensitivityResult(curves, table, notes)
 
 
 # --- epsilon-ResNet trade-offs -------------------------------------------------------------
@@ -304,7 +386,7 @@ def pareto_front(x, y) -> np.ndarray:
 class EpsilonTradeoff:
     experiment: str
     acc_col: str
-    points: pd.DataFrame  # epsilon, discarded_ratio, param_reduction, acc, pareto
+    points: pd.DataFrame  # trial_id, epsilon, discarded_ratio, param_reduction, acc (val), pareto, pick, test_acc
     discarded: Curve | None = None  # discarded_ratio vs epsilon
     reduction: Curve | None = None  # param_reduction vs epsilon
     notes: list[str] = field(default_factory=list)
@@ -313,26 +395,39 @@ class EpsilonTradeoff:
         return self.points[self.points["pareto"]].sort_values("param_reduction")
 
 
-def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0) -> list[EpsilonTradeoff]:
-    """Per epsilon experiment: compression vs epsilon, and accuracy vs compression.
+def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
+                      spec: dict | None = None) -> list[EpsilonTradeoff]:
+    """Per epsilon experiment: compression vs epsilon, and validation accuracy
+    vs parameter reduction over every completed search trial, with its Pareto
+    front (works whether the study searched one objective or both: every
+    results row carries val_acc and param_reduction).
 
-    Accuracy is test_acc where every usable trial has it (completed trials ran
-    all epochs, so normally yes), else val_acc.
+    The front is drawn on val_acc: choosing among trials on test_acc would
+    make the test set part of the selection. test_acc appears only for the
+    final pick (`pick`): the front's trial with the best val_acc.
     """
     out = []
     for exp, variant, g in _experiments(df):
         if variant != "epsilon" or "param_reduction" not in g.columns:
             continue
         ok = usable(g)
-        acc = "test_acc" if "test_acc" in ok.columns and ok["test_acc"].notna().all() and len(ok) else "val_acc"
+        acc = "val_acc"
         pts = pd.DataFrame({
             "trial_id": ok["trial_id"].to_numpy(), "epsilon": ok["epsilon"].astype(float).to_numpy(),
-            "discarded_ratio": ok["discarded_ratio"].astype(float).to_numpy(),
+            "discarded_ratio": (ok["discarded_ratio"].astype(float).to_numpy() if "discarded_ratio" in ok
+                                else np.full(len(ok), np.nan)),
             "param_reduction": ok["param_reduction"].astype(float).to_numpy(),
             "acc": ok[acc].astype(float).to_numpy()})
         pts["pareto"] = pareto_front(pts["param_reduction"], pts["acc"])
+        pts["pick"] = False
+        pts["test_acc"] = np.nan
+        if pts["pareto"].any():
+            i = pts.loc[pts["pareto"], "acc"].idxmax()
+            pts.loc[i, "pick"] = True
+            if "test_acc" in ok.columns:
+                pts.loc[i, "test_acc"] = float(ok["test_acc"].iloc[i])
         res = EpsilonTradeoff(exp, acc, pts)
-        log = param_info(variant, "epsilon", g["epsilon"]).log
+        log = param_info(variant, "epsilon", g["epsilon"], spec).log
         if len(pts) < MIN_POINTS:
             res.notes.append(f"{exp}: {len(pts)} completed search trial(s): too few for epsilon trade-off "
                              f"curves (need {MIN_POINTS})")

@@ -5,6 +5,7 @@ analysis also runs on studies whose space module changed since."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,16 +53,59 @@ def _from_space(p: Any) -> ParamInfo:
                      bool(getattr(p, "log", False)), condition=cond)
 
 
-def space_info(variant: str) -> dict[str, ParamInfo]:
-    """The declared search space of a variant; {} when search_spaces can't say."""
+@functools.lru_cache(maxsize=None)
+def _default_names(variant: str) -> frozenset[str]:
+    try:
+        from search_spaces import space_params
+
+        return frozenset(p.name for p in space_params(variant))
+    except Exception:
+        return frozenset()
+
+
+def spec_overrides(spec: dict | None, variant: str) -> tuple[dict, dict]:
+    """(space overrides, fixed) of `variant` in a study's spec.yaml, as the
+    runner built its space: the variant's `space`, plus `train` values of
+    params it searches (those fix the param), and its `fixed` fields."""
+    if not spec:
+        return {}, {}
+    vs = (spec.get("variants") or {})
+    vs = vs.get(variant) if isinstance(vs, dict) else None
+    vs = vs if isinstance(vs, dict) else {}
+    space = dict(vs.get("space") or {})
+    fixed = dict(vs.get("fixed") or {})
+    names = _default_names(variant)
+    for k, v in (spec.get("train") or {}).items():
+        if k in names and k not in space and k not in fixed:
+            space[k] = {"value": v}
+    return space, fixed
+
+
+_CACHE: dict[str, dict[str, ParamInfo]] = {}
+
+
+def space_info(variant: str, spec: dict | None = None) -> dict[str, ParamInfo]:
+    """The search space `variant` had in the study (its spec's overrides
+    applied); {} when search_spaces can't say."""
+    import json
+
+    space, fixed = spec_overrides(spec, variant)
+    key = json.dumps([variant, space, fixed], sort_keys=True, default=str)
+    if key in _CACHE:
+        return _CACHE[key]
     try:
         from search_spaces import space_params
     except Exception:  # the package is optional for analysis; fall back to inference
         return {}
     try:
-        return {p.name: _from_space(p) for p in space_params(variant)}
+        out = {p.name: _from_space(p) for p in space_params(variant, space or None, fixed or None)}
     except Exception:
-        return {}
+        try:  # overrides the current code rejects: the default space still names the axes
+            out = {p.name: _from_space(p) for p in space_params(variant)}
+        except Exception:
+            out = {}
+    _CACHE[key] = out
+    return out
 
 
 def infer_info(name: str, values: pd.Series) -> ParamInfo:
@@ -76,9 +120,9 @@ def infer_info(name: str, values: pd.Series) -> ParamInfo:
                      float(v.min()), float(v.max()), log)
 
 
-def param_info(variant: str, name: str, values: pd.Series | None = None) -> ParamInfo:
-    """The declared space entry when known, else inferred from `values`."""
-    info = space_info(variant).get(name)
+def param_info(variant: str, name: str, values: pd.Series | None = None, spec: dict | None = None) -> ParamInfo:
+    """The study's space entry (spec overrides applied) when known, else inferred from `values`."""
+    info = space_info(variant, spec).get(name)
     if info is not None:
         return info
     if values is None:
@@ -86,4 +130,4 @@ def param_info(variant: str, name: str, values: pd.Series | None = None) -> Para
     return infer_info(name, values)
 
 
-__all__ = ["ParamInfo", "LOG_PARAMS", "space_info", "infer_info", "param_info"]
+__all__ = ["ParamInfo", "LOG_PARAMS", "spec_overrides", "space_info", "infer_info", "param_info"]

@@ -73,3 +73,120 @@ def diff_test(a, b, *, paired: bool, conf: float = 0.95) -> DiffTest:
 
 
 __all__ = ["mean_ci", "DiffTest", "diff_test"]
+
+
+# --- claims: range-respecting intervals, Holm, power ---------------------------------------
+
+def clip(lo: float, hi: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """An interval cut to the metric's range: accuracies live in [0, 1] and
+    differences of accuracies in [-1, 1], so a t interval from few noisy
+    values must not claim more than the metric can hold."""
+    if bounds is None:
+        return lo, hi
+    return (float(np.clip(lo, *bounds)) if np.isfinite(lo) else lo,
+            float(np.clip(hi, *bounds)) if np.isfinite(hi) else hi)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean (difference) against a null value: estimate, clipped t interval,
+    two-sided p-value of H0: mean == null, the spread and the n behind it."""
+
+    estimate: float
+    lo: float
+    hi: float
+    p_value: float
+    n: int  # pairs, or the smaller group for two groups
+    sd: float  # of the differences, or pooled for two groups
+    test: str
+
+
+def one_sample(d, *, null: float = 0.0, conf: float = 0.95,
+               bounds: tuple[float, float] | None = (-1.0, 1.0)) -> Estimate:
+    """Paired differences d (one per seed) against `null`: Student t."""
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    n = int(d.size)
+    nan = float("nan")
+    if n == 0:
+        return Estimate(nan, nan, nan, nan, 0, nan, "paired t")
+    m = float(d.mean())
+    if n < 2:
+        return Estimate(m, nan, nan, nan, n, nan, "paired t")
+    sd = float(d.std(ddof=1))
+    if sd == 0:  # every pair moved by exactly the same amount: no spread, no t
+        lo, hi = clip(m, m, bounds)
+        return Estimate(m, lo, hi, 1.0 if m == null else 0.0, n, 0.0, "paired t")
+    se = sd / np.sqrt(n)
+    h = float(stats.t.ppf(0.5 + conf / 2, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(m - null) / se, n - 1))
+    lo, hi = clip(m - h, m + h, bounds)
+    return Estimate(m, lo, hi, p, n, sd, "paired t")
+
+
+def two_sample(a, b, *, null: float = 0.0, conf: float = 0.95,
+               bounds: tuple[float, float] | None = (-1.0, 1.0)) -> Estimate:
+    """mean(a) - mean(b) against `null`: Welch's t (independent trials)."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    nan = float("nan")
+    n = int(min(a.size, b.size))
+    if n == 0:
+        return Estimate(nan, nan, nan, nan, 0, nan, "welch t")
+    m = float(a.mean() - b.mean())
+    if n < 2:
+        return Estimate(m, nan, nan, nan, n, nan, "welch t")
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    sd = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2))
+    se2 = va + vb
+    if se2 == 0:
+        lo, hi = clip(m, m, bounds)
+        return Estimate(m, lo, hi, 1.0 if m == null else 0.0, n, 0.0, "welch t")
+    dof = se2**2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    se = float(np.sqrt(se2))
+    h = float(stats.t.ppf(0.5 + conf / 2, dof)) * se
+    p = float(2 * stats.t.sf(abs(m - null) / se, dof))
+    lo, hi = clip(m - h, m + h, bounds)
+    return Estimate(m, lo, hi, p, n, sd, "welch t")
+
+
+def holm(p) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1).
+    NaN entries (no test) stay NaN and do not count towards the family size."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def n_for_power(delta: float, sd: float, *, alpha: float = 0.05, power: float = 0.8, groups: int = 1,
+                n_max: int = 10_000) -> int | None:
+    """Smallest n (pairs for groups=1, per group for groups=2) at which a
+    two-sided t test at `alpha` has `power` against a true difference `delta`
+    with spread `sd` (noncentral t). None when delta is 0 or n would pass n_max."""
+    if not (np.isfinite(delta) and np.isfinite(sd)) or delta == 0:
+        return None
+    if sd == 0:
+        return 3
+    n = 3
+    while n <= n_max:
+        df = n - 1 if groups == 1 else 2 * n - 2
+        se = sd / np.sqrt(n) if groups == 1 else sd * np.sqrt(2.0 / n)
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        nc = abs(delta) / se
+        if stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) >= power:
+            return n
+        n += 1 if n < 50 else n // 10  # beyond 50 the answer is "about", not exact
+    return None
+
+
+__all__ += ["clip", "Estimate", "one_sample", "two_sample", "holm", "n_for_power"]

@@ -1,3 +1,6 @@
+import itertools
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +30,39 @@ def _row(table, variant, metric="val_acc"):
     return table[(table["variant"] == variant) & (table["metric"] == metric)].iloc[0]
 
 
+def _t_two_sided_p(t: float, dof: float) -> float:
+    """Two-sided p of Student's t, by integrating its density written out with
+    math.lgamma (Simpson's rule on [|t|, 1e4]): independent of scipy.stats."""
+    c = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
+    x = np.linspace(abs(t), abs(t) + 60, 600_001)  # tails beyond +60 hold < 1e-9 for dof >= 3
+    f = c * (1 + x**2 / dof) ** (-(dof + 1) / 2)
+    h = x[1] - x[0]
+    tail = h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+    return 2 * tail
+
+
+def _paired_p_by_hand(a, b) -> float:
+    d = np.asarray(a) - np.asarray(b)
+    n = d.size
+    t = d.mean() / math.sqrt(((d - d.mean()) ** 2).sum() / (n - 1) / n)
+    return _t_two_sided_p(t, n - 1)
+
+
+def _welch_p_by_hand(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    dof = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    return _t_two_sided_p((a.mean() - b.mean()) / math.sqrt(va + vb), dof)
+
+
+def _sign_flip_p(d) -> float:
+    """Exact paired permutation test (every sign flip of the differences)."""
+    d = np.asarray(d)
+    obs = abs(d.mean())
+    flips = [abs((d * np.array(s)).mean()) for s in itertools.product([1, -1], repeat=d.size)]
+    return float(np.mean([f >= obs - 1e-15 for f in flips]))
+
+
 def test_planted_two_percent_effect_is_detected():
     table = compare_variants(_runs(0.02))
     q = _row(table, "quotient")
@@ -35,6 +71,15 @@ def test_planted_two_percent_effect_is_detected():
     assert q["diff_lo"] < 0.02 < q["diff_hi"] and q["diff_lo"] > 0
     assert _row(table, "resnet")["test"] == "baseline"
     assert _row(table, "quotient", "test_acc")["p_value"] < 0.05
+    # the p-value against a hand computation (t statistic, density integrated),
+    # and in line with an exact sign-flip permutation test of the same pairs
+    df = _runs(0.02)
+    a = df[df["variant"] == "quotient"].sort_values("seed")["val_acc"].to_numpy()
+    b = df[df["variant"] == "resnet"].sort_values("seed")["val_acc"].to_numpy()
+    assert q["diff"] == pytest.approx((a - b).mean(), abs=1e-12)
+    assert q["p_value"] == pytest.approx(_paired_p_by_hand(a, b), rel=1e-4)
+    # n = 5: the smallest sign-flip p is 2/32; every difference positive reaches it
+    assert (a - b > 0).all() and _sign_flip_p(a - b) == pytest.approx(2 / 32)
 
 
 def test_null_effect_is_not_significant():
@@ -48,16 +93,21 @@ def test_welch_when_seeds_differ_and_planted_effect_still_found():
     df.loc[df["variant"] == "resnet", "val_acc"] = 0.90 + np.random.default_rng(2).normal(0, 0.003, 5)
     q = _row(compare_variants(df), "quotient")
     assert q["test"] == "welch t" and q["p_value"] < 0.05
-    a = df.loc[df["variant"] == "quotient", "val_acc"]
-    b = df.loc[df["variant"] == "resnet", "val_acc"]
-    assert q["p_value"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    a = df.loc[df["variant"] == "quotient", "val_acc"].to_numpy()
+    b = df.loc[df["variant"] == "resnet", "val_acc"].to_numpy()
+    assert q["diff"] == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+    assert q["p_value"] == pytest.approx(_welch_p_by_hand(a, b), rel=1e-4)
 
 
 def test_single_seed_gives_nan_not_crash():
     table = compare_variants(_runs(0.02, seeds=[0]))
     q = _row(table, "quotient")
-    assert q["n"] == 1 and np.isnan(q["p_value"]) and np.isnan(q["ci_lo"])
-    assert q["diff"] == pytest.approx(0.02, abs=0.02)
+    assert q["n"] == 1 and np.isnan(q["p_value"]) and np.isnan(q["ci_lo"]) and np.isnan(q["diff_lo"])
+    df = _runs(0.02, seeds=[0])
+    one = df.set_index("variant")["val_acc"]
+    # the single pair's own difference (shared seed offset cancels): 0.02 plus noise, never zero
+    assert q["diff"] == pytest.approx(one["quotient"] - one["resnet"], abs=1e-12)
+    assert abs(q["diff"] - 0.02) < 3 * 0.004 * np.sqrt(2)
 
 
 def test_missing_baseline_and_top_search_fallback():
@@ -75,6 +125,21 @@ def test_diverged_repeats_are_counted_not_averaged():
     df.loc[df.index[-1], ["status", "val_acc"]] = ["diverged", np.nan]
     q = _row(compare_variants(df), "quotient")
     assert q["n"] == 4 and q["n_diverged"] == 1 and q["test"] == "welch t"
+
+
+def test_intervals_stay_inside_the_metric_range():
+    """Two noisy seeds give a t interval with one degree of freedom (x12.7 the
+    standard error): it must be cut to [0, 1] for accuracies, [-1, 1] for differences."""
+    rows = []
+    for v, accs in (("resnet", [0.2, 0.98]), ("quotient", [0.99, 0.15])):
+        for s, acc in zip([0, 1], accs):
+            rows.append({"experiment": v, "variant": v, "depth": 8, "phase": "repeat", "trial_id": f"{v}{s}",
+                         "seed": s, "status": "completed", "val_acc": acc, "test_acc": acc})
+    t = compare_variants(pd.DataFrame(rows))
+    assert (t["ci_lo"] >= 0).all() and (t["ci_hi"] <= 1).all()
+    q = _row(t, "quotient")
+    assert q["diff_lo"] >= -1 and q["diff_hi"] <= 1
+    assert q["ci_lo"] == 0.0 and q["ci_hi"] == 1.0  # the raw interval left both ends
 
 
 def test_stats_helpers_agree_with_scipy():

@@ -6,8 +6,8 @@ import pytest
 from scipy import stats
 
 from analysis.load import InsufficientDataError
-from analysis.sensitivity import (categorical_levels, epsilon_tradeoffs, fit_curve, numeric_curves, pareto_front,
-                                  sensitivity, split_params)
+from analysis.sensitivity import (at_epoch, categorical_levels, epsilon_tradeoffs, fit_curve, numeric_curves,
+                                  pareto_front, rung_epochs, sensitivity, split_params)
 
 
 def test_planted_epsilon_optimum_found_with_interval(planted_epsilon):
@@ -116,7 +116,14 @@ def test_split_params_few_values_become_levels(planted_epsilon):
 
 def test_epsilon_tradeoffs(planted_epsilon):
     (t,) = epsilon_tradeoffs(planted_epsilon, n_boot=50)
-    assert t.acc_col == "test_acc" and len(t.points) == 40
+    # the front is chosen on validation numbers; test_acc only for the final pick
+    assert t.acc_col == "val_acc" and len(t.points) == 40
+    assert np.allclose(t.points["acc"], planted_epsilon["val_acc"])
+    pick = t.points[t.points["pick"]]
+    assert len(pick) == 1 and bool(pick["pareto"].iloc[0])
+    assert pick["acc"].iloc[0] == t.front()["acc"].max()
+    assert pick["test_acc"].iloc[0] == pytest.approx(pick["acc"].iloc[0] - 0.005)
+    assert t.points.loc[~t.points["pick"], "test_acc"].isna().all()
     assert t.discarded is not None and t.reduction is not None
     # planted: reduction grows with epsilon
     assert t.reduction.mean[-1] > t.reduction.mean[0] + 0.3
@@ -157,10 +164,60 @@ def test_conditional_param_uses_only_trials_where_it_was_active():
 def test_log_scale_inferred_without_search_spaces(monkeypatch, planted_epsilon):
     import analysis.spaces as spaces
 
-    monkeypatch.setattr(spaces, "space_info", lambda variant: {})
+    monkeypatch.setattr(spaces, "space_info", lambda variant, spec=None: {})
     info = spaces.param_info("epsilon", "epsilon", planted_epsilon["epsilon"])
     assert info.kind == "float" and info.log
     assert not spaces.param_info("epsilon", "side_weight", planted_epsilon["side_weight"]).log
     assert spaces.param_info("epsilon", "adaptive_lr", planted_epsilon["adaptive_lr"]).kind == "categorical"
     c = {c.param: c for c in numeric_curves(planted_epsilon, n_boot=30)[0]}["epsilon"]
     assert c.log
+
+
+def test_rung_epochs_follow_the_spec_scheduler():
+    assert rung_epochs({"epochs": 6, "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}) \
+        == [1, 2, 4]
+    assert rung_epochs({"epochs": 30, "scheduler": {"grace_period": 3, "reduction_factor": 3}}) == [3, 9, 27]
+    assert rung_epochs({"epochs": 6, "scheduler": {"type": "fifo"}}) == []
+    assert rung_epochs({"epochs": 1, "scheduler": {"grace_period": 1, "reduction_factor": 2}}) == []
+
+
+def _pruned_study(n=24, seed=0):
+    """Planted optimum lr = 0.1 (log10 = -1); ASHA-like: only the top quarter at
+    epoch 2 completes, the rest stop at epoch 1 or 2. val_acc at epoch e =
+    final * (0.6 + 0.4 e / 6) keeps the ordering at every epoch."""
+    rng = np.random.default_rng(seed)
+    rows, hist = [], []
+    lrs = 10 ** rng.uniform(-3, 0, n)
+    final = 0.9 - 0.08 * (np.log10(lrs) + 1) ** 2 + rng.normal(0, 0.005, n)
+    order = np.argsort(-final)
+    stop = np.full(n, 1)
+    stop[order[: n // 2]] = 2
+    stop[order[: 3]] = 6  # 3 completed: too few for a final curve
+    for i in range(n):
+        st = "completed" if stop[i] == 6 else "pruned"
+        rows.append({"experiment": "p", "subject": "resnet", "variant": "resnet", "phase": "search",
+                     "trial_id": f"t{i}", "seed": 0, "status": st, "lr": lrs[i], "depth": 8,
+                     "val_acc": final[i] if st == "completed" else final[i] * (0.6 + 0.4 * stop[i] / 6),
+                     "searched": json.dumps(["lr"])})
+        for e in range(1, stop[i] + 1):
+            hist.append({"experiment": "p", "trial_id": f"t{i}", "epoch": e, "val_acc": final[i] * (0.6 + 0.4 * e / 6)})
+    return pd.DataFrame(rows), pd.DataFrame(hist)
+
+
+def test_heavy_pruning_still_gives_curves_labelled_by_rung():
+    df, hist = _pruned_study()
+    spec = {"epochs": 6, "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
+    res = sensitivity(df, n_boot=100, spec=spec, history=hist)
+    by = {c.fidelity: c for c in res.curves if c.param == "lr"}
+    # final: 3 completed trials, no curve (a note instead); rung 1: all 24; rung 2: 12
+    assert "final" not in by and any("only 3 completed" in n for n in res.notes)
+    assert set(by) == {"epoch 1", "epoch 2"} and by["epoch 1"].n == 24 and by["epoch 2"].n == 12
+    c = by["epoch 1"]
+    assert c.argmax_lo <= 0.1 <= c.argmax_hi  # the planted optimum
+    assert abs(np.log10(c.argmax) + 1) < 0.3
+    assert res.summary()["fidelity"].tolist().count("epoch 1") == 1
+    # the rung value is the history's at that epoch, not the trial's last report
+    at = at_epoch(df, hist, 1)
+    assert len(at) == 24 and np.allclose(at["val_acc"], at["trial_id"].map(
+        hist[hist["epoch"] == 1].set_index("trial_id")["val_acc"]))
+    assert set(at["final_status"]) == {"completed", "pruned"}

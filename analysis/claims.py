@@ -1,0 +1,345 @@
+"""The claims table: each variant's declared claims (study.variants.Claim), tested
+on the study's own trials, with an estimate, a 95% interval and a verdict.
+
+Kinds (see Claim):
+- twin: the variant's repeat runs against its matched twin's runs at the same
+  subject, depth and seed (phase "repeat" arm "variant" vs phase "twin" arm
+  "twin"); estimate = mean paired difference of `metric`; paired t.
+- noninferior: the same pairs; supported when the paired difference's lower
+  bound is above -margin (p-value of H0: mean = -margin) and the variant's
+  `gain_metric` (e.g. discarded_ratio) averages above 0.
+- level: search trials of the subject with option = better against option =
+  worse; Welch t. The final `metric` of completed trials when each side has
+  >= 3 of them, else val_acc at the highest ASHA rung at which both sides
+  have >= 3 trials (every trial that reached that epoch, pruned included):
+  the `basis` column names the epoch.
+
+Intervals: Student t, clipped to the metric's range ([-1, 1] for differences
+of accuracies). Verdicts: n < 3 (pairs, or trials on the smaller side) is
+always "inconclusive"; otherwise Holm-Bonferroni adjusted p < 0.05 across the
+whole table decides "supported" (estimate on the claimed side) or
+"contradicted" (the other side). Inconclusive rows say what would settle it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .stats import holm, n_for_power, one_sample, two_sample
+
+ALPHA = 0.05
+MIN_N = 3  # below this no verdict: n = 2 gives a t interval with 1 degree of freedom
+DIFF_RANGE = (-1.0, 1.0)
+COLUMNS = ["claim", "subject", "key", "kind", "depth", "metric", "basis", "n", "estimate", "ci_lo", "ci_hi",
+           "p_value", "p_adj", "verdict", "settle", "null", "gain", "test"]
+TUNED_COLUMNS = ["subject", "depth", "metric", "baseline", "test", "n", "n_baseline", "mean", "baseline_mean",
+                 "diff", "ci_lo", "ci_hi", "p_value", "p_adj", "verdict"]
+
+
+def _subject_col(df: pd.DataFrame) -> pd.Series:
+    if "subject" in df.columns:
+        return df["subject"].fillna(df["variant"])
+    return df["variant"]
+
+
+def _arm(df: pd.DataFrame) -> pd.Series:
+    if "arm" in df.columns:
+        return df["arm"].fillna("variant")
+    return pd.Series(np.where(df.get("phase", pd.Series("search", index=df.index)) == "twin", "twin", "variant"),
+                     index=df.index)
+
+
+def declared_claims(subjects: Iterable[str], plugins: Sequence[str] = ()) -> tuple[dict[str, list], list[str]]:
+    """({subject: [Claim, ...]}, notes) from the variant registry; a variant with a
+    twin and no explicit claims gets a default "beats its twin"."""
+    notes: list[str] = []
+    try:
+        from study import variants as registry
+
+        if plugins:
+            registry.load_plugins(plugins)
+    except Exception as e:  # a plugin that moved: analyse what can be analysed
+        notes.append(f"claims: cannot load the variant registry or plugins ({type(e).__name__}: {e})")
+        return {}, notes
+    out: dict[str, list] = {}
+    for s in subjects:
+        try:
+            v = registry.get_variant(s)
+        except Exception as e:
+            notes.append(f"claims: variant {s!r} is not registered here ({e}); its claims are not tested")
+            continue
+        claims = list(getattr(v, "claims", ()) or ())
+        if not claims and getattr(v, "twin", None) is not None:
+            claims = [registry.Claim(key=f"{s}_beats_twin", text=f"{s} beats its twin", kind="twin")]
+        out[s] = claims
+    return out, notes
+
+
+def _norm(v: Any) -> str:
+    """Option values compared as text: True/'True'/'true' are one level."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip().lower()
+
+
+def pairs(df: pd.DataFrame, subject: str, depth: Any, metric: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Variant-arm repeat rows joined to twin-arm twin rows of one subject and
+    depth on seed: columns seed, variant, twin (metric values) and, for
+    noninferiority, the variant rows' other columns prefixed v_. Counts of
+    rows left out (not completed, no partner) come back too."""
+    subj, arm = _subject_col(df), _arm(df)
+    phase = df["phase"] if "phase" in df.columns else pd.Series("search", index=df.index)
+    here = (subj == subject) & (df["depth"] == depth)
+    v = df[here & (arm == "variant") & (phase == "repeat")]
+    t = df[here & (arm == "twin") & (phase == "twin")]
+    counts = {"variant_rows": len(v), "twin_rows": len(t),
+              "not_completed": int((v["status"] != "completed").sum() + (t["status"] != "completed").sum())}
+    ok = lambda x: x[(x["status"] == "completed") & np.isfinite(x[metric].astype(float))]  # noqa: E731
+    v, t = ok(v), ok(t)
+    # one row per seed on each side (a retried repeat keeps its last record)
+    v, t = v.drop_duplicates("seed", keep="last"), t.drop_duplicates("seed", keep="last")
+    m = v.add_prefix("v_").merge(t[["seed", metric]].rename(columns={metric: "twin"}), left_on="v_seed",
+                                 right_on="seed")
+    m["variant"] = m[f"v_{metric}"].astype(float)
+    m["twin"] = m["twin"].astype(float)
+    counts["unpaired"] = len(v) + len(t) - 2 * len(m)
+    return m.sort_values("seed").reset_index(drop=True), counts
+
+
+def _level_data(df: pd.DataFrame, history: pd.DataFrame | None, subject: str, depth: Any, claim,
+                rungs: Sequence[int]) -> tuple[np.ndarray, np.ndarray, str, str | None]:
+    """(better values, worse values, basis, why-not) for a level claim."""
+    subj = _subject_col(df)
+    phase = df["phase"] if "phase" in df.columns else pd.Series("search", index=df.index)
+    g = df[(subj == subject) & (df["depth"] == depth) & (phase == "search")]
+    opt = claim.option
+    empty = np.array([])
+    if opt not in g.columns or g[opt].isna().all():
+        return empty, empty, "", f"{opt} is not an option of this study's {subject} trials"
+    lv = g[opt].map(_norm)
+    b, w = g[lv == _norm(claim.better)], g[lv == _norm(claim.worse)]
+    if not len(b) or not len(w):
+        seen = sorted(set(lv.dropna()))
+        return empty, empty, "", (f"search {opt} over both {claim.better!r} and {claim.worse!r} "
+                                  f"(the search tried {', '.join(seen) or 'nothing'})")
+    metric = claim.metric
+
+    def done(x):
+        x = x[x["status"] == "completed"]
+        return x[metric].astype(float).dropna().to_numpy() if metric in x.columns else empty
+
+    fb, fw = done(b), done(w)
+    if min(fb.size, fw.size) >= MIN_N:
+        return fb, fw, f"final {metric} of completed search trials", None
+    best = (fb, fw, f"final {metric} of completed search trials")
+    if history is not None and len(history) and "val_acc" in history.columns:
+        h = history[history["trial_id"].isin(g["trial_id"])]
+        for e in sorted(rungs, reverse=True):
+            at = h[h["epoch"] == e].drop_duplicates("trial_id", keep="last").set_index("trial_id")["val_acc"]
+            rb = b["trial_id"].map(at).astype(float).dropna().to_numpy()
+            rw = w["trial_id"].map(at).astype(float).dropna().to_numpy()
+            if min(rb.size, rw.size) >= MIN_N:
+                return rb, rw, f"val_acc at epoch {e} (ASHA rung; every search trial that reached it)", None
+            if min(rb.size, rw.size) > min(best[0].size, best[1].size):
+                best = (rb, rw, f"val_acc at epoch {e} (ASHA rung; every search trial that reached it)")
+    return best[0], best[1], best[2], None
+
+
+def _settle(kind: str, n: int, est: float, sd: float, null: float, m_tests: int, *, unit: str) -> str:
+    """What would settle an inconclusive row: more seeds (pairs) or trials."""
+    if n < MIN_N:
+        return f"needs >= {MIN_N} {unit} (has {n})"
+    alpha = ALPHA / max(1, m_tests)  # Holm never tests stricter than Bonferroni
+    delta = est - null
+    need = n_for_power(delta, sd, alpha=alpha, groups=2 if kind == "level" else 1)
+    if need is None:
+        if not np.isfinite(delta) or delta == 0:
+            return f"no difference observed: no realistic number of {unit} would decide it"
+        return f"more than 10000 {unit}: the observed difference {delta:+.3g} is tiny against spread {sd:.3g}"
+    more = max(need - n, 1)
+    return (f"about {need} {unit} (+{more}) for 80% power at the observed difference {delta:+.3g} "
+            f"and spread {sd:.3g} (alpha {alpha:.3g})")
+
+
+def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spec: Mapping | None = None, *,
+                 claims: Mapping[str, Sequence[Any]] | None = None, alpha: float = ALPHA
+                 ) -> tuple[pd.DataFrame, list[str]]:
+    """(table, notes): one row per (claim, depth) of every studied subject.
+
+    claims: {subject: [Claim...]}; default: the variant registry's, for the
+    subjects in the spec and the results."""
+    from .sensitivity import rung_epochs
+
+    spec = dict(spec or {})
+    notes: list[str] = []
+    subj = _subject_col(results)
+    subjects = list(dict.fromkeys([*(spec.get("variants") or {}), *subj.dropna().astype(str).unique()]))
+    if claims is None:
+        claims, notes = declared_claims(subjects, tuple(spec.get("plugins") or ()))
+    rungs = rung_epochs(spec)
+    depths = sorted(results["depth"].dropna().unique()) if "depth" in results.columns else []
+    rows = []
+    for s, cl in claims.items():
+        for depth in depths:
+            if not ((subj == s) & (results["depth"] == depth)).any():
+                continue
+            for c in cl:
+                rows.append(_row(results, history, s, depth, c, rungs))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return finish(table, alpha), notes
+
+
+def _row(df, history, subject, depth, c, rungs) -> dict:
+    row = {"claim": c.text, "subject": subject, "key": c.key, "kind": c.kind, "depth": int(depth),
+           "metric": c.metric, "basis": "", "n": 0, "estimate": np.nan, "ci_lo": np.nan, "ci_hi": np.nan,
+           "p_value": np.nan, "p_adj": np.nan, "verdict": "inconclusive", "settle": "", "null": 0.0,
+           "gain": np.nan, "test": "", "_sd": np.nan}
+    if c.kind in ("twin", "noninferior"):
+        if c.metric not in df.columns:
+            row["settle"] = f"the results have no {c.metric} column"
+            return row
+        p, counts = pairs(df, subject, depth, c.metric)
+        row["basis"] = f"{c.metric}: repeat vs twin runs, paired by seed"
+        if counts["variant_rows"] == 0 or counts["twin_rows"] == 0:
+            row["settle"] = (f"needs the repeat and twin phases ({counts['variant_rows']} repeat, "
+                             f"{counts['twin_rows']} twin runs): repeat_best with >= {MIN_N} seeds")
+            return row
+        null = -float(c.margin or 0.0) if c.kind == "noninferior" else 0.0
+        r = one_sample(p["variant"] - p["twin"], null=null, bounds=DIFF_RANGE)
+        row.update(n=r.n, estimate=r.estimate, ci_lo=r.lo, ci_hi=r.hi, p_value=r.p_value, null=null, test=r.test,
+                   _sd=r.sd)
+        if c.kind == "noninferior" and c.gain_metric:
+            col = f"v_{c.gain_metric}"
+            row["gain"] = float(p[col].astype(float).mean()) if col in p.columns and len(p) else np.nan
+        if counts["unpaired"] or counts["not_completed"]:
+            row["basis"] += (f" ({counts['not_completed']} run(s) not completed, {counts['unpaired']} without "
+                             "a partner: left out)")
+    elif c.kind == "level":
+        b, w, basis, why = _level_data(df, history, subject, depth, c, rungs)
+        row["basis"] = basis or f"{c.option}: {c.better} vs {c.worse} over search trials"
+        row["claim_detail"] = None
+        if why:
+            row["settle"] = why
+            return row
+        r = two_sample(b, w, bounds=DIFF_RANGE)
+        row.update(n=r.n, estimate=r.estimate, ci_lo=r.lo, ci_hi=r.hi, p_value=r.p_value, test=r.test, _sd=r.sd)
+        row["basis"] += f"; {c.option}={c.better} ({b.size}) minus {c.option}={c.worse} ({w.size})"
+    else:
+        row["settle"] = f"unknown claim kind {c.kind!r} (twin, level, noninferior)"
+    row.pop("claim_detail", None)
+    return row
+
+
+def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Holm-adjust the table's p-values (one family: every row with n >= 3 and
+    a p-value) and set verdicts and the "what would settle it" text."""
+    t = table.copy()
+    if "_sd" not in t.columns:
+        t["_sd"] = np.nan
+    testable = (t["n"] >= MIN_N) & t["p_value"].notna()
+    t["p_adj"] = np.nan
+    t.loc[testable, "p_adj"] = holm(t.loc[testable, "p_value"].to_numpy())
+    m_tests = int(testable.sum())
+    for i, r in t.iterrows():
+        if r["verdict"] != "inconclusive" or (r["settle"] and not np.isfinite(r["estimate"])):
+            continue
+        verdict = "inconclusive"
+        if testable[i] and r["p_adj"] < alpha:
+            verdict = "supported" if r["estimate"] > r["null"] else "contradicted"
+        if r["kind"] == "noninferior" and testable[i]:
+            gain = r["gain"]
+            if np.isfinite(gain) and gain <= 0:
+                verdict = "contradicted"  # it discarded nothing: the claim's gain did not happen
+                t.at[i, "settle"] = ""
+            elif verdict == "supported" and not np.isfinite(gain):
+                verdict = "inconclusive"
+                t.at[i, "settle"] = "the runs report no gain metric"
+        t.at[i, "verdict"] = verdict
+        if verdict == "inconclusive" and not t.at[i, "settle"]:
+            unit = "trials per level" if r["kind"] == "level" else "paired seeds"
+            t.at[i, "settle"] = _settle(r["kind"], int(r["n"]), r["estimate"], r["_sd"], r["null"],
+                                        m_tests, unit=unit)
+    return t.drop(columns=["_sd"]).reindex(columns=COLUMNS)
+
+
+def tuned_vs_tuned(results: pd.DataFrame, *, baseline: str = "resnet", metric: str = "test_acc",
+                   alpha: float = ALPHA) -> pd.DataFrame:
+    """Each subject's repeat runs (its own best config) against the baseline's
+    repeat runs at the same depth: paired t by seed when both ran the same
+    seeds, Welch's t otherwise; t intervals clipped to [-1, 1]; Holm over this
+    table (its own family)."""
+    subj, arm = _subject_col(results), _arm(results)
+    phase = results["phase"] if "phase" in results.columns else pd.Series("search", index=results.index)
+    rep = results[(phase == "repeat") & (arm == "variant") & (results["status"] == "completed")]
+    rows = []
+    if metric not in results.columns:
+        return pd.DataFrame(columns=TUNED_COLUMNS)
+    for depth in sorted(rep["depth"].unique()):
+        here = rep[rep["depth"] == depth]
+        base = here[subj.loc[here.index] == baseline].drop_duplicates("seed", keep="last")
+        bs = base.set_index("seed")[metric].astype(float).dropna()
+        for s in sorted(set(subj.loc[here.index]) - {baseline}):
+            v = here[subj.loc[here.index] == s].drop_duplicates("seed", keep="last")
+            vs = v.set_index("seed")[metric].astype(float).dropna()
+            if len(bs) == 0 or len(vs) == 0:
+                continue
+            if set(vs.index) == set(bs.index):
+                r = one_sample((vs - bs.loc[vs.index]).to_numpy(), bounds=DIFF_RANGE)
+            else:
+                r = two_sample(vs.to_numpy(), bs.to_numpy(), bounds=DIFF_RANGE)
+            rows.append({"subject": s, "depth": int(depth), "metric": metric, "baseline": baseline, "test": r.test,
+                         "n": int(len(vs)), "n_baseline": int(len(bs)), "mean": float(vs.mean()),
+                         "baseline_mean": float(bs.mean()), "diff": r.estimate, "ci_lo": r.lo, "ci_hi": r.hi,
+                         "p_value": r.p_value, "p_adj": np.nan, "verdict": "inconclusive"})
+    t = pd.DataFrame(rows, columns=TUNED_COLUMNS)
+    if len(t):
+        ok = (t[["n", "n_baseline"]].min(axis=1) >= MIN_N) & t["p_value"].notna()
+        t.loc[ok, "p_adj"] = holm(t.loc[ok, "p_value"].to_numpy())
+        better = ok & (t["p_adj"] < alpha)
+        t.loc[better & (t["diff"] > 0), "verdict"] = "better"
+        t.loc[better & (t["diff"] < 0), "verdict"] = "worse"
+    return t
+
+
+def _fmt(v: Any, spec: str = ".3f") -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if not np.isfinite(v) else format(float(v), spec)
+    return str(v)
+
+
+def claims_markdown(table: pd.DataFrame) -> str:
+    """The claims as a Markdown table (what `resstudy status` and claims.md show)."""
+    from tabulate import tabulate
+
+    if table.empty:
+        return "_No claims could be tested: no variant in this study declares one._\n"
+    rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"),
+             f"[{_fmt(r['ci_lo'], '+.4f')}, {_fmt(r['ci_hi'], '+.4f')}]" if np.isfinite(r["ci_lo"]) else "",
+             _fmt(r["p_adj"], ".3g"), r["verdict"], r["settle"]] for _, r in table.iterrows()]
+    return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
+                                   "what would settle it"], tablefmt="github", disable_numparse=True) + "\n"
+
+
+def write_claims(table: pd.DataFrame, out_dir) -> list:
+    """claims.parquet, claims.csv and claims.md in out_dir."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "claims.parquet", out / "claims.csv", out / "claims.md"]
+    table.to_parquet(paths[0], index=False)
+    table.to_csv(paths[1], index=False)
+    paths[2].write_text(
+        "# Claims\n\nEstimate: mean difference (variant minus twin, or better minus worse level); 95% "
+        "Student-t interval clipped to [-1, 1]; p-values Holm-Bonferroni adjusted across the table; "
+        f"n < {MIN_N} is never a verdict.\n\n" + claims_markdown(table), encoding="utf-8")
+    return paths
+
+
+__all__ = ["claims_table", "declared_claims", "pairs", "finish", "tuned_vs_tuned", "claims_markdown",
+           "write_claims", "COLUMNS", "TUNED_COLUMNS", "MIN_N", "ALPHA"]

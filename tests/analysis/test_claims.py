@@ -1,0 +1,161 @@
+"""The claims table on planted effects: a real gain is "supported" with an
+interval that covers it, a null gain is (almost) never "supported", n = 2 is
+never a verdict, intervals stay in range and Holm is applied."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.claims import COLUMNS, claims_markdown, claims_table, declared_claims, finish, tuned_vs_tuned
+from analysis.stats import holm, n_for_power
+from study.variants import Claim
+
+from .conftest import RUNGS, SPEC_YAML, _row, builtin_claims, synthetic_history, synthetic_results, twin_pairs
+
+TWIN = {"quotient": [Claim("q", "quotient beats its twin", "twin")]}
+SPEC = {"epochs": 6, "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}
+
+
+def _one(rows, claims=TWIN, history=None, spec=SPEC) -> pd.Series:
+    table, _ = claims_table(pd.DataFrame(rows), history, spec, claims=claims)
+    assert len(table) == 1
+    return table.iloc[0]
+
+
+def test_planted_gain_is_supported_with_an_interval_covering_it():
+    r = _one(twin_pairs("quotient", "resnet", 0.02, seeds=range(5), rng_seed=0))
+    assert r["verdict"] == "supported" and r["n"] == 5 and r["kind"] == "twin"
+    assert r["ci_lo"] <= 0.02 <= r["ci_hi"] and r["ci_lo"] > 0
+    assert r["p_adj"] == pytest.approx(r["p_value"])  # one row: Holm changes nothing
+    assert "paired by seed" in r["basis"] and r["settle"] == ""
+
+
+def test_planted_loss_is_contradicted():
+    r = _one(twin_pairs("quotient", "resnet", -0.03, seeds=range(5), rng_seed=1))
+    assert r["verdict"] == "contradicted" and r["ci_hi"] < 0
+
+
+def test_null_gain_is_not_supported_over_repeated_studies():
+    """20 planted null studies (5 seeds each): "supported" needs p < 0.05 and
+    the claimed sign, so about 2.5% of them by chance; allow at most 2 of 20
+    (P(>= 3) < 1.5% under the nominal rate), and the rest must not claim a
+    gain either way more often than chance."""
+    verdicts = [_one(twin_pairs("quotient", "resnet", 0.0, seeds=range(5), rng_seed=100 + i))["verdict"]
+                for i in range(20)]
+    assert verdicts.count("supported") <= 2, verdicts
+    assert verdicts.count("inconclusive") >= 16, verdicts
+    assert set(verdicts) <= {"supported", "contradicted", "inconclusive"}
+
+
+def test_two_pairs_are_never_a_verdict_however_large_the_gain():
+    r = _one(twin_pairs("quotient", "resnet", 0.3, seeds=[0, 1], noise=1e-4, rng_seed=2))
+    assert r["n"] == 2 and r["estimate"] > 0.29
+    assert r["verdict"] == "inconclusive" and np.isnan(r["p_adj"])
+    assert r["settle"] == "needs >= 3 paired seeds (has 2)"
+
+
+def test_intervals_stay_inside_the_difference_range():
+    # three wildly different pairs: the raw t interval spans far beyond [-1, 1]
+    rows = []
+    for s, (v, t) in enumerate([(0.99, 0.05), (0.1, 0.95), (0.97, 0.2)]):
+        rows.append(_row("quotient", f"v{s}", s, "completed", [], phase="repeat", val_acc=v, test_acc=v))
+        rows.append(_row("resnet", f"t{s}", s, "completed", [], phase="twin", subject="quotient", arm="twin",
+                         val_acc=t, test_acc=t))
+    r = _one(rows)
+    assert r["ci_lo"] == -1.0 and r["ci_hi"] == 1.0 and r["verdict"] == "inconclusive"
+
+
+def test_holm_turns_a_lone_pass_into_inconclusive():
+    """p = 0.03 passes at 0.05 alone, but with two more tests in the table Holm
+    multiplies the smallest p by 3: 0.09, no verdict."""
+    base = {c: None for c in COLUMNS}
+    rows = [{**base, "claim": f"c{i}", "kind": "twin", "n": 5, "estimate": e, "p_value": p, "verdict": "inconclusive",
+             "settle": "", "null": 0.0, "_sd": 0.01} for i, (e, p) in enumerate([(0.02, 0.03), (0.001, 0.5),
+                                                                                  (-0.001, 0.8)])]
+    alone = finish(pd.DataFrame(rows[:1]))
+    assert alone["verdict"].iloc[0] == "supported" and alone["p_adj"].iloc[0] == pytest.approx(0.03)
+    table = finish(pd.DataFrame(rows))
+    assert table["p_adj"].tolist() == pytest.approx([0.09, 1.0, 1.0])
+    assert table["verdict"].tolist() == ["inconclusive"] * 3
+    assert "for 80% power" in table["settle"].iloc[0]
+
+
+def test_holm_matches_the_hand_procedure():
+    p = [0.01, 0.04, 0.03, np.nan, 0.005]
+    # sorted: 0.005*4, 0.01*3, 0.03*2, 0.04*1 -> 0.02, 0.03, 0.06, max(0.06, 0.04)
+    assert holm(p)[[4, 0, 2, 1]].tolist() == pytest.approx([0.02, 0.03, 0.06, 0.06])
+    assert np.isnan(holm(p)[3])
+
+
+def test_power_rule_of_thumb():
+    # an effect of one standard deviation needs 10 pairs (paired t, alpha 0.05, power 0.8)
+    assert n_for_power(0.01, 0.01) == 10
+    # two independent groups need about twice as many per group as pairs
+    assert 16 <= n_for_power(0.01, 0.01, groups=2) <= 18
+    assert n_for_power(0.0, 0.01) is None
+
+
+def test_noninferiority_verdicts():
+    claim = {"epsilon": [Claim("e", "discards blocks at little cost", "noninferior", margin=0.01,
+                               gain_metric="discarded_ratio")]}
+    ok = _one(twin_pairs("epsilon", "epsilon", -0.002, seeds=range(4), noise=0.001, discarded_ratio=0.3),
+              claims=claim)
+    assert ok["verdict"] == "supported" and ok["ci_lo"] > -0.01 and ok["gain"] == pytest.approx(0.3)
+    assert ok["null"] == -0.01
+    worse = _one(twin_pairs("epsilon", "epsilon", -0.05, seeds=range(4), noise=0.001, discarded_ratio=0.3),
+                 claims=claim)
+    assert worse["verdict"] == "contradicted" and worse["ci_hi"] < -0.01
+    kept_all = _one(twin_pairs("epsilon", "epsilon", 0.0, seeds=range(4), noise=0.001, discarded_ratio=0.0),
+                    claims=claim)
+    assert kept_all["verdict"] == "contradicted"  # no block discarded: the claimed gain did not happen
+
+
+def test_level_claim_is_judged_at_a_rung_when_pruning_left_too_few_completed():
+    res = synthetic_results()
+    hist = synthetic_history(res)
+    import yaml
+
+    table, _ = claims_table(res, hist, yaml.safe_load(SPEC_YAML), claims=builtin_claims())
+    mi = table[table["key"] == "sgs_mi"].iloc[0]
+    # only 2 MI trials and no branch trial completed: judged at the highest rung with >= 3 a side
+    assert mi["basis"].startswith("val_acc at epoch 2") and mi["n"] >= 3
+    assert mi["verdict"] == "supported" and 2 in RUNGS
+    rule = table[table["key"] == "quotient_rule"].iloc[0]
+    assert rule["basis"].startswith("final test_acc") and rule["verdict"] == "supported"
+    # an option the study never varied: no verdict, and it says what to search
+    restart = table[table["key"] == "epsilon_restart"].iloc[0]
+    assert restart["verdict"] == "inconclusive" and restart["settle"].startswith("search adaptive_lr")
+    # every interval in range, every verdict one of three, n = 2 never decided
+    assert ((table["ci_lo"].dropna() >= -1) & (table["ci_hi"].dropna() <= 1)).all()
+    assert set(table["verdict"]) <= {"supported", "contradicted", "inconclusive"}
+    assert (table.loc[table["n"] < 3, "verdict"] == "inconclusive").all()
+    md = claims_markdown(table)
+    assert md.splitlines()[1].startswith("|--") and "| supported" in md
+
+
+def test_default_twin_claim_for_a_variant_without_claims(monkeypatch):
+    import study.variants as registry
+
+    class Fake:
+        claims = ()
+        twin = staticmethod(lambda cfg: cfg)
+
+    monkeypatch.setattr(registry, "get_variant", lambda name: Fake())
+    claims, notes = declared_claims(["plugin_net"])
+    (c,) = claims["plugin_net"]
+    assert c.kind == "twin" and c.text == "plugin_net beats its twin" and notes == []
+
+
+def test_tuned_vs_tuned_is_corrected_and_in_range():
+    rows = twin_pairs("quotient", "resnet", 0.02, seeds=range(4), rng_seed=3)
+    for s in range(4):  # resnet's own repeat runs, 0.01 below quotient's
+        rows.append(_row("resnet", f"res-r{s}", s, "completed", [], phase="repeat", val_acc=0.885,
+                         test_acc=0.89 + 0.001 * s))
+    t = tuned_vs_tuned(pd.DataFrame(rows))
+    (q,) = t.itertuples()
+    assert q.subject == "quotient" and q.test == "paired t" and q.n == 4
+    assert q.p_adj == pytest.approx(q.p_value) and -1 <= q.ci_lo <= q.ci_hi <= 1
+    # the twin rows (variant resnet) are not resnet's tuned runs
+    assert q.baseline_mean == pytest.approx(np.mean([0.89 + 0.001 * s for s in range(4)]))
