@@ -141,6 +141,14 @@ def branch_scalings(
 
 # ---------------------------------------------------------------------------
 # Mutual-information scalings
+#
+# Every pair, streamed: the histogram range must be known before a value can
+# be binned, so the pass runs the batches twice. Pass 1 keeps per channel and
+# displacement only the [min, max] of both sides of the pairs (and the pair
+# count); pass 2 bins each batch's pairs and adds them to per-layer joint
+# histograms. Nothing the size of an activation outlives its forward, so
+# memory stays flat in the number of batches (the old one-pass version held
+# every captured input: ~2 GB for 20 x 128 images on ResNet-20).
 
 
 def _input_of(batch) -> Tensor:
@@ -168,94 +176,125 @@ def _entropy(counts: Tensor, dims: tuple[int, ...]) -> Tensor:
     return -plogp.sum(dims)
 
 
-def _bin_index(v: Tensor, bins: Tensor, mask: Tensor | None) -> Tensor:
-    """Per-channel uniform bins over [min, max], max in the last bin.
-
-    v is (m, C); bins (C,) float. Returns float bin numbers (exact integers)."""
-    if mask is None:
-        lo, hi = v.aminmax(dim=0)
-    else:
-        has = mask.any(0)
-        lo = v.masked_fill(~mask, math.inf).amin(0).where(has, 0.0)
-        hi = v.masked_fill(~mask, -math.inf).amax(0).where(has, 0.0)
-    width = hi - lo
-    scale = (bins / width.where(width > 0, 1.0)).where(width > 0, 0.0)
-    # v >= lo, so only the top needs clamping (max itself, and rounding);
-    # masked-out entries land anywhere and are dropped by the caller
-    idx = (v - lo).mul_(scale).floor_()
-    return idx.clamp_max_(int(bins[0]) - 1) if mask is None else torch.minimum(idx, bins - 1, out=idx)
+def _shifts(conv: nn.Conv2d) -> list[tuple[int, int, int, int]]:
+    """(dy, dx, sy, sx) per displacement; NMI is symmetric, so one of each +-d pair."""
+    (kh, kw), (dh, dw) = conv.kernel_size, conv.dilation
+    return [(dy, dx, dy * dh, dx * dw) for dy in range(-(kh // 2), kh // 2 + 1)
+            for dx in range(-(kw // 2), kw // 2 + 1) if (dy, dx) > (0, 0)]
 
 
-def _nmi(x: Tensor, y: Tensor, diagonal_removal: bool) -> Tensor:
-    """Normalised MI per channel of paired samples x, y (both m x C)."""
-    m, c = x.shape
-    if diagonal_removal:
-        # Pairs where either value is zero (ReLU's dead half, padding) would
-        # pile into the first bins; keep only pairs with both values non-zero.
-        mask = (x != 0) & (y != 0)
-        n = mask.sum(0).clamp_min(1)
-    else:
+def _pairs(t: Tensor, sy: int, sx: int) -> tuple[Tensor, Tensor]:
+    """Views (anchor, neighbour at +(sy, sx)) over every anchor whose neighbour is in the map."""
+    h, w = t.shape[-2:]
+    a = t[..., max(0, -sy): h - max(0, sy), max(0, -sx): w - max(0, sx)]
+    b = t[..., max(0, sy): h - max(0, -sy), max(0, sx): w - max(0, -sx)]
+    return a, b
+
+
+class _LayerMI:
+    """The streamed state of one conv: range statistics (pass 1), joint counts (pass 2)."""
+
+    def __init__(self, conv: nn.Conv2d, diagonal_removal: bool, keep: Tensor | None):
+        self.conv, self.diag, self.keep = conv, diagonal_removal, keep
+        self.shifts = _shifts(conv)
+        # per displacement: lo_a, hi_a, lo_b, hi_b, n (each (C,)); later bins and counts
+        self.stats: list[list[Tensor] | None] = [None] * len(self.shifts)
+        self.counts: list[Tensor | None] = [None] * len(self.shifts)
+
+    def _views(self, xp: Tensor, offset: int, sy: int, sx: int):
+        a, b = _pairs(xp, sy, sx)
         mask = None
-        n = torch.full((c,), m, device=x.device)
-    bins = 1 + torch.ceil(torch.log2(n.double()))  # Sturges
-    b = int(bins.max())
-    bins = bins.to(x.dtype)
-    # joint bin number c*b*b + i*b + j, exact in float32 (far below 2**24)
-    flat = _bin_index(x, bins, mask).mul_(b).add_(_bin_index(y, bins, mask))
-    flat = flat.add_(torch.arange(c, device=x.device, dtype=x.dtype) * (b * b))
-    flat = flat[mask] if mask is not None else flat.reshape(-1)
-    joint = torch.bincount(flat.long(), minlength=c * b * b).view(c, b, b).double()
-    if diagonal_removal:
-        joint.diagonal(dim1=1, dim2=2).zero_()
-    h_xy = _entropy(joint, (1, 2))
-    h_x = _entropy(joint.sum(2), (1,))
-    h_y = _entropy(joint.sum(1), (1,))
-    return (h_x + h_y - h_xy) / h_xy  # 0/0 = NaN for a constant channel
+        if self.diag:
+            # Pairs where either value is zero (ReLU's dead half, padding) would
+            # pile into the first bins; keep only pairs with both values non-zero.
+            mask = (a != 0) & (b != 0)
+        if self.keep is not None:  # the capped subset of anchor pixels, shared by all displacements
+            kept = _pairs(self.keep[offset: offset + len(xp)], sy, sx)[0].unsqueeze(1)
+            mask = kept if mask is None else mask & kept
+        return a, b, mask
 
+    def observe(self, xp: Tensor, offset: int) -> None:
+        """Pass 1: per-channel [min, max] of both sides of the pairs, and their count."""
+        dims = (0, 2, 3)
+        for i, (_, _, sy, sx) in enumerate(self.shifts):
+            a, b, mask = self._views(xp, offset, sy, sx)
+            if a.numel() == 0:
+                continue  # window larger than the map: no pairs
+            if mask is None:
+                new = [a.amin(dims), a.amax(dims), b.amin(dims), b.amax(dims),
+                       torch.full((a.shape[1],), a[:, 0].numel(), device=a.device, dtype=torch.long)]
+            else:
+                new = [a.masked_fill(~mask, math.inf).amin(dims), a.masked_fill(~mask, -math.inf).amax(dims),
+                       b.masked_fill(~mask, math.inf).amin(dims), b.masked_fill(~mask, -math.inf).amax(dims),
+                       mask.expand_as(a).sum(dims)]
+            old = self.stats[i]
+            self.stats[i] = new if old is None else [
+                torch.minimum(old[0], new[0]), torch.maximum(old[1], new[1]),
+                torch.minimum(old[2], new[2]), torch.maximum(old[3], new[3]), old[4] + new[4]]
 
-def _layer_dependence(
-    xp: Tensor,
-    kernel_size: tuple[int, int],
-    dilation: tuple[int, int],
-    k: float,
-    diagonal_removal: bool,
-    max_pairs: int,
-    gen: torch.Generator,
-) -> Tensor:
-    """Per-channel sharpened NMI matrices (C x kh x kw) of one padded conv input."""
-    n, c, hp, wp = xp.shape
-    kh, kw = kernel_size
-    rh, rw = kh // 2, kw // 2
-    dev = xp.device
-    # pixels as rows (N*Hp*Wp, C): gathering a pixel's neighbour is a row lookup
-    rows = xp.permute(0, 2, 3, 1).reshape(-1, c)
-    total = rows.shape[0]
-    if total <= max_pairs:
-        anchor = torch.arange(total, device=dev)
-    else:  # cap the cost: a seeded random subset of anchor pixels, shared by all displacements
-        anchor = torch.randperm(total, generator=gen)[:max_pairs].to(dev)
-    ay, ax = (anchor // wp) % hp, anchor % wp
-
-    a = torch.full((c, kh, kw), math.nan, dtype=torch.float64, device=dev)
-    a[:, rh, rw] = 1.0
-    for dy in range(-rh, rh + 1):
-        for dx in range(-rw, rw + 1):
-            if (dy, dx) <= (0, 0):  # NMI is symmetric: compute one of each +-d pair
+    def prepare(self) -> None:
+        """Between the passes: Sturges bins per channel and the binning affine maps."""
+        for i, st in enumerate(self.stats):
+            if st is None:
                 continue
-            sy, sx = dy * dilation[0], dx * dilation[1]
-            valid = (ay + sy >= 0) & (ay + sy < hp) & (ax + sx >= 0) & (ax + sx < wp)
-            idx = anchor[valid]
-            if idx.numel() == 0:
-                continue  # window larger than the map: no pairs, NaN
-            x = rows.index_select(0, idx)
-            y = rows.index_select(0, idx + (sy * wp + sx))
-            nmi = _nmi(x, y, diagonal_removal)
+            lo_a, hi_a, lo_b, hi_b, n = st
+            bins = 1 + torch.ceil(torch.log2(n.clamp_min(1).double()))
+            b = int(bins.max())  # one host sync per layer and displacement, not per batch
+            bins = bins.float()
+            maps = []
+            for lo, hi in ((lo_a, hi_a), (lo_b, hi_b)):
+                has = torch.isfinite(lo)  # a channel with no kept pair: its range is (inf, -inf)
+                lo, hi = lo.where(has, 0.0), hi.where(has, 0.0)
+                width = hi - lo
+                scale = (bins / width.where(width > 0, 1.0)).where(width > 0, 0.0)
+                maps.append((lo.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)))
+            c = len(bins)
+            # joint bin number (c * b + i) * b + j; float32 is exact below 2**24
+            dtype = torch.float32 if c * b * b + 1 < 2**24 else torch.float64
+            offs = (torch.arange(c, device=bins.device, dtype=dtype) * (b * b)).view(1, -1, 1, 1)
+            self.stats[i] = [maps, (bins - 1).view(1, -1, 1, 1), b, offs, dtype]
+            self.counts[i] = torch.zeros(c * b * b + 1, dtype=torch.long, device=bins.device)
+
+    def accumulate(self, xp: Tensor, offset: int) -> None:
+        """Pass 2: bin the batch's pairs into the joint histograms, all channels in one bincount."""
+        for i, (_, _, sy, sx) in enumerate(self.shifts):
+            if self.stats[i] is None:
+                continue
+            (map_a, map_b), top, b, offs, dtype = self.stats[i]
+            a, b_, mask = self._views(xp, offset, sy, sx)
+            # Uniform bins over [min, max] with max in the last bin; v >= min, so
+            # only the top needs clamping (masked-out values land anywhere and go
+            # to the spare last bin below).
+            ia = torch.minimum((a - map_a[0]).mul_(map_a[1]).floor_(), top)
+            ib = torch.minimum((b_ - map_b[0]).mul_(map_b[1]).floor_(), top)
+            flat = ia.to(dtype).mul_(b).add_(ib.to(dtype)).add_(offs)
+            if mask is not None:
+                flat = flat.where(mask, float(len(self.counts[i]) - 1))  # no boolean select: no sync
+            self.counts[i] += torch.bincount(flat.reshape(-1).long(), minlength=len(self.counts[i]))
+
+    def scaling(self, k: float) -> Tensor:
+        """Per-channel sharpened NMI over the window, centre 1, channel NaN-mean (kh x kw)."""
+        kh, kw = self.conv.kernel_size
+        rh, rw = kh // 2, kw // 2
+        c = self.conv.in_channels
+        dev = self.counts[0].device if self.counts and self.counts[0] is not None else "cpu"
+        a = torch.full((c, kh, kw), math.nan, dtype=torch.float64, device=dev)
+        a[:, rh, rw] = 1.0
+        for i, (dy, dx, _, _) in enumerate(self.shifts):
+            if self.counts[i] is None:
+                continue  # no pairs at this displacement: NaN
+            b = self.stats[i][2]
+            joint = self.counts[i][:-1].view(-1, b, b).double()
+            if self.diag:
+                joint.diagonal(dim1=1, dim2=2).zero_()
+            h_xy = _entropy(joint, (1, 2))
+            nmi = (_entropy(joint.sum(2), (1,)) + _entropy(joint.sum(1), (1,)) - h_xy) / h_xy  # 0/0: NaN
             nmik = k * nmi / ((k - 1) * nmi + 1)
-            if diagonal_removal:
+            if self.diag:
                 nmik = torch.nan_to_num(nmik, nan=0.0)  # official: no usable pairs counts as 0
             a[:, rh + dy, rw + dx] = nmik
             a[:, rh - dy, rw - dx] = nmik
-    return a
+        return torch.nanmean(a, dim=0)
 
 
 @torch.no_grad()
@@ -264,7 +303,7 @@ def mi_scalings(
     batches: Iterable,
     k: float = 5.0,
     diagonal_removal: bool = False,
-    max_pairs: int = 200_000,
+    max_pairs: int | None = None,
     seed: int = 0,
 ) -> dict[str, Tensor]:
     """SGS matrices from the mutual information of neighbouring input pixels.
@@ -273,57 +312,76 @@ def mi_scalings(
     normalised as in training; they are moved to the model's device. For every
     eligible conv: NMI of each pixel of its (padded) input with the pixel at
     each kernel displacement, pooled over images and positions, per channel,
-    with Sturges bins over [min, max]; sharpened by ``k``; centre 1; NaN
-    channels (constant input) ignored in the channel mean; normalised to mean 1.
-    At most ``max_pairs`` anchor pixels per channel are used (seeded random
-    subset). A conv whose S is still NaN somewhere (e.g. every input channel
+    with Sturges bins over [min, max] (per side of the pairs); sharpened by
+    ``k``; centre 1; NaN channels (constant input) ignored in the channel
+    mean; normalised to mean 1. Every pair is used, as the official code does;
+    ``max_pairs`` caps the anchor pixels per conv to a seeded random subset,
+    only when asked. Two forward passes over ``batches`` (iterated twice when
+    it is a list or tuple, else read once into a list of inputs).
+    A conv whose S is still NaN somewhere (e.g. every input channel
     constant) is left out with a warning, so ``SpatialGradScaling.update``
     keeps its previous S, as the official code does.
     Returns {conv name: float32 kh x kw tensor on the conv weight's device}.
     """
     if not (isinstance(k, (int, float)) and math.isfinite(k) and k > 0):
         raise ValueError(f"k (sgs_k) must be a finite number > 0, got {k!r}")
-    if not (isinstance(max_pairs, int) and max_pairs >= 1):
-        raise ValueError(f"max_pairs must be a positive int, got {max_pairs!r}")
+    if max_pairs is not None and not (isinstance(max_pairs, int) and max_pairs >= 1):
+        raise ValueError(f"max_pairs must be None (all pairs) or a positive int, got {max_pairs!r}")
     convs = eligible_convs(model)
     for name, conv in convs:
         if conv.kernel_size[0] % 2 == 0 or conv.kernel_size[1] % 2 == 0:
             raise ValueError(f"MI scaling needs odd kernel sizes; conv {name!r} has {conv.kernel_size}")
     if not convs:
         return {}
+    inputs = [_input_of(b) for b in (batches if isinstance(batches, (list, tuple)) else list(batches))]
+    total = sum(len(x) for x in inputs)
+    device = convs[0][1].weight.device
+    layers: dict[str, _LayerMI] = {}
+    where = {"offset": 0, "pass": 1}
 
-    captured: dict[str, list[Tensor]] = {name: [] for name, _ in convs}
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs: tuple, _output) -> None:
-            captured[name].append(inputs[0].detach())
+    def hook_for(index: int, name: str, conv: nn.Conv2d):
+        def hook(module: nn.Module, args: tuple, _output) -> None:
+            xp = _pad_like_conv(conv, args[0].detach().float())
+            if name not in layers:
+                keep = None
+                if max_pairs is not None and total * xp.shape[-2] * xp.shape[-1] > max_pairs:
+                    # a seeded subset of anchor pixels over the whole pass, drawn once per conv
+                    gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                    n_pix = total * xp.shape[-2] * xp.shape[-1]
+                    keep = torch.zeros(n_pix, dtype=torch.bool)
+                    keep[torch.randperm(n_pix, generator=gen)[:max_pairs]] = True
+                    keep = keep.view(total, *xp.shape[-2:]).to(xp.device)
+                layers[name] = _LayerMI(conv, diagonal_removal, keep)
+            if where["pass"] == 1:
+                layers[name].observe(xp, where["offset"])
+            elif name in layers:
+                layers[name].accumulate(xp, where["offset"])
 
         return hook
 
-    handles = [conv.register_forward_hook(hook_for(name)) for name, conv in convs]
+    handles = [conv.register_forward_hook(hook_for(i, name, conv)) for i, (name, conv) in enumerate(convs)]
     modes = {m: m.training for m in model.modules()}  # restored per module (frozen BN stays eval)
-    device = convs[0][1].weight.device
     model.eval()
     try:
-        for batch in batches:
-            model(_input_of(batch).to(device, non_blocking=True))
+        for pass_ in (1, 2):
+            where["pass"], where["offset"] = pass_, 0
+            for x in inputs:
+                model(x.to(device, non_blocking=True))
+                where["offset"] += len(x)
+            if pass_ == 1:
+                for layer in layers.values():
+                    layer.prepare()
     finally:
         for h in handles:
             h.remove()
         for m, mode in modes.items():
             m.training = mode
 
-    gen = torch.Generator().manual_seed(seed)
     out: dict[str, Tensor] = {}
     for name, conv in convs:
-        inputs = captured.pop(name)
-        if not inputs:
+        if name not in layers:
             continue  # conv unused by this forward
-        xp = _pad_like_conv(conv, torch.cat(inputs).float())
-        del inputs
-        a = _layer_dependence(xp, conv.kernel_size, conv.dilation, float(k), diagonal_removal, max_pairs, gen)
-        del xp
-        a = torch.nanmean(a, dim=0)
+        a = layers.pop(name).scaling(float(k))
         if torch.isnan(a).any():
             warnings.warn(f"SGS: no finite mutual information for conv {name!r}; its scaling is left unchanged")
             continue
@@ -562,10 +620,10 @@ def _register_variant() -> None:
     register_variant(Variant(
         name="sgs",
         build=_build,
-        options=backbone_options(),
+        # the variant never trains with scaling off: that is its twin
+        options=(*backbone_options(), OPTIONS[0].replace(default="branches", choices=("branches", "mi"))),
         description="spatial gradient scaling (Detkov et al. 2023) on the CIFAR ResNet",
         twin=_twin,
-        defaults={"sgs_mode": "branches"},
         claims=(
             Claim("sgs_vs_twin", "SGS beats its twin (the same ResNet, scaling off)", "twin"),
             Claim("sgs_mi", "MI-learned scaling beats branch-equivalent", "level", metric="val_acc",

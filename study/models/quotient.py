@@ -84,10 +84,9 @@ class QuotientActivation(nn.Module):
 
 def check_alpha(rule: str, alpha: float) -> float:
     # sigmoid rules: ln(alpha - 1) needs alpha > 1. linear_clip: f(0) = min(1, alpha)
-    # must be 1 (the "passes through (0, 1)" design rule), so alpha >= 1.
-    if rule in SIGMOID_RULES:
-        return check_float("alpha", alpha, 1.0, strict=True)
-    return check_float("alpha", alpha, 1.0)
+    # must be 1 (the "passes through (0, 1)" design rule), so alpha >= 1 would do;
+    # one bound for every rule keeps a searched alpha valid whichever rule is drawn.
+    return check_float("alpha", alpha, 1.0, strict=True)
 
 
 class QuotientBlock(nn.Module):
@@ -246,9 +245,10 @@ OPTIONS: tuple[Option, ...] = (
     *backbone_options(shortcut="conv3x3", init="default", shortcuts=("B", "conv3x3")),
     Option("quotient_rule", str, "paper", "quotient activation/init rule: paper, exact_one (q = 1 at init), "
            "unshifted (the ablation breaking f(0) = 1), linear_clip", choices=QUOTIENT_RULES, target="model"),
-    # linear_clip allows alpha = 1; the sigmoid rules need alpha > 1 (checked by the builder)
+    # > 1 for every rule: the shifted sigmoid takes ln(alpha - 1)
     Option("alpha", float, None, "upper bound of the quotient (null: the paper's per-depth value, "
-           "1.8/1.7/1.5 at depth 44/56/110, 1.8 below)", low=1.0, high=100.0, nullable=True, target="model"),
+           "1.8/1.7/1.5 at depth 44/56/110, 1.8 below)", low=1.0, low_open=True, high=100.0, nullable=True,
+           target="model"),
     Option("quotient_stem", bool, True, "quotient activation in the stem (else ReLU)", target="model"),
     Option("quotient_shortcut", bool, True, "quotient activation on projection shortcuts", target="model"),
 )

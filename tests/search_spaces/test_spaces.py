@@ -136,7 +136,7 @@ def test_fixed_parent_switches_children_on():
         ("vgg", None, None, r"unknown variant 'vgg'; allowed: resnet, quotient, epsilon, sgs"),
         ("quotient", {"beta": {"low": 1}}, None, r"'beta'.*'quotient' searches: lr, weight_decay"),
         ("quotient", {"alpha": {"low": 3.0, "high": 2.0}}, None, r"'alpha'.*low=3\.0 must be below high=2\.0"),
-        ("quotient", {"alpha": {"low": 0.5}}, None, r"'alpha'.*low=0\.5; allowed: a number > 1"),
+        ("quotient", {"alpha": {"low": 0.5}}, None, r"'alpha'.*low=0\.5; allowed: a number > 1 and <= 100"),
         ("epsilon", {"epsilon": {"low": 0.0, "high": 1.0}}, None, r"'epsilon'.*log scale needs low > 0.*low=0\.0"),
         ("quotient", {"quotient_rule": {"choices": ["paper", "nope"]}}, None,
          r"'quotient_rule'.*'nope' is not allowed; allowed: \['paper', 'exact_one', 'unshifted', 'linear_clip'\]"),
@@ -148,8 +148,13 @@ def test_fixed_parent_switches_children_on():
         ("sgs", {"sgs_mode": {"choices": ["mi"]}, "sgs_branches": {"choices": ["acb"]}}, None,
          r"'sgs_branches' is used only when sgs_mode == 'branches'"),
         ("resnet", None, {"variant": "sgs"}, r"fixed field 'variant' is not allowed"),
-        ("resnet", None, {"bogus": 1}, r"fixed field 'bogus'.*TrainConfig fields: .*batch_size"),
-        ("quotient", {"alpha": {"low": 1.5}}, {"alpha": 2.0}, r"'alpha' is given both as a fixed value"),
+        ("resnet", None, {"bogus": 1}, r"fixed field 'bogus'.*options of 'resnet': .*batch_size"),
+            ("resnet", None, {"alpha": 2.0}, r"fixed field 'alpha'.*options of 'resnet'"),
+            # every branch set the trainer knows is allowed (6), not just the 3 searched by default
+            ("sgs", {"sgs_branches": {"choices": ["3x3+1x1", "rep"]}}, None,
+             r"'rep' is not allowed; allowed: \['3x3', '3x3\+1x1', '3x3\+3x1\+1x1', 'acb', '3x3\+1x3\+3x1', "
+             r"'3x3\+1x3\+3x1\+1x1'\]"),
+            ("quotient", {"alpha": {"low": 1.5}}, {"alpha": 2.0}, r"'alpha' is given both as a fixed value"),
     ],
 )
 def test_bad_space_input_is_named(variant, overrides, fixed, pattern):

@@ -131,7 +131,7 @@ def test_train_value_of_searched_param_fixes_it_unless_variant_overrides():
         ({"train": {"epochs": 1}}, ["train.epochs", "top-level `epochs`"]),
         ({"train": {"schedule": "linear"}}, ["train.schedule", "'linear'", "step, cosine"]),
         ({"train": {"batch_size": "big"}}, ["train.batch_size", "'big'", "int"]),
-        ({"train": {"sgs_mode": "off"}, "variants": ["sgs"]}, ["train.sgs_mode", "'off'", "['branches', 'mi']"]),
+        ({"train": {"sgs_mode": "off"}, "variants": ["sgs"]}, ["train.sgs_mode", "'off'", "branches, mi"]),
         ({"resources": {"gpu": 1.5}}, ["resources.gpu", "1.5", "a fraction in (0, 1]"]),
         ({"search": {"algorithm": "bayes"}}, ["search.algorithm", "'bayes'", "'tpe', 'random', 'grid', 'cmaes' or 'qmc'"]),
         ({"epochs": "4"}, ["epochs", "valid integer", "'4'"]),
