@@ -1,4 +1,4 @@
-"""Optuna search spaces, one per variant (METHODS.md section 4).
+"""Optuna search spaces, one per variant (docs/methods.md).
 
 A space is a define-by-run function `space(trial) -> dict`: it calls
 `trial.suggest_*` with TrainConfig field names and returns the whole trial

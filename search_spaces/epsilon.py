@@ -1,4 +1,4 @@
-"""epsilon-ResNet (METHODS.md section 2): how sensitive are its accuracy and
+"""epsilon-ResNet (docs/methods.md): how sensitive are its accuracy and
 its compression (blocks discarded) to the gate threshold epsilon, and do the
 side supervision and the adaptive learning-rate restarts pay off?
 

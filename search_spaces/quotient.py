@@ -1,9 +1,9 @@
-"""Quotient networks (METHODS.md section 1): which quotient form and which
+"""Quotient networks (docs/methods.md): which quotient form and which
 bound alpha train best, and do the paper's design rules (quotient activation
 in the stem and on the projection shortcut, q passing through 1 at init)
 matter at this depth?
 
-`quotient_rule` picks the activation/init rule of METHODS 1a (`unshifted` is
+`quotient_rule` picks the activation/init rule of docs/methods.md (`unshifted` is
 the ablation that breaks the (0, 1) rule); `alpha` is the quotient's upper
 bound, which the paper tunes per depth (1.5-1.8) and we search 1.2-4.
 """

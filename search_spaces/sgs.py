@@ -1,4 +1,4 @@
-"""Spatial gradient scaling (METHODS.md section 3): does scaling the 3x3
+"""Spatial gradient scaling (docs/methods.md): does scaling the 3x3
 kernels' gradients help a CIFAR ResNet, and is the MI-learned scaling better
 than the fixed scaling equivalent to a named branch set?
 

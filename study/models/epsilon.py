@@ -1,4 +1,4 @@
-"""epsilon-ResNet (Yu et al. 2018; METHODS 2): a block whose residual is below
+"""epsilon-ResNet (Yu et al. 2018; docs/methods.md): a block whose residual is below
 epsilon everywhere passes only its shortcut; blocks that stay that way are
 counted as discarded and can be cut out of the network (``compress``)."""
 
@@ -24,13 +24,13 @@ from .resnet import (
     resolve_block_shortcut,
 )
 
-L = 1e6  # METHODS 2: the gate's slope; 1 if s > ~1e-6 else 0
+L = 1e6  # the paper's gate's slope; 1 if s > ~1e-6 else 0
 
 
 def epsilon_gate(residual: torch.Tensor, epsilon: float) -> torch.Tensor:
     """The block's 0-dim float32 gate S: 0 if every |F_i| < epsilon, else 1.
 
-    METHODS' four-ReLU form: s = max(relu(F - eps) + relu(-F - eps)),
+    The paper's four-ReLU form: s = max(relu(F - eps) + relu(-F - eps)),
     gate = relu(1 - L relu(1 - L s)). The first two ReLUs are reduced first:
     for eps >= 0 at most one is non-zero per element, and relu(. - eps) is
     monotone, so s = relu(max|F| - eps) gives bitwise the same s from one

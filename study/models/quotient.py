@@ -1,4 +1,4 @@
-"""Quotient networks (Hui et al. 2024; METHODS 1, 1a): a block learns the ratio
+"""Quotient networks (Hui et al. 2024; docs/methods.md): a block learns the ratio
 ``y = x * q(x)`` with a bounded positive quotient ``q`` instead of ``y = x + F(x)``."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class _ShiftedSigmoid(torch.autograd.Function):
 
 
 class QuotientActivation(nn.Module):
-    """The quotient activation f of METHODS 1a; every rule's output lies in [0, alpha].
+    """The quotient activation f of docs/methods.md; every rule's output lies in [0, alpha].
 
     paper / exact_one: alpha * sigmoid(z - ln(alpha-1)), f(0) = 1
     unshifted:         alpha * sigmoid(z),               f(0) = alpha/2

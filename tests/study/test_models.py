@@ -241,7 +241,7 @@ def test_quotient_stats_counts_dead_signal_and_leaves_no_hooks():
 
 
 def methods_gate(f: torch.Tensor, eps: float) -> torch.Tensor:
-    """METHODS 2 literally: four ReLUs over the whole tensor."""
+    """The paper literally: four ReLUs over the whole tensor."""
     s = (torch.relu(f - eps) + torch.relu(-f - eps)).max()
     return torch.relu(1 - 1e6 * torch.relu(1 - 1e6 * s))
 
