@@ -306,9 +306,10 @@ def _load_spec(spec: Optional[Path], preset: Optional[str], storage_path: str | 
 def _preflight(spec) -> None:
     from study import preflight
 
-    preflight.check_spec(spec)
-    if not os.environ.get("RAY_ADDRESS"):  # the embedded Ray gets exactly this machine
-        preflight.check_cluster(spec, preflight.local_resources())
+    if os.environ.get("RAY_ADDRESS"):
+        preflight.check_spec(spec)  # the cluster's resources are checked once Ray is up
+    else:
+        preflight.check_local(spec)  # the embedded Ray gets exactly this machine
 
 
 @app.command()

@@ -97,7 +97,21 @@ def check_spec(spec: Any, *, host_memory: float | None = None, cpus: int | None 
     data missing, a trial that cannot fit in what it gets, or absurd sizes.
     `host_memory`/`cpus` describe the machine trials run on (default: this one,
     for the embedded Ray; on a cluster only the absolute bounds apply)."""
-    problems = [*_storage_problems(spec), *_data_problems(spec), *_size_problems(spec, host_memory, cpus)]
+    _raise(spec_problems(spec, host_memory=host_memory, cpus=cpus))
+
+
+def spec_problems(spec: Any, *, host_memory: float | None = None, cpus: int | None = None) -> list[str]:
+    """What check_spec would refuse, one line each."""
+    return [*_storage_problems(spec), *_data_problems(spec), *_size_problems(spec, host_memory, cpus)]
+
+
+def check_local(spec: Any) -> None:
+    """check_spec and check_cluster for the embedded Ray on this machine, every
+    problem in one error (the cifar10 preset on a laptop: no data and no GPU)."""
+    _raise(spec_problems(spec) + cluster_problems(spec, local_resources(), where="this machine"))
+
+
+def _raise(problems: list[str]) -> None:
     if problems:
         raise PreflightError("the study cannot run as specified:\n  " + "\n  ".join(problems))
 
@@ -140,8 +154,10 @@ def data_problem(dataset: str, data_root: str | None) -> str | None:
         return f"data_root: dataset {dataset!r} is read from files; allowed: the folder holding them"
     root = Path(data_root)
     if not root.is_dir():
+        files = EXPECTED_FILES[dataset]
         return (f"data_root: {data_root!r} does not exist (dataset {dataset!r} is read from it, nothing is "
-                f"downloaded); allowed: a folder with {', '.join(EXPECTED_FILES[dataset])}")
+                f"downloaded); allowed: a folder holding torchvision's {dataset} files ({files[0]} and "
+                f"{len(files) - 1} more)")
     missing = [f for f in EXPECTED_FILES[dataset] if not (root / f).is_file()]
     if missing:
         return f"data_root: {data_root!r} lacks {dataset} file(s) {', '.join(missing)}"
@@ -254,6 +270,12 @@ def check_cluster(spec: Any, resources: Mapping[str, float], nodes: Iterable[Map
     PENDING forever. `resources`: the cluster total (ray.cluster_resources());
     `nodes`: per-node resources when known. An autoscaling cluster that will
     add GPU nodes later should be checked with what it can grow to."""
+    _raise(cluster_problems(spec, resources, nodes))
+
+
+def cluster_problems(spec: Any, resources: Mapping[str, float],
+                     nodes: Iterable[Mapping[str, float]] | None = None, where: str = "the cluster") -> list[str]:
+    """What check_cluster would refuse, one line each."""
     per_node = [dict(n) for n in nodes] if nodes else [dict(resources)]
     asked = {"CPU": float(spec.resources.cpu), "GPU": float(spec.resources.gpu)}
     problems = []
@@ -262,15 +284,14 @@ def check_cluster(spec: Any, resources: Mapping[str, float], nodes: Iterable[Map
             continue
         best = max(float(n.get(name, 0.0)) for n in per_node)
         if best < want:
-            where = "any node" if nodes else "the cluster"
+            place = "any node" if nodes else where
             have = ", ".join(f"{k} {float(resources.get(k, 0.0)):g}" for k in ("CPU", "GPU"))
             fix = ("resources.gpu: 0 to train on CPUs" if name == "GPU"
                    else f"resources.cpu <= {best:g}")
-            problems.append(f"resources.{name.lower()}: a trial asks for {want:g} {name}, but {where} has "
+            problems.append(f"resources.{name.lower()}: a trial asks for {want:g} {name}, but {place} has "
                             f"{best:g} ({have}), so no trial could ever start; allowed: {fix}, or a cluster "
                             f"with {name}s (RAY_ADDRESS)")
-    if problems:
-        raise PreflightError("the study cannot run on this cluster:\n  " + "\n  ".join(problems))
+    return problems
 
 
 def check_nodes(spec: Any, timeout_s: float = 120.0) -> None:
@@ -304,5 +325,6 @@ def check_nodes(spec: Any, timeout_s: float = 120.0) -> None:
         raise PreflightError("the study cannot run on every node:\n  " + "\n  ".join(problems))
 
 
-__all__ = ["Estimate", "PreflightError", "check_cluster", "check_nodes", "check_spec", "data_problem", "estimate",
+__all__ = ["Estimate", "PreflightError", "check_cluster", "check_local", "check_nodes", "check_spec",
+           "cluster_problems", "spec_problems", "data_problem", "estimate",
            "local_resources", "writable_dir_problem"]

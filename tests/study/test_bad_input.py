@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from study import cli
-from study.config import TrainConfig, config_field_names
+from study.config import all_option_names
 from study.results import ResultsError, read_table, write_table
 from study.spec import SpecError, StudySpec, load_spec
 from study.train import CheckpointError, load_checkpoint
@@ -34,7 +34,7 @@ SECTION_KEYS = {
     "scheduler": ["type", "grace_period", "reduction_factor"],
     "resources": ["cpu", "gpu"],
     "mlflow": ["tracking_uri", "experiment"],
-    "train": config_field_names(),
+    "train": all_option_names(),
 }
 SPACE_KEYS = ["low", "high", "log", "value", "choices", "step"]
 
@@ -66,7 +66,7 @@ def malformed_specs(draw) -> dict:
             section = draw(st.sampled_from(["variants", *SECTION_KEYS]))
             if section == "variants":
                 variant = draw(st.sampled_from(VARIANTS) | st.text(max_size=6))
-                param = draw(st.sampled_from(config_field_names()) | st.text(max_size=6))
+                param = draw(st.sampled_from(all_option_names()) | st.text(max_size=6))
                 body = draw(st.sampled_from(["space", "fixed", "junk"]))
                 if body == "space":
                     inner = {"space": {param: draw(st.dictionaries(st.sampled_from(SPACE_KEYS), junk, max_size=3))}}
@@ -206,88 +206,84 @@ def test_run_with_a_malformed_spec_exits_2_before_any_work(data):
         assert not storage.exists() and not ray_started()
 
 
-def not_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return text.strip().lower() not in ("none", "null")
-    return False
-
-
-def not_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return text.strip().lower() not in ("none", "null")
-    return False
-
-
 words = st.text(st.characters(codec="utf-8", exclude_characters="\0"), max_size=10)
+NULL_WORDS = ("none", "null")
 
 
-def bad_ints(*ranges: tuple[int, int]):
-    return st.one_of(*(st.integers(lo, hi).map(str) for lo, hi in ranges), words.filter(not_int),
-                     st.sampled_from(["1.5", "1e3", "nan", "0x10", "--1"]))
+def _parses(kind: type, text: str) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
 
 
-def bad_floats(*ranges: tuple[float, float]):
-    return st.one_of(*(st.floats(lo, hi).map(repr) for lo, hi in ranges), words.filter(not_float),
-                     st.sampled_from(["nan", "inf", "-inf", "NaN", "1e999"]))
+def bad_values(opt):
+    """Text that option `opt` must refuse, derived from its declaration: numbers
+    outside its bounds, words of the wrong type, values outside its choices."""
+    null_ok = (lambda t: opt.nullable and t.strip().lower() in NULL_WORDS)
+    if opt.choices is not None:
+        shown = {str(c).lower() if isinstance(c, bool) else str(c) for c in opt.choices}
+        return words.filter(lambda t: t not in shown and not null_ok(t))
+    if opt.kind is str:  # free text (data_root, device): only device has a rule, checked in TrainConfig
+        return st.sampled_from(["gpu", "cuda:x", "tpu"]) if opt.name == "device" else st.nothing()
+    parts = [words.filter(lambda t: not _parses(opt.kind, t) and not null_ok(t))]
+    if opt.kind is int:
+        parts.append(st.sampled_from(["1.5", "1e3", "0x10", "--1"]))
+        if opt.low is not None:
+            parts.append(st.integers(-(10**6), int(opt.low) - (0 if opt.low_open else 1)).map(str))
+        if opt.high is not None:
+            parts.append(st.integers(int(opt.high) + 1, int(opt.high) + 10**6).map(str))
+    else:
+        parts.append(st.sampled_from(["nan", "inf", "-inf", "NaN", "1e999"]))
+        if opt.low is not None:
+            below = st.floats(-1e9, opt.low, exclude_max=not opt.low_open)
+            parts.append(below.map(repr))
+        if opt.high is not None:
+            parts.append(st.floats(opt.high, 1e9, exclude_min=True).map(repr))
+    return st.one_of(*parts)
 
 
-def bad_choice(allowed: tuple[str, ...], optional: bool = False):
-    return words.filter(lambda t: t not in allowed and not (optional and t.strip().lower() in ("none", "null")))
+def _options_by_flag():
+    from study.config import variant_options
+    from study.variants import list_variants
+
+    out = {}
+    for v in list_variants():
+        for name, opt in variant_options(v).items():
+            if name not in out:
+                out[name] = (opt, [] if v == "resnet" else [f"--variant={v}"])
+    return out
 
 
-BIG = 10**6
-# flag -> (strategy of invalid values, extra flags that make the field matter)
-BAD_FLAGS = {
-    "epochs": (bad_ints((-BIG, 0)), []),
-    "batch-size": (bad_ints((-BIG, 0)), []),
-    "width": (bad_ints((-BIG, 0)), []),
-    "depth": (bad_ints((-BIG, 7), (9, 13), (15, 19), (21, 25), (27, 31)), []),
-    "image-size": (bad_ints((-BIG, 0)), []),
-    "seed": (bad_ints((-BIG, -1), (2**32, 2**70)), []),
-    "threads": (bad_ints((-BIG, 0)), []),
-    "limit-train-batches": (bad_ints((-BIG, 0)), []),
-    "warmup-epochs": (bad_ints((-BIG, -1), (1, BIG)), []),  # epochs is 1
-    "sgs-interval": (bad_ints((-BIG, 0)), []),
-    "sgs-batches": (bad_ints((-BIG, 0)), []),
-    "sgs-warmup": (bad_ints((-BIG, -1)), []),
-    "lr": (bad_floats((-1e9, 0.0)), []),
-    "momentum": (bad_floats((-1e9, -1e-9), (1.0, 1e9)), []),
-    "weight-decay": (bad_floats((-1e9, -1e-9)), []),
-    "label-smoothing": (bad_floats((-1e9, -1e-9), (1.0, 1e9)), []),
-    "grad-clip": (bad_floats((-1e9, 0.0)), []),
-    "sgs-k": (bad_floats((-1e9, 0.0)), []),
-    "val-size": (bad_floats((-1e9, 0.0), (1.0, 1e9)), []),
-    "alpha": (bad_floats((-1e9, 1.0)), ["--variant=quotient"]),
-    "epsilon": (bad_floats((-1e9, -1e-9)), ["--variant=epsilon"]),
-    "side-weight": (bad_floats((-1e9, -1e-9)), ["--variant=epsilon"]),
-    "variant": (bad_choice(VARIANTS), []),
-    "dataset": (bad_choice(("digits", "synthetic", "cifar10", "cifar100", "svhn")), []),
-    "block": (bad_choice(("post", "pre"), optional=True), []),
-    "shortcut": (bad_choice(("A", "B", "conv3x3"), optional=True), []),
-    "schedule": (bad_choice(("step", "cosine")), []),
-    "precision": (bad_choice(("auto", "fp32", "bf16")), []),
-    "sgs-mode": (bad_choice(("off", "branches", "mi")), []),
-    "sgs-branches": (bad_choice(("3x3", "3x3+1x1", "3x3+3x1+1x1", "acb", "3x3+1x3+3x1", "3x3+1x3+3x1+1x1")),
-                     ["--variant=sgs"]),
-    "quotient-rule": (bad_choice(("paper", "exact_one", "unshifted", "linear_clip")), ["--variant=quotient"]),
-    "device": (bad_choice(("auto", "cpu")), []),
-    "nesterov": (words.filter(lambda t: t.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off")), []),
-}
-assert {f.replace("-", "_") for f in BAD_FLAGS} <= set(config_field_names())
+OPTIONS = _options_by_flag()
+BOOLEANS = sorted(n for n, (o, _) in OPTIONS.items() if o.kind is bool)
+VALUED = sorted(n for n, (o, _) in OPTIONS.items() if o.kind is not bool and n != "data_root")
 
 
 @st.composite
 def bad_train_flags(draw) -> tuple[list[str], list[str]]:
-    names = draw(st.lists(st.sampled_from(sorted(BAD_FLAGS)), min_size=1, max_size=2, unique=True))
+    names = draw(st.lists(st.sampled_from(VALUED + BOOLEANS + ["variant"]), min_size=1, max_size=2, unique=True))
     argv: list[str] = []
     for name in names:
-        values, extra = BAD_FLAGS[name]
-        argv += extra + [f"--{name}={draw(values)}"]
+        flag = "--" + name.replace("_", "-")
+        if name == "variant":
+            argv.append(f"--variant={draw(words.filter(lambda t: t not in OPTIONS_VARIANTS))}")
+        elif name in BOOLEANS:  # a boolean is a flag: a value after = is refused
+            argv.append(f"{flag}={draw(st.sampled_from(['true', 'false', '1', 'x']))}")
+        else:
+            opt, extra = OPTIONS[name]
+            argv += extra + [f"{flag}={draw(bad_values(opt))}"]
     return names, argv
+
+
+def _variants() -> tuple[str, ...]:
+    from study.variants import list_variants
+
+    return tuple(list_variants())
+
+
+OPTIONS_VARIANTS = _variants()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -300,10 +296,18 @@ def test_train_with_bad_flag_values_exits_2_naming_the_field(case):
     code, out, err = run_main(base + argv)
     assert code == 2, (argv, code, out[-500:], err)
     assert err.startswith("resstudy train: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err + out and "final:" not in out
-    named = {n for n in names if n in err or n.replace("-", "_") in err}
-    # the block/shortcut/... errors of a bad variant come first; the variant is named then
+    assert out == "" and "Traceback" not in err  # every check comes before any output
+    named = {n for n in names if n in err or n.replace("_", "-") in err}
+    # two variant flags: the first one parsed is named
     assert named or ("--variant=" in " ".join(argv) and "variant" in err), (argv, err)
+
+
+def test_every_option_has_a_bad_value_strategy():
+    # Keeps the property above honest when a variant declares a new option: every
+    # option but the free-text data_root is exercised, with values from its own rules.
+    assert set(VALUED) | set(BOOLEANS) == set(OPTIONS) - {"data_root"}
+    for name in VALUED:
+        assert not bad_values(OPTIONS[name][0]).is_empty, name
 
 
 # ---------------------------------------------------------------- the real entry point
@@ -403,12 +407,3 @@ def test_status_on_a_corrupt_state_file_names_it(tmp_path):
     (study / "study.json").write_text('{"name": "study", "experim')
     code, out, err = run_main(["status", str(study)])
     assert code == 2 and err.startswith("resstudy status: error: ") and "Traceback" not in err
-
-
-def test_every_bounded_train_field_has_a_bad_value_strategy():
-    # Keeps BAD_FLAGS honest when TrainConfig grows a field: the rest are booleans
-    # (the parser's check is exercised through --nesterov) and the free-text data_root.
-    free = {"data_root", "download", "quotient_stem", "quotient_shortcut", "adaptive_lr", "sgs_diagonal_removal",
-            "channels_last"}
-    covered = {f.replace("-", "_") for f in BAD_FLAGS}
-    assert set(TrainConfig.__dataclass_fields__) - covered == free
