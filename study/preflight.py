@@ -246,7 +246,7 @@ def _local_gpu_memory() -> float | None:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GiB:,.1f} GiB" if n < 1024 * GiB else f"{n / 1024**4:,.3g} TiB"
+    return f"{n / GiB:,.1f} GiB" if n < 1024 * GiB else f"{n / 1024**4:,.1f} TiB"
 
 
 # ------------------------------------------------------------------ the cluster

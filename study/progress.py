@@ -73,7 +73,7 @@ class Progress:
             from rich.console import Console
             from rich.live import Live
 
-            self._console = Console(file=self.stream)
+            self._console = Console(file=self.stream, force_terminal=True)
             self._live = Live(self._table(), console=self._console, refresh_per_second=2, transient=False,
                               get_renderable=self._table)
             self._live.start()
