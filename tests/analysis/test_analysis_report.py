@@ -20,20 +20,43 @@ def test_analyze_writes_report_plots_and_tables(analyzed):
     pngs = sorted((out / "plots").glob("*.png"))
     htmls = sorted((out / "plots").glob("*.html"))
     names = {p.stem for p in pngs}
-    assert {"comparison", "curve-syn-epsilon-d8-epsilon", "epsilon-syn-epsilon-d8",
-            "levels-syn-quotient-d8-quotient_rule", "importance-syn-epsilon-d8", "learning-syn-resnet-d8"} <= names
+    assert {"comparison", "curve-syn-epsilon-d8-epsilon", "epsilon-syn-epsilon-d8", "curve-syn-sgs-d8-sgs_k",
+            "levels-syn-quotient-d8-quotient_rule", "importance-syn-epsilon-d8-final", "learning-syn-resnet-d8"} <= names
     assert {p.stem for p in htmls} == names
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert (out / "plots" / "plotly.min.js").is_file()  # per-plot HTML files load it locally
-    for t in ("comparison", "sensitivity_summary", "sensitivity_curves", "categorical_levels", "importance",
-              "epsilon_tradeoff", "trial_counts"):
+    for t in ("comparison", "tuned_vs_tuned", "sensitivity_summary", "sensitivity_curves", "categorical_levels",
+              "importance", "epsilon_tradeoff", "trial_counts"):
         assert (out / "tables" / f"{t}.csv").is_file()
         pd.read_parquet(out / "tables" / f"{t}.parquet")
     cmp = pd.read_csv(out / "tables" / "comparison.csv")
     assert set(cmp["variant"]) == {"resnet", "quotient", "epsilon", "sgs"}
     summ = pd.read_csv(out / "tables" / "sensitivity_summary.csv")
-    eps = summ[summ["param"] == "epsilon"].iloc[0]
+    eps = summ[(summ["param"] == "epsilon") & (summ["fidelity"] == "final")].iloc[0]
     assert eps["argmax_lo"] <= 1.0 <= eps["argmax_hi"]
+    # sgs: 2 of 9 MI trials completed, so its curve comes only from rung fits,
+    # labelled by epoch, and the one with every trial covers the planted k = 4
+    sgs = summ[summ["param"] == "sgs_k"].set_index("fidelity")
+    assert "final" not in sgs.index and "epoch 1" in sgs.index
+    assert sgs.loc["epoch 1", "argmax_lo"] <= 4.0 <= sgs.loc["epoch 1", "argmax_hi"]
+
+
+def test_claims_files_from_the_registry(analyzed):
+    _, out = analyzed
+    claims = pd.read_parquet(out / "claims.parquet")
+    csv = pd.read_csv(out / "claims.csv")
+    assert csv["key"].tolist() == claims["key"].tolist() and csv["verdict"].tolist() == claims["verdict"].tolist()
+    md = (out / "claims.md").read_text()
+    assert "| claim" in md and "Holm" in md
+    from study.variants import get_variant
+
+    declared = {c.key for v in ("quotient", "epsilon", "sgs") for c in get_variant(v).claims}
+    assert declared and set(claims["key"]) == declared  # every studied variant's claims, no others
+    twin = claims[claims["kind"] == "twin"].set_index("subject")
+    assert twin.loc["quotient", "verdict"] == "supported"  # planted +0.02 over 3 seeds
+    assert twin.loc["sgs", "verdict"] == "inconclusive" and twin.loc["sgs", "n"] == 2
+    tested = claims["p_adj"].notna()
+    assert (claims.loc[tested, "p_adj"] >= claims.loc[tested, "p_value"]).all()  # Holm never lowers a p
 
 
 def test_report_is_self_contained(analyzed):
@@ -46,8 +69,20 @@ def test_report_is_self_contained(analyzed):
     assert len(re.findall(r"plotly\.js v\d", text)) == 1
     n_divs = len(re.findall(r'<div id="fig-\d+" class="plotly-graph-div', text))
     assert n_divs == len(list((report.parent / "plots").glob("*.png")))
-    # too-few-trial variant is reported, not dropped silently
-    assert "syn-sgs-d8" in text and "too few" in text
+    # too-few-trial fits are reported, not dropped silently
+    assert "syn-sgs-d8 (final): only 2 completed search trial(s): too few" in text
+
+
+def test_claims_are_the_first_screen(analyzed):
+    report, _ = analyzed
+    body = re.sub(r"<script[^>]*>.*?</script>", "", report.read_text(), flags=re.S).split("<body>", 1)[1]
+    first_h2 = re.search(r"<h2[^>]*>(.*?)</h2>", body).group(1)
+    assert first_h2 == "Claims"
+    # the claims table is the first table and comes before any figure
+    first_table = body.index("<table")
+    assert 'class="dataframe tbl claims"' in body[first_table:first_table + 80]
+    assert first_table < body.index('class="plotly-graph-div')
+    assert "(empty)" not in body
 
 
 def test_analyze_tolerates_sparse_study(sparse_study_dir, capsys):
@@ -55,7 +90,7 @@ def test_analyze_tolerates_sparse_study(sparse_study_dir, capsys):
     report = analyze(d, log_to_mlflow=False, n_boot=20)
     assert report == d / "analysis" / "report.html"
     text = report.read_text()
-    assert "learning curves skipped" in text and "history.parquet not found" in text
+    assert "learning curves and rung fits skipped" in text and "history.parquet not found" in text
     assert "only 1 completed search trial" in text
     assert "Optuna DB" in text  # importance fell back to results.parquet, and says so
     out = capsys.readouterr().out
@@ -88,7 +123,15 @@ def test_mlflow_runs_and_artifact_logging(sparse_study_dir):
     assert "analysis/report.html" in logged and "analysis/plots" in logged and "analysis/tables" in logged
     tables = {a.path for a in client.list_artifacts(run_id, "analysis/tables")}
     assert "analysis/tables/comparison.csv" in tables
+    assert "analysis/claims.md" in logged
     assert report.is_file()
+    # the claims land on the study run as tags (and metrics where estimated); no run left open
+    run = client.get_run(run_id)
+    assert run.data.tags.get("claim.quotient_vs_twin.d8.verdict") == "inconclusive"
+    import mlflow
+
+    assert mlflow.active_run() is None
+    assert run.info.status == "FINISHED"
 
 
 def test_unreachable_tracking_server_warns(sparse_study_dir):

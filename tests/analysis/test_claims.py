@@ -123,7 +123,7 @@ def test_level_claim_is_judged_at_a_rung_when_pruning_left_too_few_completed():
     assert mi["basis"].startswith("val_acc at epoch 2") and mi["n"] >= 3
     assert mi["verdict"] == "supported" and 2 in RUNGS
     rule = table[table["key"] == "quotient_rule"].iloc[0]
-    assert rule["basis"].startswith("final test_acc") and rule["verdict"] == "supported"
+    assert rule["basis"].startswith("final val_acc") and rule["verdict"] == "supported"
     # an option the study never varied: no verdict, and it says what to search
     restart = table[table["key"] == "epsilon_restart"].iloc[0]
     assert restart["verdict"] == "inconclusive" and restart["settle"].startswith("search adaptive_lr")

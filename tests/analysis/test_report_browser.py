@@ -25,6 +25,19 @@ pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium binary (chr
 # Per plotly div: how many rendered main-svg elements it holds.
 COUNT_JS = ("JSON.stringify(Array.from(document.querySelectorAll('div.plotly-graph-div'))"
             ".map(d => d.querySelectorAll('svg.main-svg').length))")
+# Per plotly div: how many data points its rendered traces hold (0: an empty
+# plot). _fullData holds the decoded arrays (data may carry base64 "bdata").
+POINTS_JS = ("JSON.stringify(Array.from(document.querySelectorAll('div.plotly-graph-div'))"
+             ".map(d => (d._fullData || []).reduce((n, t) => n + Math.max((t.x && t.x.length) || 0,"
+             " (t.y && t.y.length) || 0), 0)))")
+# What a reader sees first: the first section heading, and whether the first
+# table (the claims) and the claims heading lie above the first figure.
+FIRST_JS = ("JSON.stringify({h2: document.querySelector('h2').textContent,"
+            " tableFirst: (() => { const t = document.querySelector('table'), f = document.querySelector("
+            "'div.plotly-graph-div'); return !!t && (!f || (t.compareDocumentPosition(f) & 4) > 0"
+            " && t.classList.contains('claims')); })(),"
+            " top: document.querySelector('table.claims') ? document.querySelector('table.claims')"
+            ".getBoundingClientRect().top : -1})")
 
 
 def _start(profile: Path) -> tuple[subprocess.Popen, int]:
@@ -46,8 +59,9 @@ def _start(profile: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{BROWSER} did not open a DevTools port within 60 s")
 
 
-async def _render(port: int, url: str, timeout: float = 60.0) -> tuple[list[int], list[str]]:
-    """(main-svg count per plotly div, problems) after loading url; problems are
+async def _render(port: int, url: str, timeout: float = 60.0, probes: tuple[str, ...] = ()
+                  ) -> tuple[list[int], list[str], list]:
+    """(main-svg count per plotly div, problems, probe values) after loading url; problems are
     console errors, uncaught exceptions, error log entries and any request
     that leaves the machine (the report must render offline)."""
     errors: list[str] = []
@@ -103,7 +117,11 @@ async def _render(port: int, url: str, timeout: float = 60.0) -> tuple[list[int]
                         break
                     await asyncio.sleep(0.25)
                 await asyncio.sleep(0.5)  # let late errors (e.g. resize handlers) arrive
-                return counts, errors
+                values = []
+                for js in probes:
+                    r = await call("Runtime.evaluate", expression=js, returnByValue=True)
+                    values.append(json.loads(r["result"]["result"]["value"]))
+                return counts, errors, values
             finally:
                 task.cancel()
 
@@ -114,7 +132,8 @@ def test_report_renders_offline_without_console_errors(analyzed_report, tmp_path
     assert n_figs > 5
     proc, port = _start(tmp_path / "profile")
     try:
-        counts, errors = asyncio.run(_render(port, analyzed_report.resolve().as_uri()))
+        counts, errors, (points, first) = asyncio.run(_render(port, analyzed_report.resolve().as_uri(),
+                                                             probes=(POINTS_JS, FIRST_JS)))
     finally:
         proc.terminate()
         try:
@@ -124,6 +143,11 @@ def test_report_renders_offline_without_console_errors(analyzed_report, tmp_path
     assert errors == []
     assert len(counts) == n_figs
     assert all(c > 0 for c in counts), counts
+    # no empty plot: every figure holds data points
+    assert len(points) == n_figs and all(p > 0 for p in points), points
+    # claims first: the first heading, and its table above every figure, on the first screen
+    assert first["h2"] == "Claims" and first["tableFirst"], first
+    assert 0 <= first["top"] < 800, first
 
 
 def test_browser_check_catches_errors(tmp_path):
@@ -134,10 +158,10 @@ def test_browser_check_catches_errors(tmp_path):
                     '<img src="http://127.0.0.1:9/x.png"></body></html>')
     proc, port = _start(tmp_path / "profile")
     try:
-        counts, errors = asyncio.run(_render(port, page.as_uri(), timeout=3))
+        counts, errors, (points,) = asyncio.run(_render(port, page.as_uri(), timeout=3, probes=(POINTS_JS,)))
     finally:
         proc.terminate()
         proc.wait(10)
-    assert counts == [0]
+    assert counts == [0] and points == [0]  # an empty plot is caught too
     assert any("planted" in e for e in errors) and any("missingFunction" in e for e in errors)
     assert any(e.startswith("network request: http://127.0.0.1:9") for e in errors)
