@@ -1,31 +1,59 @@
-"""Plain-text status and exports of a study directory (no Ray needed)."""
+"""Plain-text status and exports of a study directory (no Ray needed).
+
+`status_text` fits a 100-column terminal; once `resstudy analyze` has run, the
+claims table (analysis/claims.csv) is at its top, since it is what the study
+answers. `export` writes CSV files and a Markdown summary with real tables.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from study.errors import UserError
 from study.results import HISTORY_FILE, RESULTS_FILE, read_table
 
 STATUSES = ("completed", "pruned", "diverged", "failed")
+WIDTH = 100
+CLAIMS_FILE = Path("analysis") / "claims.csv"
+
+
+def check_study_dir(study_dir: str | Path) -> Path:
+    """The path as a study directory, or a UserError naming it."""
+    d = Path(study_dir)
+    if not d.is_dir():
+        raise UserError(f"{d} is not a study directory: it does not exist")
+    if not (d / "study.json").is_file() and not (d / "spec.yaml").is_file():
+        raise UserError(f"{d} is not a study directory: it holds neither study.json nor spec.yaml "
+                        "(give a study name or the folder `resstudy run` printed)")
+    return d
 
 
 def load(study_dir: Path) -> pd.DataFrame:
-    rows = read_table(study_dir / RESULTS_FILE)
+    rows = read_table(Path(study_dir) / RESULTS_FILE)
     return pd.DataFrame(rows)
 
 
+def _variant_arm(g: pd.DataFrame) -> pd.DataFrame:
+    # the twin arm runs another model (quotient's twin is a resnet): never its "best"
+    return g[g["arm"] != "twin"] if "arm" in g.columns else g
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment: trial counts by status and the best trial."""
+    """One row per experiment: trial counts by status and the best completed trial."""
     out = []
     for exp, g in df.groupby("experiment", sort=True):
-        row = {"experiment": exp, "variant": g["variant"].iloc[0], "trials": len(g)}
+        subject = g["subject"].dropna().iloc[0] if "subject" in g.columns and g["subject"].notna().any() \
+            else g["variant"].iloc[0]
+        row = {"experiment": exp, "variant": subject, "trials": len(g)}
         row.update({s: int((g["status"] == s).sum()) for s in STATUSES})
-        done = g[g["status"] == "completed"]
+        done = _variant_arm(g)
+        done = done[(done["status"] == "completed") & done["val_acc"].notna()]
         if len(done):
-            best = done.loc[done["val_acc"].idxmax()]
+            best = done.loc[done["val_acc"].astype(float).idxmax()]
             row.update(best_val_acc=best["val_acc"], test_acc=best.get("test_acc"), best_trial=best["trial_id"],
                        best_config=_searched_values(best))
         out.append(row)
@@ -33,7 +61,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _searched_values(row: pd.Series) -> str:
-    names = json.loads(row.get("searched") or "[]")
+    try:
+        names = json.loads(row.get("searched") or "[]")
+    except (TypeError, json.JSONDecodeError):
+        names = []
     return ", ".join(f"{n}={_fmt(row.get(n))}" for n in names if n in row)
 
 
@@ -41,10 +72,61 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _num(v, spec: str = ".4f") -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return ""
+    return "" if math.isnan(f) else format(f, spec)
+
+
+def _fit(text: str, width: int = WIDTH) -> str:
+    """Every line cut to `width` columns (the last column is the long free text)."""
+    return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in text.splitlines())
+
+
+def read_claims(study_dir: Path) -> pd.DataFrame | None:
+    """analysis/claims.csv when `resstudy analyze` has written it, else None."""
+    path = Path(study_dir) / CLAIMS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except Exception as e:  # a damaged file must not hide the trial counts below it
+        raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun `resstudy analyze`") from e
+
+
+def claims_lines(claims: pd.DataFrame) -> list[str]:
+    """The claims, two lines each: the verdict and the claim, then its numbers
+    (or, when inconclusive, also what would settle it)."""
+    if claims.empty:
+        return ["  none tested (no studied variant declares a claim)"]
+    out = []
+    for _, r in claims.iterrows():
+        out.append(f"  {r['verdict']:<13} {r['claim']} (depth {r['depth']})")
+        nums = f"n={int(r['n'])}"
+        if _num(r["estimate"]):
+            nums = f"{_num(r['estimate'], '+.4f')}" + (
+                f" [{_num(r['ci_lo'], '+.4f')}, {_num(r['ci_hi'], '+.4f')}]" if _num(r["ci_lo"]) else "") + f", {nums}"
+        if _num(r["p_adj"]):
+            nums += f", p Holm {_num(r['p_adj'], '.2g')}"
+        settle = r["settle"] if r["verdict"] == "inconclusive" and isinstance(r["settle"], str) else ""
+        out.append(f"{'':16}{nums}" + (f"; -> {settle}" if settle else ""))
+    return out
+
+
 def status_text(study_dir: Path) -> str:
+    study_dir = check_study_dir(study_dir)
     state_file = study_dir / "study.json"
-    state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    lines = [f"study {state.get('name', study_dir.name)} at {study_dir}"]
+    try:
+        state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{state_file} is not valid JSON ({e})") from e
+    lines = []
+    claims = read_claims(study_dir)
+    if claims is not None:
+        lines += ["Claims (from `resstudy analyze`; 95% t intervals, p Holm-adjusted):", *claims_lines(claims), ""]
+    lines.append(f"study {state.get('name', study_dir.name)} at {study_dir}")
     exps = state.get("experiments", {})
     if exps:
         lines.append("experiments finished: " + ", ".join(sorted(k for k, v in exps.items() if v == "done")))
@@ -52,14 +134,32 @@ def status_text(study_dir: Path) -> str:
                               "`resstudy resume` finishes it)"))
     df = load(study_dir)  # a damaged results file raises ResultsError naming it (exit 2)
     if df.empty:
-        return "\n".join(lines + ["no finished trials yet"])
+        return _fit("\n".join(lines + ["no finished trials yet"]))
     table = summary(df)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
-        lines.append(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    return "\n".join(lines)
+    lines.append(_trials_table(table))
+    if claims is None:
+        lines.append("(run `resstudy analyze` for the claims table, curves and the report)")
+    return _fit("\n".join(lines))
+
+
+def _trials_table(table: pd.DataFrame, fmt: str = "simple") -> str:
+    from tabulate import tabulate
+
+    cols = ["experiment", "trials", *STATUSES, "best_val_acc", "test_acc", "best_config"]
+    t = table.reindex(columns=cols)
+    heads = ["experiment", "trials", "done", "pruned", "div", "fail", "best val", "test", "best config"]
+    rows = [[r["experiment"], r["trials"], r["completed"], r["pruned"], r["diverged"], r["failed"],
+             _num(r["best_val_acc"]), _num(r["test_acc"]), r["best_config"] if isinstance(r["best_config"], str)
+             else ""] for _, r in t.iterrows()]
+    return tabulate(rows, headers=heads, tablefmt=fmt, disable_numparse=True)
 
 
 def export(study_dir: Path, out: str | Path | None = None) -> list[Path]:
+    """results.csv, history.csv and summary.md (Markdown tables: the claims
+    when analysed, then the trials per experiment) into `out`."""
+    from tabulate import tabulate
+
+    study_dir = check_study_dir(study_dir)
     out = Path(out) if out else study_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     df = load(study_dir)
@@ -67,19 +167,23 @@ def export(study_dir: Path, out: str | Path | None = None) -> list[Path]:
     if not df.empty:
         df.to_csv(out / "results.csv", index=False)
         paths.append(out / "results.csv")
-        table = summary(df)
-        (out / "summary.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+        parts = [f"# Study {study_dir.name}\n"]
+        claims = read_claims(study_dir)
+        if claims is not None:
+            rows = [[r["claim"], r["depth"], int(r["n"]), _num(r["estimate"], "+.4f"),
+                     f"[{_num(r['ci_lo'], '+.4f')}, {_num(r['ci_hi'], '+.4f')}]" if _num(r["ci_lo"]) else "",
+                     _num(r["p_adj"], ".3g"), r["verdict"],
+                     r["settle"] if isinstance(r["settle"], str) else ""] for _, r in claims.iterrows()]
+            parts += ["## Claims\n", "95% Student-t intervals clipped to the metric's range; p-values "
+                      "Holm-Bonferroni adjusted across the table.\n",
+                      tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
+                                              "what would settle it"], tablefmt="github",
+                               disable_numparse=True) + "\n"]
+        parts += ["## Trials\n", _trials_table(summary(df), fmt="github") + "\n"]
+        (out / "summary.md").write_text("\n".join(parts), encoding="utf-8")
         paths.append(out / "summary.md")
     history = pd.DataFrame(read_table(study_dir / HISTORY_FILE))
     if not history.empty:
         history.to_csv(out / "history.csv", index=False)
         paths.append(out / "history.csv")
     return paths
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
