@@ -489,7 +489,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     `resstudy train` never imports pyarrow or mlflow to catch them."""
     names = (("study.results", "ResultsError"), ("study.train", "CheckpointError"),
              ("study.tracking", "TrackingError"), ("study.spec", "SpecError"), ("study.jobs", "JobError"),
-             ("study.data", "DatasetError"), ("search_spaces", "SpaceError"))
+             ("study.data", "DatasetError"), ("search_spaces", "SpaceError"),
+             ("analysis.load", "InsufficientDataError"))
     return (UserError, *(getattr(sys.modules[m], n) for m, n in names
                          if m in sys.modules and hasattr(sys.modules[m], n)))
 

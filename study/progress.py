@@ -278,8 +278,8 @@ def quiet_libraries(verbose: bool = False) -> None:
     lines, Ray's token-auth notice) off the console unless `verbose`, so the
     progress view stays readable; their warnings and errors still show (Ray's
     token notice is a warning, silenced by choosing token mode explicitly).
-    Call it after those libraries are imported: each sets its own logger to
-    INFO on import."""
+    Each library sets its logger to INFO when first imported, so MLflow and
+    Optuna are imported here first; call it again after importing Ray."""
     if verbose:
         return
     # "View run ... at: URL" would print a tracking URI that may hold a password.
@@ -289,6 +289,13 @@ def quiet_libraries(verbose: bool = False) -> None:
         # The embedded Ray keeps token auth on (Ray 2.60's default); saying so
         # explicitly is what stops Ray warning about it on every start.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import importlib
+
+    for module in ("mlflow", "optuna"):  # configured now, so their import later cannot reset the levels
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
     if "optuna" in sys.modules:

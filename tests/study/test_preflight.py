@@ -166,3 +166,42 @@ def test_the_cifar10_preset_on_a_cpu_machine_fails_at_once_naming_data_and_gpu(m
     assert "data_root: '/data/cifar10' does not exist" in msg
     assert "resources.gpu: a trial asks for 0.25 GPU, but this machine has 0" in msg
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+CHECK_NODES = """
+import os, sys
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
+import ray
+from pathlib import Path
+from study.data import EXPECTED_FILES
+from study.preflight import PreflightError, check_nodes
+from study.spec import load_spec
+root = Path(sys.argv[1])
+spec = load_spec({"name": "n", "dataset": "cifar10", "data_root": str(root), "depth": 8,
+                  "storage_path": str(root.parent / "runs"), "variants": ["resnet"]})
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+try:
+    check_nodes(spec)
+except PreflightError as e:
+    print("refused:", e)
+for f in EXPECTED_FILES["cifar10"]:
+    (root / f).parent.mkdir(parents=True, exist_ok=True)
+    (root / f).write_bytes(b"")
+check_nodes(spec)
+print("passed")
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_check_nodes_looks_for_the_data_on_every_node(tmp_path):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    p = subprocess.run([sys.executable, "-c", CHECK_NODES, str(tmp_path / "cifar")], capture_output=True, text=True,
+                       timeout=300, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr[-3000:]
+    refused, passed = p.stdout.strip().splitlines()[-2:]
+    assert refused.startswith("refused: the study cannot run on every node:")
+    assert "data_root: " in p.stdout and "does not exist" in p.stdout and "node " in p.stdout
+    assert passed == "passed"
