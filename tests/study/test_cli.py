@@ -176,3 +176,10 @@ def test_cli_module_imports_no_heavy_library():
             "print(sorted(m for m in ('ray', 'mlflow', 'optuna', 'pyarrow', 'torch') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_shell_completion_offers_the_variants_and_the_commands():
+    env = {**os.environ, "_RESSTUDY_COMPLETE": "complete_bash", "COMP_WORDS": "resstudy train --variant q",
+           "COMP_CWORD": "3"}
+    p = subprocess.run([str(RESSTUDY)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["quotient"], p.stdout + p.stderr
