@@ -62,6 +62,7 @@ def _quiet():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")
             yield
     finally:
         optuna.logging.set_verbosity(level)
@@ -152,13 +153,17 @@ def param_importances(study: optuna.Study, *, seed: int = 0,
     # draws, vs 3% with the top quarter. Optuna advises >= 5 on top, hence 5/n.
     q = min(0.5, max(PED_ANOVA_QUANTILE, 5.0 / n))
     # a multi-objective study (epsilon: val_acc and param_reduction) lists
-    # val_acc first; importance is of that objective
-    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    # val_acc first; importance is of that objective. PED-ANOVA with a custom
+    # target looks for what makes the target LOW, so it gets -val_acc.
+    multi = len(study.directions) > 1
     with _quiet():
         fan = optuna.importance.get_param_importances(
-            study, evaluator=FanovaImportanceEvaluator(seed=seed), params=varying, target=target)
+            study, evaluator=FanovaImportanceEvaluator(seed=seed), params=varying,
+            target=(lambda t: t.values[0]) if multi else None)
         ped = optuna.importance.get_param_importances(
-            study, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), params=varying, target=target)
+            study, evaluator=PedAnovaImportanceEvaluator(target_quantile=q), params=varying,
+            target=((lambda t: -t.values[0]) if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+                    else (lambda t: t.values[0])) if multi else None)
     table = pd.DataFrame({"param": varying, "fanova": [fan.get(p, 0.0) for p in varying],
                           "ped_anova": [ped.get(p, 0.0) for p in varying]})
     return table.sort_values("fanova", ascending=False, ignore_index=True), None

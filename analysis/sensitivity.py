@@ -129,9 +129,15 @@ def _bootstrap(gp: GaussianProcessRegressor, u: np.ndarray, z: np.ndarray, gu: n
     return means, draws
 
 
+UNIT_METRICS = frozenset({"val_acc", "test_acc", "train_acc", "best_val_acc", "test_acc_last",
+                          "compressed_test_acc", "discarded_ratio", "param_reduction"})
+
+
 def fit_curve(x, y, *, log: bool = False, n_boot: int = 200, grid_size: int = 120, seed: int = 0,
               param: str = "x", metric: str = "y", experiment: str = "", variant: str = "") -> Curve:
-    """GP fit of y against x with a bootstrap band and bootstrap argmax interval."""
+    """GP fit of y against x with a bootstrap band and bootstrap argmax interval.
+    For a metric that lives in [0, 1] (accuracies, ratios) the fit and band are
+    clipped to it: a GP extrapolates happily past 1."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if x.shape != y.shape:
@@ -163,6 +169,8 @@ def fit_curve(x, y, *, log: bool = False, n_boot: int = 200, grid_size: int = 12
         boots = draws = gp.predict(gu)[None, :]
     boots = boots * ys + ym
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
+    if metric in UNIT_METRICS:
+        mean, lo, hi = np.clip(mean, 0, 1), np.clip(lo, 0, 1), np.clip(hi, 0, 1)
     arg_t = grid_t[np.argmax(draws, axis=1)]
     a_lo, a_hi = np.percentile(arg_t, [2.5, 97.5])
     a = grid_t[int(np.argmax(mean))]

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import optuna
 import pytest
 import pandas as pd
@@ -93,3 +94,35 @@ def test_inactive_conditional_param_is_not_given_to_the_evaluators():
     study, dropped = study_from_frame(_sgs_frame())
     assert dropped == ["sgs_k"]
     assert all(set(t.params) == {"sgs_mode"} for t in study.trials)
+
+
+def test_two_objective_study_scores_the_accuracy_objective():
+    """epsilon searched with objectives [val_acc, param_reduction]: importance is of
+    val_acc (values[0]); PED-ANOVA must look at the TOP accuracies, not the bottom."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from analysis.importance import complete_only, param_importances
+
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    dists = {"epsilon": FloatDistribution(0.1, 5, log=True), "side_weight": FloatDistribution(0, 1)}
+    for _ in range(40):
+        e, w = float(10 ** rng.uniform(-1, np.log10(5))), float(rng.uniform(0, 1))
+        # accuracy peaks at epsilon = 1 and falls off on both sides; reduction grows with epsilon
+        acc = 0.9 - 0.2 * np.log10(e) ** 2 + rng.normal(0, 0.005)
+        study.add_trial(optuna.trial.create_trial(values=[acc, e / 5], params={"epsilon": e, "side_weight": w},
+                                                  distributions=dists))
+    copy, dropped = complete_only(study)
+    table, note = param_importances(copy)
+    assert note is None and dropped == []
+    imp = table.set_index("param")
+    assert imp.loc["epsilon", "fanova"] > 0.8 and imp.loc["epsilon", "ped_anova"] > 0.6
+    # the same trials as a single-objective (maximize val_acc) study give the same
+    # importances: PED-ANOVA looked at the top accuracies, as it does there
+    single = optuna.create_study(direction="maximize")
+    single.add_trials([optuna.trial.create_trial(value=t.values[0], params=t.params, distributions=t.distributions)
+                       for t in copy.get_trials()])
+    one = param_importances(single)[0].set_index("param")
+    assert imp["ped_anova"].to_dict() == pytest.approx(one["ped_anova"].to_dict(), abs=1e-9)
+    assert imp["fanova"].to_dict() == pytest.approx(one["fanova"].to_dict(), abs=1e-9)

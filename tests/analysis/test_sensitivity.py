@@ -221,3 +221,13 @@ def test_heavy_pruning_still_gives_curves_labelled_by_rung():
     assert len(at) == 24 and np.allclose(at["val_acc"], at["trial_id"].map(
         hist[hist["epoch"] == 1].set_index("trial_id")["val_acc"]))
     assert set(at["final_status"]) == {"completed", "pruned"}
+
+
+def test_accuracy_band_stays_inside_zero_one():
+    # accuracies near 1 with a steep slope: an unclipped GP band runs past 1
+    x = np.linspace(0, 1, 8)
+    y = np.clip(0.6 + 0.45 * x, 0, 1) + np.random.default_rng(0).normal(0, 0.02, 8).clip(-0.02, 0.0)
+    c = fit_curve(x, y, n_boot=100, metric="val_acc")
+    assert c.hi.max() <= 1.0 and c.lo.min() >= 0.0 and c.mean.max() <= 1.0
+    raw = fit_curve(x, y, n_boot=100, metric="score")  # an unbounded metric is not clipped
+    assert raw.hi.max() > 1.0
