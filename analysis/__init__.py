@@ -1,8 +1,12 @@
-"""Analysis of a finished study directory: sensitivity curves, parameter
-importance, variant-vs-baseline comparison, plots and one offline HTML report.
+"""Analysis of a study directory: the claims table (each variant's declared
+claims with an estimate, a range-respecting 95% interval, a Holm-adjusted
+verdict and what would settle it), sensitivity curves and importances at every
+ASHA rung and at the end, epsilon's Pareto front, plots and one offline HTML
+report that opens on the claims.
 
-Entry point: ``analysis.report.analyze(study_dir)`` (also ``analysis.analyze``).
-Modules: load (read a study dir), spaces (how params were searched), stats,
+Entry point: ``analysis.report.analyze(study_dir, out_dir=None, log_to_mlflow=True,
+tracking_uri=None)`` (also ``analysis.analyze``). Modules: load (read or find
+a study dir), spaces (the study's own search space), stats, claims,
 sensitivity, importance, compare, plots, report.
 """
 
