@@ -104,6 +104,7 @@ color:#222;padding:0 1em} h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;pa
 h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.82em;margin:.6em 0}
 .tbl th,.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:right} .tbl th{background:#f3f3f3}
 .figure{margin:.8em 0} .note{color:#8a4b00} nav a{margin-right:1em} img{max-width:100%}
+.claims td:nth-child(1),.claims td:nth-child(10),.claims td:nth-child(11){text-align:left}
 .supported{color:#1a7f1a;font-weight:600} .contradicted{color:#b00;font-weight:600} .inconclusive{color:#666}
 """
     # the claims section comes first: it is what the study was run to answer;
