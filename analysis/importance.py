@@ -173,6 +173,8 @@ def _result(exp: str, variant: str, study: optuna.Study, dropped: list[str], sou
             seed: int, fidelity: str = "final") -> Importance:
     table, note = param_importances(study, seed=seed)
     n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if note and fidelity != "final":
+        note = note.replace("complete trial(s)", f"trial(s) reached {fidelity}")
     if dropped and note is None:
         note = f"left out (not searched in every complete trial): {', '.join(dropped)}"
     return Importance(exp, variant, n, table, source, note, dropped, fidelity)
