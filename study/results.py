@@ -1,6 +1,13 @@
-"""The study's machine-readable results: results.parquet (one row per trial)
-and history.parquet (one row per trial-epoch), rewritten atomically as trials
-finish so a killed driver loses no finished trial."""
+"""The study's machine-readable results.
+
+- epochs/<trial id>.jsonl: every epoch report as the driver received it, appended
+  (one line each, with the trial's attempt number): the raw log, where an epoch
+  trained twice would show twice.
+- results.parquet (one row per finished trial, from the ledger) and
+  history.parquet (one row per trial-epoch, the last report of each epoch) are
+  compacted from those at the end of each experiment, on an interrupt and on
+  every start, so the driver never rewrites a growing file per trial.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +20,24 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from study.errors import UserError
+
 RESULTS_FILE = "results.parquet"
 HISTORY_FILE = "history.parquet"
-
-# Per-epoch metric names kept in history.parquet (beyond the identity columns).
-HISTORY_METRICS = (
-    "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_s",
-    "discarded_blocks", "discarded_ratio", "params", "params_compressed", "param_reduction",
-    "q_dead_frac", "q_nonpos_frac",
-    *(f"q_{s}_stage{i}" for s in ("mean", "min", "max") for i in (1, 2, 3)),
-    "sgs_center",
-)
-FINAL_METRICS = (
-    "val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc", "best_epoch", "test_acc", "test_loss",
-    "discarded_blocks", "discarded_ratio", "params", "params_compressed", "param_reduction", "compressed_test_acc",
-    "q_dead_frac", "q_nonpos_frac", *(f"q_{s}_stage{i}" for s in ("mean", "min", "max") for i in (1, 2, 3)),
-)
-IDENTITY = ("study", "experiment", "variant", "depth", "phase", "trial_id", "seed")
+EPOCHS_DIR = "epochs"
+IDENTITY = ("study", "experiment", "subject", "variant", "arm", "phase", "depth", "trial_id", "seed")
+# Result keys that are Tune's or resstudy's bookkeeping, not trial metrics.
+NOT_METRICS = {
+    "epoch", "status", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
+    "iterations_since_restore", "pid", "done", "hostname", "node_ip", "date", "trial_id", "experiment_id",
+    "experiment_tag", "config", "checkpoint_dir_name", "should_checkpoint", "info_json", "rid", "node",
+    "start_epoch", "ckpt_epoch", "should_checkpoint",
+}
+# Per-epoch numbers that say nothing about the finished trial.
+EPOCH_ONLY = {"epoch_seconds", "images_per_s", "lr"}
 
 
-class ResultsError(RuntimeError):
+class ResultsError(UserError, RuntimeError):
     """A results file that cannot be read; the message names the file."""
 
 
@@ -43,7 +48,8 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     try:
         return pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for damaged files
-        raise ResultsError(f"results file {path} is corrupt or not Parquet ({e}); move it away to rebuild it") from e
+        raise ResultsError(f"results file {path} is corrupt or not Parquet ({e}); move it away: "
+                           "`resstudy resume` rebuilds it from the study's ledger") from e
 
 
 def write_table(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -67,45 +73,66 @@ def _clean(v: Any) -> Any:
     return v
 
 
-class ResultsWriter:
-    """Keeps every finished trial row and every epoch row; flushes both files."""
+def metrics_of(result: dict[str, Any]) -> dict[str, Any]:
+    """A report's metrics: numbers, plus the resolved precision and device strings."""
+    out = {}
+    for k, v in result.items():
+        if k in NOT_METRICS:
+            continue
+        if isinstance(v, bool):
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = v
+        elif k in ("precision", "device") and isinstance(v, str):
+            out[k] = v
+    return out
+
+
+class EpochLog:
+    """Appends each epoch report to epochs/<trial id>.jsonl as it arrives."""
 
     def __init__(self, study_dir: str | Path) -> None:
-        self.dir = Path(study_dir)
-        self.epochs_dir = self.dir / "epochs"
-        self.epochs_dir.mkdir(parents=True, exist_ok=True)
-        self.results = {r["trial_id"]: r for r in read_table(self.dir / RESULTS_FILE)}
-        self.history = {(r["trial_id"], r["epoch"]): r for r in read_table(self.dir / HISTORY_FILE)}
-        # Epoch rows are also appended to one JSON-lines file per trial as they
-        # arrive, so a killed driver keeps them even for trials still running.
-        for path in sorted(self.epochs_dir.glob("*.jsonl")):
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill
-                    continue
-                self.history[(row["trial_id"], row["epoch"])] = row
+        self.dir = Path(study_dir) / EPOCHS_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
 
-    def add_epoch(self, identity: dict[str, Any], metrics: dict[str, Any]) -> None:
-        row = dict(identity)
-        row["epoch"] = int(metrics["epoch"])
-        row.update({k: _clean(metrics.get(k, float("nan"))) for k in HISTORY_METRICS})
-        self.history[(row["trial_id"], row["epoch"])] = row
-        with open(self.epochs_dir / f"{row['trial_id']}.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+    def append(self, identity: dict[str, Any], epoch: int, attempt: int, metrics: dict[str, Any],
+               replayed: bool = False) -> None:
+        row = {**identity, "epoch": int(epoch), "attempt": attempt, **metrics}
+        if replayed:
+            row["replayed"] = True
+        with open(self.dir / f"{identity['trial_id']}.jsonl", "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
 
-    def finish_trial(self, row: dict[str, Any]) -> None:
-        self.results[row["trial_id"]] = row
-        self.flush()
+    def read(self, trial_id: str) -> list[dict[str, Any]]:
+        return _read_jsonl(self.dir / f"{trial_id}.jsonl")
 
-    def drop_epochs_after(self, trial_id: str, epoch: int) -> None:
-        """A trial restored from a checkpoint re-runs later epochs: forget their old rows."""
-        for key in [k for k in self.history if k[0] == trial_id and k[1] > epoch]:
-            del self.history[key]
+    def epochs(self, trial_id: str) -> list[int]:
+        return [int(r["epoch"]) for r in self.read(trial_id)]
 
-    def flush(self) -> None:
-        write_table(self.dir / RESULTS_FILE, self.results.values())
-        write_table(self.dir / HISTORY_FILE, sorted(self.history.values(), key=lambda r: (r["trial_id"], r["epoch"])))
 
-    def finished_ids(self) -> set[str]:
-        return set(self.results)
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+    return rows
+
+
+def compact(study_dir: str | Path, finished_rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
+    """Write results.parquet from the finished trials' rows and history.parquet
+    from the epoch logs (the last report of each trial-epoch). Returns the row counts."""
+    study_dir = Path(study_dir)
+    rows = sorted(finished_rows, key=lambda r: (r.get("experiment", ""), r.get("phase", ""), r["trial_id"]))
+    write_table(study_dir / RESULTS_FILE, rows)
+    history: dict[tuple[str, int], dict[str, Any]] = {}
+    for path in sorted((study_dir / EPOCHS_DIR).glob("*.jsonl")):
+        for row in _read_jsonl(path):
+            row.pop("attempt", None)
+            row.pop("replayed", None)
+            history[(row["trial_id"], int(row["epoch"]))] = row
+    write_table(study_dir / HISTORY_FILE, [history[k] for k in sorted(history)])
+    return len(rows), len(history)

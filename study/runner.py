@@ -1,17 +1,21 @@
-"""Run a study: one Ray Tune experiment per (variant, depth), Optuna searching
-the variant's define-by-run space behind a ConcurrencyLimiter, ASHA stopping
-the weak, MLflow tracking study > experiment > trial, Parquet results.
+"""Run a study: for each (variant, depth), a search (Optuna through ask/tell,
+ASHA stopping the weak), a repeat of the best config at every seed and the same
+runs of its matched twin; every trial tracked in MLflow (study > variant > trial)
+and recorded in the study's ledger (study/ledger.py) before anything else.
 
-The driver persists what it needs to resume in <study dir>/study.json; Tune
-keeps trial checkpoints under <study dir>/tune/<experiment>.
+Resume is ledger-first: finished trials never re-run, a trial that was running
+continues from its latest checkpoint with its own config, Optuna trial and
+MLflow run, and the study ends with exactly the trials the spec asks for.
+Ctrl-C or SIGTERM stop the whole study (exit 130, resume later); a second one
+stops at once.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,245 +25,301 @@ if not os.environ.get("RAY_ADDRESS"):
     # 127.0.0.1 to the machine's routable IP and binds its servers to every
     # interface; this switch (read when ray is imported) keeps them on 127.0.0.1.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# resstudy keeps its own state: Tune's per-trial logger files and periodic experiment
+# snapshots are work the driver would pay for per report, and Tune's own SIGINT
+# handling would stop one phase only.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
-from ray.tune.search import ConcurrencyLimiter  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 
-import search_spaces  # noqa: E402
-from study import faults  # noqa: E402
+from study import ledger as ledger_lib  # noqa: E402
+from study.callbacks import StopAll, StudyCallback  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
-from study.results import FINAL_METRICS, ResultsWriter  # noqa: E402
+from study.errors import UserError  # noqa: E402
+from study.ledger import FINISHED, Ledger, SpecChanged, StateError, StudyLock  # noqa: E402
+from study.results import EPOCH_ONLY, EpochLog, compact, metrics_of  # noqa: E402
+from study.searcher import (METRIC, LedgerSearcher, RungScheduler, Rungs, ask, optuna_study, replay,  # noqa: E402
+                            report_intermediate, tell)
 from study.spec import StudySpec  # noqa: E402
-from study.tracking import Tracker, redact_uri  # noqa: E402
+from study.tracking import TRIAL_TAG, Tracker, redact_uri  # noqa: E402
+from study.trainable import checkpoint_epochs, read_reports, trainable  # noqa: E402
 
-STATE_FILE = "study.json"
-METRIC, MODE = "val_acc", "max"
-
-
-# ---------------------------------------------------------------- the trainable
+STATE_FILE = ledger_lib.STATE_FILE
+DEFAULT_CHECKPOINT_EVERY_S = 300.0
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """One Tune trial: a study.train run whose epochs become tune.report calls."""
-    from study.train import load_checkpoint, train
+class StorageError(UserError):
+    """The study's storage cannot be used; the message names the path."""
 
-    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
-    ctx = ray.get_runtime_context()
-    node = f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:12]}"
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = load_checkpoint(d)
 
-    def report(metrics: dict[str, Any], info: dict[str, Any], save) -> None:
-        result = dict(metrics, node=node, info_json=json.dumps(info) if info else "")
-        if metrics["status"] == "diverged":
-            tune.report(result)
+class StudyInterrupted(KeyboardInterrupt):
+    """The study stopped on Ctrl-C/SIGTERM with its state saved (exit 130)."""
+
+
+# ---------------------------------------------------------------- one phase
+
+
+class Phase:
+    """The trials of one (experiment, phase): which to launch next, and what to
+    record when Tune reports on them."""
+
+    def __init__(self, study: "StudyRunner", variant: str, depth: int, phase: str) -> None:
+        self.s, self.subject, self.depth, self.phase = study, variant, depth, phase
+        spec = study.spec
+        self.experiment = f"{spec.name}-{variant}-d{depth}"
+        self.label = f"{variant} d{depth}"
+        self.live: set[str] = set()
+        self.launched: set[str] = set()
+        self.optuna = None
+        self.objectives = list(getattr(spec.variants[variant], "objectives", None) or [METRIC])
+        self.rungs: Rungs | None = None
+        if phase == "search":
+            import search_spaces
+
+            overrides = spec.space_overrides(variant)
+            self.params = search_spaces.space_params(variant, overrides, spec.variants[variant].fixed)
+            self.space = spec.build_space(variant)
+            sampler = spec.make_sampler(variant)
+            self.planned = min(spec.trials_per_variant, getattr(sampler, "size", spec.trials_per_variant))
+            self.optuna = optuna_study(study.optuna_storage(), self.experiment, self.objectives, sampler)
+            if spec.scheduler.type == "asha":
+                self.rungs = Rungs(spec.epochs, spec.scheduler.grace_period, spec.scheduler.reduction_factor)
+        else:
+            self.params, self.space = [], None
+            self.planned = len(spec.seeds)
+        self.scheduler = RungScheduler(self.rungs, self._pruned)
+
+    # ------------------------------------------------------------ records
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for r in self.s.ledger.trials.values() if r["experiment"] == self.experiment
+                and r["phase"] == self.phase]
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r["status"] not in FINISHED]
+
+    def _new_record(self, config: dict[str, Any], *, variant: str, arm: str, optuna_number: int | None,
+                    searched: list[str]) -> dict[str, Any]:
+        led = self.s.ledger
+        rid = led.next_rid(self.experiment, self.phase)
+        cfg = resolved(config)
+        return led.put({
+            "rid": rid, "study": self.s.spec.name, "experiment": self.experiment, "subject": self.subject,
+            "variant": variant, "arm": arm, "phase": self.phase, "depth": self.depth, "seed": int(cfg["seed"]),
+            "optuna_number": optuna_number, "config": cfg, "searched": searched, "status": "pending",
+            "attempts": 0, "mlflow_run_id": None, "pruned_at": None, "created": time.time(),
+            "name": run_name(variant, cfg, searched, self.phase, self.subject),
+        })
+
+    def create_fixed(self) -> bool:
+        """Repeat/twin records, all at once (their configs follow from the search)."""
+        if self.records():
+            return True
+        best = self.s.best_search_record(self.experiment)
+        if best is None:
+            self.s.progress.message(f"{self.experiment}: no completed search trial; no {self.phase} phase")
+            return False
+        for seed in self.s.spec.seeds:
+            cfg = TrainConfig.from_dict(best["config"]).replace(seed=seed)
+            if self.phase == "twin":
+                twin = cfg.twin() if hasattr(cfg, "twin") else None
+                if twin is None:
+                    return False
+                cfg = twin
+            self._new_record(cfg.to_dict(), variant=cfg.variant, arm="twin" if self.phase == "twin" else "variant",
+                             optuna_number=None, searched=list(best["searched"]))
+        return True
+
+    # ------------------------------------------------------------ before launching: reconcile
+
+    def reconcile(self) -> None:
+        """Bring unfinished trials in line with what their checkpoints and Optuna hold."""
+        if self.optuna is not None:
+            known = {r["optuna_number"] for r in self.records()}
+            for t in self.optuna.trials:
+                if t.number not in known and not t.state.is_finished():
+                    # asked, then killed before the ledger line: adopt it with its stored params
+                    values = replay(self.optuna, t.number, self.space)
+                    self._new_record({**self.s.spec.trial_base_config(self.subject, self.depth), **values},
+                                     variant=self.subject, arm="variant", optuna_number=t.number,
+                                     searched=self._searched(values))
+        for rec in self.unfinished():
+            self._catch_up(rec)
+        if self.rungs is not None:
+            for rec in self.s.ledger.select(experiment=self.experiment, phase="search"):
+                by_epoch = {int(r["epoch"]): r.get(METRIC) for r in self.s.epochs.read(rec["rid"])}
+                self.rungs.seed(rec["rid"], by_epoch)
+
+    def _catch_up(self, rec: dict[str, Any]) -> None:
+        rid = rec["rid"]
+        root = self.s.ckpt_root(rid)
+        done = checkpoint_epochs(root)
+        reports = read_reports(root, done[-1]) if done else []
+        logged = set(self.s.epochs.epochs(rid))
+        missing = [r for r in reports if int(r["epoch"]) not in logged]
+        if missing:
+            self.s.open_trial_run(self, rec)
+            for r in missing:  # trained and checkpointed, but the killed driver never logged them
+                self._log_epoch(rec, r, replayed=True)
+        last = reports[-1] if reports else None
+        told = None
+        if self.optuna is not None and rec["optuna_number"] is not None:
+            t = self.optuna.trials[rec["optuna_number"]]
+            if t.state.is_finished():
+                told = t.user_attrs.get("status") or {"COMPLETE": "completed", "PRUNED": "pruned"}.get(
+                    t.state.name, "failed")
+        if told is not None:
+            self.finish(rec, told, last or {}, t.user_attrs.get("error", ""))
+        elif rec.get("pruned_at") and last is not None:
+            self.finish(rec, "pruned", last)
+        elif last is not None and last.get("status") in ("completed", "diverged"):
+            self.finish(rec, last["status"], last)
+
+    def _searched(self, config: dict[str, Any]) -> list[str]:
+        return [p.name for p in self.params if p.is_active(config)]
+
+    # ------------------------------------------------------------ Tune asks for the next trial
+
+    def next_trial(self):
+        if self.s.stopping:
+            return Searcher.FINISHED
+        for rec in self.unfinished():
+            if rec["rid"] not in self.launched:
+                return self._launch(rec)
+        if self.phase == "search" and len(self.records()) < self.planned:
+            number, values = ask(self.optuna, self.space)
+            config = {**self.s.spec.trial_base_config(self.subject, self.depth), **values}
+            rec = self._new_record(config, variant=self.subject, arm="variant", optuna_number=number,
+                                   searched=self._searched(config))
+            return self._launch(rec)
+        return Searcher.FINISHED
+
+    def _launch(self, rec: dict[str, Any]) -> dict[str, Any]:
+        rec = self.s.ledger.update(rec["rid"], status="running", attempts=rec["attempts"] + 1,
+                                   started=rec.get("started") or time.time())
+        self.launched.add(rec["rid"])
+        self.live.add(rec["rid"])
+        every = self.s.checkpoint_every_s()
+        return {**rec["config"], "threads": rec["config"].get("threads") or max(1, int(self.s.spec.resources.cpu)),
+                "_rid": rec["rid"], "_phase": self.phase, "_ckpt": self.s.ckpt_root(rec["rid"]),
+                "_ckpt_epochs": list(self.rungs.milestones) if self.rungs else [], "_ckpt_every_s": every}
+
+    # ------------------------------------------------------------ Tune's events
+
+    def started(self, rid: str) -> None:
+        rec = self.s.ledger.trials[rid]
+        self.s.open_trial_run(self, rec)
+        self.s.progress.trial_started(rid, self.label, self.phase)
+
+    def retried(self, rid: str) -> None:
+        rec = self.s.ledger.trials[rid]
+        self.s.ledger.update(rid, attempts=rec["attempts"] + 1)
+
+    def result(self, rid: str, result: dict[str, Any]) -> None:
+        rec = self.s.ledger.trials[rid]
+        self._log_epoch(rec, result)
+        epochs = int(rec["config"].get("epochs", 0))
+        self.s.progress.trial_epoch(rid, int(result.get("epoch", 0)), epochs, result.get(METRIC),
+                                    result.get("epoch_seconds"))
+
+    def _log_epoch(self, rec: dict[str, Any], result: dict[str, Any], replayed: bool = False) -> None:
+        epoch = int(result.get("epoch", 0))
+        metrics = metrics_of(result)
+        self.s.epochs.append(self.s.identity(rec), epoch, rec["attempts"], metrics, replayed=replayed)
+        self.s.tracker.metrics(f"trial:{rec['rid']}", metrics, step=epoch)
+        if self.optuna is not None and rec["optuna_number"] is not None:
+            report_intermediate(self.optuna, rec["optuna_number"], epoch, result.get(METRIC))
+
+    def _pruned(self, rid: str, epoch: int) -> None:
+        self.s.ledger.update(rid, pruned_at=epoch)
+
+    def ended(self, rid: str, result: dict[str, Any], error: str) -> None:
+        if rid not in self.live:
             return
-        with tempfile.TemporaryDirectory(prefix="resstudy-ckpt-") as d:
-            save(d)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
-        faults.check(config, int(metrics["epoch"]))
-
-    train(cfg, report, resume=resume)
-
-
-# ---------------------------------------------------------------- Optuna
-
-
-class StudyOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about how a trial ended.
-
-    Ray's OptunaSearch marks a trial that ASHA stopped early as COMPLETE with its
-    low-fidelity value, which poisons TPE and importance analysis. Here only a
-    trial that trained all epochs is COMPLETE; an early-stopped one is PRUNED at
-    the epoch it reached (its per-epoch values are Optuna intermediate values);
-    errors and divergence are FAIL.
-    """
-
-    def __init__(self, *args: Any, trial_attrs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.trial_attrs = trial_attrs or {}
-        self.numbers: dict[str, int] = {}
-
-    def suggest(self, trial_id: str):
-        params = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self.numbers[trial_id] = self._ot_trials[trial_id].number
-        return params
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        import optuna
-
-        # After a driver kill, Tune's last snapshot may predate a trial's end that
-        # Optuna already recorded; the restored run replays it: keep Optuna's record.
-        try:
-            super().on_trial_result(trial_id, result)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        import optuna
-
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        ot_trial = self._ot_trials[trial_id]
-        status = (result or {}).get("status")
-        outcome = "failed" if error else {"completed": "completed", "diverged": "diverged"}.get(status, "pruned")
-        state = {"completed": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED}.get(
-            outcome, optuna.trial.TrialState.FAIL)
-        value = result.get(self.metric) if outcome == "completed" else None
-        try:
-            # Tune hands the result that made ASHA stop a trial to on_trial_complete
-            # only; record it as the last intermediate value so PRUNED sits at its epoch.
-            step = (result or {}).get("training_iteration")
-            if outcome == "pruned" and step is not None and result.get(self.metric) is not None:
-                if step not in ot_trial._cached_frozen_trial.intermediate_values:  # noqa: SLF001
-                    ot_trial.report(result[self.metric], step)
-            for k, v in {**self.trial_attrs, "status": outcome, "ray_trial_id": trial_id,
-                         "epochs": (result or {}).get("epoch", 0)}.items():
-                ot_trial.set_user_attr(k, v)
-            self._ot_study.tell(ot_trial, value, state=state)
-        except Exception as e:  # a NaN value or a trial already told: record, never crash the study
-            print(f"resstudy: Optuna could not record trial {trial_id}: {e}", file=sys.stderr)
-        self._completed_trials.add(trial_id)
-
-
-# ---------------------------------------------------------------- tracking + results
-
-
-class StudyCallback(tune.Callback):
-    """Driver-side: MLflow runs, Parquet rows and the progress view, per trial event."""
-
-    def __init__(self, runner: "StudyRunner", experiment: str, variant: str, depth: int, phase: str,
-                 searcher: StudyOptunaSearch | None, searched: list) -> None:
-        self.r, self.experiment, self.variant, self.depth, self.phase = runner, experiment, variant, depth, phase
-        self.searcher, self.searched = searcher, searched
-        self.last: dict[str, dict[str, Any]] = {}
-        self.started: dict[str, float] = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its run config (callbacks included) into the experiment
-        # folder; the runner is re-attached on restore, so leave it out.
-        return {k: v for k, v in self.__dict__.items() if k not in ("r", "searcher")}
-
-    def _key(self, trial) -> str:
-        return f"trial:{trial.trial_id}"
-
-    def _identity(self, trial) -> dict[str, Any]:
-        return {"study": self.r.spec.name, "experiment": self.experiment, "variant": self.variant,
-                "depth": self.depth, "phase": self.phase, "trial_id": trial.trial_id,
-                "seed": int(trial.config.get("seed", 0))}
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.started.setdefault(trial.trial_id, time.time())
-        key = self._key(trial)
-        self.r.tracker.create(key, f"exp:{self.experiment}", f"{self.variant}-{trial.trial_id}",
-                              {"resstudy.level": "trial", "variant": self.variant, "seed": str(trial.config.get("seed")),
-                               "phase": self.phase, "status": "running", "ray_trial_id": trial.trial_id})
-        self.r.tracker.params(key, resolved_config(trial.config))
-        self.r.progress.update(trial.trial_id, self.variant, "running")
-
-    def on_trial_restore(self, iteration, trials, trial, **info) -> None:
-        self.on_trial_start(iteration, trials, trial)
-
-    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        # Tune restarts the trial from its last checkpoint: epochs after it will be re-run.
-        last = self.last.get(trial.trial_id, {})
-        ckpt_epoch = int(last.get("epoch", 0))
-        self.r.results.drop_epochs_after(trial.trial_id, ckpt_epoch)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.last[trial.trial_id] = result
-        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
-                                 "time_since_restore", "iterations_since_restore", "pid", "done")}
-        self.r.tracker.metrics(self._key(trial), metrics, step=epoch)
-        self.r.results.add_epoch(self._identity(trial), result)
-        self.r.progress.best(self.variant, result.get(METRIC))
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        result = self.last.get(trial.trial_id) or trial.last_result or {}
+        rec = self.s.ledger.trials[rid]
         status = result.get("status")
-        outcome = status if status in ("completed", "diverged") else "pruned"
-        self._finish(trial, result, outcome)
+        if status in ("completed", "diverged"):
+            outcome = status
+        elif rec.get("pruned_at") is not None:
+            outcome = "pruned"
+        elif self.s.stopping:
+            self.interrupt(rec)
+            return
+        else:
+            outcome = "failed"
+            error = error or f"trial ended at epoch {result.get('epoch', 0)} without finishing"
+        self.finish(rec, outcome, result, error)
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        result = self.last.get(trial.trial_id) or trial.last_result or {}
-        error = ""
-        if getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
-            error = Path(trial.error_file).read_text(errors="replace")[-2000:]
-        self._finish(trial, result, "failed", error)
+    def interrupt(self, rec: dict[str, Any]) -> None:
+        """Stopped by Ctrl-C/SIGTERM: resumable from its latest checkpoint."""
+        self.s.ledger.update(rec["rid"], status="interrupted")
+        key = f"trial:{rec['rid']}"
+        if self.s.tracker.run_id(key):
+            self.s.tracker.tags(key, {"status": "interrupted"})
+            self.s.tracker.end(key, "interrupted")
+        self.live.discard(rec["rid"])
+        self.s.progress.trial_finished(rec["rid"], "interrupted")
 
-    def _finish(self, trial, result: dict[str, Any], outcome: str, error: str = "") -> None:
-        key = self._key(trial)
-        row = self._identity(trial)
-        number = self.searcher.numbers.get(trial.trial_id) if self.searcher else None
-        row.update(optuna_number=number, status=outcome, epochs_reached=int(result.get("epoch", 0)),
-                   seconds=time.time() - self.started.get(trial.trial_id, time.time()),
-                   node=result.get("node", ""), mlflow_run_id=self.r.tracker.run_id(key) or "",
-                   searched=json.dumps([p.name for p in self.searched if p.is_active(trial.config)]),
-                   error=error[-500:])
-        row.update(resolved_config(trial.config))
-        row.update({k: result.get(k, float("nan")) for k in FINAL_METRICS})
+    def finish(self, rec: dict[str, Any], outcome: str, result: dict[str, Any], error: str = "") -> None:
+        """A trial's end: Optuna first, then the ledger (the study's truth), then MLflow."""
+        rid = rec["rid"]
+        s = self.s
+        row = {**s.identity(rec), "optuna_number": rec["optuna_number"], "status": outcome,
+               "epochs_reached": int(result.get("epoch", 0)),
+               "seconds": round(time.time() - (rec.get("started") or time.time()), 3),
+               "node": result.get("node", ""), "mlflow_run_id": s.tracker.run_id(f"trial:{rid}") or "",
+               "searched": rec["searched"], "error": ledger_error(error)}
+        row.update(rec["config"])
+        # the trial's own numbers, not per-epoch ones (lr, speed); precision and device as resolved
+        metrics = {k: v for k, v in metrics_of(result).items()
+                   if k not in EPOCH_ONLY and (k not in rec["config"] or k in ("precision", "device"))}
         if outcome != "completed":
-            row["test_acc"] = row["test_loss"] = row["compressed_test_acc"] = float("nan")
-        self.r.results.finish_trial(row)
-        self.r.tracker.tags(key, {"status": outcome, "node": row["node"], "epochs_reached": row["epochs_reached"]})
-        self._artifacts(key, trial.trial_id, result)
-        self.r.tracker.end(key, outcome)
-        self.r.progress.update(trial.trial_id, self.variant, outcome, result.get(METRIC))
+            metrics = {k: (float("nan") if k.startswith(("test_", "compressed_test")) else v)
+                       for k, v in metrics.items()}
+        row.update(metrics)
+        if self.optuna is not None and rec["optuna_number"] is not None:
+            tell(self.optuna, rec["optuna_number"], outcome, result, self.objectives,
+                 {"rid": rid, "status": outcome, "seed": rec["seed"], "variant": rec["variant"], "depth": self.depth,
+                  "epochs": row["epochs_reached"], "mlflow_run_id": row["mlflow_run_id"],
+                  **({"error": row["error"]} if row["error"] else {})})
+        s.ledger.update(rid, status=outcome, row=row, finished=time.time())
+        key = f"trial:{rid}"
+        if s.tracker.run_id(key):
+            s.tracker.tags(key, {"status": outcome, "node": row["node"], "epochs_reached": row["epochs_reached"]})
+            s.log_artifacts(key, rid, rec["variant"], result)
+            s.tracker.end(key, outcome)
+        self.live.discard(rid)
+        s.progress.trial_finished(rid, outcome, result.get("best_val_acc", result.get(METRIC)))
 
-    def _artifacts(self, key: str, trial_id: str, result: dict[str, Any]) -> None:
-        info = json.loads(result.get("info_json") or "{}")
-        out = self.r.study_dir / "artifacts" / trial_id
-        out.mkdir(parents=True, exist_ok=True)
-        from study import artifacts
 
-        for path in artifacts.write(info, result, out):
-            self.r.tracker.artifact(key, path)
+def ledger_error(error: str) -> str:
+    return (error or "")[-500:]
 
 
-def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The full TrainConfig a trial ran with (defaults filled in), as plain values."""
+def resolved(config: dict[str, Any]) -> dict[str, Any]:
+    """The full TrainConfig a trial runs with (its own variant's options), as plain values."""
     return TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")}).to_dict()
 
 
-class Progress:
-    """The live view: one line per change, trials done/running/pruned/failed and best per variant."""
+def run_name(variant: str, cfg: dict[str, Any], searched: list[str], phase: str, subject: str) -> str:
+    """What a person reads in the MLflow run list: variant and searched values."""
+    def short(name: str) -> str:
+        return name.removeprefix(f"{variant}_").removeprefix(f"{subject}_")
 
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total = name, total
-        self.state: dict[str, tuple[str, str]] = {}
-        self.bests: dict[str, float] = {}
-        self._last_line = ""
-        self._t0 = time.time()
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    def best(self, variant: str, value: Any) -> None:
-        if isinstance(value, (int, float)) and value == value:
-            self.bests[variant] = max(self.bests.get(variant, -1.0), float(value))
-
-    def update(self, trial_id: str, variant: str, status: str, value: Any = None) -> None:
-        self.state[trial_id] = (variant, status)
-        self.best(variant, value)
-        counts = {s: sum(1 for _, st in self.state.values() if st == s)
-                  for s in ("running", "completed", "pruned", "failed", "diverged")}
-        done = counts["completed"] + counts["pruned"] + counts["failed"] + counts["diverged"]
-        bests = " ".join(f"{v}={b:.3f}" for v, b in sorted(self.bests.items()))
-        line = (f"[{self.name} {time.time() - self._t0:6.0f}s] trials {done}/{self.total} done: "
-                f"{counts['completed']} completed, {counts['pruned']} pruned, {counts['failed']} failed, "
-                f"{counts['diverged']} diverged; {counts['running']} running | best val_acc {bests}")
-        if line != self._last_line:
-            print(line, flush=True)
-            self._last_line = line
+    if phase == "search":
+        return " ".join([variant, *(f"{short(k)}={fmt(cfg.get(k))}" for k in searched)])
+    what = "repeat" if phase == "repeat" else f"twin of {subject}"
+    return f"{variant} {what} seed={cfg.get('seed')}"
 
 
-# ---------------------------------------------------------------- the runner
+# ---------------------------------------------------------------- the study
 
 
 class StudyRunner:
@@ -269,132 +329,403 @@ class StudyRunner:
         if study_dir is None:
             study_dir = spec.study_dir()
             if isinstance(study_dir, str):
-                # Remote storage: Tune writes trials there directly; the driver keeps its
-                # Parquet/state files locally and copies them up after every experiment.
+                # Remote storage: checkpoints go there directly; the driver keeps its ledger,
+                # Parquet and state files locally and copies them up after every experiment.
                 self.remote = study_dir
                 study_dir = Path(os.environ.get("RESSTUDY_LOCAL_DIR", "resstudy_runs")).resolve() / spec.name
         self.study_dir = Path(study_dir)
-        self.study_dir.mkdir(parents=True, exist_ok=True)
-        self.state = read_state(self.study_dir)
-        self.results = ResultsWriter(self.study_dir)
-        n_exp = len(spec.experiments())
-        repeats = len(spec.seeds) if spec.repeat_best else 0
-        self.progress = Progress(spec.name, n_exp * (spec.trials_per_variant + repeats))
+        self.stopping = False
         self.tracker: Tracker | None = None
+        self._storage = None
+        self._signals = 0
 
-    def save_state(self) -> None:
-        write_state(self.study_dir, self.state)
+    # ------------------------------------------------------------ paths and helpers
 
-    def _on_ids(self, ids: dict[str, str]) -> None:
-        self.state["mlflow_runs"] = dict(ids)
-        if "study" in ids:
-            self.state["mlflow_parent_run_id"] = ids["study"]
-        self.save_state()
+    def ckpt_root(self, rid: str) -> str:
+        base = self.remote if self.remote else str(self.study_dir)
+        return f"{base}/checkpoints/{rid}"
+
+    def checkpoint_every_s(self) -> float:
+        env = os.environ.get("RESSTUDY_CHECKPOINT_EVERY_S")
+        if env is not None:
+            return float(env)
+        ck = getattr(self.spec, "checkpoint", None)
+        minutes = getattr(ck, "every_minutes", None) if ck is not None else None
+        return DEFAULT_CHECKPOINT_EVERY_S if minutes is None else 60.0 * float(minutes)
+
+    def optuna_storage(self):
+        if self._storage is None:
+            import optuna
+
+            path = self.study_dir / "optuna.db"
+            try:
+                self._storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+                optuna.get_all_study_summaries(self._storage)
+            except Exception as e:
+                raise StateError(f"Optuna database {path} cannot be read ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200]}); restore it from a backup, or move the study "
+                                 "directory away and start the study again") from None
+        return self._storage
+
+    def identity(self, rec: dict[str, Any]) -> dict[str, Any]:
+        return {"study": rec["study"], "experiment": rec["experiment"], "subject": rec["subject"],
+                "variant": rec["variant"], "arm": rec["arm"], "phase": rec["phase"], "depth": rec["depth"],
+                "trial_id": rec["rid"], "seed": rec["seed"]}
+
+    def best_search_record(self, experiment: str) -> dict[str, Any] | None:
+        done = [r for r in self.ledger.select(experiment=experiment, phase="search", status="completed")
+                if isinstance(r["row"].get(METRIC), (int, float)) and math.isfinite(r["row"][METRIC])]
+        return max(done, key=lambda r: (r["row"][METRIC], -r["optuna_number"])) if done else None
+
+    def open_trial_run(self, phase: Phase, rec: dict[str, Any]) -> None:
+        key = f"trial:{rec['rid']}"
+        if rec.get("mlflow_run_id") and key not in self.tracker.ids:
+            self.tracker.ids[key] = rec["mlflow_run_id"]
+        tags = {"resstudy.level": "trial", "resstudy.study": self.spec.name, TRIAL_TAG: rec["rid"],
+                "variant": rec["variant"], "subject": rec["subject"], "arm": rec["arm"], "phase": rec["phase"],
+                "seed": str(rec["seed"]), "status": "running"}
+        self.tracker.create(key, f"exp:{phase.experiment}", rec["name"], tags, params=rec["config"])
+
+    def log_artifacts(self, key: str, rid: str, variant: str, result: dict[str, Any]) -> None:
+        import json
+
+        info = json.loads(result.get("info_json") or "{}")
+        if not info:
+            return
+        out = self.study_dir / "artifacts" / rid
+        try:
+            from study import artifacts
+
+            try:
+                paths = artifacts.write(info, result, out, variant)
+            except TypeError:
+                paths = artifacts.write(info, result, out)
+            for path in paths:
+                self.tracker.artifact(key, path)
+        except Exception as e:  # an artifact must never cost a trial its result
+            print(f"resstudy: artifacts of {rid} not written: {e}", file=sys.stderr)
+
+    # ------------------------------------------------------------ storage, lock, spec
+
+    def _check_storage(self) -> None:
+        d = self.study_dir
+        for p in [d, *d.parents]:
+            if p.exists():
+                if not p.is_dir():
+                    raise StorageError(f"storage: {p} is a file, not a directory; choose another storage_path")
+                if not os.access(p, os.W_OK | os.X_OK):
+                    raise StorageError(f"storage: {p} is not writable by this user; choose a writable "
+                                       "storage_path or fix its permissions")
+                break
+        if d.is_dir() and any(d.iterdir()) and not ledger_lib.is_study_dir(d):
+            raise StorageError(f"storage: {d} exists and is not a resstudy study directory (no study.json, "
+                               "ledger.jsonl or spec.yaml); choose another study name or storage_path")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"storage: cannot create {d} ({e.strerror}); choose a writable storage_path") from None
+
+    def _check_spec(self, state: dict[str, Any]) -> None:
+        new = self.spec.model_dump(mode="json")
+        old = state.get("spec")
+        if old is None or state.get("spec_fingerprint") == ledger_lib.fingerprint(new):
+            return
+        diff = ledger_lib.spec_diff(old, new)
+        if not diff:
+            return
+        raise SpecChanged(
+            f"study {self.spec.name} in {self.study_dir} was started with a different spec; differing: "
+            + "; ".join(diff) + ". Resume it with its own spec (`resstudy resume "
+            f"{self.study_dir}`), or run the changed spec as a new study (`--new-name NAME`)")
+
+    # ------------------------------------------------------------ signals
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals > 1:
+            print(f"\nresstudy: {name} again: stopping at once; resume with: resstudy resume {self.study_dir}",
+                  file=sys.stderr, flush=True)
+            os._exit(130)
+        self.stopping = True
+        print(f"\nresstudy: {name}: stopping the study (running trials keep their last checkpoint); "
+              "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
+
+    def _install_signals(self) -> dict:
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: the caller handles signals
+                pass
+        return old
+
+    # ------------------------------------------------------------ the run
 
     def run(self) -> Path:
         spec = self.spec
-        # The saved spec must not carry a tracking password: `resstudy resume` takes
-        # it again from --tracking-uri or MLflow's own MLFLOW_TRACKING_USERNAME/PASSWORD.
-        saved = spec.model_copy(deep=True)
-        if saved.mlflow.tracking_uri:
-            saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
-        (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
-        uri = spec.tracking_uri()
-        self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir,
-                               ids=self.state.get("mlflow_runs"), on_ids_changed=self._on_ids)
-        self.state.update(name=spec.name, tracking_uri=redact_uri(uri), experiment_id=self.tracker.experiment_id,
-                          started=self.state.get("started", time.time()))
-        self.state.setdefault("experiments", {})
-        self.save_state()
-        print(f"resstudy: study {spec.name} -> {self.study_dir}", flush=True)
-        print(f"resstudy: MLflow: {self.tracker.ui_command()}", flush=True)
-        _init_ray(spec)
+        if not self.remote:
+            self._check_storage()
+        else:
+            self.study_dir.mkdir(parents=True, exist_ok=True)
+        lock = StudyLock(self.study_dir).acquire()
+        old_handlers: dict = {}
         try:
-            for variant, depth in spec.experiments():
-                self._experiment(variant, depth, "search")
-                if spec.repeat_best and spec.seeds:
-                    self._experiment(variant, depth, "repeat")
+            self.ledger = Ledger(self.study_dir)
+            state = self.ledger.state
+            self._check_spec(state)
+            try:
+                from study import preflight
+
+                preflight.check_spec(spec)
+            except ImportError:
+                pass
+            if state.get("finished") and all(r["status"] in FINISHED for r in self.ledger.trials.values()):
+                print(f"resstudy: study {spec.name} is already finished ({self.study_dir})", flush=True)
+                self._compact()
+                return self.study_dir
+            self.optuna_storage()
+            saved = spec.model_copy(deep=True)
+            if saved.mlflow.tracking_uri:
+                saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
+            spec_text = saved.to_yaml()
+            if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
+                (self.study_dir / "spec.yaml").write_text(spec_text)
+            uri = spec.tracking_uri()
+            state_ids = dict(state.get("mlflow_runs", {}))
+            self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir, ids=state_ids,
+                                   on_ids_changed=self._on_ids)
+            state.update(name=spec.name, tracking_uri=redact_uri(uri), experiment_id=self.tracker.experiment_id,
+                         started=state.get("started", time.time()), spec=spec.model_dump(mode="json"),
+                         spec_fingerprint=ledger_lib.fingerprint(spec.model_dump(mode="json")))
+            state.setdefault("phases", {})
+            state.pop("finished", None)
+            state["sessions"] = int(state.get("sessions", 0)) + 1
+            self.ledger.save_state()
+            self.epochs = EpochLog(self.study_dir)
+            self._reconcile_mlflow()
+            self.ledger.compact()
+            self._compact()
+            resumed = bool(self.ledger.trials)
+            print(f"resstudy: study {spec.name} -> {self.study_dir}" + (" (resuming)" if resumed else ""), flush=True)
+            print(f"resstudy: MLflow: {self.tracker.ui_command()}", flush=True)
+            self.progress = _progress(spec.name, self._plan())
+            _init_ray(spec)
+            try:
+                from study import preflight
+
+                if hasattr(preflight, "check_cluster"):
+                    preflight.check_cluster(spec, ray.cluster_resources())
+            except ImportError:
+                pass
+            old_handlers = self._install_signals()
+            try:
+                _driver_hook("start")
+                self._run_experiments()
+                _driver_hook("study_end")
+                if self.stopping:
+                    raise StudyInterrupted()
+            except StudyInterrupted:
+                self._stopped("interrupted", "KILLED")
+                raise
+            except BaseException:
+                self._stopped("failed", "FAILED")
+                raise
+            self._summaries()
             self.tracker.end("study", "completed")
+            state["finished"] = time.time()
+            self.ledger.save_state()
+            self._compact()
+            self._flush_tracking()
+            self.progress.close()
+            print(f"resstudy: results in {self.study_dir / 'results.parquet'} and history.parquet", flush=True)
+            print(f"resstudy: browse the runs with: {self.tracker.ui_command()}", flush=True)
+            return self.study_dir
         finally:
-            self.results.flush()
-            if not self.tracker.flush(wait_s=float(os.environ.get("RESSTUDY_MLFLOW_FLUSH_WAIT", "120"))):
-                print(f"resstudy: {self.tracker.pending} MLflow call(s) could not be delivered", file=sys.stderr)
-        self.state["finished"] = time.time()
-        self.save_state()
-        print(f"resstudy: results in {self.study_dir / 'results.parquet'} and history.parquet", flush=True)
-        print(f"resstudy: browse the runs with: {self.tracker.ui_command()}", flush=True)
-        return self.study_dir
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+            if hasattr(self, "ledger"):
+                self.ledger.close()
+            lock.release()
 
-    def _experiment(self, variant: str, depth: int, phase: str) -> None:
-        spec = self.spec
-        name = f"{spec.name}-{variant}-d{depth}" + ("-repeat" if phase == "repeat" else "")
-        if self.state["experiments"].get(name) == "done":
+    def _on_ids(self, key: str, run_id: str) -> None:
+        if key.startswith("trial:"):
+            rid = key[len("trial:"):]
+            if rid in self.ledger.trials and self.ledger.trials[rid].get("mlflow_run_id") != run_id:
+                self.ledger.update(rid, mlflow_run_id=run_id)
             return
-        parent = f"{spec.name}-{variant}-d{depth}"
-        self.tracker.create(f"exp:{parent}", "study", parent, {"resstudy.level": "variant", "variant": variant,
-                                                               "depth": str(depth)}) if phase == "search" else None
-        base = spec.trial_base_config(variant, depth)
-        base["threads"] = max(1, int(spec.resources.cpu))
-        searcher = None
-        # search_spaces.Param list; a conditional one counts only where active. A repeat
-        # trial runs a searched configuration, so it lists the same names.
-        overrides = spec.space_overrides(variant)
-        searched = search_spaces.space_params(variant, overrides, spec.variants[variant].fixed)
-        if phase == "search":
-            sampler = spec.make_sampler(variant)
-            import optuna
+        self.ledger.state.setdefault("mlflow_runs", {})[key] = run_id
+        if key == "study":
+            self.ledger.state["mlflow_parent_run_id"] = run_id
+        self.ledger.save_state()
 
-            storage = optuna.storages.RDBStorage(f"sqlite:///{self.study_dir / 'optuna.db'}")
-            searcher = StudyOptunaSearch(space=spec.build_space(variant), metric=METRIC, mode=MODE, sampler=sampler,
-                                         study_name=name, storage=storage,
-                                         trial_attrs={"seed": int(base["seed"]), "variant": variant, "depth": depth})
-            search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
-            param_space = base
-            num_samples = min(spec.trials_per_variant, getattr(sampler, "size", spec.trials_per_variant))
-            scheduler = (ASHAScheduler(max_t=spec.epochs, grace_period=spec.scheduler.grace_period,
-                                       reduction_factor=spec.scheduler.reduction_factor)
-                         if spec.scheduler.type == "asha" else FIFOScheduler())
-        else:
-            best = self._best_config(parent)
-            if best is None:
-                print(f"resstudy: {parent}: no completed trial to repeat", flush=True)
-                self.state["experiments"][name] = "done"
-                self.save_state()
-                return
-            param_space = dict(best, seed=tune.grid_search(list(spec.seeds)))
-            search_alg, num_samples, scheduler = None, 1, FIFOScheduler()
+    def _plan(self) -> dict[str, int]:
+        spec = self.spec
+        plan = {}
+        for variant, depth in spec.experiments():
+            n = min(spec.trials_per_variant, getattr(spec.make_sampler(variant), "size", spec.trials_per_variant))
+            if spec.repeat_best and spec.seeds:
+                n += len(spec.seeds) * (2 if _has_twin(spec, variant, depth) else 1)
+            plan[f"{variant} d{depth}"] = n
+        return plan
 
-        callback = StudyCallback(self, parent, variant, depth, phase, searcher, searched)
+    def _run_experiments(self) -> None:
+        spec = self.spec
+        for variant, depth in spec.experiments():
+            experiment = f"{spec.name}-{variant}-d{depth}"
+            phases = ["search"]
+            if spec.repeat_best and spec.seeds:
+                phases += ["repeat", "twin"]
+            opened = False
+            for phase_name in phases:
+                key = f"{experiment}:{phase_name}"
+                if self.ledger.state["phases"].get(key) == "done":
+                    continue
+                _driver_hook("phase_start", experiment=experiment, phase=phase_name)
+                if self.stopping:
+                    raise StudyInterrupted()
+                if not opened:
+                    self.tracker.create(f"exp:{experiment}", "study", experiment, {
+                        "resstudy.level": "variant", "variant": variant, "depth": str(depth)})
+                    opened = True
+                phase = Phase(self, variant, depth, phase_name)
+                if phase_name != "search" and not phase.create_fixed():
+                    self._phase_done(key)
+                    continue
+                self._run_phase(phase)
+                self._phase_done(key)
+            if opened:
+                self._experiment_summary(experiment)
+                self.tracker.end(f"exp:{experiment}", "completed")
+            self._compact()
+            self._sync_remote()
+
+    def _phase_done(self, key: str) -> None:
+        self.ledger.state["phases"][key] = "done"
+        self.ledger.save_state()
+
+    def _run_phase(self, phase: Phase) -> None:
+        phase.reconcile()
+        spec = self.spec
         resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-        fn = tune.with_resources(trainable, resources)
         storage_path = f"{self.remote}/tune" if self.remote else str(self.study_dir / "tune")
-        exp_path = f"{storage_path}/{name}"
-        run_config = tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=[callback], verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        )
-        if tune.Tuner.can_restore(exp_path):
-            print(f"resstudy: {name}: resuming the interrupted experiment", flush=True)
-            tuner = tune.Tuner.restore(exp_path, fn, resume_unfinished=True, resume_errored=False,
-                                       param_space=param_space)
-            # callbacks are not restored from the pickled state; re-attach ours
-            tuner._local_tuner._run_config.callbacks = [callback]  # noqa: SLF001 (no public hook in Ray 2.60)
-            if searcher is not None:
-                restored = tuner._local_tuner._tune_config.search_alg  # noqa: SLF001
-                inner = getattr(restored, "searcher", restored)
-                callback.searcher = inner if isinstance(inner, StudyOptunaSearch) else searcher
-        else:
-            tuner = tune.Tuner(fn, param_space=param_space, run_config=run_config, tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
-                max_concurrent_trials=None if search_alg is not None else spec.max_concurrent, reuse_actors=True,
-                trial_dirname_creator=_trial_dirname))
-        print(f"resstudy: {name}: {num_samples if phase == 'search' else len(spec.seeds)} trial(s)", flush=True)
-        tuner.fit()
-        self.results.flush()
-        self.state["experiments"][name] = "done"
-        self.save_state()
-        self._sync_remote()
+        for _ in range(3):
+            if not phase.unfinished() and (phase.phase != "search" or len(phase.records()) >= phase.planned):
+                return
+            phase.launched.clear()
+            session = self.ledger.state["sessions"]
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                param_space={},
+                tune_config=tune.TuneConfig(
+                    search_alg=LedgerSearcher(phase.next_trial), scheduler=phase.scheduler, num_samples=-1,
+                    max_concurrent_trials=spec.max_concurrent, reuse_actors=True,
+                    trial_dirname_creator=lambda t: str(t.config.get("_rid", t.trial_id))),
+                run_config=tune.RunConfig(
+                    name=f"{phase.experiment}-{phase.phase}-s{session}", storage_path=storage_path,
+                    callbacks=[StudyCallback(phase)], stop=StopAll(lambda: self.stopping), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0)),
+            )
+            tuner.fit()
+            if self.stopping:
+                for rid in list(phase.live):
+                    phase.interrupt(self.ledger.trials[rid])
+                raise StudyInterrupted()
+            for rid in list(phase.live):  # Tune dropped it without an event: run it again
+                self.ledger.update(rid, status="interrupted")
+                phase.live.discard(rid)
+        if phase.unfinished():
+            raise RuntimeError(f"{phase.experiment} {phase.phase}: trials {[r['rid'] for r in phase.unfinished()]} "
+                               "did not finish after 3 attempts")
+
+    def _stopped(self, outcome: str, status: str) -> None:
+        """Every MLflow run ends on every path: the running ones are closed as `status`."""
+        for rec in self.ledger.trials.values():
+            if rec["status"] == "running":
+                self.ledger.update(rec["rid"], status="interrupted")
+                key = f"trial:{rec['rid']}"
+                if self.tracker.run_id(key):
+                    self.tracker.tags(key, {"status": "interrupted"})
+                    self.tracker.end(key, "interrupted")
+        for key in list(self.tracker.ids):
+            if not key.startswith("trial:"):
+                self.tracker.end(key, "interrupted" if status == "KILLED" else "failed")
+        self.ledger.save_state()
+        self._compact()
+        self._flush_tracking(wait_s=5.0)
+        if hasattr(self, "progress"):
+            self.progress.close()
+        if outcome == "interrupted":
+            print(f"resstudy: study {self.spec.name} stopped; its state is saved. Resume with: "
+                  f"resstudy resume {self.study_dir}", file=sys.stderr, flush=True)
+
+    def _flush_tracking(self, wait_s: float | None = None) -> None:
+        if wait_s is None:
+            wait_s = float(os.environ.get("RESSTUDY_MLFLOW_FLUSH_WAIT", "120"))
+        if not self.tracker.flush(wait_s=wait_s):
+            print(f"resstudy: {self.tracker.pending} MLflow call(s) could not be delivered", file=sys.stderr)
+
+    def _compact(self) -> None:
+        rows = [r["row"] for r in self.ledger.trials.values() if r["status"] in FINISHED and r.get("row")]
+        compact(self.study_dir, rows)
+
+    # ------------------------------------------------------------ MLflow: reconcile and summarise
+
+    def _reconcile_mlflow(self) -> None:
+        """One MLflow run per trial: adopt or delete runs a killed driver left, and end
+        the runs of finished trials that were left RUNNING."""
+        try:
+            runs = self.tracker.trial_runs(self.spec.name)
+        except Exception as e:
+            print(f"resstudy: MLflow runs not reconciled ({type(e).__name__})", file=sys.stderr)
+            return
+        by_rid: dict[str, list] = {}
+        for run in runs:
+            by_rid.setdefault(run.data.tags.get(TRIAL_TAG, ""), []).append(run)
+        for rid, group in by_rid.items():
+            rec = self.ledger.trials.get(rid)
+            keep = rec.get("mlflow_run_id") if rec else None
+            if rec is not None and keep is None:
+                keep = sorted(group, key=lambda r: r.info.start_time)[0].info.run_id
+                self.ledger.update(rid, mlflow_run_id=keep)
+            for run in group:
+                if run.info.run_id != keep:
+                    self.tracker.delete_run(run.info.run_id)
+                elif rec is not None and rec["status"] in FINISHED and run.info.status == "RUNNING":
+                    self.tracker.ids[f"trial:{rid}"] = keep
+                    self.tracker.tags(f"trial:{rid}", {"status": rec["status"]})
+                    self.tracker.end(f"trial:{rid}", rec["status"])
+        for rec in self.ledger.trials.values():
+            if rec.get("mlflow_run_id"):
+                self.tracker.ids[f"trial:{rec['rid']}"] = rec["mlflow_run_id"]
+
+    def _experiment_summary(self, experiment: str) -> None:
+        best = self.best_search_record(experiment)
+        recs = list(self.ledger.select(experiment=experiment))
+        counts = {s: sum(1 for r in recs if r["status"] == s and r["phase"] == "search") for s in FINISHED}
+        metrics = {f"n_{s}": float(n) for s, n in counts.items()}
+        if best is not None:
+            metrics["best_val_acc"] = float(best["row"][METRIC])
+            self.tracker.params(f"exp:{experiment}", {f"best.{k}": v for k, v in best["config"].items()})
+            self.tracker.tags(f"exp:{experiment}", {"best_trial": best["rid"],
+                                                    "best_mlflow_run_id": best.get("mlflow_run_id") or ""})
+        self.tracker.metrics(f"exp:{experiment}", metrics, step=0)
+
+    def _summaries(self) -> None:
+        metrics, tags = {}, {}
+        for variant, depth in self.spec.experiments():
+            experiment = f"{self.spec.name}-{variant}-d{depth}"
+            best = self.best_search_record(experiment)
+            if best is not None:
+                metrics[f"best_val_acc.{variant}.d{depth}"] = float(best["row"][METRIC])
+                tags[f"best_trial.{variant}.d{depth}"] = best["rid"]
+        if metrics:
+            metrics["best_val_acc"] = max(metrics.values())
+            self.tracker.metrics("study", metrics, step=0)
+            self.tracker.tags("study", tags)
+        rows = [r for r in self.ledger.trials.values()]
+        self.tracker.metrics("study", {"n_trials": float(len(rows))}, step=0)
 
     def _sync_remote(self) -> None:
         if not self.remote:
@@ -403,26 +734,70 @@ class StudyRunner:
 
         fs, root = pafs.FileSystem.from_uri(self.remote)
         local = pafs.LocalFileSystem()
-        for name in ("results.parquet", "history.parquet", "spec.yaml", STATE_FILE, "optuna.db"):
+        for name in ("results.parquet", "history.parquet", "spec.yaml", STATE_FILE, ledger_lib.LEDGER_FILE,
+                     "optuna.db"):
             if (self.study_dir / name).exists():
                 pafs.copy_files(str(self.study_dir / name), f"{root}/{name}", source_filesystem=local,
                                 destination_filesystem=fs)
 
-    def _best_config(self, experiment: str) -> dict[str, Any] | None:
-        rows = [r for r in self.results.results.values()
-                if r["experiment"] == experiment and r["phase"] == "search" and r["status"] == "completed"]
-        if not rows:
-            return None
-        best = max(rows, key=lambda r: r.get(METRIC) or -1.0)
-        fields = set(TrainConfig.__dataclass_fields__)
-        return {k: v for k, v in best.items() if k in fields}
+
+def _driver_hook(event: str, **info: Any) -> None:
+    """The test seam on the driver side (as RESSTUDY_TRIAL_HOOK on the trial side):
+    RESSTUDY_DRIVER_HOOK=tests.module:function is called at study start, at each
+    phase start and after the last trial. Unset in production: nothing is called."""
+    spec = os.environ.get("RESSTUDY_DRIVER_HOOK")
+    if not spec:
+        return
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module.startswith("tests."):
+        raise RuntimeError(f"RESSTUDY_DRIVER_HOOK={spec!r}: only a tests.* module may be plugged in")
+    getattr(importlib.import_module(module), name or "driver_event")(event, **info)
 
 
-def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+def _has_twin(spec: StudySpec, variant: str, depth: int) -> bool:
+    try:
+        cfg = TrainConfig.from_dict({**spec.trial_base_config(variant, depth)})
+        return hasattr(cfg, "twin") and cfg.twin() is not None
+    except Exception:
+        return False
 
 
-def _init_ray(spec: StudySpec) -> None:
+class _FallbackProgress:
+    """One line per finished trial, where study.progress is not available."""
+
+    def __init__(self, name: str, plan: dict[str, int]) -> None:
+        self.name, self.total, self.done = name, sum(plan.values()), 0
+        self.t0 = time.time()
+
+    def trial_started(self, trial_id: str, label: str, phase: str) -> None:
+        pass
+
+    def trial_epoch(self, trial_id, epoch, epochs, val_acc=None, epoch_seconds=None) -> None:
+        pass
+
+    def trial_finished(self, trial_id: str, status: str, best_val_acc: float | None = None) -> None:
+        self.done += status != "interrupted"
+        print(f"[{self.name} {time.time() - self.t0:6.0f}s] trials {self.done}/{self.total} done; "
+              f"{trial_id} {status} best val_acc {best_val_acc}", flush=True)
+
+    def message(self, text: str) -> None:
+        print(f"resstudy: {text}", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(name: str, plan: dict[str, int]):
+    try:
+        from study.progress import Progress
+    except ImportError:
+        return _FallbackProgress(name, plan)
+    return Progress(name, plan)
+
+
+def _init_ray(spec: StudySpec | None) -> None:
     if ray.is_initialized():
         return
     # The progress view is resstudy's own: silence Tune's tables and chatter.
@@ -432,6 +807,13 @@ def _init_ray(spec: StudySpec) -> None:
 
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune's end-of-run analysis looks for the per-trial logger files resstudy switches off
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address="auto", log_to_driver=False)
     else:
@@ -442,29 +824,48 @@ def _init_ray(spec: StudySpec) -> None:
             from ray._private import ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False
-        ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
+        for attempt in range(3):
+            try:
+                ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
+                return
+            except Exception as e:  # a busy machine can miss Ray's 30-s start-up window
+                if "timed out during startup" not in str(e) or attempt == 2:
+                    raise
+                print("resstudy: Ray did not start in time (busy machine?); trying again", file=sys.stderr)
+                ray.shutdown()
 
 
-# ---------------------------------------------------------------- study.json
+# ---------------------------------------------------------------- entry points
 
 
-def read_state(study_dir: str | Path) -> dict[str, Any]:
-    path = Path(study_dir) / STATE_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"study state {path} is corrupt ({e}); it is rewritten by `resstudy run`") from e
-
-
-def write_state(study_dir: str | Path, state: dict[str, Any]) -> None:
-    path = Path(study_dir) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def run_study(spec: StudySpec) -> Path:
+def run_study(spec: StudySpec, *, new_name: str | None = None) -> Path:
+    """Run (or continue) the study of `spec`. `new_name` runs it as a new study
+    of that name (for a spec that differs from the one a study was started with).
+    Raises StudyInterrupted (a KeyboardInterrupt: exit 130) on Ctrl-C/SIGTERM."""
+    if new_name:
+        spec = spec.model_copy(update={"name": new_name})
     return StudyRunner(spec).run()
 
+
+def resume_study(study_dir: str | Path, tracking_uri: str | None = None) -> Path:
+    """Continue the study in `study_dir` with the spec it was started with."""
+    from study.spec import SpecError, load_spec
+
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir() or not ledger_lib.is_study_dir(study_dir):
+        raise StorageError(f"{study_dir} is not a resstudy study directory (no study.json, ledger.jsonl or "
+                           "spec.yaml); give the directory `resstudy run` printed")
+    overrides = {"mlflow": {"tracking_uri": tracking_uri}} if tracking_uri else None
+    try:
+        spec = load_spec(study_dir / "spec.yaml", overrides=overrides)
+    except SpecError as e:
+        raise StateError(f"{study_dir / 'spec.yaml'}: {e}") from None
+    except FileNotFoundError:
+        raise StateError(f"{study_dir / 'spec.yaml'} is missing; resume needs the spec the study was "
+                         "started with") from None
+    return StudyRunner(spec, study_dir.resolve()).run()
+
+
+# Backwards-compatible names
+read_state = ledger_lib.read_state
+write_state = ledger_lib.write_state

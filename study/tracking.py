@@ -18,16 +18,21 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from study.errors import UserError
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 # MLflow 3 opens an experiment without this tag on its GenAI overview; this
 # value makes the UI open on the runs table with metric/param columns.
 EXPERIMENT_KIND = "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"
 LEVEL_TAG = "resstudy.level"
-STATUS_BY_OUTCOME = {"completed": "FINISHED", "pruned": "KILLED", "stopped": "KILLED", "diverged": "FAILED", "failed": "FAILED"}
+# A pruned trial did its job (as in Optuna's own MLflow integration): FINISHED, with tag status=pruned.
+STATUS_BY_OUTCOME = {"completed": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED", "stopped": "KILLED",
+                     "diverged": "FAILED", "failed": "FAILED"}
+TRIAL_TAG = "resstudy.trial"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """MLflow cannot be used; raised before any trial starts."""
 
 
@@ -64,20 +69,20 @@ def _quiet_http_retries(uri: str) -> None:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, study_name: str, study_dir: str | Path,
-                 ids: dict[str, str] | None = None, on_ids_changed: Callable[[dict[str, str]], None] | None = None,
+                 ids: dict[str, str] | None = None, on_ids_changed: Callable[[str, str], None] | None = None,
                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True)) -> None:
         _quiet_http_retries(tracking_uri)
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri
         self.study_dir = Path(study_dir)
-        self.client = MlflowClient(tracking_uri)
         self.ids: dict[str, str] = dict(ids or {})
-        self._on_ids_changed = on_ids_changed or (lambda ids: None)
+        self._on_ids_changed = on_ids_changed or (lambda key, run_id: None)
         self._log = log
         self._queue: collections.deque[tuple[str, str, dict[str, Any]]] = collections.deque()
         self._down_since: float | None = None
         try:
+            self.client = MlflowClient(tracking_uri)
             self.experiment_id = self._experiment(experiment)
         except Exception as e:  # connection refused, bad scheme, locked DB: all fatal here
             # `from None`: MLflow's own message (the cause) repeats the URI with its password.
@@ -89,12 +94,16 @@ class Tracker:
 
     # ------------------------------------------------------------ public
 
-    def create(self, key: str, parent: str | None, name: str, tags: dict[str, str]) -> None:
-        """Open a run under `key` (or reopen the one a previous driver opened)."""
+    def create(self, key: str, parent: str | None, name: str, tags: dict[str, str],
+               params: dict[str, Any] | None = None) -> None:
+        """Open a run under `key` (or reopen the one a previous driver opened), with
+        its tags and params in the same request batch."""
         if key in self.ids:
             self._submit("reopen", key, {})
         else:
             self._submit("create", key, {"parent": parent, "name": name, "tags": tags})
+        if params:
+            self.params(key, params)
 
     def params(self, key: str, params: dict[str, Any]) -> None:
         self._submit("params", key, {"params": {k: _param(v) for k, v in params.items()}})
@@ -125,6 +134,21 @@ class Tracker:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    def trial_runs(self, study_name: str) -> list:
+        """Every trial run of this study in the experiment (for reconciling after a kill)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=(
+                f"tags.`{LEVEL_TAG}` = 'trial' and tags.`resstudy.study` = '{study_name}'"),
+                max_results=1000, page_token=token)
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
 
     def run_id(self, key: str) -> str | None:
         return self.ids.get(key)
@@ -185,7 +209,7 @@ class Tracker:
                 tags[PARENT_TAG] = self.ids[p["parent"]]
             run = self.client.create_run(self.experiment_id, run_name=p["name"], tags=tags)
             self.ids[key] = run.info.run_id
-            self._on_ids_changed(self.ids)
+            self._on_ids_changed(key, run.info.run_id)
             return
         run_id = self.ids[key]
         if kind == "reopen":
@@ -201,7 +225,12 @@ class Tracker:
         elif kind == "artifact":
             self.client.log_artifact(run_id, p["path"], p["artifact_path"])
         elif kind == "end":
-            self.client.set_terminated(run_id, p["status"])
+            # Through the store: MlflowClient.set_terminated prints "View run ... at <url>" on
+            # stdout, and that URL carries any credentials of the tracking URI.
+            from mlflow.entities import RunStatus
+
+            self.client._tracking_client.store.update_run_info(  # noqa: SLF001
+                run_id, RunStatus.from_string(p["status"]), end_time=int(time.time() * 1000), run_name=None)
 
 
 def _param(v: Any) -> str:

@@ -4,11 +4,9 @@ completes. Its own cluster, since this one loses a node."""
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -37,10 +35,9 @@ def test_killed_worker_node_trials_are_rescheduled_and_study_completes(tmp_path)
                 "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 2, "max_failures": 3,
                 "storage_path": str(storage), "shared_storage": True}
         (wd / "lost.yaml").write_text(yaml.safe_dump(spec))
-        r = subprocess.run([sys.executable, "-m", "study.cli", "submit", "lost.yaml", "--address", c.address],
-                           cwd=wd, env=c.cluster_env(), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stdout + r.stderr
-        job = re.search(r"raysubmit_\w+", r.stdout).group(0)
+        # every epoch checkpointed, so "from its last checkpoint" means from the epoch it reached
+        job = jobs.submit(wd / "lost.yaml", c.address, working_dir=wd, token=c.token,
+                          env_vars={"RESSTUDY_CHECKPOINT_EVERY_S": "0"})
 
         # wait until trials train on both workers, then kill worker 2 outright
         epochs = storage / "lost" / "epochs"
@@ -74,6 +71,21 @@ def test_killed_worker_node_trials_are_rescheduled_and_study_completes(tmp_path)
         df = pd.read_parquet(storage / "lost" / "results.parquet")
         assert len(df) == 4 and set(df.status) == {"completed"}, df[["trial_id", "status", "node"]]
         assert (df.epochs_reached == 8).all()
+        # every report each trial made: a trial that lost its worker continued from its last
+        # checkpoint (its next attempt starts after an epoch it had reached), never from epoch 1
+        restarted = 0
+        for trial_id in df.trial_id:
+            rows = [json.loads(line) for line in (epochs / f"{trial_id}.jsonl").read_text().splitlines()]
+            by_attempt: dict[int, list[int]] = {}
+            for row in rows:
+                by_attempt.setdefault(row["attempt"], []).append(row["epoch"])
+            assert sorted({e for r in by_attempt.values() for e in r}) == list(range(1, 9)), (trial_id, by_attempt)
+            for attempt in sorted(by_attempt)[1:]:
+                restarted += 1
+                before = max(e for a, es in by_attempt.items() if a < attempt for e in es)
+                # an epoch reported but not yet checkpointed when the node died runs again: at most one
+                assert before <= by_attempt[attempt][0] <= before + 1 and by_attempt[attempt][0] > 1, by_attempt
+        assert restarted >= 1, "no trial was restarted: the kill hit no trial"
         record_fault("a worker node SIGKILLed mid-study (local 3-node cluster)",
                      "its trials rescheduled on the surviving node; the study completes",
                      f"{len(victims)} processes killed ({len(trial_actors)} trial actor(s)); job {state}; 4/4 trials completed on "

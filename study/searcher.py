@@ -1,0 +1,187 @@
+"""The search, driven from the ledger.
+
+Optuna is driven through its ask/tell API: a trial's Optuna number, params and
+config go into the ledger before the trial is launched, and its outcome is told
+when it ends (COMPLETE only for a trial that trained every epoch; PRUNED at the
+epoch ASHA stopped it; FAIL for errors and divergence). Tune only runs the
+configs the ledger hands it (`LedgerSearcher`) and asks `RungScheduler` whether
+to stop a trial; ASHA's rung records are keyed by resstudy's trial ids and
+rebuilt from the epoch logs on every start, so a resumed study prunes as an
+unbroken one would.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+METRIC = "val_acc"
+
+
+# ---------------------------------------------------------------- Optuna
+
+
+def optuna_study(storage: Any, name: str, objectives: list[str], sampler: Any):
+    import optuna
+
+    directions = ["maximize"] * len(objectives)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
+                                load_if_exists=True)
+    if study.metric_names != objectives:
+        study.set_metric_names(list(objectives))
+    return study
+
+
+def ask(study: Any, space: Callable[[Any], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+    """A new Optuna trial: (number, the space's values for it)."""
+    trial = study.ask()
+    return trial.number, space(trial)
+
+
+def replay(study: Any, number: int, space: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The space's values of an existing trial (its stored params are returned, not resampled)."""
+    import optuna
+
+    frozen = study.trials[number]
+    return space(optuna.trial.Trial(study, frozen._trial_id))  # noqa: SLF001
+
+
+def tell(study: Any, number: int, outcome: str, result: dict[str, Any], objectives: list[str],
+         attrs: dict[str, Any]) -> None:
+    """Record a trial's end in Optuna; a trial Optuna already holds as finished is left as it is."""
+    import optuna
+
+    frozen = study.trials[number]
+    if frozen.state.is_finished():
+        return
+    trial = optuna.trial.Trial(study, frozen._trial_id)  # noqa: SLF001
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    if outcome == "completed":
+        values = [result.get(k) for k in objectives]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            study.tell(number, values if len(values) > 1 else values[0])
+            return
+        outcome = "failed"
+    if outcome == "pruned":
+        study.tell(number, state=optuna.trial.TrialState.PRUNED)
+    else:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
+def report_intermediate(study: Any, number: int, epoch: int, value: Any) -> None:
+    """The trial's per-epoch value, so a PRUNED trial sits at the epoch it reached."""
+    import optuna
+
+    if len(study.directions) > 1 or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return  # Optuna keeps intermediate values for single-objective studies only
+    frozen = study.trials[number]
+    if frozen.state.is_finished() or epoch in frozen.intermediate_values:
+        return
+    optuna.trial.Trial(study, frozen._trial_id).report(float(value), int(epoch))  # noqa: SLF001
+
+
+# ---------------------------------------------------------------- ASHA
+
+
+class Rungs:
+    """Asynchronous successive halving over resstudy trial ids (one bracket, as
+    Ray's ASHAScheduler by default): at each rung epoch a trial below the
+    (1 - 1/rf) quantile of the values recorded there so far stops."""
+
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: float) -> None:
+        self.max_t, self.rf = max_t, reduction_factor
+        n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+        self.milestones = [int(grace_period * reduction_factor ** k) for k in reversed(range(n))]
+        self.recorded: dict[int, dict[str, float]] = {m: {} for m in self.milestones}
+
+    def seed(self, rid: str, values_by_epoch: dict[int, float]) -> None:
+        """Rebuild the records of one trial from its epoch log."""
+        for m in self.milestones:
+            if m in values_by_epoch and values_by_epoch[m] is not None:
+                self.recorded[m][rid] = float(values_by_epoch[m])
+
+    def decide(self, rid: str, epoch: int, value: float | None) -> str:
+        if epoch >= self.max_t:
+            return "continue"  # the trial ends by itself
+        for m in self.milestones:  # descending
+            if epoch < m or rid in self.recorded[m]:
+                continue
+            rec = self.recorded[m]
+            action = "continue"
+            if rec and value is not None:
+                cutoff = np.nanpercentile(list(rec.values()), (1 - 1 / self.rf) * 100)
+                if value < cutoff:
+                    action = "stop"
+            if value is not None:
+                rec[rid] = float(value)
+            return action
+        return "continue"
+
+
+class _NotSaved:
+    """Tune pickles its searcher and scheduler into its experiment folder; resstudy
+    never reads them back (the ledger is the state), so they save nothing."""
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        pass
+
+
+class RungScheduler(_NotSaved, FIFOScheduler):
+    """Tune's side of `Rungs`: stops the trials it says to and remembers them."""
+
+    def __init__(self, rungs: Rungs | None, on_prune: Callable[[str, int], None]) -> None:
+        super().__init__()
+        self.rungs, self.on_prune = rungs, on_prune
+        self.pruned: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self.rungs is None or "rid" not in result:
+            return TrialScheduler.CONTINUE
+        rid, epoch = result["rid"], int(result.get("epoch", 0))
+        if result.get("status") != "running":
+            return TrialScheduler.CONTINUE
+        if self.rungs.decide(rid, epoch, result.get(METRIC)) == "stop":
+            self.pruned.add(rid)
+            self.on_prune(rid, epoch)  # in the ledger before Tune stops it
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
+# ---------------------------------------------------------------- Tune's searcher
+
+
+class LedgerSearcher(_NotSaved, Searcher):
+    """Hands Tune the next trial config the study decides on: `next_trial()`
+    returns a config (with `_rid`), None (nothing now; ask again later) or
+    Searcher.FINISHED."""
+
+    def __init__(self, next_trial: Callable[[], Any]) -> None:
+        super().__init__()
+        self._next = next_trial
+        self.rids: dict[str, str] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        cfg = self._next()
+        if isinstance(cfg, dict):
+            self.rids[trial_id] = cfg["_rid"]
+        return cfg
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the study callback records outcomes, in the ledger first
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # Tune's searcher-state pickles are never written, so never read
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise RuntimeError("resstudy resumes from its ledger, never from a Tune searcher pickle")

@@ -1,0 +1,182 @@
+"""One Tune trial: a study.train run whose epochs become tune.report calls.
+
+The trial keeps its own checkpoints under <study>/checkpoints/<trial id>/epoch-NNNN
+(local path or URI, through pyarrow.fs) and starts from the latest complete one,
+so a retry after an error, a rescheduled trial after a lost node and a trial
+resumed by a new driver all continue where the last checkpoint left off; Tune
+never holds a checkpoint. Checkpoints follow a policy (ASHA rung epochs, every N
+seconds, the last epoch) so a killed trial loses at most one interval.
+
+Tests plug faults in through one seam: RESSTUDY_TRIAL_HOOK=tests.module:function
+names a function called after every reported epoch. Unset (production), nothing
+is imported and nothing is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable
+
+CHECKPOINTS = "checkpoints"
+DONE_MARK = "done.json"
+
+
+# ---------------------------------------------------------------- checkpoints on any filesystem
+
+
+def _fs(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri)
+
+
+def checkpoint_epochs(ckpt_root: str) -> list[int]:
+    """Epochs with a complete checkpoint (its done mark written last), ascending."""
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(ckpt_root)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except (OSError, FileNotFoundError):
+        return []
+    epochs = []
+    for info in infos:
+        name = info.base_name
+        if info.type == pafs.FileType.Directory and name.startswith("epoch-") and name[6:].isdigit():
+            if fs.get_file_info(f"{info.path}/{DONE_MARK}").type == pafs.FileType.File:
+                epochs.append(int(name[6:]))
+    return sorted(epochs)
+
+
+def checkpoint_path(ckpt_root: str, epoch: int) -> str:
+    return f"{ckpt_root.rstrip('/')}/epoch-{epoch:04d}"
+
+
+def read_reports(ckpt_root: str, epoch: int) -> list[dict[str, Any]]:
+    """The epoch reports a checkpoint holds (every epoch up to it, as the trial reported them)."""
+    fs, path = _fs(checkpoint_path(ckpt_root, epoch))
+    with fs.open_input_stream(f"{path}/{DONE_MARK}") as f:
+        return json.loads(f.read().decode())["reports"]
+
+
+def _write_checkpoint(ckpt_root: str, epoch: int, save: Callable[[str], None], reports: list[dict], keep: int = 2) -> None:
+    import pyarrow.fs as pafs
+
+    fs, root = _fs(ckpt_root)
+    fs.create_dir(root, recursive=True)
+    final = f"{root}/epoch-{epoch:04d}"
+    with tempfile.TemporaryDirectory(prefix="resstudy-ckpt-") as d:
+        save(d)
+        with open(os.path.join(d, DONE_MARK), "w") as f:
+            json.dump({"epoch": epoch, "reports": reports}, f, default=str)
+        if isinstance(fs, pafs.LocalFileSystem):
+            import shutil
+
+            tmp = f"{final}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(d, tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # one rename: a kill leaves the old or the new, never half
+        else:
+            # Object stores have no rename: the done mark goes last and marks it complete.
+            fs.create_dir(final, recursive=True)
+            for name in sorted(os.listdir(d), key=lambda n: n == DONE_MARK):
+                pafs.copy_files(os.path.join(d, name), f"{final}/{name}",
+                                source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    for old in checkpoint_epochs(ckpt_root)[:-keep]:
+        fs.delete_dir(f"{root}/epoch-{old:04d}")
+
+
+def _load(ckpt_root: str, epoch: int) -> dict[str, Any]:
+    from study.train import load_checkpoint
+
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(checkpoint_path(ckpt_root, epoch))
+    if isinstance(fs, pafs.LocalFileSystem):
+        return load_checkpoint(path)
+    with tempfile.TemporaryDirectory(prefix="resstudy-ckpt-") as d:
+        pafs.copy_files(path, d, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return load_checkpoint(d)
+
+
+# ---------------------------------------------------------------- the policy
+
+
+class CheckpointPolicy:
+    """When to write a checkpoint: at the `epochs` listed (ASHA rungs), when
+    `every_s` seconds have passed since the last one (0: every epoch), and at
+    the last epoch."""
+
+    def __init__(self, epochs: list[int] | tuple[int, ...] = (), every_s: float = 300.0, last: int = 0) -> None:
+        self.epochs, self.every_s, self.last = set(epochs), float(every_s), last
+        self._since = time.monotonic()
+
+    def due(self, epoch: int) -> bool:
+        if epoch in self.epochs or epoch == self.last or time.monotonic() - self._since >= self.every_s:
+            self._since = time.monotonic()
+            return True
+        return False
+
+
+# ---------------------------------------------------------------- the test seam
+
+
+def _hook() -> Callable[[dict[str, Any], int], None] | None:
+    spec = os.environ.get("RESSTUDY_TRIAL_HOOK")
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not module.startswith("tests."):
+        raise RuntimeError(f"RESSTUDY_TRIAL_HOOK={spec!r}: only a tests.* module may be plugged in")
+    return getattr(importlib.import_module(module), name or "after_epoch")
+
+
+# ---------------------------------------------------------------- the trainable
+
+
+def trainable(config: dict[str, Any]) -> None:
+    """Run one trial. `config` is the TrainConfig dict plus resstudy's keys:
+    _rid (trial id), _ckpt (checkpoint root), _ckpt_epochs, _ckpt_every_s."""
+    import ray
+    from ray import tune
+
+    from study.config import TrainConfig
+    from study.train import train
+
+    rid, ckpt_root = config["_rid"], config["_ckpt"]
+    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
+    policy = CheckpointPolicy(config.get("_ckpt_epochs", ()), config.get("_ckpt_every_s", 300.0), cfg.epochs)
+    hook = _hook()
+    try:
+        ctx = ray.get_runtime_context()
+        node = f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:12]}"
+    except Exception:  # outside Ray (a unit test calling the trainable directly)
+        node = "local"
+
+    done = checkpoint_epochs(ckpt_root)
+    resume, reports = None, []
+    if done:
+        resume = _load(ckpt_root, done[-1])
+        reports = read_reports(ckpt_root, done[-1])
+    start_epoch = done[-1] if done else 0
+
+    def report(metrics: dict[str, Any], info: dict[str, Any], save) -> None:
+        epoch = int(metrics["epoch"])
+        result = dict(metrics, rid=rid, node=node, start_epoch=start_epoch,
+                      info_json=json.dumps(info) if info else "")
+        reports.append({k: v for k, v in result.items() if k != "info_json"})
+        if metrics["status"] != "diverged" and policy.due(epoch):
+            # the checkpoint first, then the report: a report the driver saw always has its checkpoint
+            # when checkpointing every epoch
+            _write_checkpoint(ckpt_root, epoch, save, reports)
+            result["ckpt_epoch"] = epoch
+        tune.report(result)
+        if hook is not None:
+            hook(config, epoch)
+
+    train(cfg, report, resume=resume)

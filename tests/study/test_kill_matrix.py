@@ -1,0 +1,220 @@
+"""The kill matrix: one small real study stopped at every phase boundary and
+inside every phase (search start, mid-trial, between experiments, repeat
+phase, last trial, after the last trial), by SIGKILL to the driver or by
+Ctrl-C (SIGINT to its process group), each stop followed by `resume`.
+
+One study per signal visits all six points in turn (a stop, a resume that runs
+to the next stop, ...), so the six cases share one study's setup. After each
+stop and at the end:
+- results rows = the trials the spec asks for, each trial once;
+- every trial trained each epoch exactly once (its raw epoch log, where a
+  retrained epoch would show twice; and its MLflow metric steps);
+- a trial stopped mid-training continued from its checkpoint (its second
+  attempt starts after the checkpointed epoch);
+- trials finished before a stop were not touched by the resume;
+- Optuna states = results statuses, nothing RUNNING in Optuna or MLflow, one
+  MLflow run per trial.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, record_fault
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+EPOCHS = 3
+SEEDS = [0, 1]
+# resnet: 2 search + 2 repeat; quotient: 2 search + 2 repeat + 2 twin (its ResNet twin)
+EXPECTED_ROWS = {("resnet", "search"): 2, ("resnet", "repeat"): 2, ("quotient", "search"): 2,
+                 ("quotient", "repeat"): 2, ("quotient", "twin"): 2}
+
+
+def spec(tmp_path: Path, name: str) -> Path:
+    data = {"name": name, "dataset": "digits", "image_size": 8, "depth": 8, "epochs": EPOCHS, "trials_per_variant": 2,
+            "seeds": SEEDS, "repeat_best": True, "variants": ["resnet", "quotient"],
+            "train": {"batch_size": 64, "val_size": 0.15, "limit_train_batches": 4},
+            "search": {"algorithm": "random", "seed": 0}, "scheduler": {"type": "asha", "grace_period": 1,
+                                                                         "reduction_factor": 2},
+            "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 1, "max_failures": 0,
+            "storage_path": str(tmp_path / "runs")}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def points(name: str, sig: str) -> list[tuple[str, dict]]:
+    """(label, fault rule) for each stop, in the order the study meets them."""
+    kill = {"action": "kill_driver", "signal": sig}
+    return [
+        ("search start", {"at": "phase_start", "experiment": f"{name}-resnet-d8", "phase": "search", **kill}),
+        ("mid-trial (resnet search, 2nd trial, after epoch 2)",
+         {"at": "trial", "variant": "resnet", "phase": "search", "index": 1, "epoch": 2, **kill}),
+        ("between experiments", {"at": "phase_start", "experiment": f"{name}-quotient-d8", "phase": "search", **kill}),
+        ("repeat phase (quotient, 1st trial, after epoch 1)",
+         {"at": "trial", "variant": "quotient", "phase": "repeat", "index": 0, "epoch": 1, **kill}),
+        ("last trial (quotient's twin, seed 1, after epoch 2)",
+         {"at": "trial", "phase": "twin", "index": 1, "epoch": 2, **kill}),
+        ("after the last trial", {"at": "study_end", **kill}),
+    ]
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def plant_pickles(study: Path, marker: Path) -> int:
+    """Crafted Tune state pickles in every Tune experiment folder: resume must never load one."""
+    n = 0
+    for exp in (study / "tune").glob("*"):
+        for name in ("searcher-state-2099-01-01_00-00-00.pkl", "tuner.pkl"):
+            (exp / name).write_bytes(pickle.dumps(_Evil(marker)))
+            n += 1
+    return n
+
+
+def driver(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    with open(log, "a") as out:
+        return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+# ---------------------------------------------------------------- what must hold
+
+
+def ledger(study: Path) -> dict[str, dict]:
+    out = {}
+    for line in (study / "ledger.jsonl").read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[rec["rid"]] = rec
+    return out
+
+
+def epoch_log(study: Path, rid: str) -> list[dict]:
+    path = study / "epochs" / f"{rid}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def check_trained_once(study: Path) -> None:
+    for rid, rec in ledger(study).items():
+        epochs = [r["epoch"] for r in epoch_log(study, rid)]
+        assert epochs == list(range(1, len(epochs) + 1)), f"{rid}: epochs reported {epochs}"
+        if rec["status"] in ("completed", "pruned", "failed", "diverged"):
+            assert len(epochs) == rec["row"]["epochs_reached"], (rid, epochs, rec["row"]["epochs_reached"])
+
+
+def check_finished(study: Path, name: str) -> pd.DataFrame:
+    res = pd.read_parquet(study / "results.parquet")
+    counts = res.groupby(["subject", "phase"]).size().to_dict()
+    assert counts == EXPECTED_ROWS, counts
+    assert res.trial_id.is_unique and set(res.status) <= {"completed", "pruned"}
+    twins = res[res.arm == "twin"]
+    assert set(twins.variant) == {"resnet"} and set(twins.subject) == {"quotient"}
+    check_trained_once(study)
+
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "a run was left RUNNING"
+    trials = [r for r in runs if r.data.tags.get("resstudy.level") == "trial"]
+    assert len(trials) == len(res), "not one MLflow run per trial"
+    assert {r.info.run_id for r in trials} == set(res.mlflow_run_id)
+    by_id = res.set_index("mlflow_run_id")
+    for r in trials:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, by_id.loc[r.info.run_id, "epochs_reached"] + 1)), (r.info.run_name, steps)
+        assert r.data.tags["status"] == by_id.loc[r.info.run_id, "status"]
+        assert r.info.status == "FINISHED"  # completed and pruned alike
+
+    storage = f"sqlite:///{study / 'optuna.db'}"
+    for variant in ("resnet", "quotient"):
+        ostudy = optuna.load_study(study_name=f"{name}-{variant}-d8", storage=storage)
+        rows = res[(res.subject == variant) & (res.phase == "search")].set_index("optuna_number")
+        assert len(ostudy.trials) == len(rows), "Optuna holds other trials than the results"
+        for t in ostudy.trials:
+            expected = {"completed": "COMPLETE", "pruned": "PRUNED"}[rows.loc[t.number, "status"]]
+            assert t.state.name == expected, (t.number, t.state, rows.loc[t.number, "status"])
+            assert t.user_attrs["mlflow_run_id"] == rows.loc[t.number, "mlflow_run_id"]
+    return res
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_kill_matrix(tmp_path, sig):
+    name = f"km{sig[3:].lower()}"
+    spec_path = spec(tmp_path, name)
+    study = tmp_path / "runs" / name
+    rules = points(name, sig)
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([rule for _, rule in rules]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESSTUDY_FAULTS": str(faults),
+           "RESSTUDY_TRIAL_HOOK": "tests.study.faultplug:after_epoch",
+           "RESSTUDY_DRIVER_HOOK": "tests.study.faultplug:driver_event", "RESSTUDY_CHECKPOINT_EVERY_S": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "driver.log"
+    marker = tmp_path / "pwned"
+    expected_rc = -signal.SIGKILL if sig == "SIGKILL" else 130
+
+    rc = wait(driver(["run", str(spec_path)], env, log))
+    observed = []
+    for i, (label, _) in enumerate(rules):
+        fired = sorted(p.name for p in (tmp_path / "faults.fired").glob("*"))
+        assert f"rule{i}-0" in fired, f"stop {label!r} never happened; fired {fired}\n" + log.read_text()[-4000:]
+        assert rc == expected_rc, f"after {label!r}: exit {rc}\n" + log.read_text()[-4000:]
+        if sig == "SIGINT":
+            assert log.read_text().count(f"Resume with: resstudy resume {study}") == i + 1, log.read_text()[-2000:]
+        before = {rid: rec for rid, rec in ledger(study).items()
+                  if rec["status"] in ("completed", "pruned", "failed", "diverged")}
+        check_trained_once(study)
+        plant_pickles(study, marker)
+        rc = wait(driver(["resume", str(study)], env, log))
+        after = ledger(study)
+        for rid, rec in before.items():  # kept, not re-run: same record, same epoch log
+            assert after[rid]["finished"] == rec["finished"] and after[rid]["attempts"] == rec["attempts"], rid
+        observed.append(label)
+    assert rc == 0, log.read_text()[-4000:]
+    assert not marker.exists(), "a planted pickle ran code on resume"
+
+    res = check_finished(study, name)
+    # the trial stopped mid-training went on from its epoch-2 checkpoint, not from scratch
+    mid = res[(res.subject == "resnet") & (res.phase == "search")].sort_values("trial_id").trial_id.iloc[1]
+    attempts = {}
+    for row in epoch_log(study, mid):
+        attempts.setdefault(row["attempt"], []).append(row["epoch"])
+    if sig == "SIGKILL":  # the driver died right after epoch 2: the trial cannot have gone on
+        assert len(attempts) == 2 and attempts[max(attempts)][0] == 3, attempts
+    elif len(attempts) > 1:  # Ctrl-C stopped it before epoch 3 was reported
+        assert attempts[max(attempts)][0] == 3, attempts
+    record_fault(f"driver {sig} at: " + ", ".join(observed), "each followed by `resstudy resume`: rows = trials asked, "
+                 "each epoch trained once, stopped trial continues from its checkpoint, nothing RUNNING",
+                 f"{len(res)} rows; epoch logs without repeats; Optuna = results; {len(res)} MLflow trial runs, none "
+                 "RUNNING; planted Tune pickles never loaded")
