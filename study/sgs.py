@@ -192,13 +192,26 @@ def _pairs(t: Tensor, sy: int, sx: int) -> tuple[Tensor, Tensor]:
 
 
 class _LayerMI:
-    """The streamed state of one conv: range statistics (pass 1), joint counts (pass 2)."""
+    """The streamed state of one conv: range statistics (pass 1), joint counts (pass 2).
+
+    Default (every pair, no mask): pass 1 keeps only the elementwise min and max
+    over images of the padded input (C x Hp x Wp), from which each
+    displacement's ranges are read off; pass 2 bins each pixel once per
+    distinct binning (usually one per layer) and each displacement is then one
+    add of two shifted slices and one bincount over all channels. With a mask
+    (diagonal removal, a cap) ranges and bins are taken per displacement.
+    """
 
     def __init__(self, conv: nn.Conv2d, diagonal_removal: bool, keep: Tensor | None):
         self.conv, self.diag, self.keep = conv, diagonal_removal, keep
+        self.masked = diagonal_removal or keep is not None
         self.shifts = _shifts(conv)
-        # per displacement: lo_a, hi_a, lo_b, hi_b, n (each (C,)); later bins and counts
+        self.lo: Tensor | None = None  # unmasked: elementwise min / max over images (C x Hp x Wp)
+        self.hi: Tensor | None = None
+        self.images = 0
+        # masked, per displacement: lo_a, hi_a, lo_b, hi_b, n (each (C,))
         self.stats: list[list[Tensor] | None] = [None] * len(self.shifts)
+        self.plan: list[tuple | None] = [None] * len(self.shifts)  # per displacement, after prepare()
         self.counts: list[Tensor | None] = [None] * len(self.shifts)
 
     def _views(self, xp: Tensor, offset: int, sy: int, sx: int):
@@ -214,26 +227,46 @@ class _LayerMI:
         return a, b, mask
 
     def observe(self, xp: Tensor, offset: int) -> None:
-        """Pass 1: per-channel [min, max] of both sides of the pairs, and their count."""
+        """Pass 1: what the histogram ranges and bin counts need."""
+        if not self.masked:
+            lo, hi = xp.amin(0), xp.amax(0)
+            self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+            self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+            self.images += len(xp)
+            return
         dims = (0, 2, 3)
         for i, (_, _, sy, sx) in enumerate(self.shifts):
             a, b, mask = self._views(xp, offset, sy, sx)
             if a.numel() == 0:
                 continue  # window larger than the map: no pairs
-            if mask is None:
-                new = [a.amin(dims), a.amax(dims), b.amin(dims), b.amax(dims),
-                       torch.full((a.shape[1],), a[:, 0].numel(), device=a.device, dtype=torch.long)]
-            else:
-                new = [a.masked_fill(~mask, math.inf).amin(dims), a.masked_fill(~mask, -math.inf).amax(dims),
-                       b.masked_fill(~mask, math.inf).amin(dims), b.masked_fill(~mask, -math.inf).amax(dims),
-                       mask.expand_as(a).sum(dims)]
+            new = [a.masked_fill(~mask, math.inf).amin(dims), a.masked_fill(~mask, -math.inf).amax(dims),
+                   b.masked_fill(~mask, math.inf).amin(dims), b.masked_fill(~mask, -math.inf).amax(dims),
+                   mask.expand_as(a).sum(dims)]
             old = self.stats[i]
             self.stats[i] = new if old is None else [
                 torch.minimum(old[0], new[0]), torch.maximum(old[1], new[1]),
                 torch.minimum(old[2], new[2]), torch.maximum(old[3], new[3]), old[4] + new[4]]
 
     def prepare(self) -> None:
-        """Between the passes: Sturges bins per channel and the binning affine maps."""
+        """Between the passes: Sturges bins per channel and each side's binning map."""
+        if not self.masked and self.lo is not None:
+            for i, (_, _, sy, sx) in enumerate(self.shifts):
+                lo_a, lo_b = _pairs(self.lo, sy, sx)
+                hi_a, hi_b = _pairs(self.hi, sy, sx)
+                if lo_a.numel() == 0:
+                    continue
+                n = torch.full((lo_a.shape[0],), self.images * lo_a[0].numel(), device=lo_a.device)
+                self.stats[i] = [lo_a.amin((1, 2)), hi_a.amax((1, 2)), lo_b.amin((1, 2)), hi_b.amax((1, 2)), n]
+        self.lo = self.hi = None
+        specs: list[tuple[Tensor, Tensor, Tensor]] = []  # distinct (lo, scale, top): one binning of the map each
+
+        def spec_id(lo: Tensor, scale: Tensor, top: Tensor) -> int:
+            for j, (l2, s2, t2) in enumerate(specs):
+                if torch.equal(lo, l2) and torch.equal(scale, s2) and torch.equal(top, t2):
+                    return j
+            specs.append((lo, scale, top))
+            return len(specs) - 1
+
         for i, st in enumerate(self.stats):
             if st is None:
                 continue
@@ -241,36 +274,47 @@ class _LayerMI:
             bins = 1 + torch.ceil(torch.log2(n.clamp_min(1).double()))
             b = int(bins.max())  # one host sync per layer and displacement, not per batch
             bins = bins.float()
-            maps = []
+            top = (bins - 1).view(1, -1, 1, 1)
+            sides = []
             for lo, hi in ((lo_a, hi_a), (lo_b, hi_b)):
-                has = torch.isfinite(lo)  # a channel with no kept pair: its range is (inf, -inf)
+                has = torch.isfinite(lo)  # masked: a channel with no kept pair has range (inf, -inf)
                 lo, hi = lo.where(has, 0.0), hi.where(has, 0.0)
                 width = hi - lo
                 scale = (bins / width.where(width > 0, 1.0)).where(width > 0, 0.0)
-                maps.append((lo.view(1, -1, 1, 1), scale.view(1, -1, 1, 1)))
+                sides.append(spec_id(lo.view(1, -1, 1, 1), scale.view(1, -1, 1, 1), top))
             c = len(bins)
-            # joint bin number (c * b + i) * b + j; float32 is exact below 2**24
-            dtype = torch.float32 if c * b * b + 1 < 2**24 else torch.float64
-            offs = (torch.arange(c, device=bins.device, dtype=dtype) * (b * b)).view(1, -1, 1, 1)
-            self.stats[i] = [maps, (bins - 1).view(1, -1, 1, 1), b, offs, dtype]
+            offs = (torch.arange(c, device=bins.device, dtype=torch.int32) * (b * b)).view(1, -1, 1, 1)
+            self.plan[i] = (sides[0], sides[1], b, offs)
             self.counts[i] = torch.zeros(c * b * b + 1, dtype=torch.long, device=bins.device)
+        self.specs = specs
+        self.stats = [None] * len(self.shifts)
+
+    def _binned(self, t: Tensor, spec: int) -> Tensor:
+        # Uniform bins over [min, max], max in the last bin; values >= min, so only
+        # the top needs clamping (masked-out or out-of-slice values are never counted).
+        lo, scale, top = self.specs[spec]
+        return torch.minimum((t - lo).mul_(scale).floor_(), top).to(torch.int32)
 
     def accumulate(self, xp: Tensor, offset: int) -> None:
         """Pass 2: bin the batch's pairs into the joint histograms, all channels in one bincount."""
+        binned: dict[int, Tensor] = {}  # unmasked: each pixel binned once per distinct spec
         for i, (_, _, sy, sx) in enumerate(self.shifts):
-            if self.stats[i] is None:
+            if self.plan[i] is None:
                 continue
-            (map_a, map_b), top, b, offs, dtype = self.stats[i]
-            a, b_, mask = self._views(xp, offset, sy, sx)
-            # Uniform bins over [min, max] with max in the last bin; v >= min, so
-            # only the top needs clamping (masked-out values land anywhere and go
-            # to the spare last bin below).
-            ia = torch.minimum((a - map_a[0]).mul_(map_a[1]).floor_(), top)
-            ib = torch.minimum((b_ - map_b[0]).mul_(map_b[1]).floor_(), top)
-            flat = ia.to(dtype).mul_(b).add_(ib.to(dtype)).add_(offs)
-            if mask is not None:
-                flat = flat.where(mask, float(len(self.counts[i]) - 1))  # no boolean select: no sync
-            self.counts[i] += torch.bincount(flat.reshape(-1).long(), minlength=len(self.counts[i]))
+            sa, sb, b, offs = self.plan[i]
+            spare = len(self.counts[i]) - 1
+            if not self.masked:
+                for s_ in (sa, sb):
+                    if s_ not in binned:
+                        binned[s_] = self._binned(xp, s_)
+                ia, ib = _pairs(binned[sa], sy, sx)[0], _pairs(binned[sb], sy, sx)[1]
+                flat = (ia * b).add_(ib).add_(offs)
+            else:
+                a, b_, mask = self._views(xp, offset, sy, sx)
+                flat = (self._binned(a, sa) * b).add_(self._binned(b_, sb)).add_(offs)
+                # masked-out pairs go to the spare last bin: no boolean select, no host sync
+                flat = flat.masked_fill_(~mask, spare) if mask.shape == flat.shape else flat.where(mask, spare)
+            self.counts[i] += torch.bincount(flat.reshape(-1), minlength=spare + 1)
 
     def scaling(self, k: float) -> Tensor:
         """Per-channel sharpened NMI over the window, centre 1, channel NaN-mean (kh x kw)."""
@@ -283,7 +327,7 @@ class _LayerMI:
         for i, (dy, dx, _, _) in enumerate(self.shifts):
             if self.counts[i] is None:
                 continue  # no pairs at this displacement: NaN
-            b = self.stats[i][2]
+            b = self.plan[i][2]
             joint = self.counts[i][:-1].view(-1, b, b).double()
             if self.diag:
                 joint.diagonal(dim1=1, dim2=2).zero_()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from study import data as data_lib
+from study.compile import CompiledStep, compile_wanted
 from study.config import TrainConfig
 from study.errors import UserError
 from study.models import create_model
@@ -252,6 +253,13 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     gen = torch.Generator().manual_seed(cfg.seed)
     resolved = {"precision": "bf16" if amp == torch.bfloat16 else "fp32", "device": str(device)}
 
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return _loss(hooks, model(x), y, ce)
+
+    # Forward + loss compiled (AOTAutograd compiles the backward with it); eval stays eager.
+    step_fn = CompiledStep(forward_loss, compile_wanted(cfg.compile, device), device)
+
     start_epoch, best_val, best_epoch = 0, -1.0, 0
     best_state: dict[str, torch.Tensor] | None = None
     if state is not None:
@@ -282,17 +290,19 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        t0 = time.perf_counter()
+        seen, timed_from, first_step = 0, 0, step_fn.compiled is None
+        t0 = t_steady = time.perf_counter()
         for step, (x, y) in enumerate(data_lib.train_batches(data, cfg.batch_size, gen, channels_last=channels_last,
                                                              drop_last=n_train >= cfg.batch_size, limit=steps)):
             lr = schedule.lr(epoch + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, logits = _loss(hooks, model(x), y, ce)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = step_fn(x, y)
+            step_fn.backward(loss, on_retry=lambda: optimizer.zero_grad(set_to_none=True))
+            if step_fn.retry:  # the backward would not compile: this step again, eager
+                loss, logits = step_fn(x, y)
+                loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             for h in hooks:
@@ -301,9 +311,16 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.detach().argmax(1) == y).sum()
             seen += len(y)
+            if first_step:  # the compiling step is timed apart: images_per_s is the steady state
+                first_step = False
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t_steady, timed_from = time.perf_counter(), seen
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        train_seconds = t_end - t0
+        steady = (seen - timed_from, t_end - t_steady) if seen > timed_from else (seen, train_seconds)
         train_loss = loss_sum.item() / max(seen, 1)
 
         metrics = {
@@ -313,9 +330,11 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
             "train_acc": correct.item() / max(seen, 1),
             "lr": schedule.lr(epoch + 1 - 1e-9),
             "epoch_seconds": train_seconds,
-            "images_per_s": seen / max(train_seconds, 1e-9),
+            "images_per_s": steady[0] / max(steady[1], 1e-9),
             **resolved,
         }
+        if epoch == start_epoch and step_fn.enabled:
+            metrics["compile_seconds"] = step_fn.compile_seconds if step_fn.compiled else 0.0
         if not math.isfinite(train_loss):
             metrics.update(status="diverged", val_loss=float("nan"), val_acc=0.0, best_val_acc=max(best_val, 0.0),
                            best_epoch=best_epoch)
