@@ -145,6 +145,17 @@ def test_unreachable_tracking_server_warns(sparse_study_dir):
         assert log_artifacts(d, d / "analysis") is False
 
 
+def test_credentials_in_the_tracking_uri_are_never_printed(sparse_study_dir, capsys):
+    d = sparse_study_dir
+    (d / "study.json").write_text(json.dumps({"tracking_uri": "http://alice:s3cr3t@127.0.0.1:9/?token=t0k3n",
+                                              "mlflow_parent_run_id": "x"}))
+    with pytest.warns(UserWarning) as caught:
+        assert log_artifacts(d, d) is False
+    said = capsys.readouterr().out + " ".join(str(w.message) for w in caught)
+    assert "not reachable" in said and "127.0.0.1:9" in said
+    assert "s3cr3t" not in said and "t0k3n" not in said
+
+
 def test_rerun_removes_stale_outputs(sparse_study_dir):
     stale = sparse_study_dir / "analysis" / "plots" / "curve-gone-param.png"
     stale.parent.mkdir(parents=True)
