@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .stats import clip, diff_test, mean_ci
+from .stats import clip, diff_test, holm, mean_ci
 
 METRICS = ("val_acc", "test_acc")
 COLUMNS = ["depth", "variant", "metric", "source", "n", "mean", "ci_lo", "ci_hi", "std", "n_diverged",
-           "baseline", "diff", "diff_lo", "diff_hi", "test", "p_value", "seeds"]
+           "baseline", "diff", "diff_lo", "diff_hi", "test", "p_value", "p_adj", "seeds"]
 
 
 def best_runs(df: pd.DataFrame, *, top_k: int = 5) -> tuple[pd.DataFrame, str, int]:
@@ -41,9 +41,10 @@ def _by_seed(runs: pd.DataFrame, metric: str) -> pd.Series | None:
 def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METRICS, top_k: int = 5,
                      conf: float = 0.95) -> pd.DataFrame:
     """One row per (depth, variant, metric): mean with its t interval (clipped
-    to [0, 1]) over seeds, and the difference from the baseline at the same depth with its
-    interval and two-sided p-value. Paired t-test (by seed) when both sides
-    ran exactly the same seeds, Welch's t-test otherwise; NaN with n < 2."""
+    to [0, 1]) over seeds, and the difference from the baseline at the same
+    depth with its interval (clipped to [-1, 1]), two-sided p-value and p_adj
+    (Holm within each metric). Paired t-test (by seed) when both sides ran
+    exactly the same seeds, Welch's t-test otherwise; NaN with n < 2."""
     rows = []
     for depth, dg in df.groupby("depth", sort=True):
         # by the variant under study: a twin arm's rows (variant "resnet" for
@@ -81,7 +82,11 @@ def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METR
                     lo, hi = clip(t.lo, t.hi, (-1.0, 1.0))
                     row.update(diff=t.diff, diff_lo=lo, diff_hi=hi, test=t.test, p_value=t.p_value)
                 rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    # Holm within each metric: every variant-vs-baseline difference is one test
+    for _, g in out.groupby("metric"):
+        out.loc[g.index, "p_adj"] = holm(g["p_value"].to_numpy())
+    return out
 
 
 def compare_study(study_dir, results: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -154,3 +154,15 @@ def test_stats_helpers_agree_with_scipy():
     assert np.isnan(diff_test([1.0], [2.0, 3.0], paired=False).p_value)
     with pytest.raises(ValueError, match="equal lengths"):
         diff_test([1.0, 2.0], [1.0], paired=True)
+
+
+def test_p_values_are_holm_adjusted_within_each_metric():
+    df = _runs(0.02)
+    extra = df[df["variant"] == "quotient"].assign(variant="epsilon", experiment="x-epsilon",
+                                                    trial_id=lambda d: "e" + d["trial_id"])
+    table = compare_variants(pd.concat([df, extra], ignore_index=True))
+    for metric in ("val_acc", "test_acc"):
+        t = table[(table["metric"] == metric) & table["p_value"].notna()]
+        assert len(t) == 2
+        # two tests with identical p: Holm multiplies the smaller by 2, keeps monotone
+        assert t["p_adj"].tolist() == pytest.approx([min(1.0, 2 * t["p_value"].min())] * 2)
