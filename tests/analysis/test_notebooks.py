@@ -79,6 +79,7 @@ def test_sensitivity_notebook_by_name_from_its_folder(synthetic_study_dir, monke
     monkeypatch.delenv("RESSTUDY_OTHER_STUDY", raising=False)
     monkeypatch.setenv("RESSTUDY_STORAGE", str(synthetic_study_dir.parent))
     monkeypatch.setenv("RESSTUDY_STUDY", synthetic_study_dir.name)
+    monkeypatch.setenv("RESSTUDY_N_BOOT", "20")  # few resamples: this checks that the cells run, not the bands
     nb = _execute(NB_DIR / "sensitivity.ipynb", NB_DIR)
     out = _stream(nb)
     assert str(synthetic_study_dir.resolve()) in out
@@ -95,6 +96,7 @@ def test_comparison_notebook_by_path_and_a_second_study_found_walking_up(synthet
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RESSTUDY_STUDY", str(synthetic_study_dir.resolve()))
     monkeypatch.setenv("RESSTUDY_OTHER_STUDY", "again")
+    monkeypatch.setenv("RESSTUDY_N_BOOT", "20")
     nb = _execute(proj / "analysis" / "notebooks" / "variant_comparison.ipynb", proj / "analysis" / "notebooks")
     out = _stream(nb)
     assert str(synthetic_study_dir.resolve()) in out
