@@ -148,6 +148,9 @@ def trainable(config: dict[str, Any]) -> None:
     from study.config import TrainConfig
     from study.train import train
 
+    from study.variants import load_plugins
+
+    load_plugins(config.get("_plugins", ()))  # variants a spec's plugin files register
     rid, ckpt_root = config["_rid"], config["_ckpt"]
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
     policy = CheckpointPolicy(config.get("_ckpt_epochs", ()), config.get("_ckpt_every_s", 300.0), cfg.epochs)
