@@ -42,7 +42,8 @@ from study.config import TrainConfig  # noqa: E402
 from study.errors import UserError  # noqa: E402
 from study.ledger import FINISHED, Ledger, SpecChanged, StateError, StudyLock  # noqa: E402
 from study.results import EPOCH_ONLY, EpochLog, compact, metrics_of  # noqa: E402
-from study.searcher import (METRIC, LedgerSearcher, RungScheduler, Rungs, ask, optuna_study, replay,  # noqa: E402
+from study.searcher import (METRIC, LedgerSearcher, RungScheduler, Rungs, ask, frozen_trial,  # noqa: E402
+                            optuna_study, replay,
                             report_intermediate, tell)
 from study.spec import StudySpec  # noqa: E402
 from study.tracking import TRIAL_TAG, Tracker, redact_uri  # noqa: E402
@@ -74,6 +75,7 @@ class Phase:
         self.label = f"{variant} d{depth}"
         self.live: set[str] = set()
         self.launched: set[str] = set()
+        self._rids: list[str] | None = None
         self.optuna = None
         self.objectives = list(getattr(spec.variants[variant], "objectives", None) or [METRIC])
         self.rungs: Rungs | None = None
@@ -96,8 +98,10 @@ class Phase:
     # ------------------------------------------------------------ records
 
     def records(self) -> list[dict[str, Any]]:
-        return [r for r in self.s.ledger.trials.values() if r["experiment"] == self.experiment
-                and r["phase"] == self.phase]
+        if self._rids is None:  # one scan per phase, then kept up to date (flat cost per trial)
+            self._rids = [rid for rid, r in self.s.ledger.trials.items() if r["experiment"] == self.experiment
+                          and r["phase"] == self.phase]
+        return [self.s.ledger.trials[rid] for rid in self._rids]
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["status"] not in FINISHED]
@@ -105,8 +109,9 @@ class Phase:
     def _new_record(self, config: dict[str, Any], *, variant: str, arm: str, optuna_number: int | None,
                     searched: list[str]) -> dict[str, Any]:
         led = self.s.ledger
-        rid = led.next_rid(self.experiment, self.phase)
+        rid = f"{self.experiment}-{self.phase[0]}{len(self.records()):04d}"
         cfg = resolved(config)
+        self._rids.append(rid)
         return led.put({
             "rid": rid, "study": self.s.spec.name, "experiment": self.experiment, "subject": self.subject,
             "variant": variant, "arm": arm, "phase": self.phase, "depth": self.depth, "seed": int(cfg["seed"]),
@@ -168,7 +173,7 @@ class Phase:
         last = reports[-1] if reports else None
         told = None
         if self.optuna is not None and rec["optuna_number"] is not None:
-            t = self.optuna.trials[rec["optuna_number"]]
+            t = frozen_trial(self.optuna, rec["optuna_number"])
             if t.state.is_finished():
                 told = t.user_attrs.get("status") or {"COMPLETE": "completed", "PRUNED": "pruned"}.get(
                     t.state.name, "failed")
@@ -206,6 +211,7 @@ class Phase:
         every = self.s.checkpoint_every_s()
         return {**rec["config"], "threads": rec["config"].get("threads") or max(1, int(self.s.spec.resources.cpu)),
                 "_rid": rec["rid"], "_phase": self.phase, "_ckpt": self.s.ckpt_root(rec["rid"]),
+                "_plugins": list(self.s.spec.plugins),
                 "_ckpt_epochs": list(self.rungs.milestones) if self.rungs else [], "_ckpt_every_s": every}
 
     # ------------------------------------------------------------ Tune's events
@@ -338,6 +344,7 @@ class StudyRunner:
         self.tracker: Tracker | None = None
         self._storage = None
         self._signals = 0
+        self._open: set[str] = set()
 
     # ------------------------------------------------------------ paths and helpers
 
@@ -587,6 +594,7 @@ class StudyRunner:
                 if not opened:
                     self.tracker.create(f"exp:{experiment}", "study", experiment, {
                         "resstudy.level": "variant", "variant": variant, "depth": str(depth)})
+                    self._open.add(f"exp:{experiment}")
                     opened = True
                 phase = Phase(self, variant, depth, phase_name)
                 if phase_name != "search" and not phase.create_fixed():
@@ -594,9 +602,11 @@ class StudyRunner:
                     continue
                 self._run_phase(phase)
                 self._phase_done(key)
-            if opened:
+            if opened or self.tracker.run_id(f"exp:{experiment}"):
+                # also after a kill that came once the phases were done but before this end
                 self._experiment_summary(experiment)
                 self.tracker.end(f"exp:{experiment}", "completed")
+                self._open.discard(f"exp:{experiment}")
             self._compact()
             self._sync_remote()
 
@@ -648,8 +658,8 @@ class StudyRunner:
                 if self.tracker.run_id(key):
                     self.tracker.tags(key, {"status": "interrupted"})
                     self.tracker.end(key, "interrupted")
-        for key in list(self.tracker.ids):
-            if not key.startswith("trial:"):
+        for key in ["study", *sorted(self._open)]:  # the open ones only: finished experiments stay FINISHED
+            if self.tracker.run_id(key):
                 self.tracker.end(key, "interrupted" if status == "KILLED" else "failed")
         self.ledger.save_state()
         self._compact()

@@ -42,11 +42,17 @@ def ask(study: Any, space: Callable[[Any], dict[str, Any]]) -> tuple[int, dict[s
     return trial.number, space(trial)
 
 
+def frozen_trial(study: Any, number: int):
+    """One trial from storage: `study.trials[number]` would load every trial (O(n) per call)."""
+    storage = study._storage  # noqa: SLF001
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))  # noqa: SLF001
+
+
 def replay(study: Any, number: int, space: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     """The space's values of an existing trial (its stored params are returned, not resampled)."""
     import optuna
 
-    frozen = study.trials[number]
+    frozen = frozen_trial(study, number)
     return space(optuna.trial.Trial(study, frozen._trial_id))  # noqa: SLF001
 
 
@@ -55,7 +61,7 @@ def tell(study: Any, number: int, outcome: str, result: dict[str, Any], objectiv
     """Record a trial's end in Optuna; a trial Optuna already holds as finished is left as it is."""
     import optuna
 
-    frozen = study.trials[number]
+    frozen = frozen_trial(study, number)
     if frozen.state.is_finished():
         return
     trial = optuna.trial.Trial(study, frozen._trial_id)  # noqa: SLF001
@@ -79,7 +85,7 @@ def report_intermediate(study: Any, number: int, epoch: int, value: Any) -> None
 
     if len(study.directions) > 1 or not isinstance(value, (int, float)) or not math.isfinite(value):
         return  # Optuna keeps intermediate values for single-objective studies only
-    frozen = study.trials[number]
+    frozen = frozen_trial(study, number)
     if frozen.state.is_finished() or epoch in frozen.intermediate_values:
         return
     optuna.trial.Trial(study, frozen._trial_id).report(float(value), int(epoch))  # noqa: SLF001

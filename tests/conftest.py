@@ -83,11 +83,22 @@ def record_fault(fault: str, expected: str, observed: str) -> None:
     FAULTS.append((fault, expected, observed))
 
 
+MARK_BEGIN, MARK_END = "<!-- observed faults: begin -->", "<!-- observed faults: end -->"
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if not FAULTS:
         return
+    lines = ["| fault | required outcome | observed |", "|---|---|---|",
+             *("| " + " | ".join(row) + " |" for row in FAULTS)]
     terminalreporter.section("fault injection: faults tried and their outcomes")
-    terminalreporter.write_line("| fault | required outcome | observed |")
-    terminalreporter.write_line("|---|---|---|")
-    for row in FAULTS:
-        terminalreporter.write_line("| " + " | ".join(row) + " |")
+    for line in lines:
+        terminalreporter.write_line(line)
+    # RESSTUDY_FAULT_TABLE=docs/reliability.md: write the observed table between its markers
+    target = os.environ.get("RESSTUDY_FAULT_TABLE")
+    if target and Path(target).exists():
+        text = Path(target).read_text()
+        if MARK_BEGIN in text and MARK_END in text:
+            head, rest = text.split(MARK_BEGIN, 1)
+            tail = rest.split(MARK_END, 1)[1]
+            Path(target).write_text(head + MARK_BEGIN + "\n" + "\n".join(lines) + "\n" + MARK_END + tail)
