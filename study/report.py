@@ -103,7 +103,7 @@ def claims_lines(claims: pd.DataFrame) -> list[str]:
         return ["  none tested (no studied variant declares a claim)"]
     out = []
     for _, r in claims.iterrows():
-        out.append(f"  {r['verdict']:<13} {r['claim']} (depth {r['depth']})")
+        out.append(f"  {r['verdict']:<13} {'d' + str(r['depth']):<5}{r['claim']}")
         nums = f"n={int(r['n'])}"
         if _num(r["estimate"]):
             nums = f"{_num(r['estimate'], '+.4f')}" + (
@@ -111,7 +111,7 @@ def claims_lines(claims: pd.DataFrame) -> list[str]:
         if _num(r["p_adj"]):
             nums += f", p Holm {_num(r['p_adj'], '.2g')}"
         settle = r["settle"] if r["verdict"] == "inconclusive" and isinstance(r["settle"], str) else ""
-        out.append(f"{'':16}{nums}" + (f"; -> {settle}" if settle else ""))
+        out.append(f"{'':21}{nums}" + (f"; -> {settle}" if settle else ""))
     return out
 
 

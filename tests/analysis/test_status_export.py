@@ -44,7 +44,7 @@ def test_status_fits_100_columns_and_leads_with_claims_after_analysis(study):
     assert [ln.split()[0] for ln in claim_lines] == table["verdict"].tolist()
     assert after.index("inconclusive") < after.index("study syn")
     assert "-> needs >= 3 paired seeds (has 2)" in after  # what would settle sgs's twin claim
-    assert "  supported     quotient beats its twin (depth 8)" in lines
+    assert "  supported     d8   quotient beats its twin" in lines
 
 
 def test_long_configs_are_cut_not_wrapped(study):
