@@ -113,7 +113,8 @@ def _choice(name: str, allowed: list[str]):
 
 def _union_options() -> dict[str, Any]:
     """Every train option of every registered variant, with each variant's own
-    default noted where they differ (help shows the resnet one first)."""
+    default. A flag parses with the first declaration of its name; TrainConfig
+    checks the value again against the chosen variant's own declaration."""
     from study.config import variant_options
     from study.variants import list_variants
 
