@@ -183,3 +183,22 @@ def test_shell_completion_offers_the_variants_and_the_commands():
            "COMP_CWORD": "3"}
     p = subprocess.run([str(RESSTUDY)], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.split() == ["quotient"], p.stdout + p.stderr
+
+
+def test_a_study_run_prints_a_short_clean_log(tiny_study_run):
+    # Shares the session's tiny study (tests/conftest.py): its stdout is not a terminal,
+    # so the progress view writes rate-limited lines, and third-party INFO stays quiet.
+    study_dir, proc = tiny_study_run
+    out = proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    import re
+
+    assert not [ln for ln in out.splitlines() if re.match(r"\[I \d{4}-", ln)]  # Optuna's INFO lines
+    assert "INFO mlflow" not in out and "View run" not in out  # MLflow's INFO lines and run links
+    assert "Token authentication is" not in out  # Ray's token notice
+    finished = [ln for ln in lines if re.search(r"trial \S+: (completed|pruned|failed|diverged)", ln)]
+    assert finished, proc.stdout[-3000:]
+    # about one line per finished trial, not one per change (63 lines for 28 trials before)
+    assert len(lines) <= len(finished) + 40, proc.stdout[-3000:]
+    assert f"study directory: {study_dir.resolve()}" in proc.stdout
+    assert f"resstudy ui {study_dir.name}" in proc.stdout
