@@ -161,6 +161,9 @@ def levels_png(levels: pd.DataFrame, experiment: str, param: str) -> Figure:
         err = np.vstack([gf["mean"] - gf["ci_lo"], gf["ci_hi"] - gf["mean"]])
         ax.errorbar(xs, gf["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=4,
                     color=_fid_color(j, len(fids)), label=f)
+        for x, m, n in zip(xs, gf["mean"], gf["n_completed"]):
+            if np.isfinite(m):
+                ax.annotate(f"n={n}", (x, m), textcoords="offset points", xytext=(4, 3), fontsize=6)
     ax.set_ylabel("mean val_acc (95% CI)")
     ax.set_title(f"{experiment}: {param} (per fidelity: ASHA rung epoch or final)", fontsize=10)
     ax.legend(fontsize=7)
