@@ -7,7 +7,14 @@ Both train ResNet-20 on the same synthetic CIFAR-shaped data in the same run:
              bf16 autocast where the hardware has it, channels_last on CUDA)
 and then the variants' steps against the ResNet step (target: within 1.10x).
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 2560] [--epochs 2]
+Section `limit`: the trainer against the bare step on the same device, the
+limit of what any trainer can do: forward + loss + backward + SGD on one
+pre-made batch already on the device, eager and torch.compile'd, fp32 and
+bf16. The trainer runs with compile off and on (option `compile`); target:
+>= 0.95x the best bare step of the same precision.
+
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--images 2560] [--epochs 3]
+                                          [--sections limit,reference,variants] [--precisions fp32,bf16]
 """
 
 from __future__ import annotations
@@ -23,6 +30,57 @@ import torch.nn.functional as F
 from study.config import TrainConfig
 from study.models import create_model
 from study.train import resolve_device, resolve_precision, train
+
+
+def bare_step_images_per_s(device: str, precision: str, compiled: bool, steps: int = 20, batch: int = 128) -> float:
+    """Median images/s of fwd + loss + bwd + SGD step on one pre-made batch (the limit)."""
+    dev = torch.device(device)
+    amp = torch.bfloat16 if precision == "bf16" else None
+    torch.manual_seed(0)
+    model = create_model("resnet", depth=20, num_classes=10).to(dev)
+    channels_last = dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(batch, 3, 32, 32, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=dev)
+
+    def fwd(x, y):
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return F.cross_entropy(model(x), y)
+
+    from study.compile import compile_mode
+
+    fn = torch.compile(fwd, mode=compile_mode(dev)) if compiled else fwd
+    times = []
+    for i in range(steps + 3):  # 3 warm-up steps (the first compiles)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        fn(x, y).backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times))
+
+
+def limit_section(device: str, images: int, epochs: int, precisions: list[str]) -> dict[str, float]:
+    rows: dict[str, float] = {}
+    print("\ntrainer against the bare step (the limit), same device, same run:")
+    for prec in precisions:
+        bare = {c: bare_step_images_per_s(device, prec, c) for c in (False, True)}
+        best = max(bare.values())
+        for c in (False, True):
+            rows[f"bare {prec} {'compiled' if c else 'eager'}"] = bare[c]
+            ours = trainer_images_per_s(device, images, epochs, precision=prec, compile="on" if c else "off")
+            rows[f"trainer {prec} compile {'on' if c else 'off'}"] = ours
+            print(f"  {prec} {'compiled' if c else 'eager   '}  bare {bare[c]:7.0f}  trainer {ours:7.0f} images/s   "
+                  f"trainer/bare {ours / bare[c]:5.2f}x   trainer/best bare {ours / best:5.2f}x")
+        print(f"  {prec} compiled bare / eager bare {bare[True] / bare[False]:5.2f}x")
+    return rows
 
 
 def trainer_images_per_s(device: str, images: int, epochs: int, **options) -> float:
@@ -98,11 +156,22 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     p.add_argument("--json", default=None, help="also write the numbers here")
+    p.add_argument("--sections", default="limit,reference,variants")
+    p.add_argument("--precisions", default="fp32,bf16", help="for the limit section")
     args = p.parse_args()
+    sections = set(args.sections.split(","))
     device = str(resolve_device(args.device))
     amp = resolve_precision("auto", torch.device(device))
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"autocast {amp or 'off (fp32)'}, {args.images} images x {args.epochs} epochs")
+    rows: dict[str, float] = {}
+    if "limit" in sections:
+        rows.update(limit_section(device, args.images, args.epochs, args.precisions.split(",")))
+    if "reference" not in sections and "variants" not in sections:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": device, **rows}, f, indent=2)
+        return
 
     ref = reference_images_per_s(device, args.images, args.epochs, args.workers)
     ours = trainer_images_per_s(device, args.images, args.epochs)
@@ -110,8 +179,8 @@ def main() -> None:
     print(f"{'resstudy trainer':<55} {ours:9.0f} images/s")
     print(f"{'speed-up (resstudy / reference)':<55} {ours / ref:9.2f}x")
 
-    rows = {"reference": ref, "resnet": ours}
-    variants = {
+    rows.update({"reference": ref, "resnet": ours})
+    variants = {} if "variants" not in sections else {
         "quotient": dict(variant="quotient", shortcut="B"),
         "resnet, shortcut B (quotient's parameter twin)": dict(variant="resnet", shortcut="B"),
         "epsilon": dict(variant="epsilon"),
@@ -120,8 +189,9 @@ def main() -> None:
     }
     for name, options in variants.items():
         rows[name] = trainer_images_per_s(device, args.images, args.epochs, **options)
-    base_b = rows["resnet, shortcut B (quotient's parameter twin)"]
-    print("\nstep cost against the ResNet step (lower is better; target <= 1.10x):")
+    base_b = rows.get("resnet, shortcut B (quotient's parameter twin)")
+    if variants:
+        print("\nstep cost against the ResNet step (lower is better; target <= 1.10x):")
     for name in variants:
         ref_rate = base_b if name == "quotient" else ours
         print(f"  {name:<53} {ref_rate / rows[name]:6.2f}x  ({rows[name]:.0f} images/s)")

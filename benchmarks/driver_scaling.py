@@ -1,0 +1,110 @@
+"""Does the study driver slow down as a study grows?
+
+Runs one study of N tiny trials through `resstudy run` (3 epochs of one batch
+each on 8x8 digits, depth 8, 2 trials at a time, no early stopping) and prints
+the trial throughput (trials/s) in the first and in the last tenth of the
+trials, and their ratio (target >= 0.9: the driver's cost per trial stays flat).
+
+Each trial stamps its finishing time from inside the trainer (a plugin variant,
+the ResNet plus a `final` hook that appends `time.time()` to a file), so the
+figure does not depend on how the runner logs or stores its results.
+
+    python benchmarks/driver_scaling.py [--trials 1000] [--concurrent 2] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+"""The ResNet, stamping each trial's end into {ticks!r}."""
+import time
+
+from search_spaces.shared import Param
+from study.models.resnet import backbone_options, resnet
+from study.options import Option
+from study.variants import Hooks, Variant, register_variant
+
+
+def _build(depth=20, num_classes=10, in_channels=3, *, tick_knob=0.5, **backbone):
+    return resnet(depth, num_classes, in_channels, **backbone)
+
+
+class _Tick(Hooks):
+    def final(self, metrics, evaluate_test):
+        with open({ticks!r}, "a") as f:  # one short O_APPEND write per trial: atomic
+            f.write(f"{{time.time():.6f}}\\n")
+
+
+register_variant(Variant(
+    name="ticks", build=_build, hooks=_Tick,
+    options=(*backbone_options(), Option("tick_knob", float, 0.5, "searched, unused", low=0.0, high=1.0,
+                                         target="model")),
+    description="benchmark: the ResNet, stamping its end", search=(Param("tick_knob", 0.0, 1.0),),
+))
+'''
+
+
+def rate(stamps: list[float]) -> float:
+    """Trials per second over a run of consecutive finishing times."""
+    return (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=1000)
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--keep", default=None, help="write the study here (kept) instead of a temporary directory")
+    args = p.parse_args()
+    if args.trials < 20:
+        p.error("--trials must be >= 20 (a tenth must hold at least two trials)")
+    tmp = tempfile.TemporaryDirectory(prefix="resstudy-driver-") if args.keep is None else None
+    work = Path(args.keep or tmp.name).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    ticks = work / "ticks.txt"
+    ticks.unlink(missing_ok=True)
+    plugin = work / "ticks_variant.py"
+    plugin.write_text(PLUGIN.format(ticks=str(ticks)))
+    spec = {
+        "name": "driver-scaling", "plugins": [str(plugin)], "dataset": "digits", "image_size": 8, "depth": 8,
+        "epochs": 3, "trials_per_variant": args.trials, "variants": {"ticks": {}},
+        "train": {"batch_size": 32, "limit_train_batches": 1, "val_size": 0.15, "threads": 1,
+                  "precision": "fp32"},
+        "search": {"algorithm": "random", "seed": 0}, "scheduler": {"type": "none"},
+        "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": args.concurrent, "storage_path": str(work / "runs"),
+    }
+    spec_path = work / "driver-scaling.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "run", str(spec_path)], cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.time() - t0
+    stamps = sorted(float(s) for s in ticks.read_text().split()) if ticks.exists() else []
+    if proc.returncode != 0 or len(stamps) < 20:
+        sys.exit(f"study failed (exit {proc.returncode}, {len(stamps)} trials finished):\n{proc.stderr[-3000:]}")
+    tenth = len(stamps) // 10
+    first, last = rate(stamps[:tenth]), rate(stamps[-tenth:])
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    print(f"{len(stamps)} trials finished of {args.trials}, {args.concurrent} at a time, in {wall:.0f} s "
+          f"(first trial ended {stamps[0] - t0:.0f} s after the start: Ray, MLflow start-up)")
+    print(f"{'first tenth':<14} {first:7.2f} trials/s   median gap {statistics.median(gaps[:tenth]):.3f} s")
+    print(f"{'last tenth':<14} {last:7.2f} trials/s   median gap {statistics.median(gaps[-tenth:]):.3f} s")
+    print(f"{'ratio last/first':<14} {last / first:7.2f}x   (target >= 0.9)")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
