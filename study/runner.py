@@ -469,6 +469,44 @@ class StudyRunner:
 
     # ------------------------------------------------------------ the run
 
+    def prepare(self) -> bool:
+        """Everything before Ray: ledger, spec check, preflight, Optuna, MLflow, and
+        reconciling them. False when the study is already finished. Needs the lock."""
+        spec = self.spec
+        self.ledger = Ledger(self.study_dir)
+        state = self.ledger.state
+        self._check_spec(state)
+        try:
+            from study import preflight
+
+            preflight.check_spec(spec)
+        except ImportError:
+            pass
+        if state.get("finished") and all(r["status"] in FINISHED for r in self.ledger.trials.values()):
+            return False
+        self.optuna_storage()
+        saved = spec.model_copy(deep=True)
+        if saved.mlflow.tracking_uri:
+            saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
+        if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
+            (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
+        uri = spec.tracking_uri()
+        self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir,
+                               ids=dict(state.get("mlflow_runs", {})), on_ids_changed=self._on_ids)
+        state.update(name=spec.name, tracking_uri=redact_uri(uri), experiment_id=self.tracker.experiment_id,
+                     started=state.get("started", time.time()), spec=spec.model_dump(mode="json"),
+                     spec_fingerprint=ledger_lib.fingerprint(spec.model_dump(mode="json")))
+        state.setdefault("phases", {})
+        state.pop("finished", None)
+        state["sessions"] = int(state.get("sessions", 0)) + 1
+        self.ledger.save_state()
+        self.epochs = EpochLog(self.study_dir)
+        self._reconcile_mlflow()
+        self.ledger.compact()
+        self._compact()
+        self.progress = _progress(spec.name, self._plan())
+        return True
+
     def run(self) -> Path:
         spec = self.spec
         if not self.remote:
@@ -478,45 +516,13 @@ class StudyRunner:
         lock = StudyLock(self.study_dir).acquire()
         old_handlers: dict = {}
         try:
-            self.ledger = Ledger(self.study_dir)
-            state = self.ledger.state
-            self._check_spec(state)
-            try:
-                from study import preflight
-
-                preflight.check_spec(spec)
-            except ImportError:
-                pass
-            if state.get("finished") and all(r["status"] in FINISHED for r in self.ledger.trials.values()):
+            resumed = Path(self.study_dir / ledger_lib.LEDGER_FILE).exists()
+            if not self.prepare():
                 print(f"resstudy: study {spec.name} is already finished ({self.study_dir})", flush=True)
                 self._compact()
                 return self.study_dir
-            self.optuna_storage()
-            saved = spec.model_copy(deep=True)
-            if saved.mlflow.tracking_uri:
-                saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
-            spec_text = saved.to_yaml()
-            if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
-                (self.study_dir / "spec.yaml").write_text(spec_text)
-            uri = spec.tracking_uri()
-            state_ids = dict(state.get("mlflow_runs", {}))
-            self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir, ids=state_ids,
-                                   on_ids_changed=self._on_ids)
-            state.update(name=spec.name, tracking_uri=redact_uri(uri), experiment_id=self.tracker.experiment_id,
-                         started=state.get("started", time.time()), spec=spec.model_dump(mode="json"),
-                         spec_fingerprint=ledger_lib.fingerprint(spec.model_dump(mode="json")))
-            state.setdefault("phases", {})
-            state.pop("finished", None)
-            state["sessions"] = int(state.get("sessions", 0)) + 1
-            self.ledger.save_state()
-            self.epochs = EpochLog(self.study_dir)
-            self._reconcile_mlflow()
-            self.ledger.compact()
-            self._compact()
-            resumed = bool(self.ledger.trials)
             print(f"resstudy: study {spec.name} -> {self.study_dir}" + (" (resuming)" if resumed else ""), flush=True)
             print(f"resstudy: MLflow: {self.tracker.ui_command()}", flush=True)
-            self.progress = _progress(spec.name, self._plan())
             _init_ray(spec)
             try:
                 from study import preflight
@@ -540,7 +546,7 @@ class StudyRunner:
                 raise
             self._summaries()
             self.tracker.end("study", "completed")
-            state["finished"] = time.time()
+            self.ledger.state["finished"] = time.time()
             self.ledger.save_state()
             self._compact()
             self._flush_tracking()
@@ -834,15 +840,20 @@ def _init_ray(spec: StudySpec | None) -> None:
             from ray._private import ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False
-        for attempt in range(3):
+        import random
+
+        for attempt in range(5):
             try:
                 ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
                 return
-            except Exception as e:  # a busy machine can miss Ray's 30-s start-up window
-                if "timed out during startup" not in str(e) or attempt == 2:
+            except Exception as e:  # a busy machine can miss Ray's start-up window (its agents start late)
+                if "timed out during startup" not in str(e) or attempt == 4:
                     raise
-                print("resstudy: Ray did not start in time (busy machine?); trying again", file=sys.stderr)
                 ray.shutdown()
+                wait = random.uniform(5, 20) * (attempt + 1)  # apart from other drivers starting now
+                print(f"resstudy: Ray did not start in time (busy machine?); trying again in {wait:.0f} s",
+                      file=sys.stderr, flush=True)
+                time.sleep(wait)
 
 
 # ---------------------------------------------------------------- entry points

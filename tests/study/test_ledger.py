@@ -335,3 +335,97 @@ def test_the_lock_is_held_while_a_study_runs(tmp_path):
     finally:
         lock.release()
     time.sleep(0)
+
+
+# ---------------------------------------------------------------- the driver's bookkeeping, Tune played by hand
+
+
+def _driver(tmp_path, spec):
+    from study.runner import StudyRunner
+
+    runner = StudyRunner(spec)
+    runner._check_storage()
+    lock = StudyLock(runner.study_dir).acquire()
+    assert runner.prepare()
+    return runner, lock
+
+
+def _train(phase, cfg, epochs, *, logged_upto=None, final=None):
+    """What a trial and Tune do: checkpoint each epoch, then report (the driver sees reports up to logged_upto)."""
+    rid, reports = cfg["_rid"], []
+    for e in epochs:
+        status = final if (final and e == epochs[-1]) else "running"
+        result = {"epoch": e, "status": status, "val_acc": 0.1 * e + (0.3 if rid.endswith("0") else 0.0),
+                  "best_val_acc": 0.1 * e, "rid": rid, "train_loss": 1.0 / e}
+        reports.append(result)
+        _write_checkpoint(cfg["_ckpt"], e, _save(e), list(reports))
+        if logged_upto is None or e <= logged_upto:
+            phase.result(rid, result)
+    return reports[-1]
+
+
+def test_resume_after_driver_kills_finishes_each_trial_once_without_ray(tmp_path):
+    """Ledger, Optuna, MLflow and epoch logs through two driver kills, Tune's events played by hand:
+    a trial whose last checkpointed epoch the killed driver never logged, and a trial Optuna was told
+    of just before the kill, are both finished exactly once."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from ray.tune.search import Searcher
+
+    from study.runner import Phase
+
+    spec = _spec(tmp_path, trials_per_variant=3, epochs=3, scheduler={"type": "none"},
+                 search={"algorithm": "random", "seed": 0})
+    exp = "s-resnet-d8"
+    runner, lock = _driver(tmp_path, spec)
+    runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+    phase = Phase(runner, "resnet", 8, "search")
+    phase.reconcile()
+    a = phase.next_trial()
+    phase.started(a["_rid"])
+    phase.ended(a["_rid"], _train(phase, a, [1, 2, 3], final="completed"), "")
+    b = phase.next_trial()
+    phase.started(b["_rid"])
+    _train(phase, b, [1, 2], logged_upto=1)  # epoch 2 checkpointed, the driver killed before logging it
+    c = phase.next_trial()
+    phase.started(c["_rid"])
+    last = _train(phase, c, [1, 2])
+    from study.searcher import tell
+
+    # c errors for good (retries spent); the driver is killed between telling Optuna and the ledger line
+    tell(phase.optuna, runner.ledger.trials[c["_rid"]]["optuna_number"], "failed", last, ["val_acc"],
+         {"status": "failed", "error": "boom"})
+    runner.ledger.close()
+    lock.release()  # the kill
+
+    runner, lock = _driver(tmp_path, spec)
+    runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+    phase = Phase(runner, "resnet", 8, "search")
+    phase.reconcile()
+    status = {rid: rec["status"] for rid, rec in runner.ledger.trials.items()}
+    assert status == {a["_rid"]: "completed", b["_rid"]: "running", c["_rid"]: "failed"}, status
+    again = phase.next_trial()
+    assert again["_rid"] == b["_rid"] and phase.next_trial() == Searcher.FINISHED  # nothing new asked
+    phase.started(b["_rid"])
+    phase.ended(b["_rid"], _train(phase, again, [3], final="completed"), "")
+    runner._compact()
+    runner.tracker.flush()
+    lock.release()
+
+    for cfg, epochs in ((a, [1, 2, 3]), (b, [1, 2, 3]), (c, [1, 2])):
+        assert [r["epoch"] for r in runner.epochs.read(cfg["_rid"])] == epochs, cfg["_rid"]
+    assert [r.get("replayed", False) for r in runner.epochs.read(b["_rid"])] == [False, True, False]
+    client = MlflowClient(spec.tracking_uri())
+    trials = [r for r in client.search_runs([runner.tracker.experiment_id])
+              if r.data.tags.get("resstudy.level") == "trial"]
+    assert len(trials) == 3 and sorted(r.info.status for r in trials) == ["FAILED", "FINISHED", "FINISHED"]
+    for r in trials:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == ([1, 2] if r.info.status == "FAILED" else [1, 2, 3]), r.info.run_name
+    ostudy = optuna.load_study(study_name=exp, storage=f"sqlite:///{runner.study_dir / 'optuna.db'}")
+    assert [t.state.name for t in ostudy.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    import pandas as pd
+
+    res = pd.read_parquet(runner.study_dir / "results.parquet").set_index("trial_id")
+    assert res.status.to_dict() == {a["_rid"]: "completed", b["_rid"]: "completed", c["_rid"]: "failed"}
+    assert res.loc[c["_rid"], "error"] == "boom"
