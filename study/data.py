@@ -30,7 +30,13 @@ VAL_SPLIT_SEED = 20240521
 DIGITS_TEST_SEED = 1797
 DIGITS_TEST_FRACTION = 0.2
 SYNTHETIC_SEED = 12345
-PAD = 4  # pad-4 random crop of the standard CIFAR recipe (METHODS "Standard recipe")
+PAD = 4  # pad-4 random crop of the standard CIFAR recipe (docs/methods.md), at 32x32
+
+
+def crop_pad(size: int) -> int:
+    """The crop padding for `size`-pixel images: the recipe's 4 of 32 (1/8) kept in
+    proportion, so upscaled digits at 16x16 shift by 2 pixels, not a quarter of the image."""
+    return max(1, size * PAD // 32)
 AUGMENT_MODES = ("crop_flip", "crop", "none")
 
 # Files each on-disk dataset needs, relative to `root` (torchvision's layout).
@@ -393,22 +399,22 @@ def normalize(x_uint8: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return x_uint8.float().mul_(scale).sub_((mean.view(1, -1, 1, 1) * scale))
 
 
-def _draw(n: int, mode: str, generator: torch.Generator, device: torch.device):
+def _draw(n: int, mode: str, generator: torch.Generator, device: torch.device, pad: int = PAD):
     """Per-sample crop offsets and flips, drawn from `generator` on its own device."""
     g = generator.device
-    dy = torch.randint(0, 2 * PAD + 1, (n,), generator=generator, device=g).to(device)
-    dx = torch.randint(0, 2 * PAD + 1, (n,), generator=generator, device=g).to(device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=g).to(device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=g).to(device)
     flip = None
     if mode == "crop_flip":
         flip = (torch.rand(n, generator=generator, device=g) < 0.5).to(device)
     return dy, dx, flip
 
 
-def _crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None) -> Tensor:
+def _crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None, pad: int = PAD) -> Tensor:
     """Window (dy, dx) of the zero-padded batch, mirrored where `flip`: one gather, no loop."""
     b, c, h, w = x.shape
-    xp = F.pad(x, (PAD, PAD, PAD, PAD))
-    hp, wp = h + 2 * PAD, w + 2 * PAD
+    xp = F.pad(x, (pad, pad, pad, pad))
+    hp, wp = h + 2 * pad, w + 2 * pad
     cols = torch.arange(w, device=x.device).expand(b, w)
     if flip is not None:
         cols = torch.where(flip[:, None], (w - 1) - cols, cols)  # mirror inside the window
@@ -419,12 +425,14 @@ def _crop_flip(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor | None) -> Tensor
 
 
 def augment_batch(x_uint8: Tensor, mode: str, generator: torch.Generator) -> Tensor:
-    """Pad-4 random crop with zero padding (+ horizontal flip in "crop_flip"), whole batch at once."""
+    """Random crop with zero padding (4 pixels at 32x32, in proportion otherwise; + horizontal
+    flip in "crop_flip"), whole batch at once."""
     if mode not in AUGMENT_MODES:
         raise ValueError(f"augment mode {mode!r} unknown; allowed: {AUGMENT_MODES}")
     if mode == "none":
         return x_uint8
-    return _crop_flip(x_uint8, *_draw(x_uint8.shape[0], mode, generator, x_uint8.device))
+    pad = crop_pad(x_uint8.shape[-1])
+    return _crop_flip(x_uint8, *_draw(x_uint8.shape[0], mode, generator, x_uint8.device, pad), pad)
 
 
 def _to_format(x: Tensor, channels_last: bool) -> Tensor:
@@ -452,14 +460,15 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
     used = min(n, batches * batch_size)
     device = data.train_x.device
     order = torch.randperm(n, generator=generator, device=generator.device)[:used].to(device)
-    params = _draw(used, data.augment, generator, device) if data.augment != "none" else None
+    pad = crop_pad(data.train_x.shape[-1])
+    params = _draw(used, data.augment, generator, device, pad) if data.augment != "none" else None
     for i in range(batches):
         s = slice(i * batch_size, min((i + 1) * batch_size, used))
         idx = order[s]
         x = data.train_x[idx]
         if params is not None:
             dy, dx, flip = params
-            x = _crop_flip(x, dy[s], dx[s], None if flip is None else flip[s])
+            x = _crop_flip(x, dy[s], dx[s], None if flip is None else flip[s], pad)
         yield normalize(_to_format(x, channels_last), data.mean, data.std), data.train_y[idx]
 
 

@@ -289,25 +289,25 @@ def test_normalisation_zero_mean_unit_std():
 # augmentation and batches
 
 
-def _windows(img: torch.Tensor):
+def _windows(img: torch.Tensor, pad: int = 4):
     """Every (dy, dx, flip) window of the zero-padded image, by a slow loop (reference)."""
     c, h, w = img.shape
-    padded = torch.zeros(c, h + 8, w + 8, dtype=img.dtype)
-    padded[:, 4:4 + h, 4:4 + w] = img
-    for dy in range(9):
-        for dx in range(9):
+    padded = torch.zeros(c, h + 2 * pad, w + 2 * pad, dtype=img.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = img
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
             win = padded[:, dy:dy + h, dx:dx + w]
             yield dy, dx, False, win
             yield dy, dx, True, win.flip(-1)
 
 
-def _match(out: torch.Tensor, img: torch.Tensor):
-    return [(dy, dx, f) for dy, dx, f, win in _windows(img) if torch.equal(win, out)]
+def _match(out: torch.Tensor, img: torch.Tensor, pad: int = 4):
+    return [(dy, dx, f) for dy, dx, f, win in _windows(img, pad) if torch.equal(win, out)]
 
 
 @pytest.mark.parametrize("mode", ["crop", "crop_flip"])
 def test_augment_is_a_window_of_the_padded_input(mode):
-    x = torch.randint(1, 256, (48, 3, 10, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(1, 256, (48, 3, 30, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out = augment_batch(x, mode, torch.Generator().manual_seed(1))
     assert out.shape == x.shape and out.dtype == torch.uint8
     found = []
@@ -319,6 +319,11 @@ def test_augment_is_a_window_of_the_padded_input(mode):
     assert flips == ({False, True} if mode == "crop_flip" else {False})
     assert len({(dy, dx) for dy, dx, _ in found}) > 10  # offsets vary per sample
     assert torch.equal(augment_batch(x, "none", torch.Generator()), x)
+    # smaller images shift in proportion (4 of 32): 16x16 digits by up to 2 pixels
+    small = torch.randint(1, 256, (48, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    shifted = augment_batch(small, "crop", torch.Generator().manual_seed(3))
+    offsets = {_match(shifted[i], small[i], pad=2)[0][:2] for i in range(len(small))}
+    assert {dy for dy, _ in offsets} == {0, 1, 2, 3, 4} == {dx for _, dx in offsets}
     with pytest.raises(ValueError, match="augment mode"):
         augment_batch(x, "rotate", torch.Generator())
 
