@@ -179,3 +179,39 @@ def test_embedded_ray_listens_on_loopback_only_with_token_auth(tmp_path, order):
     assert not exposed, f"listening beyond loopback: {exposed}"
     assert probe["node_ip"] == "127.0.0.1"
     assert probe["token_auth"] is True
+
+
+# ---------------------------------------------------------------- no credentials printed, no code from env
+
+
+def test_ending_a_run_never_prints_mlflows_view_run_line(tmp_path, monkeypatch, capsys):
+    """MlflowClient.set_terminated prints "View run ... at <url>", credentials of the URI included;
+    the tracker ends runs without it, at every level."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("set_terminated/_log_url called: it prints the run URL")
+    monkeypatch.setattr(MlflowClient, "set_terminated", refuse)
+    monkeypatch.setattr(TrackingServiceClient, "_log_url", refuse)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", "study", tmp_path)
+    tracker.create("exp:a", "study", "a", {})
+    tracker.create("trial:1", "exp:a", "t", {}, params={"lr": 0.1})
+    for key, outcome in (("trial:1", "pruned"), ("exp:a", "completed"), ("study", "interrupted")):
+        tracker.end(key, outcome)
+    assert tracker.flush() and "View run" not in capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    status = {k: client.get_run(tracker.run_id(k)).info.status for k in ("trial:1", "exp:a", "study")}
+    assert status == {"trial:1": "FINISHED", "exp:a": "FINISHED", "study": "KILLED"}
+    assert client.get_run(tracker.run_id("trial:1")).info.end_time is not None
+
+
+@pytest.mark.parametrize("var", ["RESSTUDY_TRIAL_HOOK", "RESSTUDY_DRIVER_HOOK"])
+def test_the_test_seams_take_only_a_tests_module(monkeypatch, var):
+    from study import runner, trainable
+
+    monkeypatch.setenv(var, "os:system")
+    with pytest.raises(RuntimeError, match="only a tests"):
+        trainable._hook() if var == "RESSTUDY_TRIAL_HOOK" else runner._driver_hook("start")
+    monkeypatch.delenv(var)
+    assert trainable._hook() is None  # unset: nothing imported, nothing called
