@@ -102,7 +102,7 @@ def pairs(df: pd.DataFrame, subject: str, depth: Any, metric: str) -> tuple[pd.D
     ok = lambda x: x[(x["status"] == "completed") & np.isfinite(x[metric].astype(float))]  # noqa: E731
     v, t = ok(v), ok(t)
     # one row per seed on each side (a retried repeat keeps its last record)
-    v, t = v.drop_duplicates("seed", keep="last"), t.drop_duplicates("seed", keep="last")
+    v, t = v.groupby("seed").tail(1), t.groupby("seed").tail(1)
     m = v.add_prefix("v_").merge(t[["seed", metric]].rename(columns={metric: "twin"}), left_on="v_seed",
                                  right_on="seed")
     m["variant"] = m[f"v_{metric}"].astype(float)
@@ -140,7 +140,7 @@ def _level_data(df: pd.DataFrame, history: pd.DataFrame | None, subject: str, de
     if history is not None and len(history) and "val_acc" in history.columns:
         h = history[history["trial_id"].isin(g["trial_id"])]
         for e in sorted(rungs, reverse=True):
-            at = h[h["epoch"] == e].drop_duplicates("trial_id", keep="last").set_index("trial_id")["val_acc"]
+            at = h[h["epoch"] == e].groupby("trial_id").tail(1).set_index("trial_id")["val_acc"]
             rb = b["trial_id"].map(at).astype(float).dropna().to_numpy()
             rw = w["trial_id"].map(at).astype(float).dropna().to_numpy()
             if min(rb.size, rw.size) >= MIN_N:
@@ -281,10 +281,10 @@ def tuned_vs_tuned(results: pd.DataFrame, *, baseline: str = "resnet", metric: s
         return pd.DataFrame(columns=TUNED_COLUMNS)
     for depth in sorted(rep["depth"].unique()):
         here = rep[rep["depth"] == depth]
-        base = here[subj.loc[here.index] == baseline].drop_duplicates("seed", keep="last")
+        base = here[subj.loc[here.index] == baseline].groupby("seed").tail(1)
         bs = base.set_index("seed")[metric].astype(float).dropna()
         for s in sorted(set(subj.loc[here.index]) - {baseline}):
-            v = here[subj.loc[here.index] == s].drop_duplicates("seed", keep="last")
+            v = here[subj.loc[here.index] == s].groupby("seed").tail(1)
             vs = v.set_index("seed")[metric].astype(float).dropna()
             if len(bs) == 0 or len(vs) == 0:
                 continue

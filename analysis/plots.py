@@ -245,7 +245,7 @@ def _p_text(r) -> str:
 def _panels(table: pd.DataFrame) -> list[tuple]:
     # table order: depth, then metrics as compare.METRICS lists them (val before test)
     keys = table[["depth", "metric"]]
-    return list(keys[~keys.duplicated()].itertuples(index=False, name=None))
+    return list(dict.fromkeys(keys.itertuples(index=False, name=None)))
 
 
 def comparison_png(table: pd.DataFrame) -> Figure:

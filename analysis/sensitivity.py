@@ -335,7 +335,7 @@ def at_epoch(results: pd.DataFrame, history: pd.DataFrame, epoch: int, metric: s
     (from history) and status "completed" (their run to that epoch was);
     `final_status` keeps what happened after."""
     search = results[results["phase"] == "search"] if "phase" in results.columns else results
-    h = history[history["epoch"] == epoch].drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    h = history[history["epoch"] == epoch].groupby("trial_id").tail(1).set_index("trial_id")
     if metric not in h.columns:
         return search.iloc[0:0]
     vals = search["trial_id"].map(h[metric].astype(float))

@@ -1,4 +1,4 @@
-"""Small statistics helpers: t intervals and two-sample tests that return NaN
+"""Small statistics functions: t intervals and two-sample tests that return NaN
 instead of raising when there are too few values."""
 
 from __future__ import annotations

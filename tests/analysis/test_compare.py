@@ -142,7 +142,7 @@ def test_intervals_stay_inside_the_metric_range():
     assert q["ci_lo"] == 0.0 and q["ci_hi"] == 1.0  # the raw interval left both ends
 
 
-def test_stats_helpers_agree_with_scipy():
+def test_stats_functions_agree_with_scipy():
     m, lo, hi, n = mean_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and hi - m == pytest.approx(stats.t.ppf(0.975, 2) / np.sqrt(3))
     rng = np.random.default_rng(5)
