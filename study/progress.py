@@ -161,7 +161,8 @@ class Progress:
     # ------------------------------------------------------------ numbers
 
     def stats(self, label: str) -> dict[str, Any]:
-        """done, running, pruned, failed (with diverged), best, epochs_per_s, eta_s for one row."""
+        """For one row: planned, finished (any end), done (completed), running, pruned,
+        failed (diverged included), best, epochs_per_s, eta_s."""
         with self._lock:
             row = self.rows[label]
             c = row.counts
@@ -173,16 +174,18 @@ class Progress:
                 left = not_started * row.epochs_per_trial + sum(max(0, t.epochs - t.epoch) for t in running)
                 # trials of one row run side by side: wall time divides by how many run at once
                 eta = left / rate / max(1, c["running"])
-            return {"planned": row.planned, "done": c["completed"], "running": c["running"], "pruned": c["pruned"],
-                    "failed": c["failed"] + c["diverged"], "best": row.best, "epochs_per_s": rate, "eta_s": eta}
+            return {"planned": row.planned, "finished": sum(c[s] for s in FINISHED), "done": c["completed"],
+                    "running": c["running"], "pruned": c["pruned"], "failed": c["failed"] + c["diverged"],
+                    "best": row.best, "epochs_per_s": rate, "eta_s": eta}
 
     def summary(self) -> str:
         """One line: totals, then the rows with trials running (a 12-row study
         would not fit on a line otherwise)."""
         stats = {label: self.stats(label) for label in self.rows}
-        total = {k: sum(s[k] for s in stats.values()) for k in ("planned", "done", "running", "pruned", "failed")}
-        parts = [f"{total['done']}/{total['planned']} done, {total['running']} running, {total['pruned']} pruned, "
-                 f"{total['failed']} failed"]
+        keys = ("planned", "finished", "done", "running", "pruned", "failed")
+        total = {k: sum(s[k] for s in stats.values()) for k in keys}
+        parts = [f"{total['finished']}/{total['planned']} trials finished ({total['done']} completed, "
+                 f"{total['pruned']} pruned, {total['failed']} failed), {total['running']} running"]
         for label, s in stats.items():
             if s["running"]:
                 parts.append(f"{label}: best {_fmt(s['best'], '.4f')}, {_fmt(s['epochs_per_s'], '.2f')} epochs/s"
@@ -194,8 +197,8 @@ class Progress:
         lines = []
         for label in self.rows:
             s = self.stats(label)
-            lines.append(f"  {label:<16} {s['done']:>3}/{s['planned']:<3} done  {s['pruned']:>3} pruned  "
-                         f"{s['failed']:>3} failed  best val_acc {_fmt(s['best'], '.4f')}")
+            lines.append(f"  {label:<16} {s['finished']:>3}/{s['planned']:<3} finished  {s['done']:>3} completed  "
+                         f"{s['pruned']:>3} pruned  {s['failed']:>3} failed  best val_acc {_fmt(s['best'], '.4f')}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------ output
@@ -231,13 +234,14 @@ class Progress:
         from rich.table import Table
 
         table = Table(title=f"{self.name}  {self._elapsed()}", title_justify="left", expand=False)
-        for col, just in (("experiment", "left"), ("done", "right"), ("running", "right"), ("pruned", "right"),
-                          ("failed", "right"), ("best val_acc", "right"), ("epochs/s", "right"), ("ETA", "right")):
+        for col, just in (("experiment", "left"), ("finished", "right"), ("completed", "right"), ("pruned", "right"),
+                          ("failed", "right"), ("running", "right"), ("best val_acc", "right"), ("epochs/s", "right"),
+                          ("ETA", "right")):
             table.add_column(col, justify=just, no_wrap=True)
         for label in list(self.rows):
             s = self.stats(label)
-            table.add_row(label, f"{s['done']}/{s['planned']}", str(s["running"]), str(s["pruned"]),
-                          str(s["failed"]), _fmt(s["best"], ".4f"), _fmt(s["epochs_per_s"], ".2f"),
+            table.add_row(label, f"{s['finished']}/{s['planned']}", str(s["done"]), str(s["pruned"]),
+                          str(s["failed"]), str(s["running"]), _fmt(s["best"], ".4f"), _fmt(s["epochs_per_s"], ".2f"),
                           _duration(s["eta_s"]) if s["eta_s"] is not None and s["running"] else "")
         return table
 

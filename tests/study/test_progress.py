@@ -33,7 +33,7 @@ def test_best_counts_completed_trials_only_and_keeps_depths_apart():
     p.trial_finished("c", "completed", best_val_acc=0.90)
     d8, d14 = p.stats("resnet d8"), p.stats("resnet d14")
     assert (d8["best"], d14["best"]) == (0.80, 0.90)
-    assert (d8["done"], d8["pruned"], d8["running"], d14["done"]) == (1, 1, 0, 1)
+    assert (d8["finished"], d8["done"], d8["pruned"], d8["running"], d14["done"]) == (2, 1, 1, 0, 1)
 
 
 def test_eta_appears_after_the_first_epoch_and_follows_the_epoch_rate():
@@ -75,7 +75,7 @@ def test_plain_log_is_rate_limited_with_one_line_per_finished_trial():
     finished = [ln for ln in lines if ": completed" in ln]
     assert len(finished) == 4
     # one summary at the start, then at most one per 20 s over 100 s, then the closing summary and table
-    summaries = [ln for ln in lines if " done, " in ln and ": completed" not in ln]
+    summaries = [ln for ln in lines if " trials finished (" in ln]
     assert 5 <= len(summaries) <= 7, lines
     assert "ETA" in summaries[1] and "epochs/s" in summaries[1]
 
