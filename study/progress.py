@@ -231,13 +231,15 @@ class Progress:
             print(line, file=self.stream, flush=True)
 
     def _table(self):
+        from rich import box
         from rich.table import Table
 
-        table = Table(title=f"{self.name}  {self._elapsed()}", title_justify="left", expand=False)
-        for col, just in (("experiment", "left"), ("finished", "right"), ("completed", "right"), ("pruned", "right"),
-                          ("failed", "right"), ("running", "right"), ("best val_acc", "right"), ("epochs/s", "right"),
-                          ("ETA", "right")):
-            table.add_column(col, justify=just, no_wrap=True)
+        # fits 80 columns: trials = finished/planned; best = best val_acc of completed trials
+        table = Table(title=f"{self.name}  {self._elapsed()}", title_justify="left", expand=False,
+                      box=box.SIMPLE_HEAD, caption="trials: finished/planned; best: best val_acc of completed trials",
+                      caption_justify="left", pad_edge=False, collapse_padding=True)
+        for col in ("experiment", "trials", "done", "pruned", "failed", "running", "best", "ep/s", "ETA"):
+            table.add_column(col, justify="left" if col == "experiment" else "right", no_wrap=True)
         for label in list(self.rows):
             s = self.stats(label)
             table.add_row(label, f"{s['finished']}/{s['planned']}", str(s["done"]), str(s["pruned"]),
