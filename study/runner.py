@@ -843,11 +843,15 @@ def _init_ray(spec: StudySpec | None) -> None:
         import random
 
         for attempt in range(5):
+            # token auth on, stated here rather than left to ray.init's default, which a failed
+            # start-up attempt can leave switched off for the next one
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             try:
                 ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
                 return
             except Exception as e:  # a busy machine can miss Ray's start-up window (its agents start late)
-                if "timed out during startup" not in str(e) or attempt == 4:
+                transient = any(s in str(e) for s in ("timed out during startup", "Failed to start GCS"))
+                if not transient or attempt == 4:
                     raise
                 ray.shutdown()
                 wait = random.uniform(5, 20) * (attempt + 1)  # apart from other drivers starting now
