@@ -179,7 +179,14 @@ from study.spec import load_spec
 root = Path(sys.argv[1])
 spec = load_spec({"name": "n", "dataset": "cifar10", "data_root": str(root), "depth": 8,
                   "storage_path": str(root.parent / "runs"), "variants": ["resnet"]})
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+for attempt in range(4):  # a busy machine can miss Ray's fixed 30-s start-up window
+    try:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        break
+    except Exception as e:
+        if "timed out during startup" not in str(e) or attempt == 3:
+            raise
+        ray.shutdown()
 try:
     check_nodes(spec)
 except PreflightError as e:
@@ -201,7 +208,7 @@ def test_check_nodes_looks_for_the_data_on_every_node(tmp_path):
     p = subprocess.run([sys.executable, "-c", CHECK_NODES, str(tmp_path / "cifar")], capture_output=True, text=True,
                        timeout=300, env=env, cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0, p.stderr[-3000:]
-    refused, passed = p.stdout.strip().splitlines()[-2:]
-    assert refused.startswith("refused: the study cannot run on every node:")
-    assert "data_root: " in p.stdout and "does not exist" in p.stdout and "node " in p.stdout
-    assert passed == "passed"
+    lines = p.stdout.strip().splitlines()
+    assert "refused: the study cannot run on every node:" in lines
+    assert any(ln.startswith("  node 127.0.0.1: data_root: ") and "does not exist" in ln for ln in lines), p.stdout
+    assert lines[-1] == "passed"  # with the files in place on the node, the check passes
