@@ -297,18 +297,19 @@ class _LayerMI:
 
     def accumulate(self, xp: Tensor, offset: int) -> None:
         """Pass 2: bin the batch's pairs into the joint histograms, all channels in one bincount."""
-        binned: dict[int, Tensor] = {}  # unmasked: each pixel binned once per distinct spec
+        binned: dict[tuple, Tensor] = {}  # unmasked: each pixel binned once per distinct spec
         for i, (_, _, sy, sx) in enumerate(self.shifts):
             if self.plan[i] is None:
                 continue
             sa, sb, b, offs = self.plan[i]
             spare = len(self.counts[i]) - 1
             if not self.masked:
-                for s_ in (sa, sb):
-                    if s_ not in binned:
-                        binned[s_] = self._binned(xp, s_)
-                ia, ib = _pairs(binned[sa], sy, sx)[0], _pairs(binned[sb], sy, sx)[1]
-                flat = (ia * b).add_(ib).add_(offs)
+                # anchor side pre-shifted to its joint row (channel * b * b + i * b), once per spec
+                if ("a", sa, b) not in binned:
+                    binned["a", sa, b] = self._binned(xp, sa).mul_(b).add_(offs)
+                if ("b", sb) not in binned:
+                    binned["b", sb] = self._binned(xp, sb)
+                flat = _pairs(binned["a", sa, b], sy, sx)[0] + _pairs(binned["b", sb], sy, sx)[1]
             else:
                 a, b_, mask = self._views(xp, offset, sy, sx)
                 flat = (self._binned(a, sa) * b).add_(self._binned(b_, sb)).add_(offs)
