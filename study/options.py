@@ -49,12 +49,15 @@ class Option:
         """What the option allows, in words, for errors and help."""
         if self.choices is not None:
             text = "one of " + ", ".join(_show(c) for c in self.choices)
+        elif self.kind is str:
+            text = "text" + (f" ({self.help})" if self.help else "")
         else:
+            fmt = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")
             parts = []
             if self.low is not None:
-                parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+                parts.append(f"{'>' if self.low_open else '>='} {fmt(self.low)}")
             if self.high is not None:
-                parts.append(f"<= {self.high:g}")
+                parts.append(f"<= {fmt(self.high)}")
             text = ("an integer" if self.kind is int else "a number") + (" " + " and ".join(parts) if parts else "")
         return text + (" (or null)" if self.nullable else "")
 
