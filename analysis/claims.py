@@ -190,7 +190,7 @@ def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spe
                 continue
             for c in cl:
                 rows.append(_row(results, history, s, depth, c, rungs))
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    table = pd.DataFrame(rows, columns=[*COLUMNS, "_sd"])  # the spread feeds "what would settle it"
     return finish(table, alpha), notes
 
 
@@ -254,8 +254,10 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         if r["kind"] == "noninferior" and testable[i]:
             gain = r["gain"]
             if np.isfinite(gain) and gain <= 0:
-                verdict = "contradicted"  # it discarded nothing: the claim's gain did not happen
-                t.at[i, "settle"] = ""
+                # the configuration tested discarded nothing: the claim was not exercised
+                verdict = "inconclusive"
+                t.at[i, "settle"] = ("the configuration tested discarded no block: search epsilon higher, or "
+                                     "with objectives [val_acc, param_reduction]")
             elif verdict == "supported" and not np.isfinite(gain):
                 verdict = "inconclusive"
                 t.at[i, "settle"] = "the runs report no gain metric"

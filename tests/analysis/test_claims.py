@@ -109,7 +109,8 @@ def test_noninferiority_verdicts():
     assert worse["verdict"] == "contradicted" and worse["ci_hi"] < -0.01
     kept_all = _one(twin_pairs("epsilon", "epsilon", 0.0, seeds=range(4), noise=0.001, discarded_ratio=0.0),
                     claims=claim)
-    assert kept_all["verdict"] == "contradicted"  # no block discarded: the claimed gain did not happen
+    # no block discarded: the claim was not exercised, whatever the accuracy says
+    assert kept_all["verdict"] == "inconclusive" and "discarded no block" in kept_all["settle"]
 
 
 def test_level_claim_is_judged_at_a_rung_when_pruning_left_too_few_completed():
