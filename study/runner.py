@@ -25,6 +25,9 @@ if not os.environ.get("RAY_ADDRESS"):
     # 127.0.0.1 to the machine's routable IP and binds its servers to every
     # interface; this switch (read when ray is imported) keeps them on 127.0.0.1.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    # Token auth, set before ray is imported: Ray's native side reads the mode once, and a
+    # mode set later by ray.init's default is not seen by a retried start in this process.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 # resstudy keeps its own state: Tune's per-trial logger files and periodic experiment
 # snapshots are work the driver would pay for per report, and Tune's own SIGINT
 # handling would stop one phase only.
