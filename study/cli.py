@@ -67,6 +67,8 @@ def _root(
 ) -> None:
     """Distributed hyper-parameter studies of residual-network variants."""
     STATE["verbose"] = verbose
+    if verbose:
+        os.environ["RESSTUDY_VERBOSE"] = "1"  # read by the runner when it starts Ray
 
 
 # ---------------------------------------------------------------- train (flags from the registry)

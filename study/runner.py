@@ -525,13 +525,16 @@ class StudyRunner:
                 self._compact()
                 return self.study_dir
             print(f"resstudy: study {spec.name} -> {self.study_dir}" + (" (resuming)" if resumed else ""), flush=True)
-            print(f"resstudy: MLflow: {self.tracker.ui_command()}", flush=True)
+            print(f"resstudy: browse it with: resstudy ui {self.study_dir}", flush=True)
             _init_ray(spec)
             try:
                 from study import preflight
 
-                if hasattr(preflight, "check_cluster"):
-                    preflight.check_cluster(spec, ray.cluster_resources())
+                # a trial must fit on one node: per-node resources, and the data on every node
+                preflight.check_cluster(spec, ray.cluster_resources(),
+                                        nodes=[n["Resources"] for n in ray.nodes() if n.get("Alive")])
+                if os.environ.get("RAY_ADDRESS"):
+                    preflight.check_nodes(spec)
             except ImportError:
                 pass
             old_handlers = self._install_signals()
@@ -555,7 +558,7 @@ class StudyRunner:
             self._flush_tracking()
             self.progress.close()
             print(f"resstudy: results in {self.study_dir / 'results.parquet'} and history.parquet", flush=True)
-            print(f"resstudy: browse the runs with: {self.tracker.ui_command()}", flush=True)
+            print(f"resstudy: browse the runs with: resstudy ui {self.study_dir}", flush=True)
             return self.study_dir
         finally:
             for sig, handler in old_handlers.items():
@@ -816,6 +819,13 @@ def _progress(name: str, plan: dict[str, int]):
     return Progress(name, plan)
 
 
+def _ray_log_level() -> int:
+    # ray.init resets Ray's logger to INFO; resstudy's progress view is the output
+    import logging
+
+    return logging.DEBUG if os.environ.get("RESSTUDY_VERBOSE") == "1" else logging.WARNING
+
+
 def _init_ray(spec: StudySpec | None) -> None:
     if ray.is_initialized():
         return
@@ -834,7 +844,7 @@ def _init_ray(spec: StudySpec | None) -> None:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", log_to_driver=False)
+        ray.init(address="auto", log_to_driver=False, logging_level=_ray_log_level())
     else:
         # An embedded single-node Ray: nothing listens beyond loopback, no dashboard.
         # Ray reads the loopback switch (top of this module) when first imported; where
@@ -850,7 +860,8 @@ def _init_ray(spec: StudySpec | None) -> None:
             # start-up attempt can leave switched off for the next one
             os.environ.setdefault("RAY_AUTH_MODE", "token")
             try:
-                ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count())
+                ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
+                         logging_level=_ray_log_level())
                 return
             except Exception as e:  # a busy machine can miss Ray's start-up window (its agents start late)
                 transient = any(s in str(e) for s in ("timed out during startup", "Failed to start GCS"))

@@ -155,6 +155,13 @@ class ResourcesSpec(_Model):
         return v
 
 
+class CheckpointSpec(_Model):
+    """How often a trial checkpoints beyond its ASHA rung epochs and its last epoch:
+    a killed trial loses at most this much training."""
+
+    every_minutes: Annotated[float, Field(gt=0)] = 5.0
+
+
 class MlflowSpec(_Model):
     tracking_uri: str | None = None  # None: sqlite:///<storage_path>/<name>/mlflow.db
     experiment: Annotated[str, Field(min_length=1)] | None = None  # None: the spec name
@@ -182,6 +189,7 @@ class StudySpec(_Model):
     storage_path: Annotated[str, Field(min_length=1, validate_default=True)] = "./resstudy_runs"
     shared_storage: bool = False  # the user asserts storage_path is reachable from every node
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
     # ------------------------------------------------------------ validation
 
