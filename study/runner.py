@@ -27,7 +27,14 @@ if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Token auth, set before ray is imported: Ray's native side reads the mode once, and a
     # mode set later by ray.init's default is not seen by a retried start in this process.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Where ray was imported first, its native side has read the mode already: setting it
+    # now would start servers that want a token the driver never sends; ray.init's own
+    # default (token auth on) applies there.
+    _SET_AUTH_MODE = "ray" not in sys.modules
+    if _SET_AUTH_MODE:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+else:
+    _SET_AUTH_MODE = False
 # resstudy keeps its own state: Tune's per-trial logger files and periodic experiment
 # snapshots are work the driver would pay for per report, and Tune's own SIGINT
 # handling would stop one phase only.
@@ -399,17 +406,12 @@ class StudyRunner:
     def log_artifacts(self, key: str, rid: str, variant: str, result: dict[str, Any]) -> None:
         import json
 
-        info = json.loads(result.get("info_json") or "{}")
-        if not info:
-            return
+        info = json.loads(result.get("info_json") or "{}")  # quotient's artifact comes from its metrics alone
         out = self.study_dir / "artifacts" / rid
         try:
             from study import artifacts
 
-            try:
-                paths = artifacts.write(info, result, out, variant)
-            except TypeError:
-                paths = artifacts.write(info, result, out)
+            paths = artifacts.write(info, result, out, variant)
             for path in paths:
                 self.tracker.artifact(key, path)
         except Exception as e:  # an artifact must never cost a trial its result
@@ -436,7 +438,7 @@ class StudyRunner:
             raise StorageError(f"storage: cannot create {d} ({e.strerror}); choose a writable storage_path") from None
 
     def _check_spec(self, state: dict[str, Any]) -> None:
-        new = self.spec.model_dump(mode="json")
+        new = _redacted(self.spec).model_dump(mode="json")
         old = state.get("spec")
         if old is None or state.get("spec_fingerprint") == ledger_lib.fingerprint(new):
             return
@@ -487,18 +489,18 @@ class StudyRunner:
             pass
         if state.get("finished") and all(r["status"] in FINISHED for r in self.ledger.trials.values()):
             return False
-        self.optuna_storage()
-        saved = spec.model_copy(deep=True)
-        if saved.mlflow.tracking_uri:
-            saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
-        if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
-            (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
+        saved = _redacted(spec)
         uri = spec.tracking_uri()
+        # MLflow first: an unreachable server fails before any study file is written
         self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir,
                                ids=dict(state.get("mlflow_runs", {})), on_ids_changed=self._on_ids)
+        self.optuna_storage()
+        if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
+            (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
+        dumped = saved.model_dump(mode="json")  # study.json never holds a tracking password
         state.update(name=spec.name, tracking_uri=redact_uri(uri), experiment_id=self.tracker.experiment_id,
-                     started=state.get("started", time.time()), spec=spec.model_dump(mode="json"),
-                     spec_fingerprint=ledger_lib.fingerprint(spec.model_dump(mode="json")))
+                     started=state.get("started", time.time()), spec=dumped,
+                     spec_fingerprint=ledger_lib.fingerprint(dumped))
         state.setdefault("phases", {})
         state.pop("finished", None)
         state["sessions"] = int(state.get("sessions", 0)) + 1
@@ -819,6 +821,13 @@ def _progress(name: str, plan: dict[str, int]):
     return Progress(name, plan)
 
 
+def _redacted(spec: StudySpec) -> StudySpec:
+    saved = spec.model_copy(deep=True)
+    if saved.mlflow.tracking_uri:
+        saved.mlflow.tracking_uri = redact_uri(saved.mlflow.tracking_uri)
+    return saved
+
+
 def _ray_log_level() -> int:
     # ray.init resets Ray's logger to INFO; resstudy's progress view is the output
     import logging
@@ -858,7 +867,8 @@ def _init_ray(spec: StudySpec | None) -> None:
         for attempt in range(5):
             # token auth on, stated here rather than left to ray.init's default, which a failed
             # start-up attempt can leave switched off for the next one
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            if _SET_AUTH_MODE:
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
             try:
                 ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
                          logging_level=_ray_log_level())

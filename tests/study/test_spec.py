@@ -40,9 +40,9 @@ def test_every_preset_loads_and_builds(preset):
     space = spec.build_space("sgs")
     study.optimize(lambda t: float(bool(space(t))), n_trials=3)
     if preset == "quick":
-        assert spec.dataset == "digits" and spec.image_size == 16 and spec.depth == [8]
+        assert spec.dataset == "digits" and spec.image_size == 12 and spec.depth == [8]
         assert spec.trials_per_variant <= 8 and spec.epochs <= 6 and spec.resources.gpu == 0
-        assert all(t.params.get("sgs_interval", 1) <= 4 for t in study.trials)
+        assert all(t.params.get("sgs_interval", 1) <= 6 for t in study.trials)
     else:
         assert spec.depth == [20, 56, 110] and spec.epochs == 182 and spec.seeds == [0, 1, 2]
         assert spec.repeat_best and 0 < spec.resources.gpu <= 1 and spec.data_root == f"/data/{preset}"
@@ -186,7 +186,7 @@ def test_overrides_are_merged_and_validated():
     spec = load_spec(preset="quick", overrides={"epochs": 2, "scheduler.grace_period": 2, "variants": ["resnet"]})
     assert spec.epochs == 2 and spec.scheduler.grace_period == 2 and spec.scheduler.reduction_factor == 2
     assert list(spec.variants) == ["resnet"]
-    assert spec.train["batch_size"] == 128  # untouched siblings survive
+    assert spec.train["batch_size"] == 32  # untouched siblings survive
     with pytest.raises(SpecError, match=r"scheduler\.grace_period: 3 exceeds epochs=2"):
         load_spec(preset="quick", overrides={"epochs": 2, "scheduler": {"grace_period": 3}})
     with pytest.raises(SpecError, match=r"variants\.epsilon\.space\.epsilon.*log scale"):
