@@ -441,8 +441,10 @@ def _to_format(x: Tensor, channels_last: bool) -> Tensor:
 
 
 def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator, *, drop_last: bool = True,
-                  channels_last: bool = False, limit: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """One epoch of shuffled, augmented, normalised training batches.
+                  channels_last: bool = False, limit: int | None = None,
+                  normalized: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of shuffled, augmented, normalised training batches
+    (`normalized=False`: still uint8, for a step that normalises inside its compiled graph).
 
     All randomness (order, crops, flips) comes from `generator`, drawn once per
     epoch before the first batch, so a seed fixes the epoch on any device.
@@ -469,7 +471,8 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
         if params is not None:
             dy, dx, flip = params
             x = _crop_flip(x, dy[s], dx[s], None if flip is None else flip[s], pad)
-        yield normalize(_to_format(x, channels_last), data.mean, data.std), data.train_y[idx]
+        x = _to_format(x, channels_last)
+        yield (normalize(x, data.mean, data.std) if normalized else x), data.train_y[idx]
 
 
 def eval_batches(x: Tensor, y: Tensor, data: DeviceData, batch_size: int, *,

@@ -80,6 +80,14 @@ class Progress:
 
     # ------------------------------------------------------------ events
 
+    def restore(self, label: str, status: str, val_acc: float | None = None) -> None:
+        """A trial a previous session finished (resume): counted, not announced."""
+        with self._lock:
+            row = self._row(label)
+            row.counts[status if status in FINISHED else "failed"] += 1
+            if status == "completed" and _number(val_acc):
+                row.best = max(row.best if row.best is not None else -1.0, float(val_acc))
+
     def trial_started(self, trial_id: str, label: str, phase: str) -> None:
         with self._lock:
             row = self._row(label)

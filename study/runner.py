@@ -116,6 +116,9 @@ class Phase:
     def unfinished(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["status"] not in FINISHED]
 
+    def done(self) -> bool:
+        return not self.unfinished() and (self.phase != "search" or len(self.records()) >= self.planned)
+
     def _new_record(self, config: dict[str, Any], *, variant: str, arm: str, optuna_number: int | None,
                     searched: list[str]) -> dict[str, Any]:
         led = self.s.ledger
@@ -274,7 +277,7 @@ class Phase:
         """Stopped by Ctrl-C/SIGTERM: resumable from its latest checkpoint."""
         self.s.ledger.update(rec["rid"], status="interrupted")
         key = f"trial:{rec['rid']}"
-        if self.s.tracker.run_id(key):
+        if self.s.tracker.known(key):
             self.s.tracker.tags(key, {"status": "interrupted"})
             self.s.tracker.end(key, "interrupted")
         self.live.discard(rec["rid"])
@@ -304,12 +307,122 @@ class Phase:
                   **({"error": row["error"]} if row["error"] else {})})
         s.ledger.update(rid, status=outcome, row=row, finished=time.time())
         key = f"trial:{rid}"
-        if s.tracker.run_id(key):
+        if s.tracker.known(key):
             s.tracker.tags(key, {"status": outcome, "node": row["node"], "epochs_reached": row["epochs_reached"]})
             s.log_artifacts(key, rid, rec["variant"], result)
             s.tracker.end(key, outcome)
         self.live.discard(rid)
         s.progress.trial_finished(rid, outcome, result.get("best_val_acc", result.get(METRIC)))
+
+
+class Phases:
+    """The phases of one experiment as one Tune run: the search first; once every
+    search trial has ended, the fixed repeat and twin trials of its best
+    configuration, on the actors the search used. Tune's events go to the phase
+    that owns the trial; the rung scheduler sees the search trials only."""
+
+    def __init__(self, members: list[Phase]) -> None:
+        self.members = members
+        self.s, self.experiment = members[0].s, members[0].experiment
+        self.phase = "+".join(p.phase for p in members)
+        self.search = members[0] if members[0].phase == "search" else None
+        self.fixed = [p for p in members if p.phase != "search"]
+        self._created: dict[str, bool] = {}
+        if self.search is None:
+            self.scheduler = RungScheduler(None, lambda rid, epoch: None)
+        else:
+            self.scheduler = RungScheduler(self.search.rungs, self.search._pruned,
+                                           applies=lambda rid: self.s.ledger.trials[rid]["phase"] == "search")
+        self.launched = _Union([p.launched for p in members])
+        self.live = _Union([p.live for p in members])
+
+    def _owner(self, rid: str) -> Phase:
+        name = self.s.ledger.trials[rid]["phase"]
+        return next(p for p in self.members if p.phase == name)
+
+    def _searching(self) -> bool:
+        return self.search is not None and not self.search.done()
+
+    def _fixed(self) -> list[Phase]:
+        """The fixed phases whose trials exist (created once the search is over)."""
+        out = []
+        for p in self.fixed:
+            if p.phase not in self._created:
+                _driver_hook("phase_start", experiment=self.experiment, phase=p.phase)
+                self._created[p.phase] = p.create_fixed()
+            if self._created[p.phase]:
+                out.append(p)
+        return out
+
+    def reconcile(self) -> None:
+        for p in self.members:
+            p.reconcile()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for p in self.members for r in p.records()]
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        return [r for p in self.members for r in p.unfinished()]
+
+    def done(self) -> bool:
+        if self._searching():
+            return False
+        return all(p.done() for p in self._fixed())
+
+    def next_trial(self):
+        if self.s.stopping:
+            return Searcher.FINISHED
+        if self.search is not None:
+            cfg = self.search.next_trial()
+            if cfg is not Searcher.FINISHED:
+                return cfg
+            if self._searching():
+                # the fixed trials follow from the best search trial: wait for the running ones
+                return None if self.search.live else Searcher.FINISHED
+        for p in self._fixed():
+            cfg = p.next_trial()
+            if cfg is not Searcher.FINISHED:
+                return cfg
+        return Searcher.FINISHED
+
+    def started(self, rid: str) -> None:
+        self._owner(rid).started(rid)
+
+    def retried(self, rid: str) -> None:
+        self._owner(rid).retried(rid)
+
+    def result(self, rid: str, result: dict[str, Any]) -> None:
+        self._owner(rid).result(rid, result)
+
+    def ended(self, rid: str, result: dict[str, Any], error: str) -> None:
+        self._owner(rid).ended(rid, result, error)
+
+    def interrupt(self, rec: dict[str, Any]) -> None:
+        self._owner(rec["rid"]).interrupt(rec)
+
+
+class _Union:
+    """The members' sets seen as one (iterate, test, clear, discard)."""
+
+    def __init__(self, sets: list[set]) -> None:
+        self.sets = sets
+
+    def __iter__(self):
+        return iter([x for s in self.sets for x in s])
+
+    def __contains__(self, x) -> bool:
+        return any(x in s for s in self.sets)
+
+    def __bool__(self) -> bool:
+        return any(self.sets)
+
+    def clear(self) -> None:
+        for s in self.sets:
+            s.clear()
+
+    def discard(self, x) -> None:
+        for s in self.sets:
+            s.discard(x)
 
 
 def ledger_error(error: str) -> str:
@@ -510,6 +623,11 @@ class StudyRunner:
         self.ledger.compact()
         self._compact()
         self.progress = _progress(spec.name, self._plan())
+        for rec in self.ledger.trials.values():  # a resumed study counts what it finished before
+            if rec["status"] in FINISHED:
+                row = rec.get("row") or {}
+                self.progress.restore(f"{rec['subject']} d{rec['depth']}", rec["status"], row.get(METRIC)
+                                      if rec["phase"] == "search" else None)
         return True
 
     def run(self) -> Path:
@@ -556,8 +674,8 @@ class StudyRunner:
             self.tracker.end("study", "completed")
             self.ledger.state["finished"] = time.time()
             self.ledger.save_state()
+            self._flush_tracking()  # first: runs created late give their rows their ids
             self._compact()
-            self._flush_tracking()
             self.progress.close()
             print(f"resstudy: results in {self.study_dir / 'results.parquet'} and history.parquet", flush=True)
             print(f"resstudy: browse the runs with: resstudy ui {self.study_dir}", flush=True)
@@ -572,8 +690,12 @@ class StudyRunner:
     def _on_ids(self, key: str, run_id: str) -> None:
         if key.startswith("trial:"):
             rid = key[len("trial:"):]
-            if rid in self.ledger.trials and self.ledger.trials[rid].get("mlflow_run_id") != run_id:
-                self.ledger.update(rid, mlflow_run_id=run_id)
+            rec = self.ledger.trials.get(rid)
+            if rec is not None and rec.get("mlflow_run_id") != run_id:
+                fields = {"mlflow_run_id": run_id}
+                if rec.get("row") is not None:  # finished while MLflow was down: its row learns the id now
+                    fields["row"] = {**rec["row"], "mlflow_run_id": run_id}
+                self.ledger.update(rid, **fields)
             return
         self.ledger.state.setdefault("mlflow_runs", {})[key] = run_id
         if key == "study":
@@ -598,11 +720,13 @@ class StudyRunner:
             if spec.repeat_best and spec.seeds:
                 phases += ["repeat", "twin"]
             opened = False
+            members = []
             for phase_name in phases:
                 key = f"{experiment}:{phase_name}"
                 if self.ledger.state["phases"].get(key) == "done":
                     continue
-                _driver_hook("phase_start", experiment=experiment, phase=phase_name)
+                if phase_name == "search":  # a fixed phase's start is when its trials are made
+                    _driver_hook("phase_start", experiment=experiment, phase=phase_name)
                 if self.stopping:
                     raise StudyInterrupted()
                 if not opened:
@@ -610,13 +734,15 @@ class StudyRunner:
                         "resstudy.level": "variant", "variant": variant, "depth": str(depth)})
                     self._open.add(f"exp:{experiment}")
                     opened = True
-                phase = Phase(self, variant, depth, phase_name)
-                if phase_name != "search" and not phase.create_fixed():
-                    self._phase_done(key)
-                    continue
-                self._run_phase(phase)
-                self._phase_done(key)
-            if opened or self.tracker.run_id(f"exp:{experiment}"):
+                members.append(Phase(self, variant, depth, phase_name))
+            if members:
+                # one Tune run per experiment: the search, then (from its best trial) the fixed
+                # repeat and twin trials, on the same actors; a Tune start costs seconds
+                self._run_phase(members[0] if len(members) == 1 and members[0].phase == "search"
+                                else Phases(members))
+                for phase in members:
+                    self._phase_done(f"{experiment}:{phase.phase}")
+            if opened or self.tracker.known(f"exp:{experiment}"):
                 # also after a kill that came once the phases were done but before this end
                 self._experiment_summary(experiment)
                 self.tracker.end(f"exp:{experiment}", "completed")
@@ -628,13 +754,13 @@ class StudyRunner:
         self.ledger.state["phases"][key] = "done"
         self.ledger.save_state()
 
-    def _run_phase(self, phase: Phase) -> None:
+    def _run_phase(self, phase: "Phase | Phases") -> None:
         phase.reconcile()
         spec = self.spec
         resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
         storage_path = f"{self.remote}/tune" if self.remote else str(self.study_dir / "tune")
         for _ in range(3):
-            if not phase.unfinished() and (phase.phase != "search" or len(phase.records()) >= phase.planned):
+            if phase.done():
                 return
             phase.launched.clear()
             session = self.ledger.state["sessions"]
@@ -669,15 +795,15 @@ class StudyRunner:
             if rec["status"] == "running":
                 self.ledger.update(rec["rid"], status="interrupted")
                 key = f"trial:{rec['rid']}"
-                if self.tracker.run_id(key):
+                if self.tracker.known(key):
                     self.tracker.tags(key, {"status": "interrupted"})
                     self.tracker.end(key, "interrupted")
         for key in ["study", *sorted(self._open)]:  # the open ones only: finished experiments stay FINISHED
-            if self.tracker.run_id(key):
+            if self.tracker.known(key):
                 self.tracker.end(key, "interrupted" if status == "KILLED" else "failed")
         self.ledger.save_state()
-        self._compact()
         self._flush_tracking(wait_s=5.0)
+        self._compact()
         if hasattr(self, "progress"):
             self.progress.close()
         if outcome == "interrupted":
@@ -794,6 +920,9 @@ class _FallbackProgress:
     def __init__(self, name: str, plan: dict[str, int]) -> None:
         self.name, self.total, self.done = name, sum(plan.values()), 0
         self.t0 = time.time()
+
+    def restore(self, label: str, status: str, val_acc: float | None = None) -> None:
+        self.done += 1
 
     def trial_started(self, trial_id: str, label: str, phase: str) -> None:
         pass

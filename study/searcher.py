@@ -143,13 +143,14 @@ class _NotSaved:
 class RungScheduler(_NotSaved, FIFOScheduler):
     """Tune's side of `Rungs`: stops the trials it says to and remembers them."""
 
-    def __init__(self, rungs: Rungs | None, on_prune: Callable[[str, int], None]) -> None:
+    def __init__(self, rungs: Rungs | None, on_prune: Callable[[str, int], None],
+                 applies: Callable[[str], bool] = lambda rid: True) -> None:
         super().__init__()
-        self.rungs, self.on_prune = rungs, on_prune
+        self.rungs, self.on_prune, self.applies = rungs, on_prune, applies
         self.pruned: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self.rungs is None or "rid" not in result:
+        if self.rungs is None or "rid" not in result or not self.applies(result["rid"]):
             return TrialScheduler.CONTINUE
         rid, epoch = result["rid"], int(result.get("epoch", 0))
         if result.get("status") != "running":

@@ -153,6 +153,11 @@ class Tracker:
     def run_id(self, key: str) -> str | None:
         return self.ids.get(key)
 
+    def known(self, key: str) -> bool:
+        """A run exists for `key`, or its creation waits in the queue (MLflow down): calls
+        for it (tags, end) must be queued behind the creation, not dropped."""
+        return key in self.ids or any(kind == "create" and k == key for kind, k, _ in self._queue)
+
     def ui_command(self) -> str:
         if self.uri.startswith("sqlite:"):
             art = self.study_dir / "mlartifacts"

@@ -120,3 +120,13 @@ def test_quiet_libraries_silences_info_unless_verbose(monkeypatch):
         for n, level in before.items():
             logging.getLogger(n).setLevel(level)
         optuna.logging.set_verbosity(verbosity)
+
+
+def test_a_resumed_study_counts_the_trials_it_finished_before():
+    out = io.StringIO()
+    p = Progress("s", {"resnet d8": 4}, live=False, stream=out)
+    p.restore("resnet d8", "completed", 0.9)
+    p.restore("resnet d8", "pruned")
+    stats = p.stats("resnet d8")
+    assert (stats["finished"], stats["done"], stats["pruned"], stats["best"]) == (2, 1, 1, 0.9)
+    assert out.getvalue() == ""  # counted, not announced
