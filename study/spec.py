@@ -220,7 +220,10 @@ class StudySpec(_Model):
     def _load_plugins(cls, v: list[str]) -> list[str]:
         # Resolved against the directory the spec is loaded in (trials import them by path).
         out = [str(Path(p).expanduser().resolve()) if p.endswith(".py") else p for p in v]
-        load_plugins(out)
+        try:
+            load_plugins(out)
+        except UserError as e:  # a spec error under this field, like every other
+            raise ValueError(str(e).removeprefix("plugins: ")) from None
         return out
 
     @field_validator("variants", mode="before")
