@@ -103,7 +103,9 @@ class Phase:
         else:
             self.params, self.space = [], None
             self.planned = len(spec.seeds)
-        self.scheduler = RungScheduler(self.rungs, self._pruned)
+        # its own trials only: in a Tune run shared with other phases, theirs are not on its rungs
+        self.scheduler = RungScheduler(self.rungs, self._pruned,
+                                       applies=lambda rid: study.ledger.trials[rid]["phase"] == phase)
 
     # ------------------------------------------------------------ records
 
@@ -328,11 +330,7 @@ class Phases:
         self.search = members[0] if members[0].phase == "search" else None
         self.fixed = [p for p in members if p.phase != "search"]
         self._created: dict[str, bool] = {}
-        if self.search is None:
-            self.scheduler = RungScheduler(None, lambda rid, epoch: None)
-        else:
-            self.scheduler = RungScheduler(self.search.rungs, self.search._pruned,
-                                           applies=lambda rid: self.s.ledger.trials[rid]["phase"] == "search")
+        self.scheduler = members[0].scheduler  # the search's rungs, or (no search) none
         self.launched = _Union([p.launched for p in members])
         self.live = _Union([p.live for p in members])
 
@@ -357,9 +355,6 @@ class Phases:
     def reconcile(self) -> None:
         for p in self.members:
             p.reconcile()
-
-    def records(self) -> list[dict[str, Any]]:
-        return [r for p in self.members for r in p.records()]
 
     def unfinished(self) -> list[dict[str, Any]]:
         return [r for p in self.members for r in p.unfinished()]
