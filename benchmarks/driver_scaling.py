@@ -9,13 +9,20 @@ Each trial stamps its finishing time from inside the trainer (a plugin variant,
 the ResNet plus a `final` hook that appends `time.time()` to a file), so the
 figure does not depend on how the runner logs or stores its results.
 
-    python benchmarks/driver_scaling.py [--trials 1000] [--concurrent 2] [--keep DIR]
+With --nodes N the study runs on a real multi-node Ray cluster on this machine
+(cluster/local.sh up N: a head and N worker nodes, each its own raylet, token
+auth on), the way a study on a cluster of many nodes drives its trials.
+
+    python benchmarks/driver_scaling.py [--trials 1000] [--concurrent 2] [--nodes N] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,10 +68,35 @@ def rate(stamps: list[float]) -> float:
     return (len(stamps) - 1) / max(stamps[-1] - stamps[0], 1e-9)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_cluster(state: Path, nodes: int) -> tuple[dict[str, str], list[str]]:
+    """(the environment after `source cluster.env`, the `local.sh down` command) for a local
+    cluster of `nodes` worker nodes of one CPU each; no MLflow server (the study tracks to SQLite)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "RESSTUDY_"))}
+    agent = _free_port()
+    env.update(RESSTUDY_LOCAL_CLUSTER=str(state), RESSTUDY_MLFLOW="0", RESSTUDY_GCS_PORT=str(_free_port()),
+               RESSTUDY_DASHBOARD_PORT=str(_free_port()), RESSTUDY_CLIENT_PORT=str(_free_port()),
+               RESSTUDY_AGENT_PORT=str(agent if agent + nodes < 65000 else 52400),
+               RESSTUDY_VENV=str(Path(sys.executable).parent.parent))
+    sh = ["bash", str(ROOT / "cluster" / "local.sh")]
+    subprocess.run([*sh, "up", str(nodes)], env=env, check=True, stdout=subprocess.DEVNULL)
+    for line in (state / "cluster.env").read_text().splitlines():
+        m = re.match(r"export (\w+)=(.*)$", line)
+        if m:
+            env[m.group(1)] = m.group(2)
+    return env, [*sh, "down"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=1000)
     p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--nodes", type=int, default=0, help="run on a local cluster of this many worker nodes")
     p.add_argument("--keep", default=None, help="write the study here (kept) instead of a temporary directory")
     args = p.parse_args()
     if args.trials < 20:
@@ -86,18 +118,29 @@ def main() -> None:
     }
     spec_path = work / "driver-scaling.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "study.cli", "run", str(spec_path)], cwd=ROOT, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.time() - t0
+    env, down = dict(os.environ), None
+    if args.nodes:
+        state = Path(tempfile.mkdtemp(prefix="rsds", dir="/tmp"))  # Ray's socket paths limit its length
+        print(f"starting a local cluster: head + {args.nodes} worker nodes ...", flush=True)
+        env, down = local_cluster(state, args.nodes)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    try:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "study.cli", "run", str(spec_path)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wall = time.time() - t0
+    finally:
+        if down is not None:
+            subprocess.run(down, env=env, stdout=subprocess.DEVNULL)
+            shutil.rmtree(env["RESSTUDY_LOCAL_CLUSTER"], ignore_errors=True)
     stamps = sorted(float(s) for s in ticks.read_text().split()) if ticks.exists() else []
     if proc.returncode != 0 or len(stamps) < 20:
         sys.exit(f"study failed (exit {proc.returncode}, {len(stamps)} trials finished):\n{proc.stderr[-3000:]}")
     tenth = len(stamps) // 10
     first, last = rate(stamps[:tenth]), rate(stamps[-tenth:])
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    print(f"{len(stamps)} trials finished of {args.trials}, {args.concurrent} at a time, in {wall:.0f} s "
+    where = f"on head + {args.nodes} worker nodes" if args.nodes else "on an embedded single-node Ray"
+    print(f"{len(stamps)} trials finished of {args.trials} {where}, {args.concurrent} at a time, in {wall:.0f} s "
           f"(first trial ended {stamps[0] - t0:.0f} s after the start: Ray, MLflow start-up)")
     print(f"{'first tenth':<14} {first:7.2f} trials/s   median gap {statistics.median(gaps[:tenth]):.3f} s")
     print(f"{'last tenth':<14} {last:7.2f} trials/s   median gap {statistics.median(gaps[-tenth:]):.3f} s")

@@ -17,7 +17,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import queue
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -123,6 +125,61 @@ class CheckpointPolicy:
         return False
 
 
+# ---------------------------------------------------------------- reports off the training thread
+
+
+class Reporter:
+    """Hands epoch reports to `deliver` (tune.report) on a thread of its own.
+
+    tune.report blocks the calling thread until the driver has taken the report
+    (a round trip of tens of ms per epoch, a few % of a short GPU epoch), so the
+    trainer queues it and goes on. A report with `wait=True` (an ASHA rung: the
+    scheduler may stop the trial there) blocks until it is delivered, so a trial
+    never trains past a rung it was stopped at. Tune stops a trial by raising
+    SystemExit inside tune.report; that, or any error there, is raised in the
+    training thread at its next report. Every queued report is delivered before
+    `close` returns: a checkpoint written is always reported unless the process dies.
+    """
+
+    def __init__(self, deliver: Callable[[dict[str, Any]], None]) -> None:
+        self.deliver = deliver
+        self.failure: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="resstudy-reporter", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            result, delivered = item
+            if self.failure is None:
+                try:
+                    self.deliver(result)
+                except BaseException as e:  # SystemExit: Tune stopped the trial
+                    self.failure = e
+            delivered.set()
+
+    def check(self) -> None:
+        """Raise here what the delivery thread met (a stop, an error)."""
+        if self.failure is not None:
+            raise self.failure
+
+    def report(self, result: dict[str, Any], wait: bool = False) -> None:
+        self.check()
+        delivered = threading.Event()
+        self._queue.put((result, delivered))
+        if wait:
+            delivered.wait()
+            self.check()
+
+    def close(self) -> None:
+        """Deliver what is queued, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+
 # ---------------------------------------------------------------- the test seam
 
 
@@ -167,9 +224,14 @@ def trainable(config: dict[str, Any]) -> None:
         resume = _load(ckpt_root, done[-1])
         reports = read_reports(ckpt_root, done[-1])
     start_epoch = done[-1] if done else 0
+    # rung epochs are reported in step (the scheduler decides there); a plugged-in test
+    # hook makes every report wait, so a fault fires right after its epoch was delivered
+    in_step = set(config.get("_ckpt_epochs", ())) if hook is None else None
+    reporter = Reporter(lambda result: tune.report(result))
 
     def report(metrics: dict[str, Any], info: dict[str, Any], save) -> None:
         epoch = int(metrics["epoch"])
+        reporter.check()  # stopped or failed since the last epoch: no checkpoint, no report
         result = dict(metrics, rid=rid, node=node, start_epoch=start_epoch,
                       info_json=json.dumps(info) if info else "")
         reports.append({k: v for k, v in result.items() if k != "info_json"})
@@ -178,8 +240,12 @@ def trainable(config: dict[str, Any]) -> None:
             # when checkpointing every epoch
             _write_checkpoint(ckpt_root, epoch, save, reports)
             result["ckpt_epoch"] = epoch
-        tune.report(result)
+        reporter.report(result, wait=in_step is None or epoch in in_step)
         if hook is not None:
             hook(config, epoch)
 
-    train(cfg, report, resume=resume)
+    try:
+        train(cfg, report, resume=resume)
+    finally:
+        reporter.close()
+    reporter.check()

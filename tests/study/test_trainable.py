@@ -1,0 +1,99 @@
+"""The trainable's reporting: epoch reports leave on their own thread, rung epochs in step."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from study.trainable import Reporter, checkpoint_epochs
+
+
+def test_a_report_does_not_wait_for_the_driver_unless_asked():
+    gate, got = threading.Event(), []
+
+    def deliver(result):
+        gate.wait(10)
+        got.append(result["epoch"])
+
+    r = Reporter(deliver)
+    t0 = time.monotonic()
+    r.report({"epoch": 1})
+    r.report({"epoch": 2})
+    assert time.monotonic() - t0 < 1.0 and got == []  # both queued while the first delivery blocks
+    threading.Timer(0.3, gate.set).start()
+    r.report({"epoch": 3}, wait=True)  # a rung: returns once delivered
+    assert got == [1, 2, 3]
+    r.close()
+
+
+def test_a_stop_or_an_error_in_delivery_reaches_the_training_thread():
+    def deliver(result):
+        if result["epoch"] == 2:
+            raise SystemExit(0)  # how Tune stops a trial inside tune.report
+
+    r = Reporter(deliver)
+    r.report({"epoch": 1})
+    with pytest.raises(SystemExit):
+        r.report({"epoch": 2}, wait=True)
+    with pytest.raises(SystemExit):
+        r.report({"epoch": 3})
+    r.close()
+
+    failed = Reporter(lambda result: (_ for _ in ()).throw(ValueError("bad metric")))
+    failed.report({"epoch": 1})
+    failed.close()
+    with pytest.raises(ValueError, match="bad metric"):
+        failed.check()
+
+
+def test_close_delivers_every_queued_report_in_order():
+    got = []
+    r = Reporter(lambda result: (time.sleep(0.05), got.append(result["epoch"])))
+    for e in range(1, 6):
+        r.report({"epoch": e})
+    r.close()
+    assert got == [1, 2, 3, 4, 5]
+
+
+def _run_trainable(tmp_path, monkeypatch, rungs, first_report_waits_for, limit_s):
+    """The real trainable outside Ray, with a tune.report that holds epoch 1's report until
+    `first_report_waits_for(ckpt_root)` is true (or `limit_s` pass); returns (delivered epochs, held s)."""
+    from ray import tune
+
+    from study import trainable as trainable_lib
+    from study.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"variant": "resnet", "dataset": "digits", "image_size": 8, "depth": 8, "epochs": 3,
+                                 "batch_size": 64, "seed": 0, "threads": 1}).to_dict()
+    root = str(tmp_path / "t")
+    delivered, held = [], []
+
+    def report(metrics, checkpoint=None):
+        if metrics["epoch"] == 1:
+            t0 = time.monotonic()
+            while not first_report_waits_for(root) and time.monotonic() - t0 < limit_s:
+                time.sleep(0.05)
+            held.append(time.monotonic() - t0)
+        delivered.append(metrics["epoch"])
+
+    monkeypatch.setattr(tune, "report", report)
+    monkeypatch.setattr(trainable_lib, "_hook", lambda: None)
+    trainable_lib.trainable({**cfg, "_rid": "t", "_ckpt": root, "_ckpt_epochs": rungs, "_ckpt_every_s": 0})
+    return delivered, held[0]
+
+
+def test_the_trainer_goes_on_while_the_driver_holds_a_report(tmp_path, monkeypatch):
+    # epoch 1's report is held until epoch 3's checkpoint exists: only a trainer that does
+    # not wait for the driver gets there
+    delivered, held = _run_trainable(tmp_path, monkeypatch, rungs=[],
+                                     first_report_waits_for=lambda root: 3 in checkpoint_epochs(root), limit_s=60)
+    assert delivered == [1, 2, 3] and held < 60
+
+
+def test_the_trainer_waits_at_a_rung_epoch(tmp_path, monkeypatch):
+    # epoch 1 is a rung: while its report is held, epoch 2 must not be trained
+    delivered, held = _run_trainable(tmp_path, monkeypatch, rungs=[1],
+                                     first_report_waits_for=lambda root: 2 in checkpoint_epochs(root), limit_s=3)
+    assert delivered == [1, 2, 3] and held >= 3
