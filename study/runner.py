@@ -174,7 +174,9 @@ class Phase:
                 by_epoch = {int(r["epoch"]): r.get(METRIC) for r in self.s.epochs.read(rec["rid"])}
                 self.rungs.seed(rec["rid"], by_epoch)
 
-    def _catch_up(self, rec: dict[str, Any]) -> None:
+    def _replay(self, rec: dict[str, Any], run_open: bool = False) -> list[dict[str, Any]]:
+        """Log the epochs the trial's latest checkpoint holds but the epoch log lacks (trained and
+        checkpointed, then the process died before the report reached the driver); returns them all."""
         rid = rec["rid"]
         root = self.s.ckpt_root(rid)
         done = checkpoint_epochs(root)
@@ -182,9 +184,14 @@ class Phase:
         logged = set(self.s.epochs.epochs(rid))
         missing = [r for r in reports if int(r["epoch"]) not in logged]
         if missing:
-            self.s.open_trial_run(self, rec)
-            for r in missing:  # trained and checkpointed, but the killed driver never logged them
+            if not run_open:
+                self.s.open_trial_run(self, rec)
+            for r in missing:
                 self._log_epoch(rec, r, replayed=True)
+        return reports
+
+    def _catch_up(self, rec: dict[str, Any]) -> None:
+        reports = self._replay(rec)
         last = reports[-1] if reports else None
         told = None
         if self.optuna is not None and rec["optuna_number"] is not None:
@@ -238,6 +245,8 @@ class Phase:
 
     def retried(self, rid: str) -> None:
         rec = self.s.ledger.trials[rid]
+        # the failed attempt's checkpointed epochs, before the retry goes on from them (its run is open)
+        self._replay(rec, run_open=True)
         self.s.ledger.update(rid, attempts=rec["attempts"] + 1)
 
     def result(self, rid: str, result: dict[str, Any]) -> None:

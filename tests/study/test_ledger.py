@@ -429,3 +429,36 @@ def test_resume_after_driver_kills_finishes_each_trial_once_without_ray(tmp_path
     res = pd.read_parquet(runner.study_dir / "results.parquet").set_index("trial_id")
     assert res.status.to_dict() == {a["_rid"]: "completed", b["_rid"]: "completed", c["_rid"]: "failed"}
     assert res.loc[c["_rid"], "error"] == "boom"
+
+
+def test_a_retry_logs_the_epoch_its_failed_attempt_checkpointed_but_never_reported(tmp_path):
+    """The trial's process dies after writing epoch 2's checkpoint, before the report: Tune retries
+    it from that checkpoint, and epoch 2 reaches the epoch log and MLflow once, marked replayed."""
+    from mlflow.tracking import MlflowClient
+
+    from study.runner import Phase
+
+    spec = _spec(tmp_path, trials_per_variant=1, epochs=3, scheduler={"type": "none"},
+                 search={"algorithm": "random", "seed": 0})
+    exp = "s-resnet-d8"
+    runner, lock = _driver(tmp_path, spec)
+    try:
+        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phase = Phase(runner, "resnet", 8, "search")
+        phase.reconcile()
+        a = phase.next_trial()
+        phase.started(a["_rid"])
+        _train(phase, a, [1, 2], logged_upto=1)
+        phase.retried(a["_rid"])
+        phase.ended(a["_rid"], _train(phase, a, [3], final="completed"), "")
+        runner.tracker.flush()
+    finally:
+        lock.release()
+    log = runner.epochs.read(a["_rid"])
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert [r.get("replayed", False) for r in log] == [False, True, False]
+    client = MlflowClient(spec.tracking_uri())
+    trials = [r for r in client.search_runs([runner.tracker.experiment_id])
+              if r.data.tags.get("resstudy.level") == "trial"]
+    assert len(trials) == 1
+    assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_acc")] == [1, 2, 3]
