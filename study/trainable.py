@@ -137,8 +137,9 @@ class Reporter:
     scheduler may stop the trial there) blocks until it is delivered, so a trial
     never trains past a rung it was stopped at. Tune stops a trial by raising
     SystemExit inside tune.report; that, or any error there, is raised in the
-    training thread at its next report. Every queued report is delivered before
-    `close` returns: a checkpoint written is always reported unless the process dies.
+    training thread at its next report, and the reports queued behind it are
+    dropped (a retry replays any checkpointed epoch the driver missed). Until
+    then, every queued report is delivered before `close` returns.
     """
 
     def __init__(self, deliver: Callable[[dict[str, Any]], None]) -> None:
@@ -224,10 +225,7 @@ def trainable(config: dict[str, Any]) -> None:
         resume = _load(ckpt_root, done[-1])
         reports = read_reports(ckpt_root, done[-1])
     start_epoch = done[-1] if done else 0
-    # rung epochs are reported in step (the scheduler decides there); a plugged-in test
-    # hook makes every report wait, so a fault fires right after its epoch was delivered
-    in_step = set(config.get("_ckpt_epochs", ())) if hook is None else None
-    reporter = Reporter(lambda result: tune.report(result))
+    reporter = Reporter(tune.report)
 
     def report(metrics: dict[str, Any], info: dict[str, Any], save) -> None:
         epoch = int(metrics["epoch"])
@@ -240,7 +238,9 @@ def trainable(config: dict[str, Any]) -> None:
             # when checkpointing every epoch
             _write_checkpoint(ckpt_root, epoch, save, reports)
             result["ckpt_epoch"] = epoch
-        reporter.report(result, wait=in_step is None or epoch in in_step)
+        # rung epochs (the policy's) are reported in step: the scheduler decides there; a plugged-in
+        # test hook makes every report wait, so a fault fires right after its epoch was delivered
+        reporter.report(result, wait=hook is not None or epoch in policy.epochs)
         if hook is not None:
             hook(config, epoch)
 
