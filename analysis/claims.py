@@ -121,12 +121,19 @@ def _level_data(df: pd.DataFrame, history: pd.DataFrame | None, subject: str, de
     empty = np.array([])
     if opt not in g.columns or g[opt].isna().all():
         return empty, empty, "", f"{opt} is not an option of this study's {subject} trials"
+    left_out = ""
+    if claim.where is not None:
+        keep = g.apply(lambda r: bool(claim.where(r.to_dict())), axis=1) if len(g) else pd.Series(dtype=bool)
+        if (~keep).any():
+            left_out = f"; {int((~keep).sum())} trial(s) left out, where the levels are one network"
+        g = g[keep] if len(g) else g
+        left_out = f"; only trials with {claim.where_text}" + left_out if claim.where_text else left_out
     lv = g[opt].map(_norm)
     b, w = g[lv == _norm(claim.better)], g[lv == _norm(claim.worse)]
     if not len(b) or not len(w):
         seen = sorted(set(lv.dropna()))
         return empty, empty, "", (f"search {opt} over both {claim.better!r} and {claim.worse!r} "
-                                  f"(the search tried {', '.join(seen) or 'nothing'})")
+                                  f"(the search tried {', '.join(seen) or 'nothing'}{left_out})")
     metric = claim.metric
 
     def done(x):
@@ -135,8 +142,8 @@ def _level_data(df: pd.DataFrame, history: pd.DataFrame | None, subject: str, de
 
     fb, fw = done(b), done(w)
     if min(fb.size, fw.size) >= MIN_N:
-        return fb, fw, f"final {metric} of completed search trials", None
-    best = (fb, fw, f"final {metric} of completed search trials")
+        return fb, fw, f"final {metric} of completed search trials{left_out}", None
+    best = (fb, fw, f"final {metric} of completed search trials{left_out}")
     if history is not None and len(history) and "val_acc" in history.columns:
         h = history[history["trial_id"].isin(g["trial_id"])]
         for e in sorted(rungs, reverse=True):
@@ -144,9 +151,9 @@ def _level_data(df: pd.DataFrame, history: pd.DataFrame | None, subject: str, de
             rb = b["trial_id"].map(at).astype(float).dropna().to_numpy()
             rw = w["trial_id"].map(at).astype(float).dropna().to_numpy()
             if min(rb.size, rw.size) >= MIN_N:
-                return rb, rw, f"val_acc at epoch {e} (ASHA rung; every search trial that reached it)", None
+                return rb, rw, f"val_acc at epoch {e} (ASHA rung; every search trial that reached it){left_out}", None
             if min(rb.size, rw.size) > min(best[0].size, best[1].size):
-                best = (rb, rw, f"val_acc at epoch {e} (ASHA rung; every search trial that reached it)")
+                best = (rb, rw, f"val_acc at epoch {e} (ASHA rung; every search trial that reached it){left_out}")
     return best[0], best[1], best[2], None
 
 

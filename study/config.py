@@ -20,9 +20,13 @@ from study.errors import OptionError
 from study.options import Option
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
-SCHEDULES = ("step", "cosine")
+SCHEDULES = ("step", "cosine", "epsilon")
+DECAY_SCOPES = ("all", "conv_fc")
 PRECISIONS = ("fp32", "bf16", "auto")
 COMPILE_MODES = ("off", "on", "auto")
+# The official epsilon-ResNet run is open-ended (MAX_EPOCH 1000, about 6x the 164-epoch
+# recipe): the default cap on epochs a restart of the epsilon schedule extends training to.
+EXTEND_CAP = 6
 
 CORE_OPTIONS: tuple[Option, ...] = (
     # what is trained
@@ -42,7 +46,16 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("momentum", float, 0.9, "SGD momentum", low=0.0, high=0.999),
     Option("nesterov", bool, False, "Nesterov momentum"),
     Option("weight_decay", float, 1e-4, "coupled L2 weight decay", low=0.0),
-    Option("schedule", str, "step", "lr schedule: step (/10 at 50% and 75%) or cosine", choices=SCHEDULES),
+    Option("weight_decay_scope", str, "all", "what weight decay applies to: all (every parameter) or conv_fc "
+           "(conv and linear weights only: not BN, not biases)", choices=DECAY_SCOPES),
+    Option("schedule", str, "step", "lr schedule: step (/10 at 50% and 75%), cosine, or epsilon (epsilon-ResNet's "
+           "official steps: /10 at 50% and 75%, /500 at 183%; a restart runs them at half length and training "
+           "extends until the restarted schedule ends, up to max_epochs)", choices=SCHEDULES),
+    Option("max_epochs", int, None, "cap on the epochs a restart of the epsilon schedule extends training to "
+           "(null: 6 x epochs, the official open-ended run's MAX_EPOCH of 1000 against 164)", low=1, nullable=True),
+    Option("train_epochs", int, None, "train exactly this many epochs, the lr schedule still spanning `epochs` "
+           "(null: as the schedule decides; a matched twin gets the epochs its variant trained)", low=1,
+           nullable=True),
     Option("warmup_epochs", int, 0, "linear lr warm-up epochs (< epochs)", low=0),
     Option("label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.99),
     Option("grad_clip", float, None, "clip the gradient norm to this (null: no clipping)", low=0.0, low_open=True,
@@ -157,6 +170,17 @@ class TrainConfig:
         values = {**self._values, **changes}
         return TrainConfig(**values)
 
+    def epoch_limit(self) -> int:
+        """The most epochs this config can train: `train_epochs` where set; under the
+        epsilon schedule (restarts extend training) `max_epochs`, null meaning
+        EXTEND_CAP x epochs; else `epochs`."""
+        v = self._values
+        if v["train_epochs"] is not None:
+            return v["train_epochs"]
+        if v["schedule"] == "epsilon":
+            return v["max_epochs"] or EXTEND_CAP * v["epochs"]
+        return v["epochs"]
+
     def model_options(self) -> dict[str, Any]:
         """The keyword options of the variant's model builder."""
         from study.variants import get_variant
@@ -191,6 +215,9 @@ def _check_core(v: dict[str, Any]) -> None:
     if v["warmup_epochs"] >= v["epochs"]:
         raise OptionError(f"warmup_epochs: {v['warmup_epochs']!r} is not allowed; allowed: an integer in "
                           f"[0, epochs={v['epochs']})", field="warmup_epochs")
+    if v["max_epochs"] is not None and v["max_epochs"] < v["epochs"]:
+        raise OptionError(f"max_epochs: {v['max_epochs']!r} is not allowed; allowed: an integer >= epochs "
+                          f"({v['epochs']}), or null", field="max_epochs")
     vs = v["val_size"]
     if vs >= 1 and vs != int(vs):
         raise OptionError(f"val_size: {vs!r} is not allowed; allowed: a fraction in (0, 1) or an image count >= 1",

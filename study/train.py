@@ -75,14 +75,23 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 # ---------------------------------------------------------------- schedule
 
 
+# epsilon-ResNet's official CIFAR steps, [(0, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)],
+# as (fraction of the schedule's length, lr factor) with 82 = half the 164-epoch recipe.
+EPSILON_STEPS = ((0.5, 0.1), (0.75, 0.01), (300 / 164, 0.002))
+
+
 @dataclass
 class Schedule:
-    """Per-step learning rate: warm-up, then step (/10 at 50% and 75%) or cosine.
+    """Per-step learning rate: warm-up, then step (/10 at 50% and 75%), cosine, or
+    epsilon (epsilon-ResNet's official steps, EPSILON_STEPS).
 
     epsilon-ResNet's adaptive restart moves `origin` to the restart epoch and sets
     `length` to half the run's length: lr jumps back to its initial value on the
     half-length schedule. Every restart uses that same half-length schedule (the
-    official code's; it does not halve again).
+    official code's; it does not halve again). Under `epsilon` a restart at epoch N
+    also extends training to N + the full length (`end`): the half-length steps, then
+    the fourth step (lr x 0.002 from 150/164 of the length after N), as the official
+    open-ended run does; under step and cosine training stops at the length.
     """
 
     base_lr: float
@@ -98,7 +107,14 @@ class Schedule:
     def lr(self, epoch_float: float) -> float:
         if self.restarts == 0 and epoch_float < self.warmup:
             return self.base_lr * (epoch_float + 1e-3) / self.warmup
-        p = min(max((epoch_float - self.origin) / self.length, 0.0), 1.0)
+        p = max((epoch_float - self.origin) / self.length, 0.0)
+        if self.kind == "epsilon":
+            factor = 1.0
+            for at, f in EPSILON_STEPS:
+                if p >= at:
+                    factor = f
+            return self.base_lr * factor
+        p = min(p, 1.0)
         if self.kind == "cosine":
             return 0.5 * self.base_lr * (1.0 + math.cos(math.pi * p))
         return self.base_lr * (0.1 ** ((p >= 0.5) + (p >= 0.75)))
@@ -108,6 +124,14 @@ class Schedule:
         self.length = max(self.full_length / 2.0, 1.0)
         self.restarts += 1
 
+    def end(self, cap: int) -> int:
+        """The epochs training runs: the length, or under `epsilon` after a restart at
+        N, N + the length, at most `cap`."""
+        base = int(round(self.full_length))
+        if self.kind != "epsilon" or self.restarts == 0:
+            return base
+        return max(base, min(int(math.ceil(self.origin + self.full_length)), cap))
+
     def state_dict(self) -> dict[str, float]:
         return {"origin": self.origin, "length": self.length, "restarts": self.restarts}
 
@@ -115,7 +139,31 @@ class Schedule:
         self.origin, self.length, self.restarts = state["origin"], state["length"], int(state["restarts"])
 
 
+def planned_epochs(cfg: TrainConfig, schedule: Schedule) -> int:
+    """Epochs to train now: `train_epochs` where set (a matched twin trains what its
+    variant trained), else the schedule's end (restarts may extend it)."""
+    if cfg.train_epochs is not None:
+        return cfg.train_epochs
+    return schedule.end(cfg.epoch_limit())
+
+
 # ---------------------------------------------------------------- pieces
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, scope: str) -> list[dict[str, Any]]:
+    """SGD parameter groups: `all` decays every parameter (the usual coupled L2);
+    `conv_fc` only conv and linear weights, as epsilon-ResNet's official code does
+    (no decay on BN scales and shifts or on biases)."""
+    if scope == "all":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    if scope != "conv_fc":
+        raise ValueError(f"weight_decay_scope: {scope!r} is not one of all, conv_fc")
+    decayed = {id(m.weight) for m in model.modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.weight is not None}
+    params = list(model.parameters())
+    return [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+
 
 
 @dataclass
@@ -244,8 +292,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
                          in_channels=data.in_channels, **cfg.model_options()).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.weight_decay_scope), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     schedule = Schedule(cfg.lr, cfg.schedule, float(cfg.epochs), float(cfg.warmup_epochs))
     ctx = TrialContext(cfg, data, device, amp, channels_last)
     hooks = make_hooks(cfg, model, ctx)
@@ -286,7 +334,9 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
         steps = min(steps, cfg.limit_train_batches)
     metrics: dict[str, Any] = {"status": "completed", "epoch": start_epoch}
 
-    for epoch in range(start_epoch, cfg.epochs):
+    end = planned_epochs(cfg, schedule)
+    epoch = start_epoch
+    while epoch < end:
         info: dict[str, Any] = {}
         for h in hooks:
             h.before_epoch(epoch)
@@ -349,6 +399,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
 
         for h in hooks:
             h.end_epoch(epoch, metrics, info, schedule)
+        end = planned_epochs(cfg, schedule)  # a restart may have extended training
+        metrics["epochs_planned"] = end
         val_loss, val_acc = ctx.evaluate(model, "val")
         metrics.update(val_loss=val_loss, val_acc=val_acc, epoch_seconds=time.perf_counter() - t0)
         if val_acc > best_val:
@@ -359,7 +411,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
         for h in hooks:
             h.after_eval(epoch, metrics, info)
 
-        if epoch + 1 == cfg.epochs:
+        if epoch + 1 >= end:
             metrics["status"] = "completed"
             metrics["test_loss_last"], metrics["test_acc_last"] = ctx.evaluate(model, "test")
             for h in hooks:
@@ -389,4 +441,5 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
 
         if report is not None:
             report(metrics, info, save)
+        epoch += 1
     return metrics

@@ -74,7 +74,11 @@ class Claim:
     kind "twin": the variant beats its matched twin on `metric` (paired by seed).
     kind "level": over the search trials, `option` = `better` beats `option` = `worse`.
     kind "noninferior": the variant loses at most `margin` of `metric` against its
-    twin while `gain_metric` (e.g. discarded_ratio) is above 0."""
+    twin while `gain_metric` (e.g. discarded_ratio) is above 0.
+    `where(values)`: for a level claim, whether its two levels are different
+    networks at a trial's option values (quotient's `paper` and `unshifted` are one
+    function at alpha = 2); trials where it is False are left out, and the claims
+    table says so in `where_text`'s words."""
 
     key: str
     text: str
@@ -85,6 +89,8 @@ class Claim:
     worse: Any = None
     margin: float | None = None
     gain_metric: str | None = None
+    where: Callable[[dict[str, Any]], bool] | None = None
+    where_text: str = ""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from study.options import Option
 from study.variants import Variant, get_variant, list_variants, register_variant
 
 BLOCKS = ("post", "pre")
-SHORTCUTS = ("A", "B", "conv3x3")
+SHORTCUTS = ("A", "avgpool", "B", "conv3x3")
 INITS = ("kaiming", "default")
 
 
@@ -31,8 +31,8 @@ def backbone_options(block: str = "post", shortcut: str = "A", init: str = "kaim
     return (
         Option("block", str, block, "block order: post (conv-BN-ReLU-conv-BN, add, ReLU) or pre "
                "(BN-ReLU-conv-BN-ReLU-conv, add)", choices=BLOCKS, target="model"),
-        Option("shortcut", str, shortcut, "downsampling shortcut: A (subsample + zero-pad), B (1x1 conv + BN), "
-               "conv3x3 (3x3 conv + BN)", choices=shortcuts, target="model"),
+        Option("shortcut", str, shortcut, "downsampling shortcut: A (subsample + zero-pad), avgpool (2x2 average "
+               "pool + zero-pad), B (1x1 conv + BN), conv3x3 (3x3 conv + BN)", choices=shortcuts, target="model"),
         Option("width", int, 16, "channels of the first stage (x2, x4 after)", low=1, high=1024, target="model"),
         Option("init", str, init, "conv init: kaiming (He-normal, fan-out) or default (PyTorch's)",
                choices=INITS, target="model"),
@@ -137,12 +137,25 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
 
 
+class ShortcutAvgPool(ShortcutA):
+    """epsilon-ResNet's official shortcut: a stride x stride average pool, then
+    zero-padded channels; no parameters. (ceil_mode keeps odd sizes equal to the
+    stride-2 convs' ceil(H/2).)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, self.stride, ceil_mode=True)
+        return F.pad(x, (0, 0, 0, 0, 0, self.pad)) if self.pad else x
+
+
 def make_shortcut(kind: str, in_planes: int, planes: int, stride: int) -> nn.Module:
     """Identity where shapes match, else the chosen downsampling shortcut."""
     if stride == 1 and in_planes == planes:
         return nn.Identity()
     if kind == "A":
         return ShortcutA(in_planes, planes, stride)
+    if kind == "avgpool":
+        return ShortcutAvgPool(in_planes, planes, stride)
     if kind == "B":
         return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
     if kind == "conv3x3":
@@ -196,8 +209,9 @@ class CifarResNet(nn.Module):
     """Stem, three stages (``layer1..3``), [BN-ReLU if pre-activation], pool, linear.
 
     Post-activation stem: conv-BN-act. Pre-activation stem: conv-act (act is
-    Identity for ResNets: the first block's BN-ReLU follows), and the final
-    BN-ReLU sits before pooling because pre-activation blocks end un-normalised.
+    Identity for ResNets: the first block's BN-ReLU follows; `stem_bn` gives it
+    conv-BN-ReLU, epsilon-ResNet's official stem), and the final BN-ReLU sits
+    before pooling because pre-activation blocks end un-normalised.
     """
 
     def __init__(
@@ -209,6 +223,7 @@ class CifarResNet(nn.Module):
         width: int = 16,
         preact: bool = False,
         stem_act: nn.Module | None = None,
+        stem_bn: bool | None = None,
     ):
         super().__init__()
         n = blocks_per_stage(depth)
@@ -217,9 +232,10 @@ class CifarResNet(nn.Module):
         width = check_int("width", width)
         self.depth, self.blocks_per_stage, self.preact = int(depth), n, preact
         self.conv1 = conv3x3(in_channels, width)
-        self.bn1 = nn.Identity() if preact else nn.BatchNorm2d(width)
+        stem_bn = not preact if stem_bn is None else stem_bn
+        self.bn1 = nn.BatchNorm2d(width) if stem_bn else nn.Identity()
         if stem_act is None:
-            stem_act = nn.Identity() if preact else nn.ReLU(inplace=True)
+            stem_act = nn.ReLU(inplace=True) if stem_bn else nn.Identity()
         self.act1 = stem_act
         planes = [width, 2 * width, 4 * width]
         in_planes = width

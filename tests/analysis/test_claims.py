@@ -160,3 +160,28 @@ def test_tuned_vs_tuned_is_corrected_and_in_range():
     assert q.p_adj == pytest.approx(q.p_value) and -1 <= q.ci_lo <= q.ci_hi <= 1
     # the twin rows (variant resnet) are not resnet's tuned runs
     assert q.baseline_mean == pytest.approx(np.mean([0.89 + 0.001 * s for s in range(4)]))
+
+
+def test_quotient_rule_claim_leaves_out_trials_where_the_rules_are_one_network():
+    # At alpha = 2, ln(alpha - 1) = 0 and `unshifted` is the `paper` rule: those trials say
+    # nothing about the rules. The declared claim keeps only trials where the two differ.
+    from study.models.quotient import rules_differ
+    from study.variants import get_variant
+
+    claim = next(c for c in get_variant("quotient").claims if c.key == "quotient_rule")
+    assert not rules_differ(2.0) and not rules_differ(2.05) and rules_differ(1.5) and rules_differ(2.5)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        rule = ("paper", "unshifted")[i % 2]
+        alpha = 2.0 if i < 6 else 1.5  # half the trials at the alpha where the rules coincide
+        gain = 0.03 if (rule == "paper" and alpha != 2.0) else 0.0
+        rows.append(_row("quotient", f"q-{i}", 0, "completed", ["quotient_rule", "alpha"], quotient_rule=rule,
+                         alpha=alpha, val_acc=0.9 + gain + rng.normal(0, 0.002)))
+    r = _one(rows, claims={"quotient": [claim]})
+    # 3 paper + 3 unshifted at alpha 1.5; the six at alpha 2 are left out
+    assert r["n"] == 3 and "quotient_rule=paper (3) minus quotient_rule=unshifted (3)" in r["basis"]
+    assert "6 trial(s) left out" in r["basis"] and "alpha" in r["basis"]
+    assert r["estimate"] == pytest.approx(0.03, abs=0.005)
+    only_two = _one(rows[:6], claims={"quotient": [claim]})
+    assert only_two["verdict"] == "inconclusive" and "left out" in only_two["settle"]

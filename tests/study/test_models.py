@@ -22,7 +22,7 @@ from study.models import (
 )
 from study.config import TrainConfig
 from study.variants import Variant, register_variant
-from study.models.epsilon import DiscardedBlock, EpsilonBlock, epsilon_gate
+from study.models.epsilon import PRUNE_AT, DiscardedBlock, EpsilonBlock, EpsilonHooks, discarded_count, epsilon_gate
 from study.models.quotient import QuotientActivation, _ShiftedSigmoid
 from study.models.resnet import BasicBlock, PreActBlock, ShortcutA
 
@@ -106,12 +106,13 @@ def test_quotient_has_exact_parameter_parity_with_resnet(depth, block, shortcut)
 
 def test_quotient_defaults_and_none_means_default():
     q = create_model("quotient", depth=8, block=None, shortcut=None, alpha=None)
-    # alpha None: the paper's per-depth value (1.8 at 44, 1.7 at 56, 1.5 at 110; 1.8 below 44)
-    assert q.options["block"] == "post" and q.options["shortcut"] == "conv3x3" and q.options["alpha"] == 1.8
+    # alpha None: the paper's per-depth value (2 at <= 20, 1.8 at 44, 1.7 at 56, 1.5 at 110)
+    assert q.options["block"] == "post" and q.options["shortcut"] == "conv3x3" and q.options["alpha"] == 2.0
     assert q.options["init"] == "default"
-    assert [create_model("quotient", depth=d).options["alpha"] for d in (20, 44, 56, 110, 164)] == [
-        1.8, 1.8, 1.7, 1.5, 1.5]
-    assert [TrainConfig(variant="quotient", depth=d).alpha for d in (20, 56, 110)] == [1.8, 1.7, 1.5]
+    # listed depths exactly; linear in depth between them (32: halfway from 2 at 20 to 1.8 at 44)
+    assert [create_model("quotient", depth=d).options["alpha"] for d in (8, 14, 20, 32, 44, 50, 56, 110, 164)] == [
+        2.0, 2.0, 2.0, pytest.approx(1.9), 1.8, pytest.approx(1.75), 1.7, 1.5, 1.5]
+    assert [TrainConfig(variant="quotient", depth=d).alpha for d in (20, 56, 110)] == [2.0, 1.7, 1.5]
     assert isinstance(q.layer2[0].shortcut[0], nn.Conv2d) and q.layer2[0].shortcut[0].kernel_size == (3, 3)
     assert isinstance(q.layer2[0].shortcut[-1], QuotientActivation)  # f on the projection
     assert isinstance(q.act1, QuotientActivation)  # f in the stem
@@ -282,7 +283,16 @@ def test_epsilon_block_passes_shortcut_or_is_transparent(block):
     assert torch.equal(blk(x), expected)
 
 
-def test_epsilon_counts_gate_zero_steps_and_end_epoch():
+def official_ema(flags: list[float]) -> float:
+    """tensorpack's moving average of a per-step value: decay min(0.95, (1+t)/(10+t)), from 0."""
+    ema = 0.0
+    for t, x in enumerate(flags):
+        d = min(0.95, (1 + t) / (10 + t))
+        ema = d * ema + (1 - d) * x
+    return ema
+
+
+def test_epsilon_discard_moving_average_and_pruning_follow_the_official_rule():
     torch.manual_seed(0)
     m = create_model("epsilon", depth=14, epsilon=1e9).train()  # every gate shut
     blocks = [b for st in m.stages for b in st]
@@ -290,24 +300,80 @@ def test_epsilon_counts_gate_zero_steps_and_end_epoch():
     for _ in range(3):
         m(x)
     m.eval()(x)  # eval forwards are not counted
-    assert all(b.gate_steps.item() == 3 and b.gate_zero_steps.item() == 3 for b in blocks)
+    ref = official_ema([1.0] * 3)
+    for b in blocks:
+        assert b.ema_steps.item() == 3 and b.discard_ema.item() == pytest.approx(ref, abs=1e-6)
     sd = m.state_dict()
-    assert "layer1.0.gate_steps" in sd and "layer1.0.gate_zero_steps" in sd and "layer1.0.dead" in sd
-    assert end_epoch(m) == 6
-    assert all(b.dead.item() and b.gate_steps.item() == 0 and b.gate_zero_steps.item() == 0 for b in blocks)
-    assert end_epoch(m) == 6  # an epoch without training steps changes nothing
-    # one open step in an epoch revives a block
+    assert "layer1.0.discard_ema" in sd and "layer1.0.ema_steps" in sd and "layer1.0.dead" in sd
+    # shut on every step so far, but the moving average is not yet 1.0: nothing is pruned
+    # (a rule of "shut on every step of the epoch" would prune all six here)
+    assert end_epoch(m) == 0 and not any(b.dead.item() for b in blocks)
+    assert discarded_count(m) == pytest.approx(6 * ref, abs=1e-5)
     m.train()
+    for _ in range(12):
+        m(x)
+    assert all(b.discard_ema.item() >= PRUNE_AT for b in blocks)
+    assert end_epoch(m) == 6 and discarded_count(m) == pytest.approx(6.0, abs=1e-5)
+    assert end_epoch(m) == 6  # an epoch without training steps changes nothing
+    # one open step pulls a block's average below 1.0: it is live again
     m.layer2[1].epsilon = 0.0
     m(x)
-    for b in blocks:
-        b.epsilon = 1e9
-    m(x)
-    assert m.layer2[1].gate_zero_steps.item() == 1 and m.layer2[1].gate_steps.item() == 2
+    assert m.layer2[1].discard_ema.item() == pytest.approx(official_ema([1.0] * 15 + [0.0]), abs=1e-6)
     assert end_epoch(m) == 5 and not m.layer2[1].dead.item()
     stats = discard_stats(m)
     assert stats["discarded_blocks"] == 5 and stats["total_blocks"] == 6
     assert stats["discarded_ratio"] == pytest.approx(5 / 6)
+
+
+class _Sched:
+    def __init__(self):
+        self.restarts, self.at = 0, []
+
+    def restart(self, epoch):
+        self.restarts += 1
+        self.at.append(epoch)
+
+
+def test_epsilon_restart_fires_when_the_moving_average_count_rises_by_one():
+    # The official LearningRateSetter watches the sum of the blocks' moving averages (not a
+    # count of blocks dead all epoch): a rise of >= 1 from one epoch to the next, from the
+    # second epoch on, restarts the schedule at the next epoch.
+    cfg = TrainConfig(variant="epsilon", depth=14, epochs=20)
+    m = create_model("epsilon", depth=14, **cfg.model_options())
+    hooks = EpsilonHooks(m, cfg, None)
+    blocks = [b for st in m.stages for b in st]
+    sched = _Sched()
+
+    def epoch(e, emas):
+        for b, v in zip(blocks, emas):
+            b.discard_ema.fill_(v)
+            b.ema_steps.fill_(10)
+        metrics = {}
+        hooks.end_epoch(e, metrics, {}, sched)
+        return metrics
+
+    epoch(0, [0.0] * 6)
+    epoch(1, [0.25, 0.25, 0.375, 0, 0, 0])  # +0.875: no restart
+    assert sched.at == []
+    got = epoch(2, [0.75, 0.75, 0.375, 0, 0, 0])  # +1.0 with no block pruned: restart at epoch 3
+    assert sched.at == [3] and got["discarded_blocks"] == 0 and got["discarded_count"] == pytest.approx(1.875)
+    epoch(3, [0.75, 0.75, 0.875, 0, 0, 0])  # +0.5
+    assert sched.at == [3]
+    # the first epoch has no previous value to compare with
+    fresh = EpsilonHooks(m, cfg, None)
+    for b in blocks:
+        b.discard_ema.fill_(1.0)
+    fresh.end_epoch(0, {}, {}, sched)
+    assert sched.at == [3]
+    # off with adaptive_lr false or the gate off
+    for off in (cfg.replace(adaptive_lr=False), cfg.replace(epsilon_gate=False)):
+        h = EpsilonHooks(m, off, None)
+        s2 = _Sched()
+        for e, v in enumerate((0.0, 1.0)):
+            for b in blocks:
+                b.discard_ema.fill_(v)
+            h.end_epoch(e, {}, {}, s2)
+        assert s2.at == []
 
 
 def test_epsilon_side_head_and_outputs():
@@ -341,7 +407,7 @@ def test_compress_removes_dead_blocks_and_keeps_eval_outputs(block, shortcut):
         kill(b)
     x = torch.randn(4, 3, 16, 16)
     m.train()
-    for _ in range(2):
+    for _ in range(12):  # pruned once the moving average of "gate 0" reaches 1.0
         m(x)
     assert end_epoch(m) == 3
     assert [b.dead.item() for st in m.stages for b in st] == [False, True, True, False, False, True]

@@ -69,7 +69,7 @@ def test_resume_ends_exactly_where_an_unbroken_run_ends(tmp_path, options):
 
 
 def test_divergence_ends_the_trial_with_status_diverged():
-    rows = run(TrainConfig(variant="resnet", lr=1e6, momentum=0.0, weight_decay=0.0, precision="fp32",
+    rows = run(TrainConfig(variant="resnet", lr=1e10, momentum=0.0, weight_decay=0.0, precision="fp32",
                            **{**TINY, "epochs": 3}))
     # the trial ends at the first epoch whose loss is not finite: no epoch is reported after it
     assert [r["status"] for r in rows] == ["running"] * (len(rows) - 1) + ["diverged"]
@@ -116,6 +116,94 @@ def test_schedules():
         assert sched.lr(restart_epoch + 0.5 * run_len / 2) == pytest.approx(0.01)
         assert sched.lr(restart_epoch + 0.75 * run_len / 2) == pytest.approx(0.001)
     assert sched.restarts == 3
+
+
+def test_epsilon_schedule_follows_the_official_steps_and_restarts_at_half_length():
+    # official: [(0, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)] on the 164-epoch recipe,
+    # restarted as [(N, 0.1), (N+41, 0.01), (N+61, 0.001), (N+150, 0.0002)]
+    sched = Schedule(0.1, "epsilon", 164)
+    assert [round(sched.lr(e), 6) for e in (0, 81.9, 82, 122.9, 123, 299.9, 300)] == [
+        0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0002]
+    assert sched.end(1000) == 164  # no restart: the recipe's length
+    for n in (90, 200):  # every restart: the same half-length steps from the restart epoch
+        sched.restart(n)
+        assert [round(sched.lr(n + d), 6) for d in (0, 40.9, 41, 61.4, 61.5, 149.9, 150)] == [
+            0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0002]
+        # training extends to N + 164: past the fourth step, which the restarted run reaches
+        assert sched.end(1000) == n + 164 and sched.lr(n + 163.9) == pytest.approx(0.0002)
+    assert sched.end(300) == 300  # capped
+    step = Schedule(0.1, "step", 164)
+    step.restart(150)
+    assert step.end(1000) == 164  # step and cosine keep the fixed budget
+
+
+@pytest.fixture
+def restart_at(monkeypatch):
+    """Plant epsilon's moving-average discard count per epoch, so a restart fires where a
+    test wants it (the trainer's own restart and extension logic runs as in production)."""
+    import study.models.epsilon as eps
+
+    def plant(counts):
+        calls = iter(counts)
+        monkeypatch.setattr(eps, "discarded_count", lambda model: float(next(calls, counts[-1])))
+
+    return plant
+
+
+def test_epsilon_restart_extends_training_to_finish_the_restarted_schedule(restart_at):
+    restart_at([0.0, 0.0, 1.0])  # the count rises by 1 after epoch 3: restart at epoch index 3
+    rows = run(TrainConfig(variant="epsilon", **{**TINY, "epochs": 4}))
+    # restart at 3, then 4 more epochs (the half-length steps, then the fourth step)
+    assert [r["epoch"] for r in rows] == list(range(1, 8)) and rows[-1]["status"] == "completed"
+    assert [r["status"] for r in rows[:-1]] == ["running"] * 6
+    assert rows[2]["lr_restarts"] == 1 and rows[2]["epochs_planned"] == 7 and rows[1]["epochs_planned"] == 4
+    assert rows[3]["lr"] == pytest.approx(0.1)  # lr back to its start after the restart
+    assert rows[-1]["lr"] == pytest.approx(0.1 * 0.002)  # the fourth step is reached
+    assert "test_acc" in rows[-1] and "compressed_test_acc" in rows[-1]
+    # capped by max_epochs
+    restart_at([0.0, 0.0, 1.0])
+    capped = run(TrainConfig(variant="epsilon", max_epochs=5, **{**TINY, "epochs": 4}))
+    assert [r["epoch"] for r in capped] == [1, 2, 3, 4, 5] and capped[-1]["status"] == "completed"
+    # the fixed-budget departure: the step schedule stops at `epochs` whatever restarts
+    restart_at([0.0, 0.0, 1.0])
+    fixed = run(TrainConfig(variant="epsilon", schedule="step", **{**TINY, "epochs": 4}))
+    assert [r["epoch"] for r in fixed] == [1, 2, 3, 4] and fixed[2]["lr_restarts"] == 1
+
+
+def test_a_matched_twin_trains_exactly_the_epochs_its_variant_trained():
+    twin = TrainConfig(variant="epsilon", epsilon_gate=False, train_epochs=6, **{**TINY, "epochs": 4})
+    rows = run(twin)
+    assert [r["epoch"] for r in rows] == list(range(1, 7)) and rows[-1]["status"] == "completed"
+    # its schedule still spans `epochs` (the variant's base schedule, no restart)
+    sched = Schedule(0.1, "epsilon", 4)
+    assert [r["lr"] for r in rows] == pytest.approx([sched.lr(e + 1 - 1e-9) for e in range(6)])
+    assert all(r["lr_restarts"] == 0 for r in rows)
+
+
+def test_epsilon_decays_conv_and_linear_weights_only():
+    from study.train import param_groups
+
+    cfg = TrainConfig(variant="epsilon", depth=8)
+    assert (cfg.weight_decay, cfg.weight_decay_scope, cfg.schedule) == (2e-4, "conv_fc", "epsilon")
+    assert cfg.twin().weight_decay_scope == "conv_fc" and cfg.twin().weight_decay == 2e-4  # the twin follows
+    m = create_model("epsilon", depth=8)
+    decayed, rest = param_groups(m, 2e-4, "conv_fc")
+    assert decayed["weight_decay"] == 2e-4 and rest["weight_decay"] == 0.0
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert sorted(names[id(p)] for p in decayed["params"]) == sorted(
+        n for n, mod in m.named_modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))
+        for n in [f"{n}.weight"])
+    assert any("bn" in names[id(p)] for p in rest["params"]) and any(names[id(p)] == "fc.bias" for p in rest["params"])
+    (only,) = param_groups(m, 1e-4, "all")
+    assert len(only["params"]) == len(list(m.parameters())) and only["weight_decay"] == 1e-4
+    # a training step leaves a BN scale without gradient untouched under conv_fc, decays it under all
+    for scope, moved in (("conv_fc", False), ("all", True)):
+        bn = torch.nn.BatchNorm2d(2)
+        opt = torch.optim.SGD(param_groups(torch.nn.Sequential(bn), 0.5, scope), lr=0.1)
+        bn.weight.grad = torch.zeros_like(bn.weight)
+        opt.step()
+        assert (not torch.equal(bn.weight, torch.ones(2))) == moved
+    assert TrainConfig(variant="resnet").weight_decay_scope == "all"
 
 
 def test_precision_resolution():
