@@ -462,3 +462,59 @@ def test_a_retry_logs_the_epoch_its_failed_attempt_checkpointed_but_never_report
               if r.data.tags.get("resstudy.level") == "trial"]
     assert len(trials) == 1
     assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_acc")] == [1, 2, 3]
+
+
+def test_an_epsilon_twin_waits_for_its_variant_run_and_trains_the_epochs_it_trained(tmp_path):
+    """epsilon's restarts extend training past `epochs`: each twin launches only once the
+    repeat run of its seed has finished, and trains exactly the epochs that run trained."""
+    from ray.tune.search import Searcher
+
+    from study.runner import Phase, Phases
+
+    spec = _spec(tmp_path, variants=["epsilon"], trials_per_variant=1, epochs=3, seeds=[0, 1],
+                 scheduler={"type": "none"}, search={"algorithm": "random", "seed": 0})
+    exp = "s-epsilon-d8"
+    runner, lock = _driver(tmp_path, spec)
+    try:
+        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phases = Phases([Phase(runner, "epsilon", 8, p) for p in ("search", "repeat", "twin")])
+        phases.reconcile()
+        s = phases.next_trial()
+        phases.started(s["_rid"])
+        phases.ended(s["_rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
+        r0, r1 = phases.next_trial(), phases.next_trial()
+        assert (r0["_phase"], r0["seed"], r1["_phase"], r1["seed"]) == ("repeat", 0, "repeat", 1)
+        for r in (r0, r1):
+            phases.started(r["_rid"])
+        assert phases.next_trial() is None  # both twins wait for their variant runs
+        phases.ended(r0["_rid"], _train(phases, r0, [1, 2, 3, 4, 5], final="completed"), "")  # a restart: 5
+        t0 = phases.next_trial()
+        assert (t0["_phase"], t0["seed"], t0["epsilon_gate"], t0["train_epochs"]) == ("twin", 0, False, 5)
+        assert runner.ledger.trials[t0["_rid"]]["config"]["train_epochs"] == 5  # recorded, so a resume keeps it
+        assert phases.next_trial() is None  # seed 1's variant run is still training
+        phases.ended(r1["_rid"], _train(phases, r1, [1, 2, 3], final="completed"), "")
+        t1 = phases.next_trial()
+        assert (t1["seed"], t1["train_epochs"]) == (1, 3)
+        for t in (t0, t1):
+            phases.started(t["_rid"])
+        assert phases.next_trial() == Searcher.FINISHED
+    finally:
+        lock.release()
+
+
+def test_a_twin_of_a_variant_that_cannot_extend_does_not_wait(tmp_path):
+    from study.runner import Phase, Phases
+
+    spec = _spec(tmp_path, variants=["epsilon"], trials_per_variant=1, epochs=3, seeds=[0],
+                 train={"schedule": "step"}, scheduler={"type": "none"}, search={"algorithm": "random", "seed": 0})
+    runner, lock = _driver(tmp_path, spec)
+    try:
+        runner.tracker.create("exp:s-epsilon-d8", "study", "s-epsilon-d8", {"resstudy.level": "variant"})
+        phases = Phases([Phase(runner, "epsilon", 8, p) for p in ("search", "repeat", "twin")])
+        s = phases.next_trial()
+        phases.started(s["_rid"])
+        phases.ended(s["_rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
+        r0, t0 = phases.next_trial(), phases.next_trial()
+        assert (r0["_phase"], t0["_phase"], t0["train_epochs"]) == ("repeat", "twin", None)
+    finally:
+        lock.release()
