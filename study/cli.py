@@ -26,6 +26,8 @@ from typing import Annotated, Any, Optional, Sequence
 import typer
 import typer.core
 
+from study.presets import list_presets
+
 # Typer >= 0.26 carries its own copy of click; its usage-error classes are
 # reached through the public BadParameter so this works with either.
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -198,6 +200,9 @@ def _train(**kw: Any) -> None:
     problem = None if cfg.get("download") else data_problem(cfg.dataset, cfg.data_root)
     if problem:
         raise CliError(problem)
+    from study.preflight import check_train
+
+    check_train(cfg.to_dict())  # `run`'s size rule: an image_size of 100000 is refused, not allocated
     from study.train import load_checkpoint, train  # torch import only now
 
     state = load_checkpoint(resume) if resume is not None else None
@@ -318,7 +323,7 @@ def _preflight(spec) -> None:
 @app.command()
 def run(
     spec: Annotated[Optional[Path], typer.Argument(help="study spec YAML", show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="a shipped spec: quick, cifar10, cifar100, svhn",
+    preset: Annotated[Optional[str], typer.Option("--preset", help="a shipped spec: " + ", ".join(list_presets()),
                                                   autocompletion=lambda: _presets())] = None,
     storage_path: StoragePath = None,
     tracking_uri: TrackingUri = None,
@@ -326,6 +331,10 @@ def run(
                                                     "(when a study of the spec's name exists with another spec)")] = None,
 ) -> None:
     """Run a study on the embedded local Ray, or on the cluster of RAY_ADDRESS."""
+    if new_name is not None:
+        from study.spec import check_study_name
+
+        check_study_name(new_name, "--new-name")  # it becomes a directory name under storage_path
     s = _load_spec(spec, preset, storage_path, tracking_uri)
     _preflight(s)
     from study.progress import quiet_libraries
@@ -350,8 +359,6 @@ def _where(d: Path | None) -> None:
 
 
 def _presets() -> list[str]:
-    from study.spec import list_presets
-
     return list_presets()
 
 

@@ -37,6 +37,11 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("val_size", float, 0.1, "validation split held out of train: a fraction < 1, or an image count >= 1",
            low=0.0, low_open=True),
     Option("image_size", int, None, "digits/synthetic image side (null: the dataset's own)", low=4, nullable=True),
+    Option("augment", str, None, "training augmentation: crop_flip (pad-and-crop + horizontal flip), crop, none "
+           "(null: the dataset's default)", choices=("crop_flip", "crop", "none"), nullable=True),
+    Option("cutout", int, 0, "side in pixels of the square hole cut from each training image (0: off)", low=0),
+    Option("normalization", str, "dataset", "input normalisation: dataset (per-channel mean/std of the train "
+           "split) or imagenet (ImageNet's mean/std)", choices=("dataset", "imagenet")),
     # optimisation
     Option("epochs", int, 10, "training epochs", low=1),
     Option("batch_size", int, 128, "training batch size", low=1),

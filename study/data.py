@@ -2,8 +2,8 @@
 
 Each dataset is read from disk once per process (a cache keyed by name, root and
 image size), split into train / a FIXED validation set / test, and moved to the
-device. Batches are cropped, flipped and normalised there with vectorised
-indexing, never with per-sample Python (airbench style).
+device. Batches are cropped, flipped, cut out and normalised there with
+vectorised indexing, never with per-sample Python (airbench style).
 
 Splits never depend on the trial seed: the validation set (and for `digits` the
 test set) is drawn with constant seeds, so every trial of a study is scored on
@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from study.config import CORE
+
 # Constants, not the trial seed: the held-out images are the same for every trial.
 VAL_SPLIT_SEED = 20240521
 DIGITS_TEST_SEED = 1797
@@ -37,7 +39,12 @@ def crop_pad(size: int) -> int:
     """The crop padding for `size`-pixel images: the recipe's 4 of 32 (1/8) kept in
     proportion, so upscaled digits at 16x16 shift by 2 pixels, not a quarter of the image."""
     return max(1, size * PAD // 32)
-AUGMENT_MODES = ("crop_flip", "crop", "none")
+
+
+AUGMENT_MODES: tuple[str, ...] = CORE["augment"].choices
+# ImageNet's channel statistics (0..1 units), which the quotient paper's SVHN code normalises with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Files each on-disk dataset needs, relative to `root` (torchvision's layout).
 EXPECTED_FILES: dict[str, tuple[str, ...]] = {
@@ -77,12 +84,14 @@ class DeviceData:
     val_y: Tensor = field(repr=False)
     test_x: Tensor = field(repr=False)
     test_y: Tensor = field(repr=False)
-    mean: Tensor  # float32 [C], 0..255 units, from the train split
+    mean: Tensor  # float32 [C], 0..255 units: the train split's, or ImageNet's
     std: Tensor
     num_classes: int
     in_channels: int
     augment: str
     name: str
+    cutout: int = 0  # side of the square hole cut from each training image; 0: off
+    normalization: str = "dataset"  # where mean/std come from: "dataset" or "imagenet"
 
     @property
     def image_size(self) -> int:
@@ -91,7 +100,7 @@ class DeviceData:
     def __repr__(self) -> str:
         return (f"DeviceData({self.name}: train {tuple(self.train_x.shape)}, val {len(self.val_y)}, "
                 f"test {len(self.test_y)}, classes {self.num_classes}, augment {self.augment!r}, "
-                f"device {self.train_x.device})")
+                f"cutout {self.cutout}, normalization {self.normalization!r}, device {self.train_x.device})")
 
 
 # ---------------------------------------------------------------------------
@@ -364,14 +373,21 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 def load_data(name: str, root: str | os.PathLike | None = None, *, download: bool = False,
               val_size: int | float = 0.1, image_size: int | None = None,
-              device: str | torch.device = "cpu", synthetic_size: int = 2048) -> DeviceData:
+              device: str | torch.device = "cpu", synthetic_size: int = 2048,
+              augment: str | None = None, cutout: int = 0, normalization: str = "dataset") -> DeviceData:
     """Load `name`, hold out a fixed validation split from its training set, move all to `device`.
 
     Real datasets (cifar10, cifar100, svhn) read torchvision's on-disk layout under
     `root`; `digits` (scikit-learn's bundled 8x8 digits) and `synthetic` need no files.
+    `augment`, `cutout` and `normalization` are the training options of those names
+    (study.config), checked here too and recorded on the result.
     """
     if name not in _NUM_CLASSES:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {dataset_names()}")
+    # checked before any file is read
+    augment = CORE["augment"].check(augment) or _AUGMENT[name]
+    cutout = CORE["cutout"].check(cutout)
+    normalization = CORE["normalization"].check(normalization)
     arrays = _arrays(name, root, download, image_size, synthetic_size)
     n_val = _val_count(val_size, len(arrays.train_y))
     train_idx, val_idx = _split(arrays.train_y.numpy(), n_val, VAL_SPLIT_SEED)
@@ -379,13 +395,16 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, download: boo
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     # Indexing copies, so the cached tensors are never handed out; test is copied explicitly.
     train_x = arrays.train_x[train_idx].to(dev)
-    mean, std = _channel_stats(train_x)
+    if normalization == "imagenet":
+        mean, std = (torch.tensor(v, device=dev) * 255.0 for v in (IMAGENET_MEAN, IMAGENET_STD))
+    else:
+        mean, std = _channel_stats(train_x)
     return DeviceData(
         train_x=train_x, train_y=arrays.train_y[train_idx].to(dev),
         val_x=arrays.train_x[val_idx].to(dev), val_y=arrays.train_y[val_idx].to(dev),
         test_x=arrays.test_x.to(dev, copy=True), test_y=arrays.test_y.to(dev, copy=True),
         mean=mean, std=std, num_classes=_NUM_CLASSES[name], in_channels=int(train_x.shape[1]),
-        augment=_AUGMENT[name], name=name,
+        augment=augment, name=name, cutout=cutout, normalization=normalization,
     )
 
 
@@ -435,6 +454,27 @@ def augment_batch(x_uint8: Tensor, mode: str, generator: torch.Generator) -> Ten
     return _crop_flip(x_uint8, *_draw(x_uint8.shape[0], mode, generator, x_uint8.device, pad), pad)
 
 
+def _draw_centres(n: int, h: int, w: int, generator: torch.Generator, device: torch.device):
+    """Per-sample cutout centres, uniform over every pixel (the official cutout's)."""
+    g = generator.device
+    cy = torch.randint(0, h, (n,), generator=generator, device=g).to(device)
+    cx = torch.randint(0, w, (n,), generator=generator, device=g).to(device)
+    return cy, cx
+
+
+def _cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int, fill: Tensor) -> Tensor:
+    """The official cutout on a whole batch: rows clip(cy - size//2, 0, h) : clip(cy + size//2, 0, h),
+    columns alike, set to `fill` (uint8 [C]). The comparisons clip at the borders by themselves."""
+    b, c, h, w = x.shape
+    half = size // 2
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    in_rows = (rows >= (cy - half)[:, None]) & (rows < (cy + half)[:, None])  # [b, h]
+    in_cols = (cols >= (cx - half)[:, None]) & (cols < (cx + half)[:, None])  # [b, w]
+    hole = (in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
+    return torch.where(hole, fill.view(1, c, 1, 1), x)
+
+
 def _to_format(x: Tensor, channels_last: bool) -> Tensor:
     # Convert the uint8 batch (1 byte/value) before the float ops, which keep the format.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
@@ -446,8 +486,12 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
     """One epoch of shuffled, augmented, normalised training batches
     (`normalized=False`: still uint8, for a step that normalises inside its compiled graph).
 
-    All randomness (order, crops, flips) comes from `generator`, drawn once per
-    epoch before the first batch, so a seed fixes the epoch on any device.
+    All randomness (order, crops, flips, cutout centres) comes from `generator`,
+    drawn once per epoch before the first batch, so a seed fixes the epoch on any
+    device. Cutout (`data.cutout` > 0) comes last: the official code cuts the
+    normalised batch and fills with 0, i.e. the mean; the batch here is still
+    uint8, so the hole holds the per-channel mean rounded to uint8, which
+    normalises to within 0.5 / std of 0.
     """
     batch_size = _check_int("batch_size", batch_size, 1)
     if limit is not None:
@@ -464,6 +508,11 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
     order = torch.randperm(n, generator=generator, device=generator.device)[:used].to(device)
     pad = crop_pad(data.train_x.shape[-1])
     params = _draw(used, data.augment, generator, device, pad) if data.augment != "none" else None
+    centres = fill = None
+    if data.cutout > 0:
+        # drawn after the crops and flips: without cutout the stream, so every batch, is as before
+        centres = _draw_centres(used, *data.train_x.shape[-2:], generator, device)
+        fill = data.mean.round().clamp(0, 255).to(device=device, dtype=torch.uint8)
     for i in range(batches):
         s = slice(i * batch_size, min((i + 1) * batch_size, used))
         idx = order[s]
@@ -471,6 +520,8 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
         if params is not None:
             dy, dx, flip = params
             x = _crop_flip(x, dy[s], dx[s], None if flip is None else flip[s], pad)
+        if centres is not None:
+            x = _cutout(x, centres[0][s], centres[1][s], data.cutout, fill)
         x = _to_format(x, channels_last)
         yield (normalize(x, data.mean, data.std) if normalized else x), data.train_y[idx]
 

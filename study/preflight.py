@@ -202,23 +202,69 @@ def _size_problems(spec: Any, host_memory: float | None, cpus: int | None) -> li
         if key in seen:
             continue
         seen.add(key)
-        e = estimate(cfg)
-        need = e.memory_bytes + RUNTIME_BYTES["gpu" if res.gpu > 0 else "cpu"]
-        what = (f"depth {depth}, width {cfg.get('width') or 16}, image side "
-                f"{cfg.get('image_size') or NATIVE_SIDE.get(spec.dataset, 32)}, batch {cfg.get('batch_size', 128)}")
-        if budget is not None and need > budget:
-            problems.append(f"memory: a {variant} trial ({what}; {e.params / 1e6:.3g}M parameters) needs about "
-                            f"{_gib(need)}, but one trial gets {_gib(budget)} ({how}); allowed: smaller "
-                            "depth/width/image_size/batch_size, fewer trials at once, or more memory per trial")
-        days = e.seconds(speed) * int(cfg.get("epochs", spec.epochs)) / 86400
-        if days > MAX_TRIAL_DAYS:
-            problems.append(f"epochs: {cfg.get('epochs', spec.epochs)} epochs of a {variant} trial ({what}) take at "
-                            f"least {days:,.0f} days ({days / 365.25:,.1f} years) at an optimistic "
-                            f"{speed:.2g} FLOP/s ({e.flops_per_epoch:.3g} FLOP per epoch); allowed: a trial of "
-                            f"under {MAX_TRIAL_DAYS:g} days")
+        problems += config_problems(cfg, budget=budget, how=how, speed=speed,
+                                    runtime=RUNTIME_BYTES["gpu" if res.gpu > 0 else "cpu"])
         if len(problems) >= 6:
             break
     return problems
+
+
+def config_problems(cfg: Mapping[str, Any], *, budget: float | None, how: str, speed: float, runtime: float,
+                    more_memory: str = "fewer trials at once, or more memory per trial") -> list[str]:
+    """The size rule for one trial's flat config (spec trials and `resstudy train` alike):
+    more memory than `budget` bytes, or more than MAX_TRIAL_DAYS at `speed` FLOP/s."""
+    problems = []
+    e = estimate(cfg)
+    need = e.memory_bytes + runtime
+    dataset = str(cfg.get("dataset", "digits"))
+    side = cfg.get("image_size")
+    what = (f"depth {cfg.get('depth', 20)}, width {cfg.get('width') or 16}, "
+            + (f"image_size {side}" if side else f"image side {NATIVE_SIDE.get(dataset, 32)}")
+            + f", batch {cfg.get('batch_size', 128)}")
+    variant = cfg.get("variant", "resnet")
+    epochs = int(cfg.get("epochs", 1))
+
+    def largest_side(fits) -> str:
+        # only where image_size is the user's to choose (digits, synthetic)
+        if not side or not fits(estimate({**cfg, "image_size": 4})):
+            return ""
+        lo, hi = 4, int(side)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(estimate({**cfg, "image_size": mid})) else (lo, mid)
+        return f"image_size <= {lo} at this depth/width/batch_size, or "
+
+    if budget is not None and need > budget:
+        allowed = largest_side(lambda x: x.memory_bytes + runtime <= budget)
+        problems.append(f"memory: a {variant} trial ({what}; {e.params / 1e6:.3g}M parameters) needs about "
+                        f"{_gib(need)}, but one trial gets {_gib(budget)} ({how}); allowed: {allowed}smaller "
+                        f"depth/width/image_size/batch_size, {more_memory}")
+    days = e.seconds(speed) * epochs / 86400
+    if days > MAX_TRIAL_DAYS:
+        allowed = largest_side(lambda x: x.seconds(speed) * epochs / 86400 <= MAX_TRIAL_DAYS)
+        problems.append(f"epochs: {epochs} epochs of a {variant} trial ({what}) take at "
+                        f"least {days:,.0f} days ({days / 365.25:,.1f} years) at an optimistic "
+                        f"{speed:.2g} FLOP/s ({e.flops_per_epoch:.3g} FLOP per epoch); allowed: {allowed}a trial of "
+                        f"under {MAX_TRIAL_DAYS:g} days")
+    return problems
+
+
+def check_train(cfg: Mapping[str, Any], *, host_memory: float | None = None) -> None:
+    """check_spec's size rule for one `resstudy train` run on this machine (its device,
+    its memory, its threads), before any data is built: one PreflightError line."""
+    device = str(cfg.get("device", "auto"))
+    gpu = _local_gpu_memory() if device != "cpu" else None
+    if gpu is not None:
+        budget, how, speed = gpu, f"this machine's GPU ({_gib(gpu)})", FLOPS_PER_GPU
+    else:
+        memory = host_memory if host_memory is not None else _available_memory()
+        budget, how = memory, "the memory this machine has available"
+        speed = FLOPS_PER_CPU * (cfg.get("threads") or os.cpu_count() or 1)
+    problems = config_problems(cfg, budget=budget, how=how, speed=speed,
+                               runtime=RUNTIME_BYTES["gpu" if gpu is not None else "cpu"],
+                               more_memory="or a machine with more memory")
+    if problems:
+        raise PreflightError("; ".join(problems))
 
 
 def _available_memory() -> float | None:
@@ -326,5 +372,5 @@ def check_nodes(spec: Any, timeout_s: float = 120.0) -> None:
 
 
 __all__ = ["Estimate", "PreflightError", "check_cluster", "check_local", "check_nodes", "check_spec",
-           "cluster_problems", "spec_problems", "data_problem", "estimate",
+           "check_train", "cluster_problems", "config_problems", "spec_problems", "data_problem", "estimate",
            "local_resources", "writable_dir_problem"]

@@ -159,8 +159,13 @@ def export(study_dir: Path, out: str | Path | None = None) -> list[Path]:
     when analysed, then the trials per experiment) into `out`."""
     from tabulate import tabulate
 
+    from study.preflight import writable_dir_problem
+
     study_dir = check_study_dir(study_dir)
     out = Path(out) if out else study_dir / "export"
+    problem = writable_dir_problem(out, "--out")  # a file there, or a folder we may not write
+    if problem:
+        raise UserError(problem)
     out.mkdir(parents=True, exist_ok=True)
     df = load(study_dir)
     paths = []

@@ -33,6 +33,8 @@ NOT_METRICS = {
     "experiment_tag", "config", "checkpoint_dir_name", "should_checkpoint", "info_json", "rid", "node",
     "start_epoch", "ckpt_epoch", "should_checkpoint",
 }
+# Options a trial resolves when it runs (auto, null): the result's value replaces the config's.
+RESOLVED = ("precision", "device", "augment")
 # Per-epoch numbers that say nothing about the finished trial.
 EPOCH_ONLY = {"epoch_seconds", "images_per_s", "lr"}
 
@@ -83,7 +85,7 @@ def metrics_of(result: dict[str, Any]) -> dict[str, Any]:
             out[k] = float(v)
         elif isinstance(v, (int, float)):
             out[k] = v
-        elif k in ("precision", "device") and isinstance(v, str):
+        elif k in RESOLVED and isinstance(v, str):
             out[k] = v
     return out
 

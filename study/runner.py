@@ -51,10 +51,9 @@ from study.callbacks import StopAll, StudyCallback  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
 from study.errors import UserError  # noqa: E402
 from study.ledger import FINISHED, Ledger, SpecChanged, StateError, StudyLock  # noqa: E402
-from study.results import EPOCH_ONLY, EpochLog, compact, metrics_of  # noqa: E402
-from study.searcher import (METRIC, LedgerSearcher, RungScheduler, Rungs, ask, frozen_trial,  # noqa: E402
-                            optuna_study, replay,
-                            report_intermediate, tell)
+from study.results import EPOCH_ONLY, RESOLVED, EpochLog, compact, metrics_of  # noqa: E402
+from study.searcher import (METRIC, LedgerSearcher, RungScheduler, Rungs, SamplerState, ask,  # noqa: E402
+                            frozen_trial, optuna_study, replay, report_intermediate, tell)
 from study.spec import StudySpec  # noqa: E402
 from study.tracking import TRIAL_TAG, Tracker, redact_uri  # noqa: E402
 from study.trainable import checkpoint_epochs, read_reports, trainable  # noqa: E402
@@ -98,6 +97,12 @@ class Phase:
             sampler = spec.make_sampler(variant)
             self.planned = min(spec.trials_per_variant, getattr(sampler, "size", spec.trials_per_variant))
             self.optuna = optuna_study(study.optuna_storage(), self.experiment, self.objectives, sampler)
+            # a resumed search draws on from where the sampler stood, never from its seed again
+            self.sampler_state = SamplerState(study.study_dir / "samplers" / f"{self.experiment}.json",
+                                              spec.search.seed)
+            note = self.sampler_state.restore(self.optuna)
+            if note:
+                study.progress.message(note)
             if spec.scheduler.type == "asha":
                 self.rungs = Rungs(spec.epochs, spec.scheduler.grace_period, spec.scheduler.reduction_factor)
         else:
@@ -214,16 +219,42 @@ class Phase:
     def next_trial(self):
         if self.s.stopping:
             return Searcher.FINISHED
+        waiting = False
         for rec in self.unfinished():
             if rec["rid"] not in self.launched:
+                if self.phase == "twin":
+                    rec = self._matched(rec)
+                    if rec is None:  # its paired variant run is still training
+                        waiting = True
+                        continue
                 return self._launch(rec)
+        if waiting:
+            return None
         if self.phase == "search" and len(self.records()) < self.planned:
-            number, values = ask(self.optuna, self.space)
+            number, values = ask(self.optuna, self.space, self.sampler_state)  # saves the sampler state
             config = {**self.s.spec.trial_base_config(self.subject, self.depth), **values}
             rec = self._new_record(config, variant=self.subject, arm="variant", optuna_number=number,
                                    searched=self._searched(config))
             return self._launch(rec)
         return Searcher.FINISHED
+
+    def _matched(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        """A twin trains exactly the epochs its paired variant run (same seed) trained,
+        where that run's training could extend past `epochs` (epsilon's restarts):
+        None until that run has finished, then the twin with `train_epochs` set. A
+        partner that did not complete leaves the twin at its own `epochs`."""
+        if rec["config"].get("train_epochs") is not None:
+            return rec
+        partner = next((r for r in self.s.ledger.trials.values() if r["experiment"] == self.experiment
+                        and r["phase"] == "repeat" and r["seed"] == rec["seed"]), None)
+        if partner is None or TrainConfig.from_dict(partner["config"]).epoch_limit() == partner["config"]["epochs"]:
+            return rec
+        if partner["status"] not in FINISHED:
+            return None
+        if partner["status"] != "completed":
+            return rec
+        epochs = int(partner["row"]["epochs_reached"])
+        return self.s.ledger.update(rec["rid"], config={**rec["config"], "train_epochs": epochs})
 
     def _launch(self, rec: dict[str, Any]) -> dict[str, Any]:
         rec = self.s.ledger.update(rec["rid"], status="running", attempts=rec["attempts"] + 1,
@@ -252,7 +283,8 @@ class Phase:
     def result(self, rid: str, result: dict[str, Any]) -> None:
         rec = self.s.ledger.trials[rid]
         self._log_epoch(rec, result)
-        epochs = int(rec["config"].get("epochs", 0))
+        # epsilon's restarts may extend training: the trainer says how far it now runs
+        epochs = int(result.get("epochs_planned") or rec["config"].get("train_epochs") or rec["config"]["epochs"])
         self.s.progress.trial_epoch(rid, int(result.get("epoch", 0)), epochs, result.get(METRIC),
                                     result.get("epoch_seconds"))
 
@@ -306,7 +338,7 @@ class Phase:
         row.update(rec["config"])
         # the trial's own numbers, not per-epoch ones (lr, speed); precision and device as resolved
         metrics = {k: v for k, v in metrics_of(result).items()
-                   if k not in EPOCH_ONLY and (k not in rec["config"] or k in ("precision", "device"))}
+                   if k not in EPOCH_ONLY and (k not in rec["config"] or k in RESOLVED)}
         if outcome != "completed":
             metrics = {k: (float("nan") if k.startswith(("test_", "compressed_test")) else v)
                        for k, v in metrics.items()}
@@ -889,7 +921,7 @@ class StudyRunner:
         fs, root = pafs.FileSystem.from_uri(self.remote)
         local = pafs.LocalFileSystem()
         for name in ("results.parquet", "history.parquet", "spec.yaml", STATE_FILE, ledger_lib.LEDGER_FILE,
-                     "optuna.db"):
+                     "optuna.db", "samplers"):
             if (self.study_dir / name).exists():
                 pafs.copy_files(str(self.study_dir / name), f"{root}/{name}", source_filesystem=local,
                                 destination_filesystem=fs)
@@ -1025,7 +1057,9 @@ def run_study(spec: StudySpec, *, new_name: str | None = None) -> Path:
     of that name (for a spec that differs from the one a study was started with).
     Raises StudyInterrupted (a KeyboardInterrupt: exit 130) on Ctrl-C/SIGTERM."""
     if new_name:
-        spec = spec.model_copy(update={"name": new_name})
+        from study.spec import check_study_name
+
+        spec = spec.model_copy(update={"name": check_study_name(new_name, "--new-name")})
     return StudyRunner(spec).run()
 
 

@@ -3,8 +3,9 @@
 Optuna is driven through its ask/tell API: a trial's Optuna number, params and
 config go into the ledger before the trial is launched, and its outcome is told
 when it ends (COMPLETE only for a trial that trained every epoch; PRUNED at the
-epoch ASHA stopped it; FAIL for errors and divergence). Tune only runs the
-configs the ledger hands it (`LedgerSearcher`) and asks `RungScheduler` whether
+epoch ASHA stopped it; FAIL for errors and divergence). The sampler's random
+streams are saved after every ask and restored on resume (`SamplerState`).
+Tune only runs the configs the ledger hands it (`LedgerSearcher`) and asks `RungScheduler` whether
 to stop a trial; ASHA's rung records are keyed by resstudy's trial ids and
 rebuilt from the epoch logs on every start, so a resumed study prunes as an
 unbroken one would.
@@ -12,7 +13,9 @@ unbroken one would.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -36,10 +39,95 @@ def optuna_study(storage: Any, name: str, objectives: list[str], sampler: Any):
     return study
 
 
-def ask(study: Any, space: Callable[[Any], dict[str, Any]]) -> tuple[int, dict[str, Any]]:
-    """A new Optuna trial: (number, the space's values for it)."""
+def ask(study: Any, space: Callable[[Any], dict[str, Any]],
+        state: "SamplerState | None" = None) -> tuple[int, dict[str, Any]]:
+    """A new Optuna trial: (number, the space's values for it); `state` then records
+    where the sampler's random streams stand."""
     trial = study.ask()
-    return trial.number, space(trial)
+    values = space(trial)
+    if state is not None:
+        state.save(study, asked=trial.number + 1)
+    return trial.number, values
+
+
+def _rngs(sampler: Any, prefix: str = "") -> dict[str, np.random.RandomState]:
+    """Every random stream a sampler draws from, by attribute path: samplers nest
+    (TPE keeps a RandomSampler for its startup trials, CMA-ES a TPESampler for
+    categoricals, QMC a RandomSampler), and each has its own."""
+    import optuna
+
+    out: dict[str, np.random.RandomState] = {}
+    for name, value in sorted(vars(sampler).items()):
+        path = f"{prefix}{name}"
+        if isinstance(value, np.random.RandomState):
+            out[path] = value
+        elif isinstance(getattr(value, "rng", None), np.random.RandomState):  # optuna's LazyRandomState
+            out[path] = value.rng
+        elif isinstance(value, optuna.samplers.BaseSampler):
+            out.update(_rngs(value, f"{path}."))
+    return out
+
+
+class SamplerState:
+    """The sampler's random streams, saved (atomically) after every ask and restored
+    when the study resumes. A sampler rebuilt from its seed starts its streams
+    over, so TPE and random would propose again the configurations already asked;
+    restored, a resumed search proposes what the unbroken one would have.
+
+    What the sampler knows beyond its streams (the trials, CMA-ES's optimizer, the
+    QMC sequence's position) is in Optuna's storage already. Where the saved
+    streams do not match the storage (a kill between Optuna's ask and the save, a
+    study begun before this file existed, a damaged file), each stream is re-seeded
+    from the search seed and the number of trials asked: never the start over again.
+    """
+
+    def __init__(self, path: Path, seed: int | None) -> None:
+        self.path, self.seed = Path(path), seed
+
+    def save(self, study: Any, asked: int) -> None:
+        from study.ledger import write_json_atomic
+
+        rngs = {p: _encode(r.get_state()) for p, r in _rngs(study.sampler).items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {"asked": asked, "rngs": rngs})
+
+    def restore(self, study: Any) -> str | None:
+        """Put the sampler's streams where they stood after the last ask; a one-line
+        note when they could only be re-seeded, else None."""
+        asked = len(study.get_trials(deepcopy=False))
+        if asked == 0:
+            return None  # nothing drawn yet: the fresh sampler is the unbroken one
+        rngs = _rngs(study.sampler)
+        try:
+            state = json.loads(self.path.read_text())
+            if state.get("asked") != asked:
+                why = f"it was saved after trial {state.get('asked')}, Optuna holds {asked}"
+            elif set(state.get("rngs", {})) != set(rngs):
+                why = "it holds other random streams than this sampler has"
+            else:
+                for p, r in rngs.items():
+                    r.set_state(_decode(state["rngs"][p]))
+                return None
+        except FileNotFoundError:
+            why = "it is missing"
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            why = f"it cannot be read: {type(e).__name__}: {' '.join(str(e).split())[:100]}"
+        if self.seed is None:
+            return f"sampler state {self.path} not used ({why}); the search is unseeded, its sampler starts afresh"
+        for i, (_, r) in enumerate(sorted(rngs.items())):
+            r.seed(int(np.random.SeedSequence([self.seed, asked, i]).generate_state(1)[0]))
+        return (f"sampler state {self.path} not used ({why}); the sampler is re-seeded from the search seed "
+                f"and the {asked} trials asked")
+
+
+def _encode(state: tuple) -> list:
+    kind, keys, pos, has_gauss, cached = state
+    return [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
+
+
+def _decode(state: list) -> tuple:
+    kind, keys, pos, has_gauss, cached = state
+    return (str(kind), np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
 
 
 def frozen_trial(study: Any, number: int):

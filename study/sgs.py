@@ -16,7 +16,7 @@ Typical use in a trainer::
     loss.backward(); clip(...); sgs.apply(); optimizer.step()
     # mi mode: at the start of every epoch
     if scaling_schedule_due(epoch, warmup, interval):
-        sgs.update(mi_scalings(model, batches, k=5.0))
+        sgs.replace(mi_scalings(model, batches, k=5.0))
 
 Depends on torch and numpy only.
 """
@@ -364,8 +364,10 @@ def mi_scalings(
     only when asked. Two forward passes over ``batches`` (iterated twice when
     it is a list or tuple, else read once into a list of inputs).
     A conv whose S is still NaN somewhere (e.g. every input channel
-    constant) is left out with a warning, so ``SpatialGradScaling.update``
-    keeps its previous S, as the official code does.
+    constant) gets all ones (plain SGD for it), with one warning naming every
+    such conv: the official code leaves it out of a dict that replaces the old
+    one, then indexes that dict by position and would fail, so neither its
+    previous S nor any official value exists to keep.
     Returns {conv name: float32 kh x kw tensor on the conv weight's device}.
     """
     if not (isinstance(k, (int, float)) and math.isfinite(k) and k > 0):
@@ -423,14 +425,18 @@ def mi_scalings(
             m.training = mode
 
     out: dict[str, Tensor] = {}
+    undefined = []
     for name, conv in convs:
         if name not in layers:
             continue  # conv unused by this forward
         a = layers.pop(name).scaling(float(k))
         if torch.isnan(a).any():
-            warnings.warn(f"SGS: no finite mutual information for conv {name!r}; its scaling is left unchanged")
-            continue
+            undefined.append(name)
+            a = torch.ones_like(a)
         out[name] = (a / a.mean()).to(device=conv.weight.device, dtype=torch.float32)
+    if undefined:
+        warnings.warn(f"SGS: no finite mutual information for conv(s) {undefined} (constant input); "
+                      f"their scaling is all ones (plain SGD) until the next recompute")
     return out
 
 
@@ -438,18 +444,17 @@ def scaling_schedule_due(epoch: int, warmup: int, interval: int) -> bool:
     """Whether MI scalings are (re)computed at the start of ``epoch``.
 
     Epochs count from 0 and the computation happens before the epoch's first
-    step: at epoch ``warmup``, then ``warmup + interval``, ``warmup +
-    2 * interval``, ... (``interval`` = 0: only once, at ``warmup``). Before
-    ``warmup`` S is all ones (plain SGD).
+    step: at epoch ``warmup``, then at every later multiple of ``interval``
+    (the official condition: with warmup 3 and interval 5, epochs 3, 5, 10,
+    15, ...; ``interval`` = 0: only once, at ``warmup``). Before ``warmup`` S
+    is all ones (plain SGD).
     """
     for label, v, lo in (("epoch", epoch, 0), ("sgs_warmup", warmup, 0), ("sgs_interval", interval, 0)):
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"{label} must be an int >= {lo}, got {v!r}")
-    if epoch < warmup:
-        return False
-    if interval == 0:
-        return epoch == warmup
-    return (epoch - warmup) % interval == 0
+    if epoch == warmup:
+        return True
+    return interval > 0 and epoch > warmup and epoch % interval == 0
 
 
 # ---------------------------------------------------------------------------
@@ -522,7 +527,8 @@ class SpatialGradScaling:
 
     S starts as all ones (a no-op, skipped). ``update`` replaces the S of the
     convs it names (a single tensor: every conv of that kernel size) and keeps
-    the others. ``apply`` is one fused multiply over the scaled grads.
+    the others; ``replace`` sets every conv's S, all ones where not named.
+    ``apply`` is one fused multiply over the scaled grads.
     """
 
     def __init__(self, model: nn.Module, scalings: Mapping[str, Tensor] | Tensor | None = None):
@@ -549,6 +555,13 @@ class SpatialGradScaling:
         """Back to all ones (plain SGD)."""
         self.scalings.clear()
         self._full.clear()
+
+    def replace(self, scalings: Mapping[str, Tensor] | Tensor) -> None:
+        """Every conv's S from ``scalings``; convs it does not name go back to all
+        ones. An MI recompute replaces the whole set, as the official code does."""
+        resolved = _resolve(self.convs, scalings)  # checked before anything is dropped
+        self.reset()
+        self.update(resolved)
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -601,7 +614,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("sgs_k", float, 5.0, "MI sharpening k (1: unchanged; large: plain SGD; small: centre only)",
            low=0.0, low_open=True, high=1e6),
     Option("sgs_warmup", int, 0, "epoch of the first MI computation", low=0),
-    Option("sgs_interval", int, 30, "epochs between MI recomputations", low=1),
+    Option("sgs_interval", int, 30, "MI recomputed at each epoch after sgs_warmup that is a multiple of this",
+           low=1),
     Option("sgs_batches", int, 20, "training batches the MI pass reads", low=1, high=10_000),
     Option("sgs_diagonal_removal", bool, False, "MI: drop zero pairs and the joint histogram's diagonal"),
 )
@@ -618,8 +632,8 @@ class SGSHooks(Hooks):
     def before_epoch(self, epoch: int) -> None:
         cfg = self.cfg
         if cfg.sgs_mode == "mi" and scaling_schedule_due(epoch, cfg.sgs_warmup, cfg.sgs_interval):
-            self.scaling.update(mi_scalings(self.model, self.ctx.mi_batches(epoch), k=cfg.sgs_k,
-                                            diagonal_removal=cfg.sgs_diagonal_removal))
+            self.scaling.replace(mi_scalings(self.model, self.ctx.mi_batches(epoch), k=cfg.sgs_k,
+                                             diagonal_removal=cfg.sgs_diagonal_removal))
 
     def after_backward(self) -> None:
         self.scaling.apply()
@@ -665,8 +679,8 @@ def _register_variant() -> None:
     register_variant(Variant(
         name="sgs",
         build=_build,
-        # the variant never trains with scaling off: that is its twin
-        options=(*backbone_options(), OPTIONS[0].replace(default="branches", choices=("branches", "mi"))),
+        # the variant never trains with scaling off: that is its twin; mi is the paper's method
+        options=(*backbone_options(), OPTIONS[0].replace(default="mi", choices=("branches", "mi"))),
         description="spatial gradient scaling (Detkov et al. 2023) on the CIFAR ResNet",
         twin=_twin,
         claims=(

@@ -20,7 +20,6 @@ the variant overrides it under `variants.<name>.space`.
 from __future__ import annotations
 
 import copy
-import importlib.resources
 import math
 import re
 from pathlib import Path
@@ -32,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 import search_spaces
 from search_spaces import SpaceError
+from study.presets import list_presets, presets_dir  # noqa: F401  (list_presets: part of this module's API)
 from study.config import CORE, DATASETS, all_option_names, owners, variant_options
 from study.errors import UserError
 from study.variants import list_variants, load_plugins
@@ -47,6 +47,21 @@ OBJECTIVES = ("val_acc", "param_reduction")
 
 class SpecError(UserError, ValueError):
     """An invalid study spec; the message names the field path, value and what is allowed."""
+
+
+# A study's name is a directory under storage_path: one path component, never `..`.
+StudyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+STUDY_NAME_RULE = "a letter or digit, then letters, digits, '_', '.' or '-' (at most 100 characters)"
+
+
+def check_study_name(value: Any, field: str = "name") -> str:
+    """`value` if it is a study name by the rule of the spec's `name`, else a one-line SpecError."""
+    from pydantic import TypeAdapter
+
+    try:
+        return TypeAdapter(StudyName).validate_python(value, strict=True)
+    except ValidationError:
+        raise SpecError(f"{field}: {value!r} is not a study name; allowed: {STUDY_NAME_RULE}") from None
 
 
 def _fail(path: str, message: str) -> NoReturn:
@@ -169,7 +184,7 @@ class MlflowSpec(_Model):
 
 class StudySpec(_Model):
     plugins: list[str] = Field(default_factory=list)  # .py files or modules that register more variants
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
+    name: StudyName
     dataset: Literal["digits", "cifar10", "cifar100", "svhn", "synthetic"]
     data_root: str | None = None
     image_size: Annotated[int, Field(ge=4)] | None = None
@@ -432,13 +447,6 @@ def _parse_yaml(text: str, origin: str) -> Any:
         raise SpecError(f"invalid YAML in {origin}: {type(e).__name__}: {e}") from None
 
 
-def _presets_dir():
-    return importlib.resources.files("study").joinpath("presets")
-
-
-def list_presets() -> list[str]:
-    """Names of the presets shipped in study/presets."""
-    return sorted(p.name[: -len(".yaml")] for p in _presets_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
@@ -483,7 +491,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | None = None, *, preset: s
         if preset not in list_presets():
             raise SpecError(f"unknown preset {preset!r}; allowed: {', '.join(list_presets())}")
         origin = f"preset {preset!r}"
-        data = _parse_yaml(_presets_dir().joinpath(f"{preset}.yaml").read_text(), origin)
+        data = _parse_yaml(presets_dir().joinpath(f"{preset}.yaml").read_text(), origin)
     elif isinstance(source, Mapping):
         origin, data = "<mapping>", copy.deepcopy(dict(source))
     else:

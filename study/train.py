@@ -287,7 +287,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     torch.manual_seed(cfg.seed)
     data = data_lib.load_data(cfg.dataset, cfg.data_root, download=cfg.download,
                               val_size=int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size,
-                              image_size=cfg.image_size, device=device)
+                              image_size=cfg.image_size, device=device, augment=cfg.augment,
+                              cutout=cfg.cutout, normalization=cfg.normalization)
     model = create_model(cfg.variant, depth=cfg.depth, num_classes=data.num_classes,
                          in_channels=data.in_channels, **cfg.model_options()).to(device)
     if channels_last:
@@ -299,7 +300,9 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     hooks = make_hooks(cfg, model, ctx)
     ce = _ce(cfg.label_smoothing)
     gen = torch.Generator().manual_seed(cfg.seed)
-    resolved = {"precision": "bf16" if amp == torch.bfloat16 else "fp32", "device": str(device)}
+    # what ran, where the config says auto or null (the results record these, not the config's)
+    resolved = {"precision": "bf16" if amp == torch.bfloat16 else "fp32", "device": str(device),
+                "augment": data.augment}
 
     def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # from the uint8 batch to (loss, correct count) in one function: compiled, the

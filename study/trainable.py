@@ -1,10 +1,11 @@
 """One Tune trial: a study.train run whose epochs become tune.report calls.
 
 The trial keeps its own checkpoints under <study>/checkpoints/<trial id>/epoch-NNNN
-(local path or URI, through pyarrow.fs) and starts from the latest complete one,
-so a retry after an error, a rescheduled trial after a lost node and a trial
-resumed by a new driver all continue where the last checkpoint left off; Tune
-never holds a checkpoint. Checkpoints follow a policy (ASHA rung epochs, every N
+(local path or URI, through pyarrow.fs) and starts from the latest complete one
+that can be read (one that cannot is set aside as epoch-NNNN.corrupt), so a
+retry after an error, a rescheduled trial after a lost node and a trial resumed
+by a new driver all continue where the last checkpoint left off; Tune never
+holds a checkpoint. Checkpoints follow a policy (ASHA rung epochs, every N
 seconds, the last epoch) so a killed trial loses at most one interval.
 
 Tests plug faults in through one seam: RESSTUDY_TRIAL_HOOK=tests.module:function
@@ -104,6 +105,52 @@ def _load(ckpt_root: str, epoch: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="resstudy-ckpt-") as d:
         pafs.copy_files(path, d, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         return load_checkpoint(d)
+
+
+def resume_point(ckpt_root: str) -> tuple[int, dict[str, Any] | None, list[dict[str, Any]]]:
+    """(epoch, state, reports) of the newest checkpoint that can be read; (0, None, [])
+    for none. One that cannot be read (garbage in state.pt, a damaged done mark) is set
+    aside, so the trial goes on from the one before it instead of failing at every retry,
+    and neither a retry nor the driver's replay counts it again."""
+    from study.train import CHECKPOINT_FILE, CheckpointError
+
+    for epoch in reversed(checkpoint_epochs(ckpt_root)):
+        path = checkpoint_path(ckpt_root, epoch)
+        try:
+            file = f"{path}/{DONE_MARK}"
+            reports = read_reports(ckpt_root, epoch)
+            file = f"{path}/{CHECKPOINT_FILE}"
+            state = _load(ckpt_root, epoch)
+        # ValueError/KeyError/TypeError: the done mark is not the JSON object written with it.
+        # An OSError is left to fail the attempt: storage that cannot be reached now may be
+        # reachable at the retry, and the checkpoint may be sound.
+        except (CheckpointError, ValueError, KeyError, TypeError) as e:
+            _set_aside(ckpt_root, epoch, file, e)
+            continue
+        return epoch, state, reports
+    return 0, None, []
+
+
+def _set_aside(ckpt_root: str, epoch: int, file: str, error: Exception) -> None:
+    import sys
+
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(checkpoint_path(ckpt_root, epoch))
+    n = 0
+    while fs.get_file_info(aside := f"{path}.corrupt" + (f"-{n}" if n else "")).type != pafs.FileType.NotFound:
+        n += 1  # an earlier one set aside at this epoch is kept too
+    try:
+        fs.move(path, aside)  # `epoch-NNNN.corrupt` is not an epoch to checkpoint_epochs
+        where = f"moved to {aside}"
+    except (OSError, NotImplementedError):
+        # object stores move no directories; without its done mark it is not a checkpoint
+        fs.delete_file(f"{path}/{DONE_MARK}")
+        where = f"its {DONE_MARK} deleted"
+    reason = " ".join(str(error).split())[:160]  # torch's messages run over lines
+    print(f"resstudy: warning: {file} cannot be read ({type(error).__name__}: {reason}); checkpoint of epoch "
+          f"{epoch} set aside ({where}), the trial resumes from an older one or from the start",
+          file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- the policy
@@ -219,12 +266,7 @@ def trainable(config: dict[str, Any]) -> None:
     except Exception:  # outside Ray (a unit test calling the trainable directly)
         node = "local"
 
-    done = checkpoint_epochs(ckpt_root)
-    resume, reports = None, []
-    if done:
-        resume = _load(ckpt_root, done[-1])
-        reports = read_reports(ckpt_root, done[-1])
-    start_epoch = done[-1] if done else 0
+    start_epoch, resume, reports = resume_point(ckpt_root)
     reporter = Reporter(tune.report)
 
     def report(metrics: dict[str, Any], info: dict[str, Any], save) -> None:

@@ -407,3 +407,54 @@ def test_status_on_a_corrupt_state_file_names_it(tmp_path):
     (study / "study.json").write_text('{"name": "study", "experim')
     code, out, err = run_main(["status", str(study)])
     assert code == 2 and err.startswith("resstudy status: error: ") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- names and folders from the command line
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "/tmp/abs", ".hidden", "", "x" * 101, "tab\there"])
+def test_run_new_name_is_held_to_the_spec_name_rule_before_anything_is_created(tmp_path, monkeypatch, name):
+    import study.runner
+
+    def started(*a, **k):
+        raise AssertionError("a study was started")
+
+    monkeypatch.setattr(study.runner, "run_study", started)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({**VALID, "storage_path": str(tmp_path / "runs")}))
+    with pytest.raises(SpecError):  # the very rule the spec's own `name` is held to
+        load_spec(spec, overrides={"name": name})
+    code, out, err = run_main(["run", str(spec), "--new-name", name])
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"resstudy run: error: --new-name: {name!r} is not a study name; allowed: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no storage, nothing beside it
+
+
+def _results_study(root: Path) -> Path:
+    d = _study_dir(root)
+    write_table(d / "results.parquet", [{"trial_id": f"t{i}", "experiment": "p-resnet-d8", "variant": "resnet",
+                                         "status": "completed", "val_acc": i / 10} for i in range(3)])
+    return d
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "read-only"])
+def test_export_out_that_cannot_be_a_writable_folder_exits_2_in_one_line(tmp_path, kind):
+    study = _results_study(tmp_path)
+    if kind == "read-only":
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o555)
+        if os.access(out, os.W_OK):  # root writes anyway; /proc refuses root too
+            out = Path("/proc") / "resstudy-export"
+    else:
+        (tmp_path / "afile").write_text("mine")
+        out = tmp_path / "afile" / ("below" if kind == "under a file" else "")
+    code, stdout, err = run_main(["export", str(study), "--out", str(out)])
+    assert code == 2 and stdout == "" and err.count("\n") == 1, err
+    assert err.startswith(f"resstudy export: error: --out: {str(out)!r}") and "allowed: " in err, err
+    if kind == "read-only":
+        assert not any(out.iterdir()) if out.exists() else True
+    else:
+        assert (tmp_path / "afile").read_text() == "mine"
+    code, stdout, err = run_main(["export", str(study), "--out", str(tmp_path / "fine")])
+    assert code == 0 and (tmp_path / "fine" / "results.csv").is_file(), err

@@ -5,6 +5,8 @@ what can be checked in-process is."""
 
 from __future__ import annotations
 
+import re
+
 import contextlib
 import io
 import os
@@ -47,7 +49,7 @@ def test_version_comes_from_the_package_metadata():
 def test_train_help_lists_allowed_values_defaults_and_boolean_flags():
     p = resstudy("train", "--help")
     assert p.returncode == 0, p.stderr
-    text = " ".join(p.stdout.split())  # rich wraps lines
+    text = " ".join(re.sub("[\u2500-\u257f]", " ", p.stdout).split())  # rich wraps lines inside its box
     assert "[resnet|quotient|epsilon|sgs]" in text
     assert "[paper|exact_one|unshifted|linear_clip]" in text  # a variant's own option
     assert "[off|branches|mi]" in text  # a feature's option
@@ -202,3 +204,13 @@ def test_a_study_run_prints_a_short_clean_log(tiny_study_run):
     assert len(lines) <= len(finished) + 40, proc.stdout[-3000:]
     assert f"study directory: {study_dir.resolve()}" in proc.stdout
     assert f"resstudy ui {study_dir.name}" in proc.stdout
+
+
+def test_train_with_an_image_size_no_machine_holds_exits_2_before_training(captured):
+    # the size rule `run` applies to its trials (study.preflight), for the one network `train` builds
+    code, out, err = run_main(["train", "--image-size", "100000", "--epochs", "1"])
+    assert code == 2 and out == "" and "cfg" not in captured, err
+    assert err.startswith("resstudy train: error: memory: ") and err.count("\n") == 1, err
+    assert "image_size 100000" in err and "allowed: image_size <= " in err, err
+    code, out, err = run_main(["train", "--image-size", "16", "--epochs", "1"])
+    assert code == 0 and "cfg" in captured, err  # a size that fits still trains

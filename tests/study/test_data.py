@@ -6,12 +6,17 @@ import os
 import pickle
 import struct
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.io
 import torch
 
+from study.config import TrainConfig
 from study.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     DatasetError,
     DatasetWarning,
     DeviceData,
@@ -398,3 +403,132 @@ def test_eval_batches_in_order_without_augmentation():
     torch.testing.assert_close(xs, normalize(data.train_x, data.mean, data.std))
     assert torch.equal(torch.cat([y for _, y in out]), data.train_y)
     assert out[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------
+# cutout, normalisation and augmentation options
+
+
+def _official_cutout(img: np.ndarray, y: int, x: int, length: int, fill) -> np.ndarray:
+    """The SGS code's cutout, one image at a time (reference): a hole centred at
+    (y, x), rows clip(y - L//2, 0, h) : clip(y + L//2, 0, h), columns alike."""
+    out = img.copy()
+    h, w = img.shape[-2:]
+    y1, y2 = np.clip(y - length // 2, 0, h), np.clip(y + length // 2, 0, h)
+    x1, x2 = np.clip(x - length // 2, 0, w), np.clip(x + length // 2, 0, w)
+    out[:, y1:y2, x1:x2] = np.asarray(fill).reshape(-1, 1, 1)
+    return out
+
+
+def _image_data(n: int = 64, size: int = 16) -> DeviceData:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(1, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.arange(n) % 5
+    # a mean with fractions, so the fill's rounding shows
+    return DeviceData(x, y, x[:4], y[:4], x[:4], y[:4], mean=torch.tensor([100.4, 60.6, 30.2]),
+                      std=torch.full((3,), 50.0), num_classes=5, in_channels=3, augment="crop_flip", name="img")
+
+
+@pytest.mark.parametrize("length", [6, 5])
+def test_cutout_is_the_official_hole_on_the_same_centres(length):
+    plain = _image_data()
+    cut = dataclasses.replace(plain, cutout=length)
+    g_plain, g_cut = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    base = torch.cat([x for x, _ in train_batches(plain, 16, g_plain, normalized=False)])
+    out = torch.cat([x for x, _ in train_batches(cut, 16, g_cut, normalized=False)])
+    # the centres are the next draws after the crops and flips: replay them from the plain stream
+    n, h, w = len(out), 16, 16
+    cy = torch.randint(0, h, (n,), generator=g_plain)
+    cx = torch.randint(0, w, (n,), generator=g_plain)
+    assert torch.equal(g_plain.get_state(), g_cut.get_state())
+    fill = [100, 61, 30]  # the mean, rounded
+    holes = np.stack([_official_cutout(np.zeros((1, h, w), bool), int(cy[i]), int(cx[i]), length, True)[0]
+                      for i in range(n)])
+    for i in range(n):
+        want = _official_cutout(base[i].numpy(), int(cy[i]), int(cx[i]), length, fill)
+        assert np.array_equal(out[i].numpy(), want), f"image {i}, centre {(int(cy[i]), int(cx[i]))}"
+    sides = {(int(m.any(1).sum()), int(m.any(0).sum())) for m in holes}
+    side = 2 * (length // 2)  # the official slice: an odd length gives an even hole
+    assert (side, side) in sides  # a whole hole somewhere
+    assert any(r < side or c < side for r, c in sides)  # and one clipped at a border
+    # normalised, the hole is the mean to within rounding, i.e. the official 0
+    xs = torch.cat([x for x, _ in train_batches(cut, 16, torch.Generator().manual_seed(7))])
+    assert xs.permute(1, 0, 2, 3)[:, torch.from_numpy(holes)].abs().max() <= 0.5 / 50.0 + 1e-6
+
+
+def test_without_cutout_the_stream_and_batches_are_as_before():
+    """cutout 0 draws nothing more: order, crops and flips are the generator's first draws,
+    and two epochs leave the generator where those draws alone leave it."""
+    data = _image_data()
+    g = torch.Generator().manual_seed(3)
+    epochs = [torch.cat([x for x, _ in train_batches(data, 16, g, normalized=False)]) for _ in range(2)]
+    ref = torch.Generator().manual_seed(3)
+    n, pad = len(data.train_y), 2
+    for got in epochs:
+        order = torch.randperm(n, generator=ref)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=ref)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=ref)
+        flip = torch.rand(n, generator=ref) < 0.5
+        for i in range(n):
+            padded = torch.nn.functional.pad(data.train_x[order[i]], (pad,) * 4)
+            win = padded[:, dy[i]:dy[i] + 16, dx[i]:dx[i] + 16]
+            assert torch.equal(got[i], win.flip(-1) if flip[i] else win)
+    assert torch.equal(g.get_state(), ref.get_state())
+
+
+def test_imagenet_normalization_uses_the_imagenet_constants():
+    data = load_data("digits", normalization="imagenet")
+    assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
+    torch.testing.assert_close(data.mean, torch.tensor([123.675, 116.28, 103.53]))
+    torch.testing.assert_close(data.std, torch.tensor([58.395, 57.12, 57.375]))
+    assert data.normalization == "imagenet" and data.mean.dtype == torch.float32
+    xb, _ = next(iter(eval_batches(data.val_x, data.val_y, data, 8)))
+    expected = (data.val_x[:8].double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    torch.testing.assert_close(xb.double(), expected, atol=1e-5, rtol=0)
+    own = load_data("digits")
+    assert own.normalization == "dataset" and not torch.allclose(own.mean, data.mean)
+    assert torch.equal(own.train_x, data.train_x)  # only the statistics change
+
+
+def test_augment_override_and_what_ran_is_recorded():
+    assert load_data("digits").augment == "crop"  # the dataset's default
+    flipped = load_data("digits", augment="crop_flip", cutout=4)
+    assert (flipped.augment, flipped.cutout) == ("crop_flip", 4)
+    assert "augment 'crop_flip'" in repr(flipped) and "cutout 4" in repr(flipped)
+    stored = set(_decode_rows(load_data("digits").train_x))
+    for mode, shifted in (("none", False), ("crop", True)):
+        data = load_data("digits", augment=mode)
+        xs = torch.cat([x for x, _ in train_batches(data, 32, torch.Generator().manual_seed(0), normalized=False)])
+        assert (not set(_decode_rows(xs)) <= stored) == shifted, mode
+
+
+@pytest.mark.parametrize("option,bad", [("cutout", -1), ("cutout", 2.5), ("augment", "rotate"),
+                                        ("normalization", "imagenet21k")])
+def test_bad_data_options_name_the_option(option, bad):
+    from study.errors import OptionError
+
+    # checked before any file is read: a missing root is not what fails
+    with pytest.raises(OptionError, match=f"^{option}: ") as info:
+        load_data("cifar10", "/nonexistent", **{option: bad})
+    assert info.value.field == option
+    with pytest.raises(OptionError, match=f"^{option}: "):
+        TrainConfig(**{option: bad})
+
+
+def test_train_hands_the_data_options_to_load_data(monkeypatch):
+    from study import train as train_lib
+
+    seen = {}
+
+    class Seen(Exception):
+        pass
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(train_lib.data_lib, "load_data", fake)
+    with pytest.raises(Seen):
+        train_lib.train(TrainConfig(augment="none", cutout=8, normalization="imagenet", device="cpu"))
+    assert (seen["augment"], seen["cutout"], seen["normalization"]) == ("none", 8, "imagenet")

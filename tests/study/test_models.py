@@ -610,3 +610,38 @@ def test_bf16_autocast_and_channels_last(variant, block, shortcut):
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
     assert m.conv1.weight.grad is not None
+
+
+# ---------------------------------------------------------------- epsilon's official backbone
+
+
+def test_epsilon_default_is_the_official_cifar_backbone():
+    torch.manual_seed(0)
+    m = create_model("epsilon", depth=14).eval()
+    assert m.options["shortcut"] == "avgpool" and m.options["stem"] == "conv_bn_relu" and m.options["block"] == "pre"
+    # stem conv-BN-ReLU
+    assert isinstance(m.bn1, nn.BatchNorm2d) and isinstance(m.act1, nn.ReLU)
+    first, second = m.layer1[0], m.layer1[1]
+    # the first block skips its pre-activation (its input is the stem's BN-ReLU output)
+    assert first.first and isinstance(first.bn1, nn.Identity) and not second.first
+    x = torch.randn(2, 16, 8, 8)
+    expected = first.conv2(first.relu(first.bn2(first.conv1(x))))
+    assert torch.equal(first.residual(x), expected)
+    # downsampling shortcut: 2x2 average pool, then zero-padded channels; no parameters
+    down = m.layer2[0].shortcut
+    y = torch.randn(2, 16, 8, 8)
+    out = down(y)
+    assert out.shape == (2, 32, 4, 4) and nparams(down) == 0
+    assert torch.allclose(out[:, :16], nn.functional.avg_pool2d(y, 2)) and torch.equal(out[:, 16:], torch.zeros(2, 16, 4, 4))
+    # the shared pre-activation backbone stays available: conv stem, option-A shortcut
+    shared = create_model("epsilon", depth=14, stem="conv", shortcut="A")
+    assert isinstance(shared.bn1, nn.Identity) and not shared.layer1[0].first
+    assert isinstance(shared.layer1[0].bn1, nn.BatchNorm2d)
+    # the official stem adds the stem BN and drops the first block's BN: same count
+    assert nparams(shared) == nparams(m)
+    with pytest.raises(ValueError, match=r"stem: 'conv' is not allowed with block 'post'"):
+        create_model("epsilon", depth=8, block="post", stem="conv")
+    # the twin is the same network with the gate off
+    t = TrainConfig(variant="epsilon", depth=14).twin()
+    tm = create_model("epsilon", depth=14, **t.model_options())
+    assert tm.options["shortcut"] == "avgpool" and tm.options["stem"] == "conv_bn_relu" and tm.layer1[0].first

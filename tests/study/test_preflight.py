@@ -67,7 +67,7 @@ def test_depth_9998_is_refused_with_the_memory_numbers(tmp_path):
 
 
 def test_image_size_100000_is_refused_before_allocating(tmp_path):
-    with pytest.raises(PreflightError, match=r"memory: .*image side 100000.* needs about [\d,.]+ TiB"):
+    with pytest.raises(PreflightError, match=r"memory: .*image_size 100000.* needs about [\d,.]+ TiB.*allowed: image_size <= \d+ "):
         check_spec(spec(tmp_path, image_size=100_000), host_memory=24 * GiB, cpus=2)
 
 

@@ -446,10 +446,60 @@ def test_mi_scalings_ignore_constant_channels():
     live = mi_scalings(ConvInput(nn.Conv2d(2, 2, 3, padding=1)), [x[:, 1:]])["conv"]
     assert torch.isfinite(dead).all()
     assert torch.allclose(dead, live, atol=1e-6)
-    # every channel dead: no usable S, the conv is left out (previous S kept)
-    with pytest.warns(UserWarning, match="no finite mutual information"):
+    # every channel dead: no usable S, so all ones (plain SGD)
+    with pytest.warns(UserWarning, match="no finite mutual information.*'conv'"):
         out = mi_scalings(ConvInput(nn.Conv2d(3, 2, 3, padding=1)), [torch.zeros(2, 3, 6, 6)])
-    assert out == {}
+    assert set(out) == {"conv"} and torch.equal(out["conv"], torch.ones(3, 3))
+
+
+class DeadSecondConv(nn.Module):
+    """conv `a` sees the images; conv `b` sees a constant (zeroed) map."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.b(self.a(x) * 0)
+
+
+def test_recompute_replaces_every_scaling_and_a_nan_conv_goes_back_to_ones():
+    from types import SimpleNamespace
+
+    from study.sgs import SGSHooks
+
+    torch.manual_seed(0)
+    net = DeadSecondConv()
+    x = _smooth_images(n=4, size=10)
+    cfg = SimpleNamespace(sgs_mode="mi", sgs_branches="3x3", sgs_k=5.0, sgs_warmup=0, sgs_interval=5,
+                          sgs_diagonal_removal=False)
+    hooks = SGSHooks(net, cfg, SimpleNamespace(mi_batches=lambda epoch: [x]))
+    before = torch.tensor([[0.5, 1.0, 0.5], [1.0, 3.0, 1.0], [0.5, 1.0, 0.5]])  # an S from an earlier recompute
+    hooks.scaling.update({"a": before, "b": before})
+    with pytest.warns(UserWarning, match=r"no finite mutual information for conv\(s\) \['b'\]") as record:
+        hooks.before_epoch(5)
+    assert len(record) == 1
+    with pytest.warns(UserWarning):
+        fresh = mi_scalings(net, [x], k=5.0)["a"]
+    assert torch.equal(hooks.scaling.scalings["a"], fresh) and not torch.allclose(fresh, before)
+    assert torch.equal(hooks.scaling.scalings["b"], torch.ones(3, 3))
+    # and the ones are what the step applies: b's gradient passes unscaled
+    net(x).sum().backward()
+    grad_b = net.b.weight.grad.clone()
+    hooks.after_backward()
+    assert torch.equal(net.b.weight.grad, grad_b)
+
+
+def test_replace_resets_convs_it_does_not_name():
+    net = _resnetish()
+    helper = SpatialGradScaling(net, branch_scalings(net, "3x3+1x1"))
+    s = branch_scaling("acb")
+    helper.replace({"4": s})
+    assert set(helper.scalings) == {"4"} and torch.equal(helper.scalings["4"], s)
+    with pytest.raises(ValueError, match="unknown conv"):
+        helper.replace({"nope": s})
+    assert set(helper.scalings) == {"4"}  # a bad call leaves the scalings as they were
 
 
 def test_mi_scalings_subsampling():
@@ -526,11 +576,24 @@ def test_mi_scalings_feed_the_helper():
 
 
 def test_scaling_schedule_due():
+    # the official condition: at warmup, then at each later multiple of the interval
     due = [e for e in range(40) if scaling_schedule_due(e, warmup=5, interval=10)]
-    assert due == [5, 15, 25, 35]
+    assert due == [5, 10, 20, 30]
+    assert [e for e in range(17) if scaling_schedule_due(e, warmup=3, interval=5)] == [3, 5, 10, 15]
+    assert [e for e in range(31) if scaling_schedule_due(e, warmup=0, interval=30)] == [0, 30]
+    assert [e for e in range(12) if scaling_schedule_due(e, warmup=10, interval=5)] == [10]
     assert [e for e in range(6) if scaling_schedule_due(e, 0, 1)] == list(range(6))
     assert [e for e in range(30) if scaling_schedule_due(e, 3, 0)] == [3]
     with pytest.raises(ValueError, match="sgs_interval"):
         scaling_schedule_due(0, 0, -1)
     with pytest.raises(ValueError, match="sgs_warmup"):
         scaling_schedule_due(0, -2, 5)
+
+
+def test_the_sgs_variant_defaults_to_the_papers_mi_scaling():
+    from study.config import TrainConfig
+
+    cfg = TrainConfig(variant="sgs")
+    assert (cfg.sgs_mode, cfg.sgs_k, cfg.sgs_warmup) == ("mi", 5.0, 0)
+    assert TrainConfig(variant="resnet").sgs_mode == "off"  # elsewhere the feature stays off
+    assert cfg.twin().sgs_mode == "off"

@@ -22,17 +22,23 @@ def spec_error(data: dict) -> str:
     return str(info.value)
 
 
+PRESETS = ["quick", "cifar10", "cifar100", "svhn", "sgs-cifar10", "sgs-cifar100"]
+# the SGS paper's official CIFAR configs: epochs, weight decay, MI recompute interval, MI batches
+SGS_RECIPES = {"sgs-cifar10": (600, 1e-4, 30, 20), "sgs-cifar100": (200, 5e-4, 5, 2)}
+
+
 def test_presets_are_package_data():
-    assert set(list_presets()) == {"quick", "cifar10", "cifar100", "svhn"}
+    assert set(list_presets()) == set(PRESETS)
     files = importlib.resources.files("study").joinpath("presets")
     assert all(files.joinpath(f"{p}.yaml").is_file() for p in list_presets())
 
 
-@pytest.mark.parametrize("preset", ["quick", "cifar10", "cifar100", "svhn"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_loads_and_builds(preset):
     spec = load_spec(preset=preset)
     assert spec.name == preset
-    assert set(spec.variants) == {"resnet", "quotient", "epsilon", "sgs"}
+    everything = {"resnet", "quotient", "epsilon", "sgs"}
+    assert set(spec.variants) == ({"resnet", "sgs"} if preset in SGS_RECIPES else everything)
     for variant, depth in spec.experiments():
         cfg = TrainConfig.from_dict(spec.trial_base_config(variant, depth))
         assert (cfg.variant, cfg.depth, cfg.dataset, cfg.epochs) == (variant, depth, spec.dataset, spec.epochs)
@@ -43,11 +49,31 @@ def test_every_preset_loads_and_builds(preset):
         assert spec.dataset == "digits" and spec.image_size == 12 and spec.depth == [8]
         assert spec.trials_per_variant <= 8 and spec.epochs <= 6 and spec.resources.gpu == 0
         assert all(t.params.get("sgs_interval", 1) <= 6 for t in study.trials)
+    elif preset in SGS_RECIPES:
+        epochs, wd, interval, batches = SGS_RECIPES[preset]
+        assert spec.epochs == epochs and spec.depth == [20, 56, 110] and spec.data_root == f"/data/{spec.dataset}"
+        assert all(not t.params for t in study.trials)  # the recipe: nothing searched
+        cfg = TrainConfig.from_dict({**spec.trial_base_config("sgs", 20), **space(optuna.create_study().ask())})
+        assert (cfg.lr, cfg.batch_size, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.weight_decay_scope,
+                cfg.schedule, cfg.cutout) == (0.1, 128, 0.9, False, wd, "all", "cosine", 16)
+        assert (cfg.sgs_mode, cfg.sgs_k, cfg.sgs_warmup, cfg.sgs_interval, cfg.sgs_batches) == ("mi", 5.0, 0, interval,
+                                                                                              batches)
+        twin = cfg.twin()
+        assert (twin.variant, twin.sgs_mode) == ("resnet", "off") and twin.replace(variant="sgs", sgs_mode="mi") == cfg
+        plain = TrainConfig.from_dict(spec.trial_base_config("resnet", 20)).to_dict()
+        recipe = ("epochs", "lr", "batch_size", "momentum", "nesterov", "weight_decay", "schedule", "cutout")
+        assert plain["sgs_mode"] == "off" and all(plain[k] == cfg.get(k) for k in recipe)
     else:
         assert spec.depth == [20, 56, 110] and spec.epochs == 182 and spec.seeds == [0, 1, 2]
         assert spec.repeat_best and 0 < spec.resources.gpu <= 1 and spec.data_root == f"/data/{preset}"
-        assert spec.train["schedule"] == "step" and spec.train["batch_size"] == 128
+        # no schedule set: each variant runs its own (epsilon-ResNet its official steps)
+        assert "schedule" not in spec.train and spec.train["batch_size"] == 128
+        assert TrainConfig.from_dict(spec.trial_base_config("epsilon", 20)).schedule == "epsilon"
+        assert TrainConfig.from_dict(spec.trial_base_config("quotient", 20)).schedule == "step"
         assert (spec.train.get("width", 16) == 32) == (preset == "cifar100")
+        # SVHN: the quotient paper's data protocol (67,257 / 6,000 split, crop + flip, ImageNet statistics)
+        data = (spec.train["val_size"], spec.train.get("augment"), spec.train.get("normalization"))
+        assert data == ((6000, "crop_flip", "imagenet") if preset == "svhn" else (5000, None, None))
 
 
 def test_queries(tmp_path):
@@ -178,7 +204,8 @@ def test_source_or_preset():
         load_spec()
     with pytest.raises(SpecError, match="exactly one"):
         load_spec("x.yaml", preset="quick")
-    with pytest.raises(SpecError, match=r"unknown preset 'fast'; allowed: cifar10, cifar100, quick, svhn"):
+    with pytest.raises(SpecError, match=r"unknown preset 'fast'; allowed: cifar10, cifar100, quick, "
+                                        r"sgs-cifar10, sgs-cifar100, svhn"):
         load_spec(preset="fast")
 
 

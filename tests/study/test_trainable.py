@@ -97,3 +97,84 @@ def test_the_trainer_waits_at_a_rung_epoch(tmp_path, monkeypatch):
     delivered, held = _run_trainable(tmp_path, monkeypatch, rungs=[1],
                                      first_report_waits_for=lambda root: 2 in checkpoint_epochs(root), limit_s=3)
     assert delivered == [1, 2, 3] and held >= 3
+
+
+# ---------------------------------------------------------------- a checkpoint that cannot be read
+
+
+def _checkpoints(root: str, epochs) -> None:
+    import torch
+
+    from study.trainable import _write_checkpoint
+
+    reports = []
+    for e in epochs:
+        reports.append({"epoch": e, "val_acc": 0.1 * e})
+        state = {"model": {}, "optimizer": {}, "schedule": {}, "epoch": e, "rng": {}}
+        _write_checkpoint(root, e, lambda d, s=state: torch.save(s, f"{d}/state.pt"), list(reports), keep=3)
+
+
+@pytest.mark.parametrize("damaged", ["state.pt", "done.json"])
+def test_a_checkpoint_that_cannot_be_read_is_set_aside_for_the_one_before(tmp_path, capsys, damaged):
+    from pathlib import Path
+
+    from study.trainable import resume_point
+
+    root = str(tmp_path / "t")
+    _checkpoints(root, [1, 2, 3])
+    bad = Path(root) / "epoch-0003" / damaged
+    garbage = bytes(range(256)) * 8  # what a torn write or a bad disk leaves
+    bad.write_bytes(garbage)
+    capsys.readouterr()
+    epoch, state, reports = resume_point(root)
+    assert (epoch, state["epoch"], [r["epoch"] for r in reports]) == (2, 2, [1, 2])
+    assert checkpoint_epochs(root) == [1, 2]  # the driver's replay no longer sees epoch 3
+    assert (Path(root) / "epoch-0003.corrupt" / damaged).read_bytes() == garbage  # kept for a look, not deleted
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "set aside" in err[0], err
+    assert resume_point(root)[0] == 2 and capsys.readouterr().err == ""  # set aside once, not at every retry
+
+
+def test_with_no_checkpoint_readable_the_trial_starts_over(tmp_path, capsys):
+    from pathlib import Path
+
+    from study.trainable import resume_point
+
+    root = str(tmp_path / "t")
+    _checkpoints(root, [1, 2])
+    for e in (1, 2):
+        (Path(root) / f"epoch-{e:04d}" / "state.pt").write_bytes(b"\x00" * 100)
+    assert resume_point(root) == (0, None, [])
+    assert checkpoint_epochs(root) == []
+    assert sorted(p.name for p in Path(root).iterdir()) == ["epoch-0001.corrupt", "epoch-0002.corrupt"]
+    assert len(capsys.readouterr().err.splitlines()) == 2  # one line per checkpoint set aside
+
+
+def test_the_trainable_goes_on_from_the_newest_intact_checkpoint(tmp_path, monkeypatch, capsys):
+    """The real trainable outside Ray: epoch 3's state.pt holds random bytes, so the retry trains
+    epoch 3 again from epoch 2 (no traceback, no failed trial at epoch 0)."""
+    import os
+    from pathlib import Path
+
+    from ray import tune
+
+    from study import trainable as trainable_lib
+    from study.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"variant": "resnet", "dataset": "digits", "image_size": 8, "depth": 8, "epochs": 3,
+                                 "batch_size": 64, "seed": 0, "threads": 1}).to_dict()
+    root = str(tmp_path / "t")
+    delivered = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: delivered.append(metrics))
+    monkeypatch.setattr(trainable_lib, "_hook", lambda: None)
+    trial = {**cfg, "_rid": "t", "_ckpt": root, "_ckpt_epochs": [], "_ckpt_every_s": 0}
+    trainable_lib.trainable(trial)
+    assert checkpoint_epochs(root) == [2, 3]
+    (Path(root) / "epoch-0003" / "state.pt").write_bytes(os.urandom(4096))
+    delivered.clear()
+    capsys.readouterr()
+    trainable_lib.trainable(trial)
+    assert [(r["epoch"], r["start_epoch"], r["status"]) for r in delivered] == [(3, 2, "completed")]
+    assert checkpoint_epochs(root) == [2, 3] and (Path(root) / "epoch-0003.corrupt" / "state.pt").is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "set aside" in line]
+    assert len(warnings) == 1 and str(Path(root) / "epoch-0003" / "state.pt") in warnings[0]
