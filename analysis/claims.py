@@ -28,13 +28,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .stats import holm, n_for_power, one_sample, two_sample
+from .stats import ALPHA, holm, n_for_power, one_sample, two_sample, zero_spread
 
-ALPHA = 0.05
 MIN_N = 3  # below this no verdict: n = 2 gives a t interval with 1 degree of freedom
 DIFF_RANGE = (-1.0, 1.0)
+# n_needed: the n "what would settle it" names (pairs, or trials per level), for costing it
 COLUMNS = ["claim", "subject", "key", "kind", "depth", "metric", "basis", "n", "estimate", "ci_lo", "ci_hi",
-           "p_value", "p_adj", "verdict", "settle", "null", "gain", "test"]
+           "p_value", "p_adj", "verdict", "settle", "null", "gain", "test", "n_needed"]
 TUNED_COLUMNS = ["subject", "depth", "metric", "baseline", "test", "n", "n_baseline", "mean", "baseline_mean",
                  "diff", "ci_lo", "ci_hi", "p_value", "p_adj", "verdict"]
 
@@ -157,20 +157,23 @@ def _level_data(df: pd.DataFrame, history: pd.DataFrame | None, subject: str, de
     return best[0], best[1], best[2], None
 
 
-def _settle(kind: str, n: int, est: float, sd: float, null: float, m_tests: int, *, unit: str) -> str:
-    """What would settle an inconclusive row: more seeds (pairs) or trials."""
+def _settle(kind: str, n: int, est: float, sd: float, null: float, m_tests: int, *,
+            unit: str) -> tuple[str, int | None]:
+    """What would settle an inconclusive row (more seeds, pairs, or trials),
+    and the n it names (None where no n would)."""
     if n < MIN_N:
-        return f"needs >= {MIN_N} {unit} (has {n})"
+        return f"needs >= {MIN_N} {unit} (has {n})", MIN_N
     alpha = ALPHA / max(1, m_tests)  # Holm never tests stricter than Bonferroni
     delta = est - null
     need = n_for_power(delta, sd, alpha=alpha, groups=2 if kind == "level" else 1)
     if need is None:
         if not np.isfinite(delta) or delta == 0:
-            return f"no difference observed: no realistic number of {unit} would decide it"
-        return f"more than 10000 {unit}: the observed difference {delta:+.3g} is tiny against spread {sd:.3g}"
+            return f"no difference observed: no realistic number of {unit} would decide it", None
+        return (f"more than 10000 {unit}: the observed difference {delta:+.3g} is tiny against spread {sd:.3g}",
+                None)
     more = max(need - n, 1)
     return (f"about {need} {unit} (+{more}) for 80% power at the observed difference {delta:+.3g} "
-            f"and spread {sd:.3g} (alpha {alpha:.3g})")
+            f"and spread {sd:.3g} (alpha {alpha:.3g})"), max(need, n + 1)
 
 
 def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spec: Mapping | None = None, *,
@@ -250,6 +253,7 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         t["_sd"] = np.nan
     testable = (t["n"] >= MIN_N) & t["p_value"].notna()
     t["p_adj"] = np.nan
+    t["n_needed"] = np.nan
     t.loc[testable, "p_adj"] = holm(t.loc[testable, "p_value"].to_numpy())
     m_tests = int(testable.sum())
     for i, r in t.iterrows():
@@ -271,8 +275,9 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         t.at[i, "verdict"] = verdict
         if verdict == "inconclusive" and not t.at[i, "settle"]:
             unit = "trials per level" if r["kind"] == "level" else "paired seeds"
-            t.at[i, "settle"] = _settle(r["kind"], int(r["n"]), r["estimate"], r["_sd"], r["null"],
-                                        m_tests, unit=unit)
+            t.at[i, "settle"], need = _settle(r["kind"], int(r["n"]), r["estimate"], r["_sd"], r["null"],
+                                              m_tests, unit=unit)
+            t.at[i, "n_needed"] = np.nan if need is None else need
     return t.drop(columns=["_sd"]).reindex(columns=COLUMNS)
 
 
@@ -321,15 +326,27 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
     return str(v)
 
 
+def _ci_text(r) -> str:
+    if zero_spread(r["ci_lo"], r["ci_hi"], r["n"]):
+        return f"none: all {int(r['n'])} {'pairs' if r['kind'] != 'level' else 'values'} identical"
+    return f"[{_fmt(r['ci_lo'], '+.4f')}, {_fmt(r['ci_hi'], '+.4f')}]" if np.isfinite(r["ci_lo"]) else ""
+
+
+def _p_text(r) -> str:
+    """The Holm p, except where there was no spread: a t test is then undefined."""
+    if zero_spread(r["ci_lo"], r["ci_hi"], r["n"]):
+        return "no test (zero spread)"
+    return _fmt(r["p_adj"], ".3g")
+
+
 def claims_markdown(table: pd.DataFrame) -> str:
     """The claims as a Markdown table (what `resstudy status` and claims.md show)."""
     from tabulate import tabulate
 
     if table.empty:
         return "_No claims could be tested: no variant in this study declares one._\n"
-    rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"),
-             f"[{_fmt(r['ci_lo'], '+.4f')}, {_fmt(r['ci_hi'], '+.4f')}]" if np.isfinite(r["ci_lo"]) else "",
-             _fmt(r["p_adj"], ".3g"), r["verdict"], r["settle"]] for _, r in table.iterrows()]
+    rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r), _p_text(r), r["verdict"],
+             r["settle"]] for _, r in table.iterrows()]
     return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
                                    "what would settle it"], tablefmt="github", disable_numparse=True) + "\n"
 

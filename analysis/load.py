@@ -1,7 +1,11 @@
 """Read a study directory (results/history parquet, spec, Optuna DB, MLflow runs).
 
 Every loader names the file it failed on: a report built on a silently empty
-table is worse than no report.
+table is worse than no report. Results and history are read as the study's
+ledger and epoch logs hold them now, so a running study shows every trial
+that has finished (its Parquet files are compacted only at the end of each
+experiment); a study without them (an export, a synthetic one) is read from
+the Parquet files. A copied or moved study is read where it lies.
 """
 
 from __future__ import annotations
@@ -75,10 +79,32 @@ def searched_params(df: pd.DataFrame) -> list[str]:
     return list(names)
 
 
+def _columns(df: pd.DataFrame, path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise StudyFileError(f"{path} lacks required column(s) {missing}; it has {sorted(df.columns)}")
+    return df
+
+
 def load_results(study_dir: str | Path) -> pd.DataFrame:
-    """results.parquet: one row per trial (see the study output schema)."""
-    path = _file(study_dir, "results.parquet")
-    df = _read_parquet(path, ("experiment", "variant", "phase", "trial_id", "seed", "status", "val_acc"))
+    """One row per finished trial (see the study output schema): the ledger's rows as
+    they are now, else results.parquet."""
+    from study.ledger import LEDGER_FILE, finished_rows
+    from study.results import ordered, table_of
+
+    required = ("experiment", "variant", "phase", "trial_id", "seed", "status", "val_acc")
+    if not Path(study_dir).is_dir():
+        raise StudyDirError(f"study directory {str(study_dir)!r} does not exist")
+    rows = finished_rows(study_dir)
+    if rows is None:
+        path = _file(study_dir, "results.parquet")
+        df = _read_parquet(path, required)
+    elif not rows:
+        raise InsufficientDataError(f"no trial of the study in {str(study_dir)!r} has finished yet (its ledger "
+                                    f"{Path(study_dir) / LEDGER_FILE} lists none); try again once one has")
+    else:
+        path = Path(study_dir) / LEDGER_FILE
+        df = _columns(table_of(ordered(rows)).to_pandas(), path, required)
     bad = sorted(set(df["status"].dropna().unique()) - set(STATUSES))
     if bad:
         raise StudyFileError(f"{path}: column 'status' has unknown value(s) {bad}; allowed: {list(STATUSES)}")
@@ -96,9 +122,15 @@ def load_results(study_dir: str | Path) -> pd.DataFrame:
 
 
 def load_history(study_dir: str | Path) -> pd.DataFrame:
-    """history.parquet: one row per trial-epoch."""
+    """One row per trial-epoch: from the epoch logs as they are now, else history.parquet."""
+    from study.results import EPOCHS_DIR, history_rows, table_of
+
+    required = ("experiment", "variant", "trial_id", "epoch", "val_acc")
+    logs = Path(study_dir) / EPOCHS_DIR
+    if logs.is_dir() and any(logs.glob("*.jsonl")):
+        return _columns(table_of(history_rows(study_dir)).to_pandas(), logs, required)
     path = _file(study_dir, "history.parquet")
-    return _read_parquet(path, ("experiment", "variant", "trial_id", "epoch", "val_acc"))
+    return _read_parquet(path, required)
 
 
 def load_spec(study_dir: str | Path) -> dict[str, Any]:
@@ -200,25 +232,33 @@ def load_mlflow_runs(study_dir: str | Path, uri: str | None = None) -> pd.DataFr
 
 def sqlite_path(uri: str) -> Path | None:
     """The database file of a well-formed sqlite:/// URI, else None."""
-    if not uri.startswith("sqlite:///") or uri.startswith("sqlite:///:memory:"):
-        return None
-    return Path(uri[len("sqlite:///"):])
+    from study.ledger import sqlite_file
+
+    return sqlite_file(uri)
 
 
 def tracking_uri(study_dir: str | Path, meta: dict[str, Any] | None = None) -> str:
-    """study.json's tracking_uri; for an SQLite store whose file is not where
-    the URI says (a copied/moved study dir, or a malformed URI) the study
-    dir's own mlflow.db, which is where the runner puts it by default."""
+    """The study's MLflow URI from study.json, for where the study lies now: its own
+    store (a relative SQLite path, or the default store of an older study.json) is
+    the mlflow.db in `study_dir`, with the artifact locations MLflow keeps absolute
+    pointed at its mlartifacts/ (so a copy logs into itself, never into the
+    original). An SQLite store whose file is not where the URI says (a malformed
+    URI) falls back to the study dir's own mlflow.db. A server URI is as given."""
+    from study.ledger import relocate_mlflow_artifacts
+    from study.ledger import tracking_uri as study_tracking_uri
+
     meta = load_study_meta(study_dir) if meta is None else meta
-    uri = meta.get("tracking_uri")
+    uri = study_tracking_uri(study_dir, meta)
     if not uri:
         raise ValueError(f"study.json in {str(study_dir)!r} lacks key 'tracking_uri'")
-    local = Path(study_dir) / "mlflow.db"
+    local = Path(study_dir).resolve() / "mlflow.db"
     if uri.startswith("sqlite:"):
         f = sqlite_path(uri)
         if (f is None or not f.is_file()) and local.is_file():
             print(_redact(f"[analysis] tracking_uri {uri!r} in study.json has no database; using {local}"), flush=True)
-            return f"sqlite:///{local.resolve()}"
+            uri = f"sqlite:///{local}"
+        if (sqlite_path(uri) or Path()).resolve() == local:
+            relocate_mlflow_artifacts(study_dir)
     return uri
 
 

@@ -3,47 +3,98 @@
 Matplotlib figures are built with the object API (matplotlib.figure.Figure),
 which renders through the Agg canvas without touching pyplot's global
 backend or figure registry: safe in servers, tests and notebooks alike.
+
+What every figure keeps to: axes and legends in words (labels.py), log axes
+labelled at 1-2-5 steps only (default minor labels overlap), titles wrapped to
+the figure's width, categories in reading order (numbers numerically), and a
+panel drawn only when it holds information (a rate that is zero everywhere is
+said in the title instead).
 """
 
 from __future__ import annotations
+
+import math
+import textwrap
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter
 from plotly.subplots import make_subplots
 
-from .sensitivity import Curve, EpsilonTradeoff
+from .labels import fidelity_label, metric_label, param_label
+from .sensitivity import Curve, EpsilonTradeoff, level_order
+from .stats import zero_spread
 
 STATUS_COLORS = {"completed": "#1f77b4", "pruned": "#b0b0b0", "diverged": "#d62728", "failed": "#ff7f0e"}
 BAND = "rgba(31,119,180,0.2)"
+MAX_LOG_TICKS = 6
+CHARS_PER_INCH = 13  # a 10 pt title: how many characters fit in an inch of figure width
 
 
 def _label(c: Curve) -> str:
-    return f"{c.experiment}: {c.metric} vs {c.param}" if c.experiment else f"{c.metric} vs {c.param}"
+    what = f"{metric_label(c.metric)} vs {param_label(c.param)}"
+    return f"{c.experiment}: {what}" if c.experiment else what
+
+
+def _wrap(text: str, inches: float) -> str:
+    return textwrap.fill(text, max(20, int(inches * CHARS_PER_INCH)))
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick positions for a log axis over [lo, hi]: 1-2-5 steps, thinned to at
+    most MAX_LOG_TICKS, at least two (finer steps inside a narrow range)."""
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    ticks: list[float] = []
+    for subs in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), tuple(range(1, 10))):
+        ticks = [float(f"{m * 10.0**e:.6g}") for e in decades for m in subs if lo <= m * 10.0**e <= hi]
+        if len(ticks) >= 2:
+            break
+    if len(ticks) > MAX_LOG_TICKS:
+        ticks = ticks[::math.ceil(len(ticks) / MAX_LOG_TICKS)]
+    return ticks if len(ticks) >= 2 else [float(f"{lo:.2g}"), float(f"{hi:.2g}")]
+
+
+def _log_axis(ax, lo: float, hi: float, axis: str = "x") -> None:
+    """A log axis whose labels do not overlap: plain numbers at log_ticks, no minor labels."""
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    ticks = log_ticks(lo, hi)
+    a.set_major_locator(FixedLocator(ticks))
+    a.set_ticklabels([f"{t:g}" for t in ticks])
+    a.set_minor_formatter(NullFormatter())
+
+
+def _plotly_log_axis(fig: go.Figure, lo: float, hi: float, **rc) -> None:
+    ticks = log_ticks(lo, hi)
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], **rc)
 
 
 # --- sensitivity curve --------------------------------------------------------------------
 
 def _mpl_curve(ax, c: Curve, *, argmax: bool = True) -> None:
     ax.fill_between(c.grid, c.lo, c.hi, color="C0", alpha=0.2, lw=0, label="95% bootstrap band")
-    ax.plot(c.grid, c.mean, color="C0", label=f"GP fit (n={c.n})")
+    # an optimum is what a response curve is read for; a compression curve only has a trend
+    what = c.result if argmax else ("" if c.detectable else "no detectable trend")
+    ax.plot(c.grid, c.mean, color="C0", ls="-" if c.detectable else "--",
+            label=f"GP fit (n={c.n})" + (f": {what}" if what else ""))
     ax.scatter(c.x, c.y, s=12, color="k", alpha=0.7, zorder=3, label="trials")
-    if argmax:
+    if argmax and c.detectable:
         ax.axvspan(c.argmax_lo, c.argmax_hi, color="C3", alpha=0.1, lw=0)
-        ax.axvline(c.argmax, color="C3", ls="--", lw=1,
-                   label=f"argmax {c.argmax:.3g} [{c.argmax_lo:.3g}, {c.argmax_hi:.3g}]")
+        ax.axvline(c.argmax, color="C3", ls="--", lw=1)
     if c.log:
-        ax.set_xscale("log")
-    ax.set_xlabel(c.param)
-    ax.set_ylabel(c.metric)
+        _log_axis(ax, float(c.grid[0]), float(c.grid[-1]))
+    ax.set_xlabel(param_label(c.param))
+    ax.set_ylabel(metric_label(c.metric))
 
 
 def curve_png(c: Curve) -> Figure:
-    fig = Figure(figsize=(6, 4), layout="constrained")
+    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     _mpl_curve(ax, c)
-    ax.set_title(_label(c), fontsize=10)
+    ax.set_title(_wrap(_label(c), 6.5), fontsize=10)
     ax.legend(fontsize=7)
     return fig
 
@@ -52,11 +103,12 @@ def _plotly_curve(fig: go.Figure, c: Curve, *, argmax: bool = True, **rc) -> Non
     fig.add_trace(go.Scatter(x=np.r_[c.grid, c.grid[::-1]], y=np.r_[c.hi, c.lo[::-1]], fill="toself",
                              fillcolor=BAND, line={"width": 0}, hoverinfo="skip", name="95% band",
                              showlegend=False), **rc)
-    fig.add_trace(go.Scatter(x=c.grid, y=c.mean, mode="lines", line={"color": "#1f77b4"},
+    fig.add_trace(go.Scatter(x=c.grid, y=c.mean, mode="lines",
+                             line={"color": "#1f77b4", "dash": "solid" if c.detectable else "dash"},
                              name=f"GP fit (n={c.n})", showlegend=False), **rc)
     fig.add_trace(go.Scatter(x=c.x, y=c.y, mode="markers", marker={"size": 6, "color": "black", "opacity": 0.7},
                              name="trials", showlegend=False), **rc)
-    if argmax:
+    if argmax and c.detectable:
         fig.add_vrect(x0=c.argmax_lo, x1=c.argmax_hi, fillcolor="red", opacity=0.08, line_width=0, **rc)
         fig.add_vline(x=c.argmax, line={"color": "red", "dash": "dash", "width": 1}, **rc)
 
@@ -64,35 +116,44 @@ def _plotly_curve(fig: go.Figure, c: Curve, *, argmax: bool = True, **rc) -> Non
 def curve_plotly(c: Curve) -> go.Figure:
     fig = go.Figure()
     _plotly_curve(fig, c)
-    fig.update_layout(title=f"{_label(c)}<br><sup>argmax {c.argmax:.3g} "
-                            f"[95%: {c.argmax_lo:.3g}, {c.argmax_hi:.3g}], n={c.n}</sup>",
-                      xaxis_title=c.param, yaxis_title=c.metric, template="plotly_white", height=420)
+    fig.update_layout(title=f"{_label(c)}<br><sup>{c.result}, n={c.n}</sup>", xaxis_title=param_label(c.param),
+                      yaxis_title=metric_label(c.metric), template="plotly_white", height=420)
     if c.log:
-        fig.update_xaxes(type="log")
+        _plotly_log_axis(fig, float(c.grid[0]), float(c.grid[-1]))
     return fig
 
 
 # --- epsilon trade-offs -------------------------------------------------------------------
 
+def tradeoff_informative(t: EpsilonTradeoff) -> bool:
+    """Whether the trade-off figure would show one: some trial discarded something."""
+    pts = t.points
+    vals = pd.concat([pts["param_reduction"], pts["discarded_ratio"]]).astype(float)
+    return bool(len(pts) and (vals.fillna(0) != 0).any())
+
+
 def tradeoff_png(t: EpsilonTradeoff) -> Figure:
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
     axes = fig.subplots(1, 3)
     pts, front = t.points, t.front()
+    eps = pts["epsilon"].astype(float)
     for ax, curve, col in ((axes[0], t.discarded, "discarded_ratio"), (axes[1], t.reduction, "param_reduction")):
         if curve is not None:
             _mpl_curve(ax, curve, argmax=False)
+            ax.legend(fontsize=7)
         else:
-            ax.scatter(pts["epsilon"], pts[col], s=12, color="k")
-            ax.set_xscale("log")
-            ax.set_xlabel("epsilon")
-            ax.set_ylabel(col)
-        ax.set_title(f"{col} vs epsilon", fontsize=10)
+            ax.scatter(eps, pts[col], s=12, color="k")
+            if eps.min() > 0 and eps.max() > eps.min():
+                _log_axis(ax, float(eps.min()), float(eps.max()))
+            ax.set_xlabel(param_label("epsilon"))
+            ax.set_ylabel(metric_label(col))
+        ax.set_title(_wrap(f"{metric_label(col)} vs epsilon", 4.2), fontsize=10)
     ax = axes[2]
     ax.scatter(pts["param_reduction"], pts["acc"], s=14, color="0.5", label="trials")
     ax.plot(front["param_reduction"], front["acc"], "o-", color="C3", label="Pareto front")
-    ax.set_xlabel("param_reduction")
-    ax.set_ylabel(t.acc_col)
-    ax.set_title(f"{t.acc_col} vs param_reduction", fontsize=10)
+    ax.set_xlabel(metric_label("param_reduction"))
+    ax.set_ylabel(metric_label(t.acc_col))
+    ax.set_title(_wrap(f"{metric_label(t.acc_col)} vs {metric_label('param_reduction')}", 4.2), fontsize=10)
     ax.legend(fontsize=7)
     fig.suptitle(f"{t.experiment}: epsilon trade-offs", fontsize=11)
     return fig
@@ -100,34 +161,33 @@ def tradeoff_png(t: EpsilonTradeoff) -> Figure:
 
 def tradeoff_plotly(t: EpsilonTradeoff) -> go.Figure:
     pts, front = t.points, t.front()
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("discarded_ratio vs epsilon", "param_reduction vs epsilon",
-                                                        f"{t.acc_col} vs param_reduction"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=(
+        f"{metric_label('discarded_ratio')} vs epsilon", f"{metric_label('param_reduction')} vs epsilon",
+        f"{metric_label(t.acc_col)} vs {metric_label('param_reduction')}"))
+    eps = pts["epsilon"].astype(float)
     for col_i, (curve, col) in enumerate(((t.discarded, "discarded_ratio"), (t.reduction, "param_reduction")), 1):
         if curve is not None:
             _plotly_curve(fig, curve, argmax=False, row=1, col=col_i)
         else:
-            fig.add_trace(go.Scatter(x=pts["epsilon"], y=pts[col], mode="markers", showlegend=False,
+            fig.add_trace(go.Scatter(x=eps, y=pts[col], mode="markers", showlegend=False,
                                      marker={"color": "black"}), row=1, col=col_i)
-        fig.update_xaxes(type="log", title_text="epsilon", row=1, col=col_i)
-        fig.update_yaxes(title_text=col, row=1, col=col_i)
+        if eps.min() > 0 and eps.max() > eps.min():
+            _plotly_log_axis(fig, float(eps.min()), float(eps.max()), row=1, col=col_i)
+        fig.update_xaxes(title_text=param_label("epsilon"), row=1, col=col_i)
+        fig.update_yaxes(title_text=metric_label(col), row=1, col=col_i)
     fig.add_trace(go.Scatter(x=pts["param_reduction"], y=pts["acc"], mode="markers", name="trials",
                              text=pts["epsilon"].map(lambda e: f"epsilon={e:.3g}"), marker={"color": "gray"}),
                   row=1, col=3)
     fig.add_trace(go.Scatter(x=front["param_reduction"], y=front["acc"], mode="lines+markers", name="Pareto front",
                              text=front["epsilon"].map(lambda e: f"epsilon={e:.3g}"),
                              line={"color": "red"}), row=1, col=3)
-    fig.update_xaxes(title_text="param_reduction", row=1, col=3)
-    fig.update_yaxes(title_text=t.acc_col, row=1, col=3)
+    fig.update_xaxes(title_text=metric_label("param_reduction"), row=1, col=3)
+    fig.update_yaxes(title_text=metric_label(t.acc_col), row=1, col=3)
     fig.update_layout(title=f"{t.experiment}: epsilon trade-offs", template="plotly_white", height=430)
     return fig
 
 
 # --- categorical levels -------------------------------------------------------------------
-
-def _level_groups(levels: pd.DataFrame):
-    for (exp, param), g in levels.groupby(["experiment", "param"], sort=True):
-        yield str(exp), str(param), g.reset_index(drop=True)
-
 
 def _fidelities(g: pd.DataFrame) -> list[str]:
     if "fidelity" not in g.columns:
@@ -140,96 +200,139 @@ def _sel(levels: pd.DataFrame, experiment: str, param: str) -> pd.DataFrame:
     g = levels[(levels["experiment"] == experiment) & (levels["param"] == param)].reset_index(drop=True)
     if "fidelity" not in g.columns:
         g = g.assign(fidelity="final")
-    return g
+    return g.assign(level=g["level"].astype(str))
 
 
 def levels_drawable(levels: pd.DataFrame, experiment: str, param: str) -> bool:
-    """Whether a levels figure would show anything (a finite mean somewhere)."""
-    return bool(np.isfinite(_sel(levels, experiment, param)["mean"].astype(float)).any())
+    """Whether a levels figure would compare anything: two levels or more
+    with a finite mean (at some fidelity)."""
+    g = _sel(levels, experiment, param)
+    return g.loc[np.isfinite(g["mean"].astype(float)), "level"].nunique() >= 2
+
+
+def _rates(fin: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(column, legend, colour) of the failure rates worth a panel: those above zero somewhere."""
+    out = []
+    for col, name, color in (("divergence_rate", "divergence rate", "#d62728"),
+                             ("dead_rate", "dead-signal rate", "#7f7f7f")):
+        if col in fin.columns and (fin[col].astype(float).fillna(0) > 0).any():
+            out.append((col, name, color))
+    return out
+
+
+def _rates_note(fin: pd.DataFrame, rates: list) -> str:
+    """The rates left out for being zero, in words: "no trial diverged"."""
+    shown = {c for c, _, _ in rates}
+    reported = "dead_rate" in fin.columns and fin["dead_rate"].notna().any()  # only quotient reports it
+    quiet = [w for w, off in (("diverged", "divergence_rate" not in shown),
+                              ("lost its signal", reported and "dead_rate" not in shown)) if off]
+    return f"no trial {' or '.join(quiet)}" if quiet and len(fin) else ""
 
 
 def levels_png(levels: pd.DataFrame, experiment: str, param: str) -> Figure:
     g = _sel(levels, experiment, param)
-    names = list(dict.fromkeys(g["level"].astype(str)))
+    names = level_order(g["level"])
     xs0 = {n: i for i, n in enumerate(names)}
     fids = _fidelities(g)
-    fig = Figure(figsize=(max(5.0, 1.2 * len(names) + 2), 5.5), layout="constrained")
-    ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.4])
+    fin = g[g["fidelity"] == "final"]
+    rates = _rates(fin)
+    width = max(6.0, 1.2 * len(names) + 2)
+    fig = Figure(figsize=(width, 5.5 if rates else 4.2), layout="constrained")
+    if rates:
+        ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.4])
+    else:
+        ax, ax2 = fig.add_subplot(), None
     for j, f in enumerate(fids):
         gf = g[g["fidelity"] == f]
-        xs = np.array([xs0[str(v)] for v in gf["level"]]) + 0.12 * (j - (len(fids) - 1) / 2)
+        if not np.isfinite(gf["mean"].astype(float)).any():
+            continue  # no trial at this fidelity has a value: no legend entry for nothing
+        xs = np.array([xs0[v] for v in gf["level"]]) + 0.12 * (j - (len(fids) - 1) / 2)
         err = np.vstack([gf["mean"] - gf["ci_lo"], gf["ci_hi"] - gf["mean"]])
         ax.errorbar(xs, gf["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=4,
-                    color=_fid_color(j, len(fids)), label=f)
+                    color=_fid_color(j, len(fids)), label=fidelity_label(f))
         for x, m, n in zip(xs, gf["mean"], gf["n_completed"]):
-            if np.isfinite(m):
-                ax.annotate(f"n={n}", (x, m), textcoords="offset points", xytext=(4, 3), fontsize=6)
-    ax.set_ylabel("mean val_acc (95% CI)")
-    ax.set_title(f"{experiment}: {param} (per fidelity: ASHA rung epoch or final)", fontsize=10)
+            if np.isfinite(m):  # neighbouring fidelities' counts above and below: they never collide
+                ax.annotate(f"n={n}", (x, m), textcoords="offset points", xytext=(4, 4 if j % 2 else -11),
+                            fontsize=7)
+    ax.set_ylabel(f"mean {metric_label('val_acc')}\n(95% CI)")
+    note = _rates_note(fin, rates)
+    ax.set_title(_wrap(f"{experiment}: {param_label(param)}" + (f" ({note})" if note else ""), width),
+                 fontsize=10)
     ax.legend(fontsize=7)
-    fin = g[g["fidelity"] == "final"]
-    xs = np.array([xs0[str(v)] for v in fin["level"]])
-    w = 0.38
-    ax2.bar(xs - w / 2, fin["divergence_rate"].astype(float).fillna(0), w, color="C3", label="divergence rate")
-    if fin["dead_rate"].notna().any():
-        ax2.bar(xs + w / 2, fin["dead_rate"].astype(float).fillna(0), w, color="C7", label="dead-signal rate")
-    ax2.set_ylim(0, 1)
-    ax2.set_ylabel("rate")
-    ax2.legend(fontsize=7)
-    ax2.set_xticks(range(len(names)), names)
-    ax2.set_xlabel(param)
+    bottom = ax
+    if ax2 is not None:
+        xs = np.array([xs0[v] for v in fin["level"]])
+        w = 0.8 / len(rates)
+        for k, (col, name, color) in enumerate(rates):
+            ax2.bar(xs + w * (k - (len(rates) - 1) / 2), fin[col].astype(float).fillna(0), w, color=color,
+                    label=name)
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("share of trials")
+        ax2.legend(fontsize=7)
+        bottom = ax2
+    bottom.set_xticks(range(len(names)), names)
+    bottom.set_xlim(-0.6, len(names) - 0.4)
+    bottom.set_xlabel(param_label(param))
     return fig
 
 
 def levels_plotly(levels: pd.DataFrame, experiment: str, param: str) -> go.Figure:
     g = _sel(levels, experiment, param)
+    names = level_order(g["level"])
     fids = _fidelities(g)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.68, 0.32], vertical_spacing=0.06)
+    fin = g[g["fidelity"] == "final"]
+    rates = _rates(fin)
+    fig = make_subplots(rows=2 if rates else 1, cols=1, shared_xaxes=True,
+                        row_heights=[0.68, 0.32] if rates else None, vertical_spacing=0.06)
     for j, f in enumerate(fids):
         gf = g[g["fidelity"] == f]
-        fig.add_trace(go.Scatter(x=gf["level"].astype(str), y=gf["mean"], mode="markers", name=f"val_acc ({f})",
+        if not np.isfinite(gf["mean"].astype(float)).any():
+            continue
+        fig.add_trace(go.Scatter(x=gf["level"], y=gf["mean"], mode="markers", name=fidelity_label(f),
                                  marker={"color": _fid_color(j, len(fids)), "size": 9},
                                  error_y={"type": "data", "symmetric": False,
                                           "array": (gf["ci_hi"] - gf["mean"]).fillna(0),
                                           "arrayminus": (gf["mean"] - gf["ci_lo"]).fillna(0)},
                                  text=[f"{f}: n completed {a} of {b}" for a, b in
                                        zip(gf["n_completed"], gf["n_trials"])]), row=1, col=1)
-    fin = g[g["fidelity"] == "final"]
-    lv = fin["level"].astype(str)
-    fig.add_trace(go.Bar(x=lv, y=fin["divergence_rate"], name="divergence rate", marker_color="#d62728"), row=2, col=1)
-    if fin["dead_rate"].notna().any():
-        fig.add_trace(go.Bar(x=lv, y=fin["dead_rate"], name="dead-signal rate", marker_color="#7f7f7f"), row=2, col=1)
-    fig.update_yaxes(title_text="mean val_acc (95% CI)", row=1, col=1)
-    fig.update_yaxes(title_text="rate (final)", range=[0, 1], row=2, col=1)
-    fig.update_xaxes(title_text=param, type="category", row=2, col=1)
-    fig.update_layout(title=f"{experiment}: {param}", template="plotly_white", height=480, barmode="group")
+    for col, name, color in rates:
+        fig.add_trace(go.Bar(x=fin["level"], y=fin[col], name=name, marker_color=color), row=2, col=1)
+    fig.update_yaxes(title_text=f"mean {metric_label('val_acc')} (95% CI)", row=1, col=1)
+    if rates:
+        fig.update_yaxes(title_text="share of trials (final)", range=[0, 1], row=2, col=1)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=names)
+    fig.update_xaxes(title_text=param_label(param), row=2 if rates else 1, col=1)
+    note = _rates_note(fin, rates)
+    fig.update_layout(title=f"{experiment}: {param_label(param)}" + (f"<br><sup>{note}</sup>" if note else ""),
+                      template="plotly_white", height=480 if rates else 400, barmode="group")
     return fig
 
 
 # --- importances --------------------------------------------------------------------------
 
 def importance_png(table: pd.DataFrame, title: str) -> Figure:
-    fig = Figure(figsize=(6, 0.45 * len(table) + 1.6), layout="constrained")
+    fig = Figure(figsize=(7, 0.45 * len(table) + 1.8), layout="constrained")
     ax = fig.add_subplot()
     ys = np.arange(len(table))
     h = 0.38
     ax.barh(ys - h / 2, table["fanova"], h, label="fANOVA")
     ax.barh(ys + h / 2, table["ped_anova"], h, label="PED-ANOVA")
-    ax.set_yticks(ys, table["param"])
+    ax.set_yticks(ys, [param_label(p) for p in table["param"]])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("importance (normalised)")
-    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("importance (share of the total)")
+    fig.suptitle(_wrap(title, 7), fontsize=10)  # over the whole figure: the parameter labels take the left
     ax.legend(fontsize=7)
     return fig
 
 
 def importance_plotly(table: pd.DataFrame, title: str) -> go.Figure:
-    fig = go.Figure([go.Bar(y=table["param"], x=table["fanova"], orientation="h", name="fANOVA"),
-                     go.Bar(y=table["param"], x=table["ped_anova"], orientation="h", name="PED-ANOVA")])
+    names = [param_label(p) for p in table["param"]]
+    fig = go.Figure([go.Bar(y=names, x=table["fanova"], orientation="h", name="fANOVA"),
+                     go.Bar(y=names, x=table["ped_anova"], orientation="h", name="PED-ANOVA")])
     fig.update_layout(title=title, barmode="group", template="plotly_white", xaxis={"range": [0, 1],
-                      "title": "importance (normalised)"}, yaxis={"autorange": "reversed"},
-                      height=140 + 45 * len(table))
+                      "title": "importance (share of the total)"}, yaxis={"autorange": "reversed"},
+                      height=160 + 45 * len(table))
     return fig
 
 
@@ -262,15 +365,15 @@ def comparison_png(table: pd.DataFrame) -> Figure:
                         fontsize=7)
         ax.set_xticks(xs, g["variant"])
         ax.set_xlim(-0.5, len(g) - 0.2)
-        ax.set_ylabel(f"{metric} (mean, 95% CI)")
-        ax.set_title(f"depth {depth}: {metric}", fontsize=10)
+        ax.set_ylabel(f"{metric_label(metric)} (mean, 95% CI)")
+        ax.set_title(f"depth {depth}: {metric_label(metric)}", fontsize=10)
     return fig
 
 
 def comparison_plotly(table: pd.DataFrame) -> go.Figure:
     keys = _panels(table)
     fig = make_subplots(rows=1, cols=max(1, len(keys)),
-                        subplot_titles=[f"depth {d}: {m}" for d, m in keys] or [""])
+                        subplot_titles=[f"depth {d}: {metric_label(m)}" for d, m in keys] or [""])
     for i, (depth, metric) in enumerate(keys, 1):
         g = table[(table["depth"] == depth) & (table["metric"] == metric)]
         fig.add_trace(go.Scatter(
@@ -279,7 +382,7 @@ def comparison_plotly(table: pd.DataFrame) -> go.Figure:
                      "arrayminus": (g["mean"] - g["ci_lo"]).fillna(0)},
             text=[f"n={r['n']} ({r['source']}); diff vs {r['baseline']}: {_p_text(r)}" for _, r in g.iterrows()]),
             row=1, col=i)
-        fig.update_yaxes(title_text=f"{metric} (mean, 95% CI)", row=1, col=i)
+        fig.update_yaxes(title_text=f"{metric_label(metric)} (mean, 95% CI)", row=1, col=i)
     fig.update_layout(title="Variants vs baseline (best configuration over seeds)", template="plotly_white",
                       height=430)
     return fig
@@ -307,7 +410,8 @@ def learning_png(history: pd.DataFrame, experiment: str, results: pd.DataFrame |
                 label=None if s in seen else s)
         seen.add(s)
     ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(metric_label(metric))
     ax.set_title(f"{experiment}: learning curves ({h['trial_id'].nunique()} trials)", fontsize=10)
     ax.legend(fontsize=7)
     return fig
@@ -327,7 +431,7 @@ def learning_plotly(history: pd.DataFrame, experiment: str, results: pd.DataFram
             ys += [*g[metric].astype(float).tolist(), None]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{s} ({hs['trial_id'].nunique()})",
                                  line={"color": STATUS_COLORS.get(s, "black"), "width": 1}, opacity=0.6))
-    fig.update_layout(title=f"{experiment}: learning curves", xaxis_title="epoch", yaxis_title=metric,
+    fig.update_layout(title=f"{experiment}: learning curves", xaxis_title="epoch", yaxis_title=metric_label(metric),
                       template="plotly_white", height=420)
     return fig
 
@@ -346,24 +450,31 @@ def _fid_color(i: int, n: int) -> str:
     return FIDELITY_COLORS[-1] if i == n - 1 else FIDELITY_COLORS[min(i, len(FIDELITY_COLORS) - 2)]
 
 
+def _curves_title(curves: list[Curve]) -> str:
+    c0 = curves[0]
+    flat = "" if any(c.detectable for c in curves) else ": no detectable effect"
+    return f"{c0.experiment}: {metric_label(c0.metric)} vs {param_label(c0.param)}{flat}"
+
+
 def curves_png(curves: list[Curve]) -> Figure:
-    """One parameter's fits at every fidelity (rung epochs and final), overlaid."""
+    """One parameter's fits at every fidelity (rung epochs and final), overlaid;
+    a fit without a detectable effect is dashed and says so in the legend."""
     curves = _fid_order(curves)
     c0 = curves[0]
-    fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+    fig = Figure(figsize=(6.5, 4.4), layout="constrained")
     ax = fig.add_subplot()
     for i, c in enumerate(curves):
         col = _fid_color(i, len(curves))
         ax.fill_between(c.grid, c.lo, c.hi, color=col, alpha=0.18, lw=0)
-        ax.plot(c.grid, c.mean, color=col, label=f"{c.fidelity} (n={c.n}): argmax {c.argmax:.3g} "
-                                                 f"[{c.argmax_lo:.3g}, {c.argmax_hi:.3g}]")
+        ax.plot(c.grid, c.mean, color=col, ls="-" if c.detectable else "--",
+                label=f"{c.fidelity} (n={c.n}): {c.result}")
         ax.scatter(c.x, c.y, s=10, color=col, alpha=0.8, zorder=3)
     if c0.log:
-        ax.set_xscale("log")
-    ax.set_xlabel(c0.param)
-    ax.set_ylabel(c0.metric)
-    ax.set_title(f"{c0.experiment}: {c0.metric} vs {c0.param} (GP fit, 95% bootstrap band)", fontsize=10)
-    ax.legend(fontsize=7)
+        _log_axis(ax, min(float(c.grid[0]) for c in curves), max(float(c.grid[-1]) for c in curves))
+    ax.set_xlabel(param_label(c0.param))
+    ax.set_ylabel(metric_label(c0.metric))
+    ax.set_title(_wrap(_curves_title(curves), 6.5), fontsize=10)
+    ax.legend(fontsize=7, title="GP fit, 95% bootstrap band", title_fontsize=7)
     return fig
 
 
@@ -377,35 +488,47 @@ def curves_plotly(curves: list[Curve]) -> go.Figure:
         fig.add_trace(go.Scatter(x=np.r_[c.grid, c.grid[::-1]], y=np.r_[c.hi, c.lo[::-1]], fill="toself",
                                  fillcolor=col, opacity=0.2, line={"width": 0}, hoverinfo="skip",
                                  legendgroup=name, showlegend=False))
-        fig.add_trace(go.Scatter(x=c.grid, y=c.mean, mode="lines", line={"color": col}, legendgroup=name,
-                                 name=f"{name}: argmax {c.argmax:.3g} [{c.argmax_lo:.3g}, {c.argmax_hi:.3g}]"))
+        fig.add_trace(go.Scatter(x=c.grid, y=c.mean, mode="lines", legendgroup=name, name=f"{name}: {c.result}",
+                                 line={"color": col, "dash": "solid" if c.detectable else "dash"}))
         fig.add_trace(go.Scatter(x=c.x, y=c.y, mode="markers", marker={"size": 6, "color": col},
                                  legendgroup=name, showlegend=False, name=f"trials ({c.fidelity})"))
-    fig.update_layout(title=f"{c0.experiment}: {c0.metric} vs {c0.param}<br><sup>GP fit with 95% bootstrap band, "
-                            "per fidelity (ASHA rung epoch, or final = completed trials)</sup>",
-                      xaxis_title=c0.param, yaxis_title=c0.metric, template="plotly_white", height=440)
+    fig.update_layout(title=f"{_curves_title(curves)}<br><sup>GP fit with 95% bootstrap band, per fidelity (ASHA "
+                            "rung epoch, or final = completed trials)</sup>",
+                      xaxis_title=param_label(c0.param), yaxis_title=metric_label(c0.metric),
+                      template="plotly_white", height=440)
     if c0.log:
-        fig.update_xaxes(type="log")
+        _plotly_log_axis(fig, min(float(c.grid[0]) for c in curves), max(float(c.grid[-1]) for c in curves))
     return fig
 
 
 # --- differences from the twin / baseline --------------------------------------------------
 
+POINTS = 100.0  # differences of accuracies are drawn in accuracy points
+
+
 def _diff_rows(claims: pd.DataFrame, tuned: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(panel title, rows with label/est/lo/hi/ref/verdict) for panels that have an estimate."""
+    """(panel title, rows with label/est/lo/hi/ref/verdict/flat) for panels that have an estimate."""
     panels = []
     c = claims[np.isfinite(claims["estimate"].astype(float))] if len(claims) else claims
     if len(c):
-        panels.append(("claims: difference (variant - twin, or better - worse level)", pd.DataFrame({
-            "label": [f"{r['claim']} (d{r['depth']}, n={r['n']})" for _, r in c.iterrows()],
-            "est": c["estimate"].astype(float), "lo": c["ci_lo"].astype(float), "hi": c["ci_hi"].astype(float),
-            "ref": c["null"].astype(float), "verdict": c["verdict"]})))
+        flat = [zero_spread(r["ci_lo"], r["ci_hi"], r["n"]) for _, r in c.iterrows()]
+        panels.append(("Claims: variant minus twin, or better minus worse level", pd.DataFrame({
+            "label": [textwrap.fill(f"{r['claim']} (depth {r['depth']}, n={r['n']}"
+                                    + ("; identical at every seed, no spread)" if f else ")"), 48)
+                      for f, (_, r) in zip(flat, c.iterrows())],
+            "est": c["estimate"].astype(float) * POINTS, "lo": c["ci_lo"].astype(float) * POINTS,
+            "hi": c["ci_hi"].astype(float) * POINTS, "ref": c["null"].astype(float) * POINTS,
+            "verdict": c["verdict"], "flat": flat})))
     t = tuned[np.isfinite(tuned["diff"].astype(float))] if len(tuned) else tuned
     if len(t):
-        panels.append((f"tuned vs tuned: {t['metric'].iloc[0]} minus {t['baseline'].iloc[0]}", pd.DataFrame({
-            "label": [f"{r['subject']} (d{r['depth']}, n={r['n']}/{r['n_baseline']})" for _, r in t.iterrows()],
-            "est": t["diff"].astype(float), "lo": t["ci_lo"].astype(float), "hi": t["ci_hi"].astype(float),
-            "ref": 0.0, "verdict": t["verdict"]})))
+        flat = [zero_spread(r["ci_lo"], r["ci_hi"], r["n"]) for _, r in t.iterrows()]
+        panels.append((f"Tuned vs tuned: {metric_label(t['metric'].iloc[0])}, variant minus "
+                        f"{t['baseline'].iloc[0]}", pd.DataFrame({
+            "label": [textwrap.fill(f"{r['subject']} (depth {r['depth']}, {r['n']} vs {r['n_baseline']} seeds"
+                                    + ("; identical at every seed, no spread)" if f else ")"), 48)
+                      for f, (_, r) in zip(flat, t.iterrows())],
+            "est": t["diff"].astype(float) * POINTS, "lo": t["ci_lo"].astype(float) * POINTS,
+            "hi": t["ci_hi"].astype(float) * POINTS, "ref": 0.0, "verdict": t["verdict"], "flat": flat})))
     return panels
 
 
@@ -418,21 +541,25 @@ def differences_png(claims: pd.DataFrame, tuned: pd.DataFrame) -> Figure | None:
     panels = _diff_rows(claims, tuned)
     if not panels:
         return None
-    h = max(2.5, 0.45 * sum(len(p) for _, p in panels) + 1.2 * len(panels))
-    fig = Figure(figsize=(8, h), layout="constrained")
+    lines = sum(p["label"].str.count("\n").sum() + len(p) for _, p in panels)
+    fig = Figure(figsize=(9, max(3.0, 0.32 * lines + 1.3 * len(panels))), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(panels), 1, height_ratios=[len(p) + 1 for _, p in panels]))
     for ax, (title, p) in zip(axes, panels):
         ys = np.arange(len(p))
         for y, (_, r) in zip(ys, p.iterrows()):
+            color = VERDICT_COLORS.get(r["verdict"], "k")
             err = [[r["est"] - r["lo"]], [r["hi"] - r["est"]]] if np.isfinite(r["lo"]) else None
-            ax.errorbar([r["est"]], [y], xerr=err, fmt="o", capsize=4, color=VERDICT_COLORS.get(r["verdict"], "k"))
+            ax.errorbar([r["est"]], [y], xerr=err, fmt="o", capsize=4, color=color,
+                        mfc="white" if r["flat"] else color)
             if r["ref"] != 0:
                 ax.plot([r["ref"]] * 2, [y - 0.35, y + 0.35], color="C1", lw=1.5)
         ax.axvline(0, color="k", lw=1)
         ax.set_yticks(ys, p["label"], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("difference (95% CI; orange tick: non-inferiority margin)", fontsize=8)
+        ax.set_ylim(len(p) - 0.5, -0.5)
+        ax.set_title(_wrap(title, 6), fontsize=9)
+        margin = bool((p["ref"] != 0).any())
+        ax.set_xlabel("difference in accuracy points, 95% CI" + ("; orange: non-inferiority margin" if margin else ""),
+                      fontsize=8)
     return fig
 
 
@@ -443,28 +570,30 @@ def differences_plotly(claims: pd.DataFrame, tuned: pd.DataFrame) -> go.Figure |
     fig = make_subplots(rows=len(panels), cols=1, subplot_titles=[t for t, _ in panels], vertical_spacing=0.18,
                         row_heights=[len(p) + 1 for _, p in panels])
     for i, (_, p) in enumerate(panels, 1):
+        labels = p["label"].str.replace("\n", "<br>", regex=False)
         fig.add_trace(go.Scatter(
-            x=p["est"], y=p["label"], mode="markers", showlegend=False,
-            marker={"size": 10, "color": [VERDICT_COLORS.get(v, "black") for v in p["verdict"]]},
+            x=p["est"], y=labels, mode="markers", showlegend=False,
+            marker={"size": 10, "color": [VERDICT_COLORS.get(v, "black") for v in p["verdict"]],
+                    "symbol": ["circle-open" if f else "circle" for f in p["flat"]]},
             error_x={"type": "data", "symmetric": False, "array": (p["hi"] - p["est"]).fillna(0),
                      "arrayminus": (p["est"] - p["lo"]).fillna(0)},
-            text=[f"{v}: {e:+.4f} [{lo:+.4f}, {hi:+.4f}]" for v, e, lo, hi in
-                  zip(p["verdict"], p["est"], p["lo"], p["hi"])]), row=i, col=1)
+            text=[f"{v}: {e:+.2f} [{lo:+.2f}, {hi:+.2f}] points" + (" (identical at every seed)" if f else "")
+                  for v, e, lo, hi, f in zip(p["verdict"], p["est"], p["lo"], p["hi"], p["flat"])]), row=i, col=1)
         margins = p[p["ref"] != 0]
         if len(margins):
-            fig.add_trace(go.Scatter(x=margins["ref"], y=margins["label"], mode="markers", name="margin",
+            fig.add_trace(go.Scatter(x=margins["ref"], y=labels[margins.index], mode="markers", name="margin",
                                      marker={"symbol": "line-ns-open", "size": 18, "color": "orange"},
                                      showlegend=False), row=i, col=1)
         fig.add_vline(x=0, line={"color": "black", "width": 1}, row=i, col=1)
         fig.update_yaxes(type="category", autorange="reversed", row=i, col=1)
-        fig.update_xaxes(title_text="difference (95% CI)", row=i, col=1)
-    fig.update_layout(title="Differences from the twin / baseline (zero line; green supported, red contradicted, "
+        fig.update_xaxes(title_text="difference in accuracy points (95% CI)", row=i, col=1)
+    fig.update_layout(title="Differences from the twin / baseline (green supported, red contradicted, "
                             "grey inconclusive)", template="plotly_white",
-                      height=180 + 40 * sum(len(p) for _, p in panels) + 60 * len(panels))
+                      height=180 + 48 * sum(len(p) for _, p in panels) + 60 * len(panels))
     return fig
 
 
-__all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "levels_png", "levels_plotly", "levels_drawable",
-           "importance_png", "importance_plotly", "comparison_png", "comparison_plotly", "learning_png",
-           "learning_plotly", "STATUS_COLORS", "curves_png", "curves_plotly", "differences_png",
-           "differences_plotly"]
+__all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "tradeoff_informative", "levels_png",
+           "levels_plotly", "levels_drawable", "importance_png", "importance_plotly", "comparison_png",
+           "comparison_plotly", "learning_png", "learning_plotly", "STATUS_COLORS", "curves_png", "curves_plotly",
+           "differences_png", "differences_plotly", "log_ticks"]

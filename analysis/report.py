@@ -1,12 +1,18 @@
-"""`analyze`: the whole analysis of one study directory, written as PNG and
-HTML plots, CSV/Parquet tables and ONE self-contained HTML report (plotly.js
-inlined once, no network needed to open it), then logged to the study's
-MLflow parent run."""
+"""`analyze`: the whole analysis of one study directory, written as PNG plots,
+CSV/Parquet tables and ONE self-contained HTML report (plotly.js inlined once,
+no network needed to open it; every interactive figure lives in it), then
+logged to the study's MLflow parent run.
+
+The report opens with its conclusion: what the claims table supports,
+contradicts or leaves open, and for each open claim what would settle it and
+what that costs at this study's pace. Tables show words, not column names
+(labels.py), differences of accuracies in accuracy points; a figure that
+would carry no information is not drawn, and the report says why instead."""
 
 from __future__ import annotations
 
 import html
-import json
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -15,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
@@ -24,11 +31,16 @@ from . import plots
 from .claims import MIN_N, claims_table, tuned_vs_tuned, write_claims
 from .compare import compare_variants, spec_top_k
 from .importance import MIN_TRIALS, importance_frame, importances_by_rung, study_importances
+from .labels import METRICS, column_label, fidelity_label, metric_label, param_label
 from .load import (StudyDirError, load_history, load_results, load_spec, load_study_meta, sqlite_path,
                    tracking_uri as study_tracking_uri)
-from .sensitivity import epsilon_tradeoffs, rung_epochs, sensitivity
+from .sensitivity import epsilon_tradeoffs, level_order, rung_epochs, sensitivity
+from .stats import zero_spread
 
 REPORT_NAME = "report.html"
+CONCLUSION_NAME = "conclusion.md"
+PNG_DPI = 110
+POINTS = 100.0  # differences of accuracies are shown in accuracy points
 
 
 def _say(msg: str) -> None:
@@ -42,7 +54,8 @@ def _slug(*parts) -> str:
 
 @dataclass
 class _Report:
-    """Collects sections; writes each figure as PNG + standalone HTML on the way."""
+    """Collects sections; writes each figure's PNG on the way (its interactive
+    version is only in the report: one copy of plotly.js in all)."""
 
     plot_dir: Path
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
@@ -57,24 +70,52 @@ class _Report:
 
     def figure(self, parts: list[str], name: str, png: Figure, fig: go.Figure) -> None:
         png_path = self.plot_dir / f"{name}.png"
-        png.savefig(png_path, dpi=110)
-        html_path = self.plot_dir / f"{name}.html"
-        # "directory": each standalone HTML loads the plotly.min.js written next
-        # to it once, instead of embedding 4 MB per plot.
-        fig.write_html(html_path, include_plotlyjs="directory", full_html=True)
-        self.files += [png_path, html_path]
+        png.savefig(png_path, dpi=PNG_DPI)
+        self.files.append(png_path)
         self._n += 1
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{self._n}",
                           config={"displaylogo": False, "responsive": True})
         parts.append(f'<div class="figure">{div}</div>')
 
 
-def _table_html(df: pd.DataFrame, max_rows: int = 200, empty: str = "Nothing to show.") -> str:
+# --- numbers and tables in words ------------------------------------------------------------
+
+def _num(v, spec: str = ".4g") -> str:
+    return "" if v is None or not np.isfinite(float(v)) else format(float(v), spec)
+
+
+def _pts(v) -> str:
+    """A difference of accuracies in points, signed."""
+    return "" if v is None or not np.isfinite(float(v)) else f"{float(v) * POINTS:+.2f}"
+
+
+def _ci(lo, hi, fmt=_pts) -> str:
+    return f"{fmt(lo)} to {fmt(hi)}" if np.isfinite(float(lo)) and np.isfinite(float(hi)) else ""
+
+
+def _p(p) -> str:
+    if p is None or not np.isfinite(float(p)):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def _table_html(df: pd.DataFrame, max_rows: int = 200, empty: str = "Nothing to show.", cls: str = "tbl") -> str:
+    """df (already in words) as an HTML table."""
     if df.empty:
         return f'<p class="note">{html.escape(empty)}</p>'
     more = f"<p><em>{len(df) - max_rows} more rows in the CSV</em></p>" if len(df) > max_rows else ""
-    return df.head(max_rows).to_html(index=False, classes="tbl", border=0, na_rep="",
+    return df.head(max_rows).to_html(index=False, classes=cls, border=0, na_rep="",
                                       float_format=lambda v: f"{v:.4g}") + more
+
+
+def _human(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The columns picked and named in words (labels.COLUMNS); metric and parameter cells in words too."""
+    out = df[[c for c in columns if c in df.columns]].copy()
+    if "metric" in out.columns:
+        out["metric"] = out["metric"].map(metric_label)
+    if "param" in out.columns:
+        out["param"] = out["param"].map(param_label)
+    return out.rename(columns=column_label)
 
 
 def _write_table(df: pd.DataFrame, tables: Path, name: str, files: list[Path]) -> None:
@@ -97,18 +138,192 @@ def trial_counts(df: pd.DataFrame) -> pd.DataFrame:
     return c
 
 
-def _page(title: str, rep: _Report, intro: str) -> str:
+def _claims_html(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "<p><em>No claim could be tested: no studied variant declares one.</em></p>"
+    rows = []
+    for _, r in table.iterrows():
+        flat = zero_spread(r["ci_lo"], r["ci_hi"], r["n"])
+        rows.append({"claim": r["claim"], "variant": r["subject"], "depth": r["depth"], "n": r["n"],
+                     "estimate (points)": _pts(r["estimate"]),
+                     "95% CI (points)": "none: no spread" if flat else _ci(r["ci_lo"], r["ci_hi"]),
+                     "p (Holm)": "no test" if flat else _p(r["p_adj"]), "verdict": r["verdict"],
+                     "what would settle it": _settle_words(r), "basis": _metric_words(r["basis"])})
+    out = pd.DataFrame(rows).to_html(index=False, classes="tbl claims", border=0, na_rep="", escape=True)
+    for v in ("supported", "contradicted", "inconclusive"):
+        out = out.replace(f"<td>{v}</td>", f'<td class="{v}">{v}</td>')
+    return out
+
+
+def _metric_words(text) -> str:
+    """Metric names in a sentence (a claim's basis) in words."""
+    text = text if isinstance(text, str) else ""
+    for name in sorted(METRICS, key=len, reverse=True):
+        text = re.sub(rf"\b{name}\b", METRICS[name], text)
+    return text
+
+
+def _settle_words(r) -> str:
+    """A row's "what would settle it", led by why a zero-spread row has no test."""
+    text = r["settle"] if isinstance(r["settle"], str) else ""
+    if zero_spread(r["ci_lo"], r["ci_hi"], r["n"]):
+        who = "variant and twin" if r["kind"] != "level" else "the two levels"
+        why = (f"{who} gave the same {metric_label(r['metric'])} at every one of the {int(r['n'])} seeds: "
+               "no spread, so no test")
+        return f"{why}; {text}" if text else why
+    return text
+
+
+def _tuned_html(tuned: pd.DataFrame) -> str:
+    rows = [{"variant": r["subject"], "depth": r["depth"], "seeds": f"{r['n']} vs {r['n_baseline']}",
+             f"{metric_label(r['metric'])}": _num(r["mean"]),
+             f"{r['baseline']}": _num(r["baseline_mean"]), "difference (points)": _pts(r["diff"]),
+             "95% CI (points)": ("none: no spread" if zero_spread(r["ci_lo"], r["ci_hi"], r["n"])
+                                 else _ci(r["ci_lo"], r["ci_hi"])),
+             "p (Holm)": _p(r["p_adj"]), "verdict": r["verdict"], "test": r["test"]} for _, r in tuned.iterrows()]
+    return _table_html(pd.DataFrame(rows), empty="No repeat runs of resnet and another variant at the same depth: "
+                                                 "nothing to compare.")
+
+
+# --- the conclusion ---------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "an unknown time"
+    for unit, s in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= s * (2 if unit == "days" else 1):
+            return f"about {seconds / s:.1f} {unit}" if seconds < 10 * s else f"about {seconds / s:.0f} {unit}"
+    return f"about {seconds:.0f} s"
+
+
+def _run_seconds(results: pd.DataFrame, subject: str, depth, phases: tuple[str, ...]) -> float:
+    """Mean seconds of this subject's completed runs of `phases` (a run's cost here)."""
+    if "seconds" not in results.columns:
+        return float("nan")
+    subj = results["subject"].fillna(results["variant"]) if "subject" in results.columns else results["variant"]
+    phase = results["phase"] if "phase" in results.columns else pd.Series("search", index=results.index)
+    s = results[(subj == subject) & (results["depth"] == depth) & phase.isin(phases)
+                & (results["status"] == "completed")]["seconds"].astype(float)
+    return float(s.mean()) if len(s.dropna()) else float("nan")
+
+
+def settle_cost(r, results: pd.DataFrame) -> str:
+    """What settling an open claim costs: the runs "what would settle it" asks
+    for, times the mean seconds such a run took in this study."""
+    need = r.get("n_needed")
+    if need is None or not np.isfinite(float(need)):
+        return ""
+    more = max(int(need) - int(r["n"]), 1)
+    if r["kind"] == "level":
+        runs, what = 2 * more, f"{_plural(more, 'more trial')} per level"
+        secs = _run_seconds(results, r["subject"], r["depth"], ("search",))
+    else:
+        runs, what = 2 * more, f"{_plural(more, 'more seed')}, a variant and a twin run each"
+        secs = _run_seconds(results, r["subject"], r["depth"], ("repeat", "twin"))
+    pace = f" at this study's {secs:.0f} s a run" if np.isfinite(secs) else ""
+    return f"{what}: {runs} runs, {_duration(runs * secs)} of training{pace}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _claim_line(r, results: pd.DataFrame) -> str:
+    """One claim in a sentence or two: what was seen, and for an open one what would settle it, at what cost."""
+    head = f"\u201c{r['claim']}\u201d (depth {r['depth']})"
+    n = int(r["n"])
+    units = "seed pairs" if r["kind"] != "level" else "trials per level"
+    count = _plural(n, "seed pair") if r["kind"] != "level" else f"{_plural(n, 'trial')} per level"
+    if not np.isfinite(float(r["estimate"])):
+        return f"{head}: not tested: {_settle_words(r).rstrip('.')}."
+    if zero_spread(r["ci_lo"], r["ci_hi"], r["n"]):
+        seen = f"{_pts(r['estimate'])} points; {_settle_words(r).rstrip('.')}"
+        return f"{head}: {seen}."
+    if np.isfinite(float(r["ci_lo"])):
+        seen = f"{_pts(r['estimate'])} points (95% CI {_ci(r['ci_lo'], r['ci_hi'])}) over {count}"
+        if np.isfinite(float(r["p_adj"])):
+            seen += f", Holm p {_p(r['p_adj'])}"
+    else:
+        seen = f"{_pts(r['estimate'])} points from {count}"
+    if r["verdict"] != "inconclusive":
+        return f"{head}: {seen}."
+    need = r.get("n_needed")
+    if need is None or not np.isfinite(float(need)):
+        return f"{head}: {seen}. To settle: {_settle_words(r).rstrip('.')}."
+    why = f"at least {MIN_N} {units}" if n < MIN_N else f"about {int(need)} {units} for 80% power at this difference"
+    return f"{head}: {seen}. To settle: {why} ({settle_cost(r, results)})."
+
+
+def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, results: pd.DataFrame,
+                     spec: dict, name: str) -> tuple[str, list[tuple[str, str | list[str]]]]:
+    """(lead sentence, [(heading, sentence or one line per claim)]): the
+    report's opening, in plain text. What is supported, contradicted or open
+    (and what would settle each open claim at what cost), the tuned
+    comparison and the sensitivity fits."""
+    n_exp = results["experiment"].nunique() if "experiment" in results.columns else 0
+    depths = sorted({int(d) for d in results["depth"].dropna()}) if "depth" in results.columns else []
+    setup = ", ".join(x for x in (
+        f"{len(results)} trials in {n_exp} searches",
+        f"depth {', '.join(map(str, depths))}" if depths else "",
+        f"{spec.get('epochs')} epochs" if spec.get("epochs") else "",
+        f"on {spec.get('dataset')}" if spec.get("dataset") else "") if x)
+    count = {v: int((ctable["verdict"] == v).sum()) if len(ctable) else 0
+             for v in ("supported", "contradicted", "inconclusive")}
+    lead = (f"Study {name} ({setup}): of {_plural(len(ctable), 'claim')}, {count['supported']} supported, "
+            f"{count['contradicted']} contradicted, {count['inconclusive']} open.")
+    items: list[tuple[str, str | list[str]]] = []
+    for verdict, title in (("supported", "Supported"), ("contradicted", "Contradicted"), ("inconclusive", "Open")):
+        rows = ctable[ctable["verdict"] == verdict] if len(ctable) else ctable
+        items.append((title, [_claim_line(r, results) for _, r in rows.iterrows()] if len(rows) else "none."))
+    if len(tuned):
+        base = tuned["baseline"].iloc[0]
+        decided = tuned[tuned["verdict"] != "inconclusive"]
+        what = ("; ".join(f"{r['subject']} is {r['verdict']}" for _, r in decided.iterrows())
+                if len(decided) else "no variant differs detectably")
+        diffs = "; ".join(f"{r['subject']} {_pts(r['diff'])}" for _, r in tuned.iterrows())
+        items.append((f"Against {base}", f"{metric_label(tuned['metric'].iloc[0])}, each variant's own best "
+                                         f"configuration: {what} (difference in points: {diffs})."))
+    if curves:
+        found = [c for c in curves if c.detectable]
+        some = "; ".join(f"{c.experiment} {c.param} ({c.fidelity}): {c.result}" for c in found)
+        items.append(("Sensitivity", f"{len(found)} of {len(curves)} fits show an effect of their parameter"
+                                     + (f" ({some})" if found else "")
+                                     + f"; {'the other ' if found else ''}{len(curves) - len(found)} show none "
+                                       "in the range searched (F-test of a quadratic trend, p >= 0.05)."))
+    return lead, items
+
+
+def conclusion(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, results: pd.DataFrame,
+               spec: dict, name: str) -> tuple[str, str]:
+    """The opening as (HTML, Markdown): see conclusion_items."""
+    lead, items = conclusion_items(ctable, tuned, curves, results, spec, name)
+    e = html.escape
+    h, md = [], []
+    for title, body in items:
+        if isinstance(body, str):
+            h.append(f"<li><b>{e(title)}</b>: {e(body)}</li>")
+            md.append(f"- **{title}**: {body}")
+        else:
+            h.append(f"<li><b>{e(title)}</b>:<ul>" + "".join(f"<li>{e(b)}</li>" for b in body) + "</ul></li>")
+            md.append(f"- **{title}**:\n" + "\n".join(f"  - {b}" for b in body))
+    return (f'<div class="conclusion"><p class="lead">{e(lead)}</p><ul>{"".join(h)}</ul></div>',
+            "# Conclusion\n\n" + lead + "\n\n" + "\n".join(md) + "\n")
+
+
+def _page(title: str, rep: _Report, opening: str, generated: str) -> str:
     css = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;
 color:#222;padding:0 1em} h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
 h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.82em;margin:.6em 0}
 .tbl th,.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:right} .tbl th{background:#f3f3f3}
 .figure{margin:.8em 0} .note{color:#8a4b00} nav a{margin-right:1em} img{max-width:100%}
-.claims td:nth-child(1),.claims td:nth-child(10),.claims td:nth-child(11){text-align:left}
+.claims td:nth-child(1),.claims td:nth-child(9),.claims td:nth-child(10){text-align:left}
 .supported{color:#1a7f1a;font-weight:600} .contradicted{color:#b00;font-weight:600} .inconclusive{color:#666}
+.conclusion{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1.2em;line-height:1.45}
+.conclusion .lead{font-size:1.08em} .conclusion li{margin:.25em 0} .generated{color:#666;font-size:.85em}
 """
-    # the claims section comes first: it is what the study was run to answer;
-    # navigation and the notes (what could not be fitted) follow it
+    # the conclusion comes first, then the claims section it summarises;
+    # navigation and the notes (what could not be fitted) follow them
     nav = "<nav>" + " ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(rep.sections)) + "</nav>"
     body = [f'<h2 id="s{i}">{html.escape(t)}</h2>' + "".join(parts) for i, (t, parts) in enumerate(rep.sections)]
     notes = ""
@@ -120,20 +335,8 @@ h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.8
     first, rest = (body[0], body[1:]) if body else ("", [])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<style>{css}</style><script type="text/javascript">{js}</script></head><body>'
-            f"<h1>{html.escape(title)}</h1>{intro}{first}{nav}{''.join(rest)}{notes}</body></html>")
-
-
-def _claims_html(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "<p><em>No claim could be tested: no studied variant declares one.</em></p>"
-    show = table[["claim", "subject", "depth", "n", "estimate", "ci_lo", "ci_hi", "p_adj", "verdict", "settle",
-                  "basis"]].rename(columns={"ci_lo": "95% lo", "ci_hi": "95% hi", "p_adj": "p (Holm)",
-                                            "settle": "what would settle it"})
-    out = show.to_html(index=False, classes="tbl claims", border=0, na_rep="", escape=True,
-                       float_format=lambda v: f"{v:.4g}")
-    for v in ("supported", "contradicted", "inconclusive"):
-        out = out.replace(f"<td>{v}</td>", f'<td class="{v}">{v}</td>')
-    return out
+            f"<h1>{html.escape(title)}</h1><h2 id=\"conclusion\">Conclusion</h2>{opening}{first}{nav}"
+            f"{''.join(rest)}{notes}<p class=\"generated\">{html.escape(generated)}</p></body></html>")
 
 
 def _figure_or_note(rep: _Report, parts: list[str], name: str, png, fig, note: str) -> None:
@@ -144,16 +347,35 @@ def _figure_or_note(rep: _Report, parts: list[str], name: str, png, fig, note: s
     rep.figure(parts, name, png, fig)
 
 
+def _levels_view(levels: pd.DataFrame) -> pd.DataFrame:
+    """The categorical levels in reading order (fidelity by epoch, final last; levels numerically)."""
+    if levels.empty:
+        return levels
+    fid_key = levels["fidelity"].map(lambda f: float("inf") if f == "final" else float(str(f).split()[-1]))
+    rank = {}
+    for (e, p), g in levels.groupby(["experiment", "param"]):
+        rank.update({(e, p, lv): i for i, lv in enumerate(level_order(g["level"]))})
+    lv_key = [rank[(e, p, str(lv))] for e, p, lv in zip(levels["experiment"], levels["param"], levels["level"])]
+    v = levels.assign(_f=fid_key.to_numpy(), _l=lv_key).sort_values(["experiment", "param", "_f", "_l"])
+    v = v.assign(mean_ci=[f"{_num(m, '.3f')}" + (f" ({_num(lo, '.3f')} to {_num(hi, '.3f')})"
+                                                  if np.isfinite(lo) else "")
+                          for m, lo, hi in zip(v["mean"], v["ci_lo"], v["ci_hi"])])
+    v = v.rename(columns={"mean_ci": f"mean {metric_label('val_acc')} (95% CI)"})
+    return _human(v, ["experiment", "param", "fidelity", "level", "n_trials", "n_completed",
+                      f"mean {metric_label('val_acc')} (95% CI)", "n_diverged", "divergence_rate", "dead_rate"])
+
+
 def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlflow: bool = True,
             tracking_uri: str | None = None, *, n_boot: int = 200, seed: int = 0,
             claims: dict | None = None) -> Path:
     """Analyse a study directory; returns the path of the HTML report.
 
-    Writes into out_dir (default study_dir/analysis): report.html, claims.parquet,
-    claims.csv, claims.md, plots/ (PNG + interactive HTML per figure), tables/
-    (CSV + Parquet). With log_to_mlflow, uploads all of it under "analysis/"
-    to the study's MLflow parent run (study.json; `tracking_uri` overrides
-    its URI), warning instead when that is not reachable. `claims` ({subject:
+    Writes into out_dir (default study_dir/analysis): report.html,
+    conclusion.md, claims.parquet, claims.csv, claims.md, plots/ (a PNG per
+    figure; the interactive versions are in the report), tables/ (CSV +
+    Parquet). With log_to_mlflow, uploads all of it under "analysis/" to the
+    study's MLflow parent run (study.json; `tracking_uri` overrides its URI),
+    warning instead when that is not reachable. `claims` ({subject:
     [Claim...]}) replaces the variant registry's declared claims.
     """
     t0 = time.perf_counter()
@@ -166,7 +388,8 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     table_dir.mkdir(parents=True, exist_ok=True)
     # a previous run's figures/tables (e.g. a curve that now has too few
     # trials) must not linger and get logged as if current; only our own kinds
-    for pattern, d in (("*.png", plot_dir), ("*.html", plot_dir), ("*.csv", table_dir), ("*.parquet", table_dir)):
+    for pattern, d in (("*.png", plot_dir), ("*.html", plot_dir), ("*.js", plot_dir), ("*.csv", table_dir),
+                       ("*.parquet", table_dir)):
         for f in d.glob(pattern):
             f.unlink()
     rep = _Report(plot_dir)
@@ -186,7 +409,7 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
         rep.notes.append(f"learning curves and rung fits skipped: {e}")
     _say(f"{len(df)} trials in {df['experiment'].nunique()} experiment(s)")
 
-    # -- claims: the first screen
+    # -- claims: what the conclusion summarises, the section right below it
     _say("testing the variants' claims")
     ctable, cnotes = claims_table(df, history, spec, claims=claims)
     rep.notes += cnotes
@@ -195,17 +418,17 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _write_table(tuned, table_dir, "tuned_vs_tuned", rep.files)
     sec = rep.section("Claims")
     sec.append("<p>Each studied variant's declared claims, tested on this study's trials. Twin claims pair "
-               "the variant's repeat runs with its matched twin's runs at the same seed (test_acc); level "
-               "claims compare search trials of one option value with another (the basis column names the "
-               "epoch: final, or an ASHA rung when pruning left too few completed trials). Estimate: mean "
-               "difference; 95% Student-t interval clipped to [-1, 1]; p-values Holm-Bonferroni adjusted "
-               f"across this table. n &lt; {MIN_N} is never a verdict.</p>")
+               "the variant's repeat runs with its matched twin's runs at the same seed; level claims compare "
+               "search trials of one option value with another (the basis column names the epoch: final, or "
+               "an ASHA rung when pruning left too few completed trials). Estimate: mean difference in "
+               "accuracy points (percentage points); 95% Student-t interval, clipped to what accuracies allow; "
+               f"p-values Holm-adjusted across this table. n &lt; {MIN_N} is never a verdict; where every pair "
+               "was identical there is no spread and no test, and the table says so.</p>")
     sec.append(_claims_html(ctable))
     sec.append("<h3>Tuned vs tuned</h3><p>Each variant's repeat runs (its own best configuration) against "
-               "resnet's repeat runs at the same depth, on test_acc: paired t by seed when both ran the same "
-               "seeds, Welch's t otherwise; intervals clipped to [-1, 1]; Holm over this table.</p>")
-    sec.append(_table_html(tuned, empty="No repeat runs of resnet and another variant at the same depth: "
-                                        "nothing to compare."))
+               "resnet's repeat runs at the same depth, on test accuracy: paired t by seed when both ran the "
+               "same seeds, Welch's t otherwise; differences in accuracy points; Holm over this table.</p>")
+    sec.append(_tuned_html(tuned))
     _figure_or_note(rep, sec, "comparison", plots.differences_png(ctable, tuned),
                     plots.differences_plotly(ctable, tuned), "No claim or comparison has an estimate yet.")
 
@@ -213,13 +436,15 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _write_table(counts, table_dir, "trial_counts", rep.files)
     sec = rep.section("Trials")
     sec.append(f"<p>Study <b>{html.escape(name)}</b> ({html.escape(str(study_dir))}): {len(df)} trials.</p>")
-    sec.append(_table_html(counts))
+    sec.append(_table_html(_human(counts, ["experiment", "variant", "depth", "phase", "completed", "pruned",
+                                           "diverged", "failed", "best_val_acc"])))
     cmp = compare_variants(df, top_k=spec_top_k(study_dir))
     _write_table(cmp, table_dir, "comparison", rep.files)
     sec.append("<h3>Per variant</h3><p>Mean of each variant's repeat runs (else its top completed search "
-               "trials, source=top-search, optimistic) with a t interval clipped to [0, 1].</p>")
-    sec.append(_table_html(cmp[["depth", "variant", "metric", "source", "n", "mean", "ci_lo", "ci_hi", "std",
-                                "n_diverged", "seeds"]]))
+               "trials, runs from top-search: optimistic) with a 95% t interval, clipped to [0, 1].</p>")
+    view = cmp.assign(ci=[_ci(lo, hi, lambda v: _num(v, ".4f")) for lo, hi in zip(cmp["ci_lo"], cmp["ci_hi"])])
+    sec.append(_table_html(_human(view, ["depth", "variant", "metric", "source", "n", "mean", "ci", "std",
+                                         "n_diverged", "seeds"])))
 
     # -- sensitivity
     _say(f"fitting sensitivity curves, final and per ASHA rung ({n_boot} bootstrap resamples each)")
@@ -231,13 +456,20 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _write_table(grid, table_dir, "sensitivity_curves", rep.files)
     sec = rep.section("Sensitivity: numeric parameters")
     rungs = rung_epochs(spec)
-    sec.append("<p>val_acc against each searched parameter (axes from this study's search space): "
-               "Gaussian-process fit (log10 axis for log-scale parameters), 95% bootstrap band of the fitted "
-               "mean, and the argmax with its 95% bootstrap interval. One fit per fidelity: <b>final</b> uses "
-               "completed trials; <b>epoch N</b> uses every search trial that reached ASHA rung N "
-               f"(rungs here: {', '.join(map(str, rungs)) or 'none'}), pruned ones included, at that epoch.</p>")
+    sec.append("<p>Validation accuracy against each searched parameter (axes from this study's search space): "
+               "Gaussian-process fit (log axis for log-scale parameters) with a 95% bootstrap band of the fitted "
+               "mean. Whether the parameter matters at all is an F-test of a quadratic trend against a constant: "
+               "where it finds none (p &ge; 0.05) the fit says <i>no detectable effect</i> and is dashed; "
+               "elsewhere it names the best value with its 95% bootstrap interval. One fit per fidelity: "
+               "<b>final</b> uses completed trials; <b>epoch N</b> uses every search trial that reached ASHA rung "
+               f"N (rungs here: {', '.join(map(str, rungs)) or 'none'}), pruned ones included, at that epoch.</p>")
     if sens.curves:
-        sec.append(_table_html(summ))
+        shown = summ.assign(trend_p=summ["trend_p"].map(_p), fidelity=summ["fidelity"].map(fidelity_label),
+                            peak=[f"{_num(m, '.3f')} ({_num(lo, '.3f')} to {_num(hi, '.3f')})"
+                                  for m, lo, hi in zip(summ["max_mean"], summ["max_lo"], summ["max_hi"])])
+        shown = shown.rename(columns={"peak": f"highest fitted {metric_label('val_acc')} (95% band)"})
+        sec.append(_table_html(_human(shown, ["experiment", "param", "fidelity", "n", "result", "trend_p",
+                                              f"highest fitted {metric_label('val_acc')} (95% band)"])))
         by: dict[tuple[str, str], list] = {}
         for c in sens.curves:
             by.setdefault((c.experiment, c.param), []).append(c)
@@ -249,17 +481,26 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _say("categorical levels")
     _write_table(sens.levels, table_dir, "categorical_levels", rep.files)
     sec = rep.section("Sensitivity: categorical parameters")
-    sec.append("<p>Per level and fidelity: mean val_acc with its 95% t interval clipped to [0, 1]; divergence "
-               "rate (final) = diverged / all search trials at that level; dead-signal rate (quotient) = fraction "
-               "of trials whose final q_dead_frac (share of quotient elements &lt; 1e-3) exceeds 0.5.</p>")
+    sec.append("<p>Per level and fidelity: mean validation accuracy with its 95% t interval clipped to [0, 1]; "
+               "divergence rate (final) = diverged / all search trials at that level; dead-signal rate (quotient) "
+               "= share of trials whose final share of quotient elements &lt; 1e-3 exceeds 0.5. A rate that is "
+               "zero at every level gets no panel: the figure's title says so.</p>")
     drawn = 0
     for (exp, param), _ in sens.levels.groupby(["experiment", "param"], sort=True):
         if plots.levels_drawable(sens.levels, exp, param):
             rep.figure(sec, _slug("levels", exp, param), plots.levels_png(sens.levels, exp, param),
                        plots.levels_plotly(sens.levels, exp, param))
             drawn += 1
+        else:
+            have = sorted({str(v) for v in sens.levels.loc[(sens.levels["experiment"] == exp)
+                                                            & (sens.levels["param"] == param)
+                                                            & sens.levels["mean"].notna(), "level"]})
+            sec.append(f'<p class="note">{html.escape(exp)}: {html.escape(param_label(param))}: '
+                       + (f"only level {html.escape(have[0])} has trials with a validation accuracy"
+                          if have else "no level has a trial with a validation accuracy")
+                       + ": nothing to compare, no figure.</p>")
     if drawn:
-        sec.append(_table_html(sens.levels))
+        sec.append(_table_html(_levels_view(sens.levels)))
     else:
         sec.append('<p class="note">No categorical parameter has a level with a usable trial.</p>')
 
@@ -270,18 +511,25 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
         sec = rep.section("epsilon-ResNet trade-offs")
         sec.append("<p>Compression against epsilon, and validation accuracy against parameter reduction over "
                    "every completed search trial. The Pareto front holds the trials no other beats on both; it "
-                   "is drawn on val_acc so the test set plays no part in choosing. test_acc is shown only for "
-                   "the final pick (the front's best val_acc).</p>")
+                   "is drawn on validation accuracy so the test set plays no part in choosing. Test accuracy is "
+                   "shown only for the final pick (the front's best validation accuracy).</p>")
         pts = []
         for t in trades:
             rep.notes += t.notes
-            if len(t.points):
-                rep.figure(sec, _slug("epsilon", t.experiment), plots.tradeoff_png(t), plots.tradeoff_plotly(t))
-                front = t.front().rename(columns={"acc": "val_acc"})
-                sec.append(f"<h3>{html.escape(t.experiment)}: Pareto front</h3>" + _table_html(front))
-            else:
+            if not len(t.points):
                 sec.append(f'<p class="note">{html.escape(t.experiment)}: no completed search trial: no '
                            "trade-off to draw.</p>")
+            elif not plots.tradeoff_informative(t):
+                eps = t.points["epsilon"].astype(float)
+                sec.append(f'<p class="note">{html.escape(t.experiment)}: none of the {len(t.points)} completed '
+                           f"search trials (epsilon {eps.min():.3g} to {eps.max():.3g}) discarded a block: "
+                           "parameter reduction is 0 throughout, so there is no trade-off to draw. Search higher "
+                           "epsilon, or with objectives [val_acc, param_reduction].</p>")
+            else:
+                rep.figure(sec, _slug("epsilon", t.experiment), plots.tradeoff_png(t), plots.tradeoff_plotly(t))
+                front = _human(t.front(), ["trial_id", "epsilon", "discarded_ratio", "param_reduction", "acc",
+                                           "test_acc"])
+                sec.append(f"<h3>{html.escape(t.experiment)}: Pareto front</h3>" + _table_html(front))
             pts.append(t.points.assign(experiment=t.experiment, acc_col=t.acc_col))
         _write_table(pd.concat(pts, ignore_index=True), table_dir, "epsilon_tradeoff", rep.files)
 
@@ -296,8 +544,8 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _write_table(imp, table_dir, "importance", rep.files)
     sec = rep.section("Parameter importance")
     sec.append(f"<p>fANOVA and PED-ANOVA (Optuna), each normalised to sum 1, restricted to the parameters "
-               f"searched in every trial used; final = COMPLETE trials, epoch N = every trial at that ASHA rung "
-               f"scored by its val_acc then. Needs >= {MIN_TRIALS} trials.</p>")
+               f"searched in every trial used; final = completed trials, epoch N = every trial at that ASHA rung "
+               f"scored by its validation accuracy then. Needs >= {MIN_TRIALS} trials.</p>")
     drawn = 0
     for r in imps:
         title = f"{r.experiment} ({r.fidelity}): importance (n={r.n}, from {r.source})"
@@ -320,11 +568,12 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
             rep.figure(sec, _slug("learning", exp), plots.learning_png(history, exp, df),
                        plots.learning_plotly(history, exp, df))
 
-    n_sup = int((ctable["verdict"] == "supported").sum()) if len(ctable) else 0
-    intro = (f"<p>Study <b>{html.escape(name)}</b>: {len(df)} trials; {len(ctable)} claim row(s), {n_sup} "
-             f"supported. Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>")
+    opening, opening_md = conclusion(ctable, tuned, sens.curves, df, spec, name)
+    (out / CONCLUSION_NAME).write_text(opening_md, encoding="utf-8")
+    rep.files.append(out / CONCLUSION_NAME)
+    generated = f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {study_dir}."
     path = out / REPORT_NAME
-    path.write_text(_page(f"resstudy analysis: {name}", rep, intro), encoding="utf-8")
+    path.write_text(_page(f"resstudy analysis: {name}", rep, opening, generated), encoding="utf-8")
     _say(f"wrote {path} ({len(rep.files)} plot/table files)")
 
     if log_to_mlflow:
@@ -425,4 +674,4 @@ def log_artifacts(study_dir: str | Path, out_dir: str | Path, tracking_uri: str 
     return True
 
 
-__all__ = ["analyze", "log_artifacts", "trial_counts", "REPORT_NAME"]
+__all__ = ["analyze", "conclusion", "settle_cost", "log_artifacts", "trial_counts", "REPORT_NAME", "CONCLUSION_NAME"]

@@ -20,6 +20,12 @@ of the full-data fit held fixed (refitting them per resample costs ~100x
 more and moves the band little). The band is therefore a 95% band for the
 fitted mean curve, not a prediction interval for a new trial. The argmax
 interval adds one posterior draw per resample (see _bootstrap).
+
+Whether a curve shows an effect at all is a separate, classical question: an
+F-test of a quadratic trend in the fit's axis (statsmodels OLS) against a
+constant. Where it finds none (p >= ALPHA) the curve reports "no detectable
+effect in [low, high]" instead of an argmax: a GP through a few noisy points
+always has a maximum somewhere, and printing it invites reading noise.
 """
 
 from __future__ import annotations
@@ -29,14 +35,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+from statsmodels.regression.linear_model import OLS
+from threadpoolctl import threadpool_limits
 
 from .load import InsufficientDataError, searched_list
 from .spaces import param_info
-from .stats import clip, mean_ci
+from .stats import ALPHA, clip, mean_ci
 
 MIN_POINTS = 5  # fewer completed trials than this: no curve, a note instead
 MIN_UNIQUE = 5  # a numeric param with fewer distinct values is shown as levels
@@ -64,16 +71,33 @@ class Curve:
     variant: str = ""
     method: str = "gp"
     epoch: int | None = None  # the rung epoch the fit holds at; None: final (completed trials)
+    trend_p: float = float("nan")  # F-test of a quadratic trend against a constant (module docstring)
 
     @property
     def fidelity(self) -> str:
         return "final" if self.epoch is None else f"epoch {self.epoch}"
 
+    @property
+    def detectable(self) -> bool:
+        """The trials show an effect of the parameter: trend_p < ALPHA."""
+        return bool(self.trend_p < ALPHA)
+
+    @property
+    def result(self) -> str:
+        """What the fit says, in words: where the optimum lies, or that there is none to see."""
+        if not self.detectable:
+            return f"no detectable effect in [{self.grid[0]:.3g}, {self.grid[-1]:.3g}]"
+        return f"best near {self.argmax:.3g} (95%: {self.argmax_lo:.3g} to {self.argmax_hi:.3g})"
+
     def summary(self) -> dict:
+        """One row; argmax and its interval only where an effect is detectable."""
         i = int(np.argmax(self.mean))
+        nan = float("nan")
+        arg = (self.argmax, self.argmax_lo, self.argmax_hi) if self.detectable else (nan, nan, nan)
         return {"experiment": self.experiment, "variant": self.variant, "param": self.param,
-                "fidelity": self.fidelity, "metric": self.metric, "log": self.log, "n": self.n, "argmax": self.argmax,
-                "argmax_lo": self.argmax_lo, "argmax_hi": self.argmax_hi, "max_mean": float(self.mean[i]),
+                "fidelity": self.fidelity, "metric": self.metric, "log": self.log, "n": self.n,
+                "trend_p": self.trend_p, "detectable": self.detectable, "result": self.result, "argmax": arg[0],
+                "argmax_lo": arg[1], "argmax_hi": arg[2], "max_mean": float(self.mean[i]),
                 "max_lo": float(self.lo[i]), "max_hi": float(self.hi[i]), "method": self.method}
 
     def to_frame(self) -> pd.DataFrame:
@@ -129,6 +153,16 @@ def _bootstrap(gp: GaussianProcessRegressor, u: np.ndarray, z: np.ndarray, gu: n
     return means, draws
 
 
+def trend_p(t: np.ndarray, y: np.ndarray) -> float:
+    """p-value of the F-test of y ~ 1 + t + t^2 against y ~ 1 (statsmodels
+    OLS); 1.0 when y does not vary (nothing to explain)."""
+    if np.ptp(y) == 0:
+        return 1.0
+    c = (t - t.mean()) / (t.std() or 1.0)  # centred: t and t^2 stay apart
+    p = float(OLS(y, np.column_stack([np.ones_like(c), c, c**2])).fit().f_pvalue)
+    return p if np.isfinite(p) else 1.0
+
+
 UNIT_METRICS = frozenset({"val_acc", "test_acc", "train_acc", "best_val_acc", "test_acc_last",
                           "compressed_test_acc", "discarded_ratio", "param_reduction"})
 
@@ -177,7 +211,7 @@ def fit_curve(x, y, *, log: bool = False, n_boot: int = 200, grid_size: int = 12
     to_x = (lambda v: float(10**v)) if log else float
     return Curve(param=param, metric=metric, log=log, x=x, y=y, grid=grid, mean=mean, lo=lo, hi=hi,
                  argmax=to_x(a), argmax_lo=to_x(a_lo), argmax_hi=to_x(a_hi), n=n, n_boot=len(boots),
-                 experiment=experiment, variant=variant)
+                 experiment=experiment, variant=variant, trend_p=trend_p(t, y))
 
 
 def usable(df: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
@@ -206,6 +240,16 @@ def subject_of(g: pd.DataFrame) -> str:
 def _experiments(df: pd.DataFrame):
     for exp, g in df.groupby("experiment", sort=True):
         yield str(exp), subject_of(g), g
+
+
+def level_order(levels) -> list[str]:
+    """Levels as text, in reading order: numerically when every one is a
+    number (2, 4, 10, not "10", "2", "4"), else alphabetically."""
+    names = sorted({str(v) for v in levels})
+    try:
+        return sorted(names, key=float)
+    except ValueError:
+        return names
 
 
 def split_params(df: pd.DataFrame, variant: str, spec: dict | None = None) -> tuple[list[str], list[str]]:
@@ -294,7 +338,9 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
         names = params.get(exp, []) if params is not None else split_params(g, variant, spec)[1]
         for p in names:
             on = g[param_info(variant, p, g[p], spec).active(g)]
-            for level, lv in on.groupby(on[p].astype(str), sort=True):
+            groups = dict(list(on.groupby(on[p].astype(str))))
+            for level in level_order(groups):
+                lv = groups[level]
                 done = lv[(lv["status"] == "completed")][metric].astype(float)
                 m, lo, hi, n = mean_ci(done)
                 lo, hi = clip(lo, hi, (0.0, 1.0)) if metric.endswith("acc") else (lo, hi)
@@ -451,6 +497,6 @@ def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
     return out
 
 
-__all__ = ["Curve", "fit_curve", "usable", "split_params", "SensitivityResult", "numeric_curves",
-           "categorical_levels", "sensitivity", "pareto_front", "EpsilonTradeoff", "epsilon_tradeoffs",
-           "MIN_POINTS", "MIN_UNIQUE"]
+__all__ = ["Curve", "fit_curve", "trend_p", "level_order", "usable", "split_params", "SensitivityResult",
+           "numeric_curves", "categorical_levels", "sensitivity", "pareto_front", "EpsilonTradeoff",
+           "epsilon_tradeoffs", "MIN_POINTS", "MIN_UNIQUE"]

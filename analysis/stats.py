@@ -3,10 +3,15 @@ instead of raising when there are too few values."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower, TTestPower
+from statsmodels.tools.sm_exceptions import ConvergenceWarning  # imported here: it registers its own filter
 
 
 def mean_ci(values, conf: float = 0.95) -> tuple[float, float, float, int]:
@@ -76,6 +81,8 @@ __all__ = ["mean_ci", "DiffTest", "diff_test"]
 
 
 # --- claims: range-respecting intervals, Holm, power ---------------------------------------
+
+ALPHA = 0.05  # every test in the report: claims, comparisons, sensitivity trends
 
 def clip(lo: float, hi: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
     """An interval cut to the metric's range: accuracies live in [0, 1] and
@@ -151,42 +158,47 @@ def two_sample(a, b, *, null: float = 0.0, conf: float = 0.95,
     return Estimate(m, lo, hi, p, n, sd, "welch t")
 
 
+def zero_spread(lo: float, hi: float, n) -> bool:
+    """An interval of no width from n >= 2 values: every pair (or value) was
+    identical, so there is no spread for a t test to measure against; its
+    p-value (0 or 1 by convention) is not evidence and is not shown as such."""
+    return bool(n is not None and n >= 2 and np.isfinite(lo) and np.isfinite(hi) and lo == hi)
+
+
 def holm(p) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1).
-    NaN entries (no test) stay NaN and do not count towards the family size."""
+    """Holm-Bonferroni adjusted p-values (statsmodels' step-down `holm`:
+    monotone, capped at 1). NaN entries (no test) stay NaN and do not count
+    towards the family size."""
     p = np.asarray(p, dtype=float)
     out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], method="holm")[1]
     return out
 
 
 def n_for_power(delta: float, sd: float, *, alpha: float = 0.05, power: float = 0.8, groups: int = 1,
                 n_max: int = 10_000) -> int | None:
-    """Smallest n (pairs for groups=1, per group for groups=2) at which a
-    two-sided t test at `alpha` has `power` against a true difference `delta`
-    with spread `sd` (noncentral t). None when delta is 0 or n would pass n_max."""
+    """Smallest whole n (pairs for groups=1, per group for groups=2), at least
+    3, at which a two-sided t test at `alpha` has `power` against a true
+    difference `delta` with spread `sd`: statsmodels' solver for the paired
+    (one-sample) or the two-sample t test, rounded up. None when delta is 0
+    or n would pass n_max."""
     if not (np.isfinite(delta) and np.isfinite(sd)) or delta == 0:
         return None
     if sd == 0:
         return 3
-    n = 3
-    while n <= n_max:
-        df = n - 1 if groups == 1 else 2 * n - 2
-        se = sd / np.sqrt(n) if groups == 1 else sd * np.sqrt(2.0 / n)
-        crit = stats.t.ppf(1 - alpha / 2, df)
-        nc = abs(delta) / se
-        if stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) >= power:
-            return n
-        n += 1 if n < 50 else n // 10  # beyond 50 the answer is "about", not exact
-    return None
+    d = abs(delta) / sd
+    solver = TTestPower() if groups == 1 else TTestIndPower()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # handled below
+        n = float(solver.solve_power(effect_size=d, alpha=alpha, power=power, alternative="two-sided"))
+    if not np.isfinite(n):
+        # the root finder gives up only at the extremes: an effect of several
+        # spreads (fewer than 3 would do) or a vanishing one (beyond any n_max)
+        return 3 if d >= 1 else None
+    n = max(3, math.ceil(n))
+    return n if n <= n_max else None
 
 
-__all__ += ["clip", "Estimate", "one_sample", "two_sample", "holm", "n_for_power"]
+__all__ += ["ALPHA", "zero_spread", "clip", "Estimate", "one_sample", "two_sample", "holm", "n_for_power"]

@@ -42,7 +42,7 @@ class _Trial:
 @dataclass
 class _Row:
     planned: int
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("running", *FINISHED), 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("running", "interrupted", *FINISHED), 0))
     best: float | None = None  # best val_acc of completed trials only
     epochs_done: int = 0
     epoch_seconds: float = 0.0  # summed over reported epochs (trial time, not wall time)
@@ -120,7 +120,8 @@ class Progress:
         self._changed(summary_only=True)
 
     def trial_finished(self, trial_id: str, status: str, best_val_acc: float | None = None) -> None:
-        status = status if status in FINISHED else "failed"
+        # interrupted (Ctrl-C, SIGTERM): resumable, so neither finished nor failed
+        status = status if status in (*FINISHED, "interrupted") else "failed"
         with self._lock:
             t = self.trials.get(trial_id)
             if t is None:  # finished without a start event (a replay after resume)

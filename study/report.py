@@ -1,8 +1,12 @@
 """Plain-text status and exports of a study directory (no Ray needed).
 
-`status_text` fits a 100-column terminal; once `resstudy analyze` has run, the
+`status_text` fits the width it is given (100 columns unless told); once `resstudy analyze` has run, the
 claims table (analysis/claims.csv) is at its top, since it is what the study
 answers. `export` writes CSV files and a Markdown summary with real tables.
+Both read the trials as the ledger and epoch logs hold them now: a running
+study shows every trial that has finished, not only those compacted into its
+Parquet files. Neither writes into the study unless asked to (export's default
+folder is inside it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import UserError
-from study.results import HISTORY_FILE, RESULTS_FILE, read_table
+from study.ledger import FINISHED, LEDGER_FILE, StudyLock, finished_rows, read_trials
+from study.results import EPOCHS_DIR, HISTORY_FILE, RESULTS_FILE, history_rows, ordered, read_table, table_of
 
 STATUSES = ("completed", "pruned", "diverged", "failed")
 WIDTH = 100
@@ -33,8 +38,18 @@ def check_study_dir(study_dir: str | Path) -> Path:
 
 
 def load(study_dir: Path) -> pd.DataFrame:
-    rows = read_table(Path(study_dir) / RESULTS_FILE)
-    return pd.DataFrame(rows)
+    """One row per finished trial: the ledger's as it is now, else results.parquet."""
+    rows = finished_rows(study_dir)
+    if rows is None:
+        return pd.DataFrame(read_table(Path(study_dir) / RESULTS_FILE))
+    return pd.DataFrame(table_of(ordered(rows)).to_pylist())
+
+
+def load_history(study_dir: Path) -> pd.DataFrame:
+    """One row per trial-epoch: the epoch logs as they are now, else history.parquet."""
+    if any((Path(study_dir) / EPOCHS_DIR).glob("*.jsonl")):
+        return pd.DataFrame(table_of(history_rows(study_dir)).to_pylist())
+    return pd.DataFrame(read_table(Path(study_dir) / HISTORY_FILE))
 
 
 def _variant_arm(g: pd.DataFrame) -> pd.DataFrame:
@@ -80,8 +95,10 @@ def _num(v, spec: str = ".4f") -> str:
     return "" if math.isnan(f) else format(f, spec)
 
 
-def _fit(text: str, width: int = WIDTH) -> str:
-    """Every line cut to `width` columns (the last column is the long free text)."""
+def _fit(text: str, width: int | None = WIDTH) -> str:
+    """Every line cut to `width` columns (the last column is the long free text); None: uncut."""
+    if width is None:
+        return text
     return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in text.splitlines())
 
 
@@ -115,7 +132,7 @@ def claims_lines(claims: pd.DataFrame) -> list[str]:
     return out
 
 
-def status_text(study_dir: Path) -> str:
+def status_text(study_dir: Path, width: int | None = WIDTH) -> str:
     study_dir = check_study_dir(study_dir)
     state_file = study_dir / "study.json"
     try:
@@ -130,16 +147,32 @@ def status_text(study_dir: Path) -> str:
     exps = state.get("experiments", {})
     if exps:
         lines.append("experiments finished: " + ", ".join(sorted(k for k, v in exps.items() if v == "done")))
-    lines.append("state: " + ("finished" if state.get("finished") else "not finished (running, or interrupted: "
-                              "`resstudy resume` finishes it)"))
+    lines.append("state: " + _state(study_dir, state))
     df = load(study_dir)  # a damaged results file raises ResultsError naming it (exit 2)
     if df.empty:
-        return _fit("\n".join(lines + ["no finished trials yet"]))
+        return _fit("\n".join(lines + ["no finished trials yet"]), width)
     table = summary(df)
     lines.append(_trials_table(table))
     if claims is None:
         lines.append("(run `resstudy analyze` for the claims table, curves and the report)")
-    return _fit("\n".join(lines))
+    return _fit("\n".join(lines), width)
+
+
+def _state(study_dir: Path, state: dict) -> str:
+    """Finished, running (the flock on .lock is held: by whom), or stopped; with the
+    ledger's count of trials finished and started so far while not finished."""
+    if state.get("finished"):
+        return "finished"
+    if not (study_dir / LEDGER_FILE).is_file():
+        return "not finished (running, or interrupted: `resstudy resume` finishes it)"
+    trials = read_trials(study_dir / LEDGER_FILE).values()
+    done = sum(r.get("status") in FINISHED for r in trials)
+    running = sum(r.get("status") == "running" for r in trials)
+    holder = StudyLock.holder(study_dir)
+    if holder is not None:
+        return (f"running (driver pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+                f"{holder.get('since', '?')}): {done} trials finished, {running} running")
+    return f"stopped before the end ({done} trials finished); finish it with:\n  resstudy resume {study_dir}"
 
 
 def _trials_table(table: pd.DataFrame, fmt: str = "simple") -> str:
@@ -187,7 +220,7 @@ def export(study_dir: Path, out: str | Path | None = None) -> list[Path]:
         parts += ["## Trials\n", _trials_table(summary(df), fmt="github") + "\n"]
         (out / "summary.md").write_text("\n".join(parts), encoding="utf-8")
         paths.append(out / "summary.md")
-    history = pd.DataFrame(read_table(study_dir / HISTORY_FILE))
+    history = load_history(study_dir)
     if not history.empty:
         history.to_csv(out / "history.csv", index=False)
         paths.append(out / "history.csv")

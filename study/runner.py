@@ -6,16 +6,25 @@ and recorded in the study's ledger (study/ledger.py) before anything else.
 Resume is ledger-first: finished trials never re-run, a trial that was running
 continues from its latest checkpoint with its own config, Optuna trial and
 MLflow run, and the study ends with exactly the trials the spec asks for.
-Ctrl-C or SIGTERM stop the whole study (exit 130, resume later); a second one
-stops at once.
+Ctrl-C or SIGTERM stop the whole study (exit 130, resume later): trials stopped,
+nothing left running in the ledger, MLflow or Optuna (an interrupted search trial
+waits there as WAITING). Should Ray not answer within STOP_GRACE_S (a job's
+SIGTERM can reach Ray's processes too), or on a second signal, the state is saved
+without Ray and the driver exits at once.
+
+Each epoch reaches each store once: the epoch log first (the driver's truth),
+then MLflow and Optuna; on resume and on a Tune retry each store gets what it
+lacks, and an epoch trained again counts by its first report everywhere.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,14 +60,17 @@ from study.callbacks import StopAll, StudyCallback  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
 from study.errors import UserError  # noqa: E402
 from study.ledger import FINISHED, Ledger, SpecChanged, StateError, StudyLock  # noqa: E402
-from study.results import EPOCH_ONLY, RESOLVED, EpochLog, compact, metrics_of  # noqa: E402
+from study.results import EPOCH_ONLY, RESOLVED, EpochLog, compact, metrics_of, row_metrics  # noqa: E402
 from study.searcher import (METRIC, LedgerSearcher, RungScheduler, Rungs, SamplerState, ask,  # noqa: E402
-                            frozen_trial, optuna_study, replay, report_intermediate, tell)
+                            frozen_trial, optuna_study, park, replay, report_intermediate, tell, unpark)
 from study.spec import StudySpec  # noqa: E402
 from study.tracking import TRIAL_TAG, Tracker, redact_uri  # noqa: E402
 from study.trainable import checkpoint_epochs, read_reports, trainable  # noqa: E402
 
 STATE_FILE = ledger_lib.STATE_FILE
+# After Ctrl-C or SIGTERM, how long Tune may take to stop the trials before the study saves its
+# state without Ray and exits; under the grace SLURM (30 s) and Kubernetes (30 s) give before SIGKILL.
+STOP_GRACE_S = 10.0
 DEFAULT_CHECKPOINT_EVERY_S = 300.0
 
 
@@ -164,6 +176,7 @@ class Phase:
     def reconcile(self) -> None:
         """Bring unfinished trials in line with what their checkpoints and Optuna hold."""
         if self.optuna is not None:
+            unpark(self.optuna)  # an interrupted study's trials, WAITING until now
             known = {r["optuna_number"] for r in self.records()}
             for t in self.optuna.trials:
                 if t.number not in known and not t.state.is_finished():
@@ -176,23 +189,29 @@ class Phase:
             self._catch_up(rec)
         if self.rungs is not None:
             for rec in self.s.ledger.select(experiment=self.experiment, phase="search"):
-                by_epoch = {int(r["epoch"]): r.get(METRIC) for r in self.s.epochs.read(rec["rid"])}
+                by_epoch = {int(r["epoch"]): r.get(METRIC) for r in self.s.epochs.first(rec["rid"])}
                 self.rungs.seed(rec["rid"], by_epoch)
 
     def _replay(self, rec: dict[str, Any], run_open: bool = False) -> list[dict[str, Any]]:
-        """Log the epochs the trial's latest checkpoint holds but the epoch log lacks (trained and
-        checkpointed, then the process died before the report reached the driver); returns them all."""
+        """Each store gets the epochs it lacks, once: the epoch log those the trial's latest
+        checkpoint holds (trained and checkpointed, then the process died before the report
+        reached the driver), then MLflow and Optuna those of the epoch log (a driver killed
+        between its log line and theirs). Returns the checkpoint's reports."""
         rid = rec["rid"]
         root = self.s.ckpt_root(rid)
         done = checkpoint_epochs(root)
         reports = read_reports(root, done[-1]) if done else []
         logged = set(self.s.epochs.epochs(rid))
-        missing = [r for r in reports if int(r["epoch"]) not in logged]
-        if missing:
-            if not run_open:
-                self.s.open_trial_run(self, rec)
-            for r in missing:
-                self._log_epoch(rec, r, replayed=True)
+        for r in reports:
+            if int(r["epoch"]) not in logged:
+                self.s.epochs.append(self.s.identity(rec), int(r["epoch"]), rec["attempts"], metrics_of(r),
+                                     replayed=True)
+        rows = self.s.epochs.first(rid)
+        if rows and not run_open and not self.s.tracker.known(f"trial:{rid}"):
+            self.s.open_trial_run(self, rec)  # its run never reached MLflow
+        self.s.to_mlflow(rid, rows)
+        if self.optuna is not None and rec["optuna_number"] is not None:
+            report_intermediate(self.optuna, rec["optuna_number"], {int(r["epoch"]): r.get(METRIC) for r in rows})
         return reports
 
     def _catch_up(self, rec: dict[str, Any]) -> None:
@@ -288,13 +307,18 @@ class Phase:
         self.s.progress.trial_epoch(rid, int(result.get("epoch", 0)), epochs, result.get(METRIC),
                                     result.get("epoch_seconds"))
 
-    def _log_epoch(self, rec: dict[str, Any], result: dict[str, Any], replayed: bool = False) -> None:
-        epoch = int(result.get("epoch", 0))
-        metrics = metrics_of(result)
-        self.s.epochs.append(self.s.identity(rec), epoch, rec["attempts"], metrics, replayed=replayed)
-        self.s.tracker.metrics(f"trial:{rec['rid']}", metrics, step=epoch)
+    def _log_epoch(self, rec: dict[str, Any], result: dict[str, Any]) -> None:
+        """The epoch log first (the driver's truth), then MLflow and Optuna. An epoch logged
+        before (trained again after a kill, or by a retry from an older checkpoint) keeps its
+        first report everywhere: the repeat stays in the raw epoch log only."""
+        rid, epoch = rec["rid"], int(result.get("epoch", 0))
+        row = self.s.epochs.append(self.s.identity(rec), epoch, rec["attempts"], metrics_of(result))
+        if row.get("repeat"):
+            return
+        _driver_hook("epoch_logged", experiment=self.experiment, phase=self.phase, epoch=epoch)
+        self.s.to_mlflow(rid, [row], fresh=True)
         if self.optuna is not None and rec["optuna_number"] is not None:
-            report_intermediate(self.optuna, rec["optuna_number"], epoch, result.get(METRIC))
+            report_intermediate(self.optuna, rec["optuna_number"], {epoch: result.get(METRIC)})
 
     def _pruned(self, rid: str, epoch: int) -> None:
         self.s.ledger.update(rid, pruned_at=epoch)
@@ -488,8 +512,9 @@ def run_name(variant: str, cfg: dict[str, Any], searched: list[str], phase: str,
 
 
 class StudyRunner:
-    def __init__(self, spec: StudySpec, study_dir: Path | None = None) -> None:
+    def __init__(self, spec: StudySpec, study_dir: Path | None = None, *, disk: ledger_lib.Disk = ledger_lib.DISK) -> None:
         self.spec = spec
+        self.disk = disk  # how the ledger and study.json reach the disk (tests: one that fills up)
         self.remote: str | None = None
         if study_dir is None:
             study_dir = spec.study_dir()
@@ -503,13 +528,21 @@ class StudyRunner:
         self.tracker: Tracker | None = None
         self._storage = None
         self._signals = 0
+        self._saved = threading.Event()  # an interrupted study's state is saved
+        self._stopping_now = threading.Lock()  # held by whichever thread says the study stopped
         self._open: set[str] = set()
+        self._mlflow_steps: dict[str, dict[str, set[int]]] = {}  # per trial: metric -> steps its run holds
 
     # ------------------------------------------------------------ paths and helpers
 
     def ckpt_root(self, rid: str) -> str:
         base = self.remote if self.remote else str(self.study_dir)
         return f"{base}/checkpoints/{rid}"
+
+    def tracking_uri(self) -> str:
+        """The spec's tracking URI, else the study's own store where the study lies now
+        (never where the saved spec's storage_path says it was started)."""
+        return self.spec.mlflow.tracking_uri or ledger_lib.own_tracking_uri(self.study_dir)
 
     def checkpoint_every_s(self) -> float:
         env = os.environ.get("RESSTUDY_CHECKPOINT_EVERY_S")
@@ -552,6 +585,25 @@ class StudyRunner:
                 "seed": str(rec["seed"]), "status": "running"}
         self.tracker.create(key, f"exp:{phase.experiment}", rec["name"], tags, params=rec["config"])
 
+    def to_mlflow(self, rid: str, rows: list[dict[str, Any]], fresh: bool = False) -> None:
+        """The epochs of `rows` (epoch log rows) that the trial's MLflow run lacks, each at the
+        time it was logged. What the run holds is asked once per driver and then kept up to date;
+        `fresh` rows were just logged for the first time, so MLflow cannot hold them."""
+        key = f"trial:{rid}"
+        held = self._mlflow_steps.get(rid)
+        if held is None and not fresh:
+            names = sorted({k for r in rows for k, v in row_metrics(r).items() if _number(v)})
+            held = self._mlflow_steps[rid] = self.tracker.logged_steps(key, names)
+        for row in rows:
+            epoch = int(row["epoch"])
+            metrics = {k: v for k, v in row_metrics(row).items() if _number(v)}
+            if not metrics or (held is not None and all(epoch in held.get(k, ()) for k in metrics)):
+                continue
+            self.tracker.metrics(key, metrics, step=epoch, ts=row.get("logged_ms"))
+            if held is not None:
+                for k in metrics:
+                    held.setdefault(k, set()).add(epoch)
+
     def log_artifacts(self, key: str, rid: str, variant: str, result: dict[str, Any]) -> None:
         import json
 
@@ -578,7 +630,8 @@ class StudyRunner:
                     raise StorageError(f"storage: {p} is not writable by this user; choose a writable "
                                        "storage_path or fix its permissions")
                 break
-        if d.is_dir() and any(d.iterdir()) and not ledger_lib.is_study_dir(d):
+        # a `.lock` alone is what a driver killed before writing anything left: nothing to keep
+        if d.is_dir() and any(p.name != ledger_lib.LOCK_FILE for p in d.iterdir()) and not ledger_lib.is_study_dir(d):
             raise StorageError(f"storage: {d} exists and is not a resstudy study directory (no study.json, "
                                "ledger.jsonl or spec.yaml); choose another study name or storage_path")
         try:
@@ -605,12 +658,63 @@ class StudyRunner:
         self._signals += 1
         name = signal.Signals(signum).name
         if self._signals > 1:
-            print(f"\nresstudy: {name} again: stopping at once; resume with: resstudy resume {self.study_dir}",
-                  file=sys.stderr, flush=True)
-            os._exit(130)
+            print(f"\nresstudy: {name} again: stopping at once", file=sys.stderr, flush=True)
+            self._stop_now()
+            return
         self.stopping = True
         print(f"\nresstudy: {name}: stopping the study (running trials keep their last checkpoint); "
               "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
+        # Tune stops the trials, then the study saves its state, on this thread. Ray may not
+        # answer (a job's SIGTERM can reach Ray's processes too, and a driver that lost its GCS
+        # waits a minute, then dies): past STOP_GRACE_S the state is saved without Ray.
+        threading.Thread(target=self._stop_unless_saved, name="resstudy-stop", daemon=True).start()
+
+    def _stop_unless_saved(self) -> None:
+        if not self._saved.wait(STOP_GRACE_S):
+            self._stop_now()
+
+    def _stop_now(self) -> None:
+        """Save the state and end every run without Ray, then exit 130 at once. The trials'
+        processes die with the driver and keep their last checkpoint; what this cannot
+        reach now (MLflow down) `resstudy resume` reconciles."""
+        if not self._stopping_now.acquire(blocking=False):
+            return  # the other thread is at it
+        try:
+            if not self._saved.is_set():
+                self._save_interrupted()
+                print(f"resstudy: study {self.spec.name} stopped; its state is saved. Resume with: "
+                      f"resstudy resume {self.study_dir}", file=sys.stderr, flush=True)
+        except BaseException as e:
+            print(f"resstudy: stopping: {type(e).__name__}: {e}; resume with: resstudy resume {self.study_dir}",
+                  file=sys.stderr, flush=True)
+        finally:
+            os._exit(130)
+
+    def _save_interrupted(self) -> None:
+        """_stopped's bookkeeping on a thread of its own: the ledger first, then Optuna, then
+        MLflow through a client of its own (the tracker's queue belongs to the main thread)."""
+        if not hasattr(self, "ledger"):
+            return
+        running = [rec["rid"] for rec in list(self.ledger.trials.values()) if rec["status"] == "running"]
+        for rid in running:
+            self.ledger.update(rid, status="interrupted")
+        self._park_optuna()
+        if self.tracker is None:
+            return
+        from mlflow.entities import RunStatus, RunTag
+        from mlflow.tracking import MlflowClient
+
+        store = MlflowClient(self.tracker.uri)._tracking_client.store  # noqa: SLF001 - no "View run" line
+        ids, now = dict(self.tracker.ids), int(time.time() * 1000)
+        for key in [*(f"trial:{rid}" for rid in running), "study", *sorted(self._open)]:
+            if ids.get(key):
+                if key.startswith("trial:"):
+                    store.set_tag(ids[key], RunTag("status", "interrupted"))
+                store.update_run_info(ids[key], RunStatus.KILLED, end_time=now, run_name=None)
+
+    def _park_optuna(self) -> None:
+        if self._storage is not None:
+            park(self._storage, [f"{self.spec.name}-{v}-d{d}" for v, d in self.spec.experiments()])
 
     def _install_signals(self) -> dict:
         old = {}
@@ -625,9 +729,28 @@ class StudyRunner:
 
     def prepare(self) -> bool:
         """Everything before Ray: ledger, spec check, preflight, Optuna, MLflow, and
-        reconciling them. False when the study is already finished. Needs the lock."""
+        reconciling them. False when the study is already finished. Needs the lock.
+
+        A first start that fails before study.json is written (MLflow unreachable, say)
+        takes away the files it made, so the next `run` finds an empty folder."""
+        fresh = not any(p.name != ledger_lib.LOCK_FILE for p in self.study_dir.iterdir())
+        try:
+            return self._prepare()
+        except BaseException:
+            if fresh and not (self.study_dir / STATE_FILE).exists():
+                for p in self.study_dir.iterdir():
+                    if p.name == ledger_lib.LOCK_FILE:
+                        continue  # it goes when the lock is released
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+            raise
+
+    def _prepare(self) -> bool:
         spec = self.spec
-        self.ledger = Ledger(self.study_dir)
+        ledger_lib.sweep_tmp(self.study_dir)  # what a driver stopped mid-write (kill, full disk) left
+        self.ledger = Ledger(self.study_dir, self.disk)
         state = self.ledger.state
         self._check_spec(state)
         try:
@@ -639,15 +762,25 @@ class StudyRunner:
         if state.get("finished") and all(r["status"] in FINISHED for r in self.ledger.trials.values()):
             return False
         saved = _redacted(spec)
-        uri = spec.tracking_uri()
+        uri = self.tracking_uri()
+        if uri == ledger_lib.own_tracking_uri(self.study_dir):
+            ledger_lib.relocate_mlflow_artifacts(self.study_dir)  # a copied or moved study logs into itself
+        if os.environ.get("RESSTUDY_VERBOSE") != "1":
+            # the Tracker says in one line which call the store refused; MLflow's own ERROR
+            # log repeats it with every traceback then in flight
+            import logging
+
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         # MLflow first: an unreachable server fails before any study file is written
         self.tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir,
-                               ids=dict(state.get("mlflow_runs", {})), on_ids_changed=self._on_ids)
+                               ids=dict(state.get("mlflow_runs", {})), on_ids_changed=self._on_ids,
+                               log=_tracking_log)
         self.optuna_storage()
         if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
             (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
         dumped = saved.model_dump(mode="json")  # study.json never holds a tracking password
-        state.update(name=spec.name, tracking_uri=redact_uri(uri), experiment_id=self.tracker.experiment_id,
+        state.update(name=spec.name, tracking_uri=redact_uri(ledger_lib.stored_tracking_uri(self.study_dir, uri)),
+                     experiment_id=self.tracker.experiment_id,
                      started=state.get("started", time.time()), spec=dumped,
                      spec_fingerprint=ledger_lib.fingerprint(dumped))
         state.setdefault("phases", {})
@@ -682,19 +815,27 @@ class StudyRunner:
                 return self.study_dir
             print(f"resstudy: study {spec.name} -> {self.study_dir}" + (" (resuming)" if resumed else ""), flush=True)
             print(f"resstudy: browse it with: resstudy ui {self.study_dir}", flush=True)
-            _init_ray(spec)
+            old_handlers = self._install_signals()  # a stop while Ray starts is a stop too
+            try:
+                _init_ray(spec)
+            except SystemExit as e:  # the SIGTERM handler ray.init sets while it starts Ray
+                if e.code != signal.SIGTERM:
+                    raise
+                self.stopping = True
+            self._install_signals()  # ours again, in place of ray.init's
             try:
                 from study import preflight
-
+            except ImportError:
+                preflight = None
+            if preflight is not None and not self.stopping:  # stopped while Ray started: ask it nothing
                 # a trial must fit on one node: per-node resources, and the data on every node
                 preflight.check_cluster(spec, ray.cluster_resources(),
                                         nodes=[n["Resources"] for n in ray.nodes() if n.get("Alive")])
                 if os.environ.get("RAY_ADDRESS"):
                     preflight.check_nodes(spec)
-            except ImportError:
-                pass
-            old_handlers = self._install_signals()
             try:
+                if self.stopping:
+                    raise StudyInterrupted()
                 _driver_hook("start")
                 self._run_experiments()
                 _driver_hook("study_end")
@@ -717,6 +858,7 @@ class StudyRunner:
             print(f"resstudy: browse the runs with: resstudy ui {self.study_dir}", flush=True)
             return self.study_dir
         finally:
+            self._saved.set()  # whatever happens from here, the study's state is what it will be
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             if hasattr(self, "ledger"):
@@ -739,14 +881,7 @@ class StudyRunner:
         self.ledger.save_state()
 
     def _plan(self) -> dict[str, int]:
-        spec = self.spec
-        plan = {}
-        for variant, depth in spec.experiments():
-            n = min(spec.trials_per_variant, getattr(spec.make_sampler(variant), "size", spec.trials_per_variant))
-            if spec.repeat_best and spec.seeds:
-                n += len(spec.seeds) * (2 if _has_twin(spec, variant, depth) else 1)
-            plan[f"{variant} d{depth}"] = n
-        return plan
+        return {f"{variant} d{depth}": sum(arms.values()) for (variant, depth), arms in self.spec.plan().items()}
 
     def _run_experiments(self) -> None:
         spec = self.spec
@@ -838,13 +973,15 @@ class StudyRunner:
             if self.tracker.known(key):
                 self.tracker.end(key, "interrupted" if status == "KILLED" else "failed")
         self.ledger.save_state()
+        self._park_optuna()
         self._flush_tracking(wait_s=5.0)
         self._compact()
         if hasattr(self, "progress"):
             self.progress.close()
-        if outcome == "interrupted":
+        if outcome == "interrupted" and self._stopping_now.acquire(blocking=False):  # else _stop_now says it
             print(f"resstudy: study {self.spec.name} stopped; its state is saved. Resume with: "
                   f"resstudy resume {self.study_dir}", file=sys.stderr, flush=True)
+        self._saved.set()
 
     def _flush_tracking(self, wait_s: float | None = None) -> None:
         if wait_s is None:
@@ -880,6 +1017,7 @@ class StudyRunner:
                     self.tracker.delete_run(run.info.run_id)
                 elif rec is not None and rec["status"] in FINISHED and run.info.status == "RUNNING":
                     self.tracker.ids[f"trial:{rid}"] = keep
+                    self.to_mlflow(rid, self.epochs.first(rid))  # a kill kept its last epochs from it
                     self.tracker.tags(f"trial:{rid}", {"status": rec["status"]})
                     self.tracker.end(f"trial:{rid}", rec["status"])
         for rec in self.ledger.trials.values():
@@ -942,12 +1080,8 @@ def _driver_hook(event: str, **info: Any) -> None:
     getattr(importlib.import_module(module), name or "driver_event")(event, **info)
 
 
-def _has_twin(spec: StudySpec, variant: str, depth: int) -> bool:
-    try:
-        cfg = TrainConfig.from_dict({**spec.trial_base_config(variant, depth)})
-        return hasattr(cfg, "twin") and cfg.twin() is not None
-    except Exception:
-        return False
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class _FallbackProgress:
@@ -1000,6 +1134,46 @@ def _ray_log_level() -> int:
     return logging.DEBUG if os.environ.get("RESSTUDY_VERBOSE") == "1" else logging.WARNING
 
 
+_REAPER: "subprocess.Popen | None" = None
+
+
+def _ray_in_its_own_group() -> None:
+    """The embedded Ray's processes in a process group of their own, led by a reaper that
+    kills the group once this driver is gone, however it ended.
+
+    In the driver's group, a SIGTERM sent to that group (by `timeout`, SLURM, Kubernetes)
+    reached Ray's GCS before the driver could stop the study, and the driver then hung on
+    the lost GCS and died without saving its state; in their own group they hear only the
+    driver, which stops the study and then Ray. The reaper's stdin is a pipe this driver
+    alone holds (no child inherits it): when the driver exits, even by SIGKILL, the pipe
+    closes and the reaper kills the group, so none of Ray's processes (its agents, which
+    would otherwise wait minutes for a GCS that is gone) outlives it. Ray's workers put
+    themselves in groups of their own and end with their raylet. On Linux Ray's own
+    processes already end with the driver (parent-death signal); its agents, children of
+    the raylet, did not."""
+    global _REAPER
+    import subprocess
+
+    from ray._private import services
+
+    if _REAPER is None or _REAPER.poll() is not None:
+        _REAPER = subprocess.Popen(["/bin/sh", "-c", "trap '' INT TERM HUP; read _; kill -KILL 0"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   process_group=0)
+    if getattr(services.ConsolePopen, "in_ray_group", False):
+        return
+
+    class InRayGroup(services.ConsolePopen):
+        in_ray_group = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("process_group", _REAPER.pid)
+            super().__init__(*args, **kwargs)
+
+    # Ray starts each of its processes through this class (services.start_ray_process)
+    services.ConsolePopen = InRayGroup
+
+
 def _init_ray(spec: StudySpec | None) -> None:
     if ray.is_initialized():
         return
@@ -1027,6 +1201,7 @@ def _init_ray(spec: StudySpec | None) -> None:
             from ray._private import ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False
+        _ray_in_its_own_group()
         import random
 
         for attempt in range(5):
@@ -1052,19 +1227,21 @@ def _init_ray(spec: StudySpec | None) -> None:
 # ---------------------------------------------------------------- entry points
 
 
-def run_study(spec: StudySpec, *, new_name: str | None = None) -> Path:
+def run_study(spec: StudySpec, *, new_name: str | None = None, disk: ledger_lib.Disk = ledger_lib.DISK) -> Path:
     """Run (or continue) the study of `spec`. `new_name` runs it as a new study
     of that name (for a spec that differs from the one a study was started with).
-    Raises StudyInterrupted (a KeyboardInterrupt: exit 130) on Ctrl-C/SIGTERM."""
+    Raises StudyInterrupted (a KeyboardInterrupt: exit 130) on Ctrl-C/SIGTERM, and
+    StorageError (one line) when the disk fills up."""
     if new_name:
         from study.spec import check_study_name
 
         spec = spec.model_copy(update={"name": check_study_name(new_name, "--new-name")})
-    return StudyRunner(spec).run()
+    return _run(StudyRunner(spec, disk=disk))
 
 
 def resume_study(study_dir: str | Path, tracking_uri: str | None = None) -> Path:
-    """Continue the study in `study_dir` with the spec it was started with."""
+    """Continue the study in `study_dir` with the spec it was started with, where the
+    study lies now: a copied or moved study writes only into itself."""
     from study.spec import SpecError, load_spec
 
     study_dir = Path(study_dir)
@@ -1079,7 +1256,45 @@ def resume_study(study_dir: str | Path, tracking_uri: str | None = None) -> Path
     except FileNotFoundError:
         raise StateError(f"{study_dir / 'spec.yaml'} is missing; resume needs the spec the study was "
                          "started with") from None
-    return StudyRunner(spec, study_dir.resolve()).run()
+    study_dir = study_dir.resolve()
+    if not spec.is_remote_storage:  # the saved storage_path is where the study was started
+        spec = spec.model_copy(update={"storage_path": str(study_dir.parent)})
+    return _run(StudyRunner(spec, study_dir))
+
+
+def _run(runner: StudyRunner) -> Path:
+    """runner.run(), with a full disk reported as one line, and no empty folder left by a
+    first start that failed."""
+    made = not runner.study_dir.exists()
+    try:
+        return runner.run()
+    except BaseException as e:
+        if made:
+            try:
+                runner.study_dir.rmdir()  # only if empty: prepare took away what it had made
+            except OSError:
+                pass
+        full = ledger_lib.disk_full(e)
+        if full is None:
+            raise
+        where = f" writing {full.filename}" if getattr(full, "filename", None) else ""
+        raise StorageError(
+            f"storage: no space left on the device holding {runner.study_dir} ({_first_line(full)}{where}); "
+            f"the study stopped with every finished trial recorded. Free space, then: resstudy resume "
+            f"{runner.study_dir}") from None
+
+
+def _tracking_log(message: str) -> None:
+    # A study stopping for a full disk: MLflow's store (on that disk too) refuses the
+    # calls that end its runs; the one line that ends the command says it, and
+    # resume ends them.
+    if ledger_lib.disk_full(sys.exc_info()[1]) is None:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 # Backwards-compatible names

@@ -167,16 +167,52 @@ def tell(study: Any, number: int, outcome: str, result: dict[str, Any], objectiv
         study.tell(number, state=optuna.trial.TrialState.FAIL)
 
 
-def report_intermediate(study: Any, number: int, epoch: int, value: Any) -> None:
-    """The trial's per-epoch value, so a PRUNED trial sits at the epoch it reached."""
+def report_intermediate(study: Any, number: int, values: dict[int, Any]) -> list[int]:
+    """The trial's per-epoch values (epoch -> value) that Optuna does not hold yet, so a
+    PRUNED trial sits at the epoch it reached; an epoch it holds is never written again.
+    Returns the epochs written."""
+    if len(study.directions) > 1:
+        return []  # Optuna keeps intermediate values for single-objective studies only
+    frozen = frozen_trial(study, number)
+    if frozen.state.is_finished():
+        return []
+    written = []
+    for epoch, value in sorted(values.items()):
+        if (int(epoch) in frozen.intermediate_values or not isinstance(value, (int, float))
+                or not math.isfinite(value)):
+            continue
+        study._storage.set_trial_intermediate_value(frozen._trial_id, int(epoch), float(value))  # noqa: SLF001
+        written.append(int(epoch))
+    return written
+
+
+def park(storage: Any, names: list[str]) -> list[tuple[str, int]]:
+    """The RUNNING trials of the named studies (those that exist) set WAITING: the study was
+    interrupted, nothing runs, and each goes on at resume. Returns (study, number) of each."""
     import optuna
 
-    if len(study.directions) > 1 or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return  # Optuna keeps intermediate values for single-objective studies only
-    frozen = frozen_trial(study, number)
-    if frozen.state.is_finished() or epoch in frozen.intermediate_values:
-        return
-    optuna.trial.Trial(study, frozen._trial_id).report(float(value), int(epoch))  # noqa: SLF001
+    parked = []
+    for name in names:
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.WAITING):  # noqa: SLF001
+                parked.append((name, t.number))
+    return parked
+
+
+def unpark(study: Any) -> list[int]:
+    """The WAITING trials `park` left set RUNNING again, before anything asks: Optuna's
+    ask would hand out a WAITING trial as a new one."""
+    import optuna
+
+    resumed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        if study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING):  # noqa: SLF001
+            resumed.append(t.number)
+    return resumed
 
 
 # ---------------------------------------------------------------- ASHA

@@ -7,8 +7,9 @@ how it schedules trials and where results go.
         space = spec.build_space(variant)               # optuna define-by-run space
         sampler = spec.make_sampler(variant)
 
-Every problem is reported as one SpecError naming the field path
-(`scheduler.grace_period`), the bad value and what is allowed. Search-space
+Every problem of a spec, at every level, comes in one SpecError, one line
+each naming the field path (`scheduler.grace_period`), the bad value and what
+is allowed; rules across fields run once the fields themselves are valid. Search-space
 overrides are checked by building the spaces, so a bad range fails at load
 time, not inside a trial on a remote node.
 
@@ -22,17 +23,19 @@ from __future__ import annotations
 import copy
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, NoReturn
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 import search_spaces
 from search_spaces import SpaceError
 from study.presets import list_presets, presets_dir  # noqa: F401  (list_presets: part of this module's API)
-from study.config import CORE, DATASETS, all_option_names, owners, variant_options
+from study.config import CORE, DATASETS, TrainConfig, all_option_names, owners, variant_options
 from study.errors import UserError
 from study.variants import list_variants, load_plugins
 
@@ -64,56 +67,66 @@ def check_study_name(value: Any, field: str = "name") -> str:
         raise SpecError(f"{field}: {value!r} is not a study name; allowed: {STUDY_NAME_RULE}") from None
 
 
+# A problem: (path, message). The path is relative to the value being validated
+# (pydantic prefixes its location) unless it starts with ABSOLUTE.
+Problem = tuple[str, str]
+ABSOLUTE = "/"
+
+
 def _fail(path: str, message: str) -> NoReturn:
-    # `path` is relative to the model being validated; the converter prefixes
-    # pydantic's location. The message is passed through the context so braces
-    # in user values are not read as template fields.
-    raise PydanticCustomError("spec", "{spec_msg}", {"spec_path": path, "spec_msg": message})
+    _fail_all([(path, message)])
+
+
+def _fail_all(problems: list[Problem]) -> NoReturn:
+    # One validator reports every problem it found in one error; the messages go
+    # through the context so braces in user values are not read as template fields.
+    raise PydanticCustomError("spec", "{spec_msg}", {"spec_items": [list(p) for p in problems],
+                                                     "spec_msg": "; ".join(m for _, m in problems)})
 
 
 def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _check_fields(values: Mapping[str, Any], where: str, variants: list[str] | None = None) -> None:
-    """Check options given under train / fixed against their declarations (each
-    against every variant of the study that takes it, with that variant's rule)."""
+def _check_fields(values: Mapping[str, Any], where: str, variants: list[str] | None = None,
+                  prefix: str = "") -> list[Problem]:
+    """Every problem of the options given under train / fixed against their
+    declarations (each against every variant of the study that takes it, with
+    that variant's rule); paths are `prefix.key`."""
     known = all_option_names()
+    problems: list[Problem] = []
     for key, value in values.items():
+        path = _join(prefix, str(key))
         if key not in known:
-            _fail(key, f"unknown option {key!r} in {where}; allowed: "
-                       f"{', '.join(k for k in known if k not in TOP_LEVEL_FIELDS)}")
+            problems.append((path, f"unknown option {key!r} in {where}; allowed: "
+                                   f"{', '.join(k for k in known if k not in TOP_LEVEL_FIELDS)}"))
+            continue
         if key in TOP_LEVEL_FIELDS:
-            _fail(key, f"{key!r} cannot be set in {where}: "
-                       + ("the variant comes from `variants`" if key == "variant"
-                          else "search trials use seeds[0]; set `seeds`" if key == "seed"
-                          else f"set the top-level `{key}`"))
+            problems.append((path, f"{key!r} cannot be set in {where}: "
+                             + ("the variant comes from `variants`" if key == "variant"
+                                else "search trials use seeds[0]; set `seeds`" if key == "seed"
+                                else f"set the top-level `{key}`")))
+            continue
         takers = [v for v in (variants or list_variants()) if key in variant_options(v)]
         if variants is not None and not takers:
-            _fail(key, f"{key!r} is an option of {', '.join(owners(key))}, none of which this study runs "
-                       f"({', '.join(variants)})")
+            problems.append((path, f"{key!r} is an option of {', '.join(owners(key))}, none of which this study "
+                                   f"runs ({', '.join(variants)})"))
+            continue
         for v in takers or owners(key)[:1]:
             try:
                 variant_options(v)[key].check(value)
             except UserError as e:
-                _fail(key, str(e).removeprefix(f"{key}: ") + (f" (variant {v})" if key not in CORE else ""))
+                problems.append((path, str(e).removeprefix(f"{key}: ")
+                                 + (f" (variant {v})" if key not in CORE else "")))
+                break
+    return problems
 
 
 class _Model(BaseModel):
-    # strict: YAML gives real types, and "4" for an int is a mistake worth reporting
+    # strict: YAML gives real types, and "4" for an int is a mistake worth reporting.
+    # extra="forbid": every unknown key, at every level, is an error of its own
+    # beside every bad value (_error_items names the keys allowed there).
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            for key in data:
-                if key not in cls.model_fields:
-                    raise PydanticCustomError(
-                        "unknown_key", "unknown key '{spec_key}'; allowed keys: {allowed}",
-                        {"spec_key": str(key), "allowed": ", ".join(cls.model_fields)},
-                    )
-        return data
 
 
 class VariantSpec(_Model):
@@ -195,7 +208,7 @@ class StudySpec(_Model):
     repeat_best: bool = False
     variants: dict[str, VariantSpec] = Field(
         default_factory=lambda: {v: VariantSpec() for v in list_variants()})
-    train: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict, validate_default=True)  # checked with the spaces
     search: SearchSpec = Field(default_factory=SearchSpec)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -214,11 +227,12 @@ class StudySpec(_Model):
         items = v if isinstance(v, list) else [v]
         if not items:
             _fail("", "depth list is empty; allowed: one depth or a list of depths 6n+2")
-        for i, d in enumerate(items):
-            where = f"[{i}]" if isinstance(v, list) else ""
-            if isinstance(d, bool) or not isinstance(d, int) or d < 8 or (d - 2) % 6:
-                _fail(where, f"{d!r} is not a CIFAR ResNet depth; allowed: 6n+2 with n >= 1 "
-                             "(8, 14, 20, 32, 44, 56, 110, ...)")
+        problems = [(f"[{i}]" if isinstance(v, list) else "",
+                     f"{d!r} is not a CIFAR ResNet depth; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
+                    for i, d in enumerate(items)
+                    if isinstance(d, bool) or not isinstance(d, int) or d < 8 or (d - 2) % 6]
+        if problems:
+            _fail_all(problems)
         if len(set(items)) != len(items):
             _fail("", f"{v!r} repeats a depth")
         return items
@@ -241,42 +255,52 @@ class StudySpec(_Model):
             raise ValueError(str(e).removeprefix("plugins: ")) from None
         return out
 
-    @field_validator("variants", mode="before")
+    @field_validator("variants", mode="wrap")
     @classmethod
-    def _variant_names(cls, v: Any) -> Any:
-        allowed = list_variants()
-        if isinstance(v, list):
-            for i, name in enumerate(v):
-                if name not in allowed:
-                    _fail(f"[{i}]", f"unknown variant {name!r}; allowed: {', '.join(allowed)}")
-            if len(set(v)) != len(v):
-                _fail("", f"{v} repeats a variant")
-            v = {name: {} for name in v}
-        if isinstance(v, Mapping):
-            if not v:
-                _fail("", f"no variants; allowed: some of {', '.join(allowed)}")
-            for name in v:
-                if name not in allowed:
-                    _fail(str(name), f"unknown variant {name!r}; allowed: {', '.join(allowed)}")
-            v = {k: ({} if x is None else x) for k, x in v.items()}
-        return v
-
-    @model_validator(mode="after")
-    def _option_fields(self) -> "StudySpec":
-        names = list(self.variants)
+    def _variants(cls, v: Any, handler: Any) -> dict[str, VariantSpec]:
+        # Each variant's `fixed` options are checked against that variant's own rules,
+        # beside its other errors (an unknown key next to a bad fixed value: both).
+        v = _variant_names(v)
+        problems: list[Problem] = []
         try:
-            _check_fields(self.train, "train", names)
-        except PydanticCustomError as e:
-            _fail(_join("train", e.context["spec_path"]), e.context["spec_msg"])
-        for name, vs in self.variants.items():
+            out = handler(v)
+        except ValidationError as e:
+            out = None
+            problems += [(ABSOLUTE + path, msg) for err in e.errors()
+                         for path, msg in _error_items({**err, "loc": ("variants", *err["loc"])})]
+        seen = {path for path, _ in problems}
+        for name, raw in v.items() if isinstance(v, Mapping) else ():
+            fixed = raw.get("fixed") if isinstance(raw, Mapping) else None
+            if isinstance(fixed, Mapping):
+                problems += [(ABSOLUTE + _join("variants", path), msg) for path, msg in
+                             _check_fields(fixed, f"variants.{name}.fixed", [name], prefix=f"{name}.fixed")
+                             if ABSOLUTE + _join("variants", path) not in seen]
+            if out is not None and "param_reduction" in out[name].objectives \
+                    and "param_reduction" not in _variant_metrics(name):
+                problems.append((f"{name}.objectives", f"variant {name!r} reports no param_reduction; "
+                                                       "allowed: [val_acc]"))
+        if problems:
+            _fail_all(problems)
+        return out
+
+    @field_validator("train", mode="after")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # beside the other fields' errors, not after them: `variants` comes first in
+        # the model, so its names are known here when it is valid
+        variants = info.data.get("variants")
+        problems = _check_fields(v, "train", list(variants) if variants is not None else None)
+        if problems:
+            _fail_all(problems)
+        for name in variants or {}:  # each variant's search space with these values, every bad range
+            vs = variants[name]
             try:
-                _check_fields(vs.fixed, f"variants.{name}.fixed", [name])
-            except PydanticCustomError as e:
-                _fail(_join("variants", name, "fixed", e.context["spec_path"]), e.context["spec_msg"])
-            if "param_reduction" in vs.objectives and "param_reduction" not in _variant_metrics(name):
-                _fail(_join("variants", name, "objectives"), f"variant {name!r} reports no param_reduction; "
-                      "allowed: [val_acc]")
-        return self
+                search_spaces.build_space(name, _space_overrides(v, vs, name), vs.fixed)
+            except SpaceError as e:
+                problems.append((ABSOLUTE + _space_error_path(e, v, vs, name), str(e)))
+        if problems:
+            _fail_all(problems)
+        return v
 
     @field_validator("storage_path", "data_root")
     @classmethod
@@ -292,43 +316,44 @@ class StudySpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":
+        # rules across fields: they run once every field is valid, and report every
+        # problem they find together
+        problems: list[Problem] = []
         if self.dataset in FILE_DATASETS and not self.data_root:
-            _fail("data_root", f"required for dataset {self.dataset!r} (the folder holding it on every "
-                               "node; nothing is downloaded); allowed: a path")
+            problems.append(("data_root", f"required for dataset {self.dataset!r} (the folder holding it on every "
+                                          "node; nothing is downloaded); allowed: a path"))
         if self.dataset not in FILE_DATASETS and self.data_root is not None:
-            _fail("data_root", f"{self.data_root!r} is given but dataset {self.dataset!r} is built in; "
-                               f"allowed: null (data_root is for {', '.join(FILE_DATASETS)})")
+            problems.append(("data_root", f"{self.data_root!r} is given but dataset {self.dataset!r} is built in; "
+                                          f"allowed: null (data_root is for {', '.join(FILE_DATASETS)})"))
         if self.image_size is not None and self.dataset in FILE_DATASETS:
-            _fail("image_size", f"{self.image_size!r} is given but {self.dataset!r} images are 32x32; "
-                                "allowed: null (image_size is for digits, synthetic)")
+            problems.append(("image_size", f"{self.image_size!r} is given but {self.dataset!r} images are 32x32; "
+                                           "allowed: null (image_size is for digits, synthetic)"))
         if self.scheduler.type == "asha" and self.scheduler.grace_period > self.epochs:
-            _fail("scheduler.grace_period", f"{self.scheduler.grace_period} exceeds epochs={self.epochs}; "
-                                            f"allowed: 1..{self.epochs}")
+            problems.append(("scheduler.grace_period", f"{self.scheduler.grace_period} exceeds epochs={self.epochs}; "
+                                                       f"allowed: 1..{self.epochs}"))
         if self.is_remote_storage and self.mlflow.tracking_uri is None:
-            _fail("mlflow.tracking_uri", f"required when storage_path is a URI ({self.storage_path!r}): "
-                                         "the default sqlite file needs a local path; allowed: an MLflow URI")
+            problems.append(("mlflow.tracking_uri", f"required when storage_path is a URI ({self.storage_path!r}): "
+                                                    "the default sqlite file needs a local path; allowed: an MLflow "
+                                                    "URI"))
         for name in self.variants:
             try:
-                self.build_space(name)
                 if self.search.algorithm == "grid":
                     grid = search_spaces.grid_space(name, self.space_overrides(name), self.search.grid_points,
                                                     self.variants[name].fixed)
                     size = math.prod(len(v) for v in grid.values())
                     if size > MAX_GRID_SIZE:
-                        _fail("search.grid_points", f"{self.search.grid_points} points per parameter give variant "
-                                                    f"{name!r} a grid of {size} points; allowed: a grid of at most "
-                                                    f"{MAX_GRID_SIZE} (fewer grid_points, or fix parameters)")
+                        problems.append(("search.grid_points",
+                                         f"{self.search.grid_points} points per parameter give variant {name!r} a "
+                                         f"grid of {size} points; allowed: a grid of at most {MAX_GRID_SIZE} (fewer "
+                                         "grid_points, or fix parameters)"))
+                        continue
                 self.make_sampler(name)
             except SpaceError as e:
-                section = e.section
-                if e.param in self.train and e.param not in self.variants[name].space \
-                        and e.param not in self.variants[name].fixed:
-                    path = _join("train", e.param)  # the fixed value came from train
-                else:
-                    path = _join("variants", name, section, e.param or "")
-                _fail(path, str(e))
+                problems.append((_space_error_path(e, self.train, self.variants[name], name), str(e)))
             except ImportError as e:
-                _fail("search.algorithm", str(e))
+                problems.append(("search.algorithm", str(e)))
+        if problems:
+            _fail_all(problems)
         return self
 
     # -------------------------------------------------------------- queries
@@ -340,6 +365,23 @@ class StudySpec(_Model):
     def experiments(self) -> list[tuple[str, int]]:
         """(variant, depth) pairs, depth-major: each is one search."""
         return [(v, d) for d in self.depth for v in self.variants]
+
+    def plan(self) -> dict[tuple[str, int], dict[str, int]]:
+        """Trials per experiment (variant, depth) and arm: `search` (trials_per_variant,
+        at most the grid's size), then with repeat_best the best searched configuration
+        at every seed (`repeat`) and its twin at every seed (`twin`, 0 where the variant
+        has none)."""
+        out = {}
+        for variant, depth in self.experiments():
+            size = getattr(self.make_sampler(variant), "size", self.trials_per_variant)
+            fixed = len(self.seeds) if self.repeat_best else 0
+            out[(variant, depth)] = {"search": min(self.trials_per_variant, size), "repeat": fixed,
+                                     "twin": fixed if fixed and self._has_twin(variant, depth) else 0}
+        return out
+
+    def _has_twin(self, variant: str, depth: int) -> bool:
+        base = {k: v for k, v in self.trial_base_config(variant, depth).items() if not k.startswith("_")}
+        return TrainConfig.from_dict(base).twin() is not None
 
     def _check_experiment(self, variant: str, depth: int | None = None) -> None:
         if variant not in self.variants:
@@ -370,11 +412,7 @@ class StudySpec(_Model):
     def space_overrides(self, variant: str) -> dict[str, dict[str, Any]]:
         """The variant's `space` overrides plus `train` values of searched params."""
         self._check_experiment(variant)
-        vs = self.variants[variant]
-        searched = {p.name for p in search_spaces.variant_params(variant)}
-        from_train = {k: {"value": v} for k, v in self.train.items()
-                      if k in searched and k not in vs.space and k not in vs.fixed}
-        return {**from_train, **copy.deepcopy(vs.space)}
+        return _space_overrides(self.train, self.variants[variant], variant)
 
     def build_space(self, variant: str):
         """search_spaces.build_space for this variant, with the spec's overrides."""
@@ -402,6 +440,40 @@ class StudySpec(_Model):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _variant_names(v: Any) -> Any:
+    """`variants` as {name: spec}: a list of names is accepted, None is {}."""
+    allowed = list_variants()
+    if isinstance(v, list):
+        problems = [(f"[{i}]", f"unknown variant {name!r}; allowed: {', '.join(allowed)}")
+                    for i, name in enumerate(v) if name not in allowed]
+        if problems:
+            _fail_all(problems)
+        if len(set(v)) != len(v):
+            _fail("", f"{v} repeats a variant")
+        v = {name: {} for name in v}
+    if isinstance(v, Mapping):
+        if not v:
+            _fail("", f"no variants; allowed: some of {', '.join(allowed)}")
+        problems = [(str(name), f"unknown variant {name!r}; allowed: {', '.join(allowed)}")
+                    for name in v if name not in allowed]
+        if problems:
+            _fail_all(problems)
+        v = {k: ({} if x is None else x) for k, x in v.items()}
+    return v
+
+
+def _space_overrides(train: Mapping[str, Any], vs: VariantSpec, variant: str) -> dict[str, dict[str, Any]]:
+    searched = {p.name for p in search_spaces.variant_params(variant)}
+    from_train = {k: {"value": v} for k, v in train.items() if k in searched and k not in vs.space and k not in vs.fixed}
+    return {**from_train, **copy.deepcopy(vs.space)}
+
+
+def _space_error_path(e: SpaceError, train: Mapping[str, Any], vs: VariantSpec, variant: str) -> str:
+    if e.param in train and e.param not in vs.space and e.param not in vs.fixed:
+        return _join("train", e.param)  # the fixed value came from train
+    return _join("variants", variant, e.section, e.param or "")
 
 
 # ------------------------------------------------------------------ loading
@@ -475,8 +547,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise SpecError(f"override {item!r} is not KEY=VALUE (e.g. scheduler.grace_period=2)")
-        out[key.strip()] = _parse_yaml(raw, f"override {item!r}")
+            raise SpecError(f"--set: {item!r} is not KEY=VALUE (e.g. scheduler.grace_period=2)")
+        out[key.strip()] = _parse_yaml(raw, f"--set {item!r}")
     return out
 
 
@@ -515,34 +587,60 @@ def load_spec(source: str | Path | Mapping[str, Any] | None = None, *, preset: s
 
 
 def validate_spec(data: Mapping[str, Any], origin: str = "<mapping>") -> StudySpec:
-    """StudySpec from a mapping, with pydantic's errors turned into one SpecError."""
+    """StudySpec from a mapping, with pydantic's errors turned into one SpecError
+    listing every problem, one per line."""
     try:
         return StudySpec.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err) for err in e.errors()]
+        lines = [line for err in e.errors() for line in _describe(err)]
         raise SpecError(f"invalid study spec {origin}:\n  " + "\n  ".join(lines)) from None
 
 
-def _describe(err: Mapping[str, Any]) -> str:
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the mapping at `loc` (the path of a key inside it)."""
+    model: type[BaseModel] = StudySpec
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(parts.pop(0))
+        ann = field.annotation if field is not None else None
+        if typing.get_origin(ann) is dict:  # variants: {name: VariantSpec}
+            ann = typing.get_args(ann)[1]
+            parts = parts[1:]
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _error_items(err: Mapping[str, Any]) -> list[Problem]:
+    """(field path, problem) for one pydantic error: one per problem a validator
+    of ours found."""
     loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]]
     ctx = err.get("ctx") or {}
     if err["type"] == "spec":
-        loc.append(ctx["spec_path"])
-        msg = ctx["spec_msg"]
-    elif err["type"] == "unknown_key":
-        key = ctx["spec_key"]  # quoted unless a plain name, so ' ' or 'a: b' stay readable
-        loc.append(key if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_+-]*", key) else repr(key))
-        msg = err["msg"]
+        items = [(loc + [path] if not path.startswith(ABSOLUTE) else [path[1:]], msg)
+                 for path, msg in ctx["spec_items"]]
+    elif err["type"] in ("extra_forbidden", "invalid_key") or err["loc"][-1:] == ("[key]",):
+        raw = err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"]  # a key of a free mapping
+        key = str(raw[-1])  # quoted unless a plain name, so ' ' or 'a: b' stay readable
+        shown = key if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_+-]*", key) else repr(key)
+        allowed = _allowed_keys(tuple(raw))
+        items = [(loc[:len(raw) - 1] + [shown], f"unknown key {key!r}" + (f"; allowed keys: {', '.join(allowed)}"
+                                                                             if allowed else "; allowed: a name"))]
     elif err["type"] == "missing":
-        msg = "required field is missing"
+        items = [(loc, "required field is missing")]
     elif err["type"] == "value_error":
-        msg = err["msg"].removeprefix("Value error, ")
+        items = [(loc, err["msg"].removeprefix("Value error, "))]
     else:
-        msg = f"{err['msg']} (got {err['input']!r})"
-    path = ".".join(p for p in loc if p).replace(".[", "[")
+        items = [(loc, f"{err['msg']} (got {err['input']!r})")]
+    return [(".".join(p for p in parts if p).replace(".[", "["), msg) for parts, msg in items]
+
+
+def _describe(err: Mapping[str, Any]) -> list[str]:
     # user keys and values are quoted into the text: escape control characters so
     # each error stays on its one line
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{path or '<top level>'}: {msg}")
+    return ["".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{path or '<top level>'}: {msg}")
+            for path, msg in _error_items(err)]
 
 
 def _variant_metrics(name: str) -> tuple[str, ...]:

@@ -10,13 +10,14 @@ study.json, so a resumed study reopens its runs instead of opening new ones.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from study.errors import UserError
 
@@ -26,6 +27,59 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"
 LEVEL_TAG = "resstudy.level"
+
+# The view `resstudy ui` links to. MLflow 3.17's UI (server/js, the experiment
+# page) reads `?viewStateShareKey=K` and applies the experiment tag
+# `mlflow.sharedViewState.K`, a JSON of search facets (searchFilter,
+# orderByKey, orderByAsc) and table state (selectedColumns, columnOrder,
+# runsHiddenMode); `?workflowType=machine_learning` opens its model-training
+# side bar instead of the GenAI one. The filter lists the trials themselves:
+# nested under their study and variant runs they start collapsed behind one
+# row (a shared view cannot carry runsExpanded).
+VIEW_KEY = "resstudy-trials"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+VIEW_METRICS = ("val_acc", "test_acc", "best_val_acc")  # the trainer's metrics, as the runner logs them
+VIEW_TAGS = ("subject", "variant", "arm", "phase", "seed", "status")  # the runner's trial tags
+
+
+def trials_view() -> dict[str, Any]:
+    """The shared view state: every trial of the experiment, best val_acc first,
+    with the key metrics and the trial's identity as columns."""
+    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"tags.`{t}`" for t in VIEW_TAGS]
+    return {"searchFilter": f"tags.`{LEVEL_TAG}` = 'trial'", "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",
+            "orderByAsc": False, "selectedColumns": columns, "columnOrder": columns, "runsHiddenMode": "SHOW_ALL"}
+
+
+def view_query() -> str:
+    """The URL query (after `#/experiments/<id>/runs?`) that opens the trials view."""
+    return urlencode({"workflowType": "machine_learning", "viewStateShareKey": VIEW_KEY})
+
+
+def experiment_tags() -> dict[str, str]:
+    """The tags every experiment the study creates carries: not GenAI, and the trials view."""
+    return {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: json.dumps(trials_view())}
+
+
+def tag_experiment(client, experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Set experiment_tags() on an experiment where they differ (a study made
+    before them, or by another version)."""
+    have = dict(tags) if tags is not None else client.get_experiment(experiment_id).tags
+    for k, v in experiment_tags().items():
+        if have.get(k) != v:
+            client.set_experiment_tag(experiment_id, k, v)
+
+
+def ensure_view(tracking_uri: str, experiment_id: str) -> bool:
+    """tag_experiment on a study's own store; False (the plain runs page then)
+    when it cannot be written, e.g. a read-only copy."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        tag_experiment(MlflowClient(tracking_uri), experiment_id)
+    except Exception:
+        return False
+    return True
+
 # A pruned trial did its job (as in Optuna's own MLflow integration): FINISHED, with tag status=pruned.
 STATUS_BY_OUTCOME = {"completed": "FINISHED", "pruned": "FINISHED", "interrupted": "KILLED", "stopped": "KILLED",
                      "diverged": "FAILED", "failed": "FAILED"}
@@ -108,9 +162,25 @@ class Tracker:
     def params(self, key: str, params: dict[str, Any]) -> None:
         self._submit("params", key, {"params": {k: _param(v) for k, v in params.items()}})
 
-    def metrics(self, key: str, metrics: dict[str, float], step: int) -> None:
+    def metrics(self, key: str, metrics: dict[str, float], step: int, ts: int | None = None) -> None:
+        """`ts` (ms): the time the values were taken; the same metric sent again with the same
+        step, value and time is one metric to MLflow's SQL stores."""
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self._submit("metrics", key, {"metrics": clean, "step": int(step), "ts": int(time.time() * 1000)})
+        self._submit("metrics", key, {"metrics": clean, "step": int(step),
+                                      "ts": int(time.time() * 1000) if ts is None else int(ts)})
+
+    def logged_steps(self, key: str, metrics: list[str]) -> dict[str, set[int]]:
+        """The steps at which `key`'s run holds each of `metrics`: none for a run not created
+        yet, and none when MLflow cannot be asked now (what is then sent again is sent with
+        its first timestamp)."""
+        run_id = self.ids.get(key)
+        if run_id is None:
+            return {}
+        try:
+            return {m: {x.step for x in self.client.get_metric_history(run_id, m)} for m in metrics}
+        except Exception as e:
+            self._log(f"resstudy: MLflow not asked which epochs {key} holds ({_short(e)}); sending them all")
+            return {}
 
     def tags(self, key: str, tags: dict[str, Any]) -> None:
         self._submit("tags", key, {"tags": {k: str(v) for k, v in tags.items()}})
@@ -172,12 +242,10 @@ class Tracker:
             location = None
             if self.uri.startswith("sqlite:"):
                 location = (self.study_dir / "mlartifacts").resolve().as_uri()
-            exp_id = self.client.create_experiment(name, artifact_location=location,
-                                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            exp_id = self.client.create_experiment(name, artifact_location=location, tags=experiment_tags())
         else:
             exp_id = exp.experiment_id
-            if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            tag_experiment(self.client, exp_id, exp.tags)
         return exp_id
 
     def _submit(self, kind: str, key: str, payload: dict[str, Any]) -> None:

@@ -48,6 +48,9 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name!r} asked for but no CUDA device is visible; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {name!r} asked for but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}, auto or cpu")
     return device
 
 
@@ -268,10 +271,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig, report: ReportFn | None = None,
-          resume: str | Path | dict[str, Any] | None = None) -> dict[str, Any]:
+          resume: str | Path | dict[str, Any] | None = None,
+          on_step: Callable[[int, int, int], None] | None = None) -> dict[str, Any]:
     """Train one trial; returns the last epoch's metrics (with `status`).
 
     `resume` is a checkpoint directory or a state already read by load_checkpoint.
+    `on_step(epoch, step, steps)` is called after every optimiser step (a progress
+    bar); it must not synchronise with the device.
 
     status is `completed` after the last epoch or `diverged` when a loss goes
     NaN/inf, which ends the trial without raising. test_acc is measured with the
@@ -369,6 +375,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
             loss_sum += loss.detach().float() * len(y)
             correct += hits
             seen += len(y)
+            if on_step is not None:
+                on_step(epoch, step + 1, steps)
             if first_step:  # the compiling step is timed apart: images_per_s is the steady state
                 first_step = False
                 if device.type == "cuda":

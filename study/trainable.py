@@ -260,11 +260,11 @@ def trainable(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
     policy = CheckpointPolicy(config.get("_ckpt_epochs", ()), config.get("_ckpt_every_s", 300.0), cfg.epochs)
     hook = _hook()
-    try:
+    node = "local"  # outside Ray (a unit test calling the trainable directly)
+    # ray.get_runtime_context() outside Ray would start a whole local Ray instance
+    if ray.is_initialized():
         ctx = ray.get_runtime_context()
         node = f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:12]}"
-    except Exception:  # outside Ray (a unit test calling the trainable directly)
-        node = "local"
 
     start_epoch, resume, reports = resume_point(ckpt_root)
     reporter = Reporter(tune.report)

@@ -2,8 +2,11 @@
 
 Both servers listen on 127.0.0.1 only, each in its own process group so that
 Ctrl-C (or any exit of this process) stops them and every worker they forked,
-by pid. The MLflow link opens the study's experiment on its training-runs
-table (MLflow 3's `#/experiments/<id>/runs`).
+by pid, and takes their temporary log folder with them; Ctrl-C and SIGTERM
+then end the command as interrupted (exit 130). The MLflow link opens the
+study's experiment on its model-training runs table, every trial listed with
+its key metrics as columns (study.tracking.trials_view). The study is served
+where it lies: a copied or moved study shows its own runs and artifacts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from study.errors import UserError
+from study.tracking import ensure_view, view_query
 
 HOST = "127.0.0.1"
 
@@ -38,6 +42,7 @@ class Server:
     url: str  # the page to open
     probe: str  # a URL that answers 200 once the server is up
     proc: subprocess.Popen
+    log: Path  # in a temporary folder that stop() removes
 
 
 def free_port() -> int:
@@ -112,24 +117,36 @@ def start(study_dir: Path, *, mlflow_port: int = 0, dashboard_port: int = 0) -> 
     logs = Path(tempfile.mkdtemp(prefix=f"resstudy-ui-{study_dir.name}-"))
     try:
         if uri is None and mlflow_db.is_file():
+            from study.ledger import relocate_mlflow_artifacts
+
+            relocate_mlflow_artifacts(study_dir)  # a copied or moved study: its runs' artifacts are its own
             port = mlflow_port or free_port()
             exp = experiment_id(mlflow_db, exp_name)
             base = f"http://{HOST}:{port}"
             page = f"{base}/#/experiments/{exp}/runs" if exp else base
+            if exp and ensure_view(f"sqlite:///{mlflow_db.resolve()}", exp):  # trials listed, metrics as columns
+                page += "?" + view_query()
             cmd = [_tool("mlflow"), "server", "--backend-store-uri", f"sqlite:///{mlflow_db.resolve()}",
                    "--default-artifact-root", (study_dir / "mlartifacts").resolve().as_uri(),
                    "--host", HOST, "--port", str(port), "--workers", "1"]
-            servers.append(Server("MLflow", page, f"{base}/health", _spawn(cmd, study_dir, logs / "mlflow.log")))
+            servers.append(Server("MLflow", page, f"{base}/health", _spawn(cmd, study_dir, logs / "mlflow.log"),
+                                  logs / "mlflow.log"))
         if optuna_db.is_file():
             port = dashboard_port or free_port()
             base = f"http://{HOST}:{port}"
             cmd = [_tool("optuna-dashboard"), f"sqlite:///{optuna_db.resolve()}", "--host", HOST, "--port", str(port)]
             servers.append(Server("optuna-dashboard", f"{base}/dashboard", f"{base}/api/meta",
-                                  _spawn(cmd, study_dir, logs / "optuna-dashboard.log")))
+                                  _spawn(cmd, study_dir, logs / "optuna-dashboard.log"), logs / "optuna-dashboard.log"))
         for s in servers:
-            _wait_up(s, logs)
+            _wait_up(s)
+        if not servers:
+            shutil.rmtree(logs, ignore_errors=True)
+    except UiError:
+        stop(servers, keep_logs=True)  # the error names the log of the server that failed
+        raise
     except BaseException:
         stop(servers)
+        shutil.rmtree(logs, ignore_errors=True)
         raise
     return servers
 
@@ -143,11 +160,11 @@ def _spawn(cmd: list[str], study_dir: Path, log_path: Path) -> subprocess.Popen:
                             start_new_session=True, env=env, cwd=study_dir)
 
 
-def _wait_up(server: Server, logs: Path, timeout: float = 120.0) -> None:
+def _wait_up(server: Server, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            log = logs / ("mlflow.log" if server.name == "MLflow" else "optuna-dashboard.log")
+            log = server.log
             tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
             raise UiError(f"{server.name} exited with code {server.proc.returncode} before it answered; "
                           f"its log {log} ends: {tail.strip()[-400:]}")
@@ -158,11 +175,12 @@ def _wait_up(server: Server, logs: Path, timeout: float = 120.0) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.3)
-    raise UiError(f"{server.name} did not answer {server.probe} within {timeout:g} s")
+    raise UiError(f"{server.name} did not answer {server.probe} within {timeout:g} s; its log: {server.log}")
 
 
-def stop(servers: list[Server], grace: float = 10.0) -> None:
-    """SIGTERM each server's process group, then SIGKILL what is left."""
+def stop(servers: list[Server], grace: float = 10.0, keep_logs: bool = False) -> None:
+    """SIGTERM each server's process group, then SIGKILL what is left; then remove
+    their temporary log folder (unless keep_logs)."""
     for s in servers:
         if s.proc.poll() is None:
             try:
@@ -183,11 +201,15 @@ def stop(servers: list[Server], grace: float = 10.0) -> None:
             s.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
+    if not keep_logs:
+        for folder in {s.log.parent for s in servers}:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def serve(study_dir: Path, *, mlflow_port: int = 0, dashboard_port: int = 0,
           echo: Callable[[str], None] = print) -> None:
-    """Start both servers, print their URLs, and keep them until Ctrl-C or SIGTERM."""
+    """Start both servers, print their URLs, and keep them until Ctrl-C or SIGTERM
+    (then KeyboardInterrupt: the command exits 130 once both are stopped)."""
     uri, _ = _study_meta(Path(study_dir))
     servers = start(study_dir, mlflow_port=mlflow_port, dashboard_port=dashboard_port)
     if uri is not None:
@@ -205,6 +227,7 @@ def serve(study_dir: Path, *, mlflow_port: int = 0, dashboard_port: int = 0,
         raise UiError(f"{gone.name} stopped unexpectedly (exit code {gone.proc.returncode})")
     except KeyboardInterrupt:
         echo("stopping")
+        raise
     finally:
         stop(servers)
         signal.signal(signal.SIGTERM, previous)

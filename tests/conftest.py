@@ -1,6 +1,18 @@
-"""Shared fixtures. `tiny_study_dir` runs one small REAL study (embedded Ray,
-Optuna, MLflow on SQLite) once per test session, through the CLI, and hands
-its study directory to every test that inspects a study's outputs."""
+"""Shared fixtures and the test tiers.
+
+`tiny_study_dir` runs one small REAL study (embedded Ray, Optuna, MLflow on
+SQLite) once per test session, through the CLI, and hands its study directory
+to every test that inspects a study's outputs.
+
+Tiers: a test that starts Ray (or a study, or a cluster), a server, a browser,
+a notebook kernel or torch.compile carries the marker of what it starts
+(HEAVY). `pytest -q` with no paths runs the fast tier (no heavy marker);
+`--tier heavy` the rest, `--tier all` everything; naming paths or node ids runs
+what they name. The rule that keeps the fast tier fast: every test is watched
+for what it starts (subprocesses, torch.compile); one that starts something
+heavy without the matching marker is reported, and with `--strict-tiers`
+(what .ci/run passes) it fails.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +25,109 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+HEAVY = {
+    "ray": "starts Ray: embedded, a local cluster, or a study (resstudy run/resume/submit)",
+    "server": "starts a server: the MLflow or optuna-dashboard server, resstudy ui",
+    "browser": "starts a browser (Chromium)",
+    "notebook": "starts a notebook kernel",
+    "compile": "runs torch.compile",
+}
+# Fixtures that start something heavy: a test using one carries its marker (added at collection).
+HEAVY_FIXTURES = {"tiny_study_run": "ray", "tiny_study_dir": "ray"}
+TIERS = ("fast", "heavy", "all")
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--tier", choices=TIERS, default=None,
+                     help="fast: tests without a heavy marker (the default when no path is named); heavy: the "
+                          "others; all: every test")
+    parser.addoption("--strict-tiers", action="store_true",
+                     help="fail a test that starts something heavy without carrying its marker (CI)")
+
+
+def pytest_configure(config) -> None:
+    for name, what in HEAVY.items():
+        config.addinivalue_line("markers", f"{name}: {what} (not in the fast tier)")
+
+
+def heavy_markers(item) -> set[str]:
+    return {m.name for m in item.iter_markers() if m.name in HEAVY}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        for fixture, marker in HEAVY_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+    tier = config.getoption("--tier")
+    if tier is None:
+        # no path named: the fast tier; a named file or test runs as named
+        named = [a for a in config.args if a not in config.getini("testpaths") and Path(a).resolve() != ROOT]
+        tier = "all" if named else "fast"
+    if tier == "all":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if bool(heavy_markers(item)) == (tier == "heavy") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def started_kind(argv) -> str | None:
+    """Which heavy thing a subprocess command starts, if any."""
+    parts = [str(a) for a in (argv if isinstance(argv, (list, tuple)) else str(argv).split())]
+    text = " ".join(parts).lower()
+    names = {Path(p).name for p in parts}
+    if names & {"chromium", "chromium-browser", "chrome", "google-chrome", "chromedriver"}:
+        return "browser"
+    if "ipykernel_launcher" in text or "ipykernel" in names or "jupyter" in names:
+        return "notebook"
+    if names & {"gcs_server", "raylet", "local.sh"} or ("ray" in names and "start" in parts):
+        return "ray"
+    if "optuna-dashboard" in names or ("mlflow" in text and ("server" in parts or "ui" in parts)):
+        return "server"
+    if "study.cli" in parts or names & {"resstudy"}:
+        rest = parts[parts.index("study.cli") + 1:] if "study.cli" in parts else parts[1:]
+        sub = next((a for a in rest if not a.startswith("-")), "")
+        return {"run": "ray", "resume": "ray", "submit": "ray", "ui": "server"}.get(sub)
+    return None
+
+
+UNMARKED: list[tuple[str, str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _tier_rule(request, monkeypatch):
+    """Watch what the test starts; a heavy start without its marker breaks the tier rule."""
+    seen: set[str] = set()
+    real_init = subprocess.Popen.__init__
+
+    def init(self, args, *a, **kw):
+        kind = started_kind(args)
+        if kind:
+            seen.add(kind)
+        return real_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", init)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        real_compile = torch.compile
+
+        def compile_(*a, **kw):
+            seen.add("compile")
+            return real_compile(*a, **kw)
+
+        monkeypatch.setattr(torch, "compile", compile_)
+    yield
+    missing = sorted(seen - heavy_markers(request.node))
+    if missing:
+        UNMARKED.append((request.node.nodeid, ", ".join(missing)))
+        if request.config.getoption("--strict-tiers"):
+            pytest.fail(f"{request.node.nodeid} starts {', '.join(HEAVY[m].split(':')[0] for m in missing)} "
+                        f"without the marker(s) {missing}: mark it (@pytest.mark.{missing[0]}) so the fast tier "
+                        "stays fast", pytrace=False)
 
 TINY_SPEC = {
     "name": "tiny",
@@ -87,6 +202,10 @@ MARK_BEGIN, MARK_END = "<!-- observed faults: begin -->", "<!-- observed faults:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
+    if UNMARKED:
+        terminalreporter.section("tier rule: tests that start something heavy without its marker")
+        for nodeid, kinds in UNMARKED:
+            terminalreporter.write_line(f"{nodeid}: {kinds}")
     if not FAULTS:
         return
     lines = ["| fault | required outcome | observed |", "|---|---|---|",

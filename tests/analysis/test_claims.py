@@ -185,3 +185,94 @@ def test_quotient_rule_claim_leaves_out_trials_where_the_rules_are_one_network()
     assert r["estimate"] == pytest.approx(0.03, abs=0.005)
     only_two = _one(rows[:6], claims={"quotient": [claim]})
     assert only_two["verdict"] == "inconclusive" and "left out" in only_two["settle"]
+
+
+# ---------------------------------------------------------------- Holm and n < 3 in every table with verdicts
+
+# Paired differences (variant minus its partner, one per seed) with known p-values (paired t):
+# CLOSE alone passes 0.05 but not after Holm over three tests; STRONG passes any correction;
+# NULL is noise around 0.
+CLOSE = [0.012, 0.006, 0.014, 0.004]  # p = 0.032
+STRONG = [0.02, 0.021, 0.019, 0.0205]  # p = 2e-5
+NULL = [0.004, -0.006, 0.002, -0.003]  # p = 0.76
+TWIN_OF = {"quotient": "resnet", "epsilon": "epsilon", "sgs": "resnet"}
+BASE = [0.90, 0.91, 0.92, 0.905, 0.915]  # the partner's accuracy per seed
+
+
+def _tuned(subject: str, diffs, seeds=None) -> list[dict]:
+    """A subject's repeat runs at BASE + diffs, seed by seed (resnet: BASE itself)."""
+    seeds = list(range(len(diffs))) if seeds is None else seeds
+    return [_row(subject, f"{subject}-r{s}", s, "completed", [], phase="repeat", val_acc=BASE[s] + d,
+                 test_acc=BASE[s] + d) for s, d in zip(seeds, diffs)]
+
+
+def _twin_rows(subject: str, diffs) -> list[dict]:
+    """A subject's repeat runs and its twin's runs, paired by seed, the variant BASE + diffs."""
+    rows = []
+    for s, d in enumerate(diffs):
+        rows.append(_row(subject, f"{subject}-r{s}", s, "completed", [], phase="repeat", val_acc=BASE[s] + d,
+                         test_acc=BASE[s] + d))
+        rows.append(_row(TWIN_OF[subject], f"{subject}-t{s}", s, "completed", [], phase="twin", subject=subject,
+                         arm="twin", val_acc=BASE[s], test_acc=BASE[s]))
+    return rows
+
+
+def _twin_claims(subjects) -> dict:
+    return {s: [Claim(f"{s}_vs_twin", f"{s} beats its twin", "twin")] for s in subjects}
+
+
+def test_tuned_vs_tuned_holm_over_several_subjects_turns_a_lone_pass_inconclusive():
+    baseline = _tuned("resnet", [0.0] * 4)
+    alone = tuned_vs_tuned(pd.DataFrame(baseline + _tuned("quotient", CLOSE)))
+    (q,) = alone.itertuples()
+    assert q.test == "paired t" and q.p_value < 0.05 and q.verdict == "better"  # alone it passes
+    t = tuned_vs_tuned(pd.DataFrame(baseline + _tuned("quotient", CLOSE) + _tuned("sgs", STRONG)
+                                    + _tuned("epsilon", NULL))).set_index("subject")
+    assert sorted(t.index) == ["epsilon", "quotient", "sgs"] and (t["n"] == 4).all()
+    assert t["verdict"].to_dict() == {"epsilon": "inconclusive", "quotient": "inconclusive", "sgs": "better"}
+    # Holm, three tests: the smallest p times 3, the second times 2, the largest as is
+    assert t.loc["sgs", "p_adj"] == pytest.approx(3 * t.loc["sgs", "p_value"])
+    assert t.loc["quotient", "p_adj"] == pytest.approx(2 * t.loc["quotient", "p_value"])
+    assert t.loc["quotient", "p_adj"] > 0.05
+    assert t.loc["epsilon", "p_adj"] == pytest.approx(t.loc["epsilon", "p_value"])
+
+
+def test_tuned_vs_tuned_never_decides_on_two_runs_however_large_the_gain():
+    baseline = _tuned("resnet", [0.0] * 4)
+    # quotient ran two seeds (Welch against resnet's four), gaining 8 points with no spread to speak of
+    rows = baseline + _tuned("quotient", [0.08, 0.0801]) + _tuned("sgs", STRONG) + _tuned("epsilon", NULL)
+    t = tuned_vs_tuned(pd.DataFrame(rows)).set_index("subject")
+    q = t.loc["quotient"]
+    assert q["n"] == 2 and q["diff"] > 0.07 and q["p_value"] < 0.05  # a test would call it
+    assert q["verdict"] == "inconclusive" and np.isnan(q["p_adj"])
+    assert t.loc["sgs", "verdict"] == "better"  # the others are still decided
+    # a baseline of two runs decides nothing either
+    two_base = tuned_vs_tuned(pd.DataFrame(_tuned("resnet", [0.0] * 2) + _tuned("sgs", STRONG[:2])
+                                           + _tuned("quotient", [0.08, 0.0801])))
+    assert (two_base["verdict"] == "inconclusive").all() and two_base["p_adj"].isna().all(), two_base
+
+
+def test_claims_table_holm_over_several_subjects_turns_a_lone_pass_inconclusive():
+    claims = _twin_claims(["quotient", "sgs", "epsilon"])
+    alone, _ = claims_table(pd.DataFrame(_twin_rows("quotient", CLOSE)), None, SPEC,
+                            claims={"quotient": claims["quotient"]})
+    assert alone["p_value"].iloc[0] < 0.05 and alone["verdict"].iloc[0] == "supported"
+    rows = _twin_rows("quotient", CLOSE) + _twin_rows("sgs", STRONG) + _twin_rows("epsilon", NULL)
+    t = claims_table(pd.DataFrame(rows), None, SPEC, claims=claims)[0].set_index("subject")
+    assert (t["n"] == 4).all()
+    assert t["verdict"].to_dict() == {"quotient": "inconclusive", "sgs": "supported", "epsilon": "inconclusive"}
+    assert t.loc["quotient", "p_adj"] == pytest.approx(2 * t.loc["quotient", "p_value"])
+    assert t.loc["quotient", "p_adj"] > 0.05
+    assert "for 80% power" in t.loc["quotient", "settle"]
+
+
+def test_claims_table_never_decides_on_two_pairs_among_several_subjects():
+    claims = _twin_claims(["quotient", "sgs", "epsilon"])
+    rows = _twin_rows("quotient", [0.08, 0.0801]) + _twin_rows("sgs", STRONG) + _twin_rows("epsilon", NULL)
+    t = claims_table(pd.DataFrame(rows), None, SPEC, claims=claims)[0].set_index("subject")
+    q = t.loc["quotient"]
+    assert q["n"] == 2 and q["estimate"] > 0.07 and q["p_value"] < 0.05
+    assert q["verdict"] == "inconclusive" and np.isnan(q["p_adj"]) and q["settle"] == "needs >= 3 paired seeds (has 2)"
+    # the two-pair row is not in Holm's family: sgs is adjusted over the two rows with n >= 3
+    assert t.loc["sgs", "verdict"] == "supported"
+    assert t.loc["sgs", "p_adj"] == pytest.approx(2 * t.loc["sgs", "p_value"])

@@ -15,9 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp  # a dependency (ray[default] brings it): missing, the browser tests fail, never skip
 import pytest
-
-aiohttp = pytest.importorskip("aiohttp")
 
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
@@ -39,13 +38,13 @@ COUNT_JS = ("JSON.stringify(Array.from(document.querySelectorAll('div.plotly-gra
 POINTS_JS = ("JSON.stringify(Array.from(document.querySelectorAll('div.plotly-graph-div'))"
              ".map(d => (d._fullData || []).reduce((n, t) => n + Math.max((t.x && t.x.length) || 0,"
              " (t.y && t.y.length) || 0), 0)))")
-# What a reader sees first: the first section heading, and whether the first
-# table (the claims) and the claims heading lie above the first figure.
+# What a reader sees first: the first section heading, where the conclusion
+# box ends, and whether the first table (the claims) lies above the first figure.
 FIRST_JS = ("JSON.stringify({h2: document.querySelector('h2').textContent,"
             " tableFirst: (() => { const t = document.querySelector('table'), f = document.querySelector("
             "'div.plotly-graph-div'); return !!t && (!f || (t.compareDocumentPosition(f) & 4) > 0"
             " && t.classList.contains('claims')); })(),"
-            " top: document.querySelector('table.claims') ? document.querySelector('table.claims')"
+            " top: document.querySelector('.conclusion') ? document.querySelector('.conclusion')"
             ".getBoundingClientRect().top : -1})")
 
 
@@ -135,6 +134,7 @@ async def _render(port: int, url: str, timeout: float = 60.0, probes: tuple[str,
                 task.cancel()
 
 
+@pytest.mark.browser
 def test_report_renders_offline_without_console_errors(analyzed_report, tmp_path):
     text = analyzed_report.read_text()
     n_figs = text.count('class="plotly-graph-div')
@@ -154,11 +154,12 @@ def test_report_renders_offline_without_console_errors(analyzed_report, tmp_path
     assert all(c > 0 for c in counts), counts
     # no empty plot: every figure holds data points
     assert len(points) == n_figs and all(p > 0 for p in points), points
-    # claims first: the first heading, and its table above every figure, on the first screen
-    assert first["h2"] == "Claims" and first["tableFirst"], first
+    # the conclusion first, on the first screen; the claims table above every figure
+    assert first["h2"] == "Conclusion" and first["tableFirst"], first
     assert 0 <= first["top"] < 800, first
 
 
+@pytest.mark.browser
 def test_browser_check_catches_errors(tmp_path):
     """The harness itself: a page with a console error and a broken plot must fail it."""
     page = tmp_path / "bad.html"

@@ -26,7 +26,7 @@ from study import jobs
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_SH = REPO / "cluster" / "local.sh"
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def free_port() -> int:

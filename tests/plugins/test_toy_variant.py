@@ -15,6 +15,7 @@ from tests.conftest import run_cli
 PLUGIN = Path(__file__).with_name("toy_variant.py")
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_toy_variant_runs_through_a_study_and_the_analysis(tmp_path):
     spec = {

@@ -2,7 +2,8 @@
 production): RESSTUDY_TRIAL_HOOK=tests.study.faultplug:after_epoch (inside a
 trial, after each reported epoch, so that epoch's checkpoint exists) and
 RESSTUDY_DRIVER_HOOK=tests.study.faultplug:driver_event (in the driver, at
-study start, each phase start and after the last trial).
+study start, each phase start, right after an epoch's line in the epoch log
+(before MLflow and Optuna get it) and after the last trial).
 
 RESSTUDY_FAULTS names a JSON file of rules; each fires at most `times` times
 (default 1) in all, counted by marker files beside it, so counts survive
@@ -12,12 +13,15 @@ worker restarts and driver kills:
     {"at": "phase_start", "experiment": "km-quotient-d8", "phase": "search", "action": "kill_driver",
      "signal": "SIGKILL"}
     {"at": "study_end", "action": "kill_driver", "signal": "SIGINT"}
+    {"at": "epoch_logged", "experiment": "km-resnet-d8", "phase": "search", "epoch": 2, "action": "kill_driver"}
 
 Trial rules match on variant, seed, phase, index (the trial's number within its
 phase) and fire at `epoch` and every later epoch. Actions: "raise" (the trial
 errors), "exit" (the worker process dies), "kill_driver" (the driver gets
 `signal`: SIGKILL to its pid, SIGINT/SIGTERM to its process group, as a
-terminal's Ctrl-C does).
+terminal's Ctrl-C, `timeout` and Kubernetes do; with "everyone": true also to
+every process the driver started, Ray's own included, as SLURM's scancel and
+systemd do).
 """
 
 from __future__ import annotations
@@ -68,6 +72,14 @@ def _act(path: Path, i: int, rule: dict[str, Any], where: str) -> None:
             time.sleep(30)  # a trial must not outlive its driver's death by reporting again
         else:
             os.killpg(os.getpgid(pid), sig)
+            if rule.get("everyone"):
+                import psutil
+
+                for p in sorted(psutil.Process(pid).children(recursive=True), key=lambda p: p.pid == os.getpid()):
+                    try:
+                        p.send_signal(sig)  # this process last
+                    except psutil.NoSuchProcess:
+                        pass
             time.sleep(3)  # let the driver's stop reach this trial before it reports again
         return
     raise InjectedFault(f"injected fault: rule {i} at {where}")

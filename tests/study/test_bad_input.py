@@ -313,6 +313,7 @@ def test_every_option_has_a_bad_value_strategy():
 # ---------------------------------------------------------------- the real entry point
 
 
+@pytest.mark.ray  # `resstudy run`: a refusal that broke would start Ray
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\0\0garbage", b"name: [unclosed\n", b"name: p\ndepth: 9\n"])
 def test_cli_entry_point_on_a_junk_spec_prints_one_error_and_no_traceback(tmp_path, content):
     path = tmp_path / "junk.yaml"
@@ -458,3 +459,46 @@ def test_export_out_that_cannot_be_a_writable_folder_exits_2_in_one_line(tmp_pat
         assert (tmp_path / "afile").read_text() == "mine"
     code, stdout, err = run_main(["export", str(study), "--out", str(tmp_path / "fine")])
     assert code == 0 and (tmp_path / "fine" / "results.csv").is_file(), err
+
+
+# ---------------------------------------------------------------- the entry point: one line, exit 2, nothing before
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["train", "--device", "cuda:99", "--epochs", "1"], "device: 'cuda:99' asked for but "),
+    (["train", "--checkpoint-dir", "{file}", "--epochs", "1"], "--checkpoint-dir: '{file}' is a file"),
+    (["train", "--epochs", "x"], "epochs: 'x' is not allowed; allowed: an integer >= 1"),
+    (["train", "--from", "{file}"], "study: '{file}' is not a study directory"),
+])
+def test_the_entry_point_refuses_bad_train_input_in_one_line_before_any_output(tmp_path, argv, named):
+    file = tmp_path / "afile"
+    file.write_text("mine")
+    argv = [a.format(file=file) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "study.cli", *argv], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**_env(), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.startswith("resstudy train: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert named.format(file=file) in proc.stderr and file.read_text() == "mine"
+
+
+def test_the_entry_point_lists_nested_spec_typos_together(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: p\ndataset: digits\ndepth: 8\nepoch: 3\nscheduler: {grace: 2}\n"
+                    "variants: {sgs: {fixed: {sgs_k: -1}}}\n")
+    # `check` validates as `run` does and starts nothing (`run` itself: test_cli, in-process)
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "check", str(path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"resstudy check: error: invalid study spec {path}:"
+    assert sorted(line.split(":")[0].strip() for line in lines[1:]) == [
+        "epoch", "scheduler.grace", "variants.sgs.fixed.sgs_k"], proc.stderr
+    assert not (tmp_path / "resstudy_runs").exists()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _flag_cache(tmp_path_factory):
+    """The train flag cache of these tests, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield

@@ -105,6 +105,7 @@ def test_fallback_when_the_backward_fails_retries_the_step_eagerly(monkeypatch):
     assert out is not None
 
 
+@pytest.mark.compile
 def test_a_real_error_is_not_swallowed(monkeypatch):
     step = CompiledStep(lambda x: x @ x, True, CPU)
     step.compiled = True  # as after a successful first step
@@ -127,6 +128,7 @@ def eager_rows():
     return rows
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(not compile_lib.compile_available(), reason="torch.compile unavailable")
 def test_trainer_compiled_matches_eager_and_reports_compile_time(eager_rows):
     # Inductor's default on-disk cache: only a machine's first run pays the full compile.

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, record_fault, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SECRET = "hunter2"
 
 
@@ -154,6 +154,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
+@pytest.mark.server
 def test_mlflow_going_away_mid_study_loses_no_metric(tmp_path):
     port = _free_port()
     root = tmp_path / "mlflow"

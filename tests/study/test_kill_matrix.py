@@ -1,17 +1,29 @@
 """The kill matrix: one small real study stopped at every phase boundary and
 inside every phase (search start, mid-trial, between experiments, repeat
-phase, last trial, after the last trial), by SIGKILL to the driver or by
-Ctrl-C (SIGINT to its process group), each stop followed by `resume`.
+phase, last trial, after the last trial), each stop followed by `resume`,
+in two runs:
 
-One study per signal visits all six points in turn (a stop, a resume that runs
-to the next stop, ...), so the six cases share one study's setup. After each
-stop and at the end:
-- results rows = the trials the spec asks for, each trial once;
+- SIGKILL to the driver at the six points, and once more within
+  milliseconds of an epoch's report: right after its line in the epoch log,
+  before MLflow and Optuna have it;
+- an interrupt at the six points: Ctrl-C (SIGINT to the driver's process
+  group), SIGTERM to that group (`timeout`, Kubernetes), and once SIGTERM to
+  every process of the study, Ray's own included (SLURM's scancel, systemd),
+  where Ray's GCS dies before the driver has stopped.
+
+One study per run visits its points in turn (a stop, a resume that runs to the
+next stop, ...), so the cases share one study's setup. After each stop:
 - every trial trained each epoch exactly once (its raw epoch log, where a
-  retrained epoch would show twice; and its MLflow metric steps);
+  retrained epoch would show twice);
+- trials finished before a stop were not touched by the resume;
+- after an interrupt: exit 130, "Resume with: resstudy resume DIR" printed,
+  nothing RUNNING in the ledger, MLflow or Optuna.
+At the end:
+- results rows = the trials the spec asks for, each trial once;
+- history, MLflow's metric steps and Optuna's intermediate values hold the
+  same epochs with the same values, trial by trial, each once;
 - a trial stopped mid-training continued from its checkpoint (its second
   attempt starts after the checkpointed epoch);
-- trials finished before a stop were not touched by the resume;
 - Optuna states = results statuses, nothing RUNNING in Optuna or MLflow, one
   MLflow run per trial.
 """
@@ -24,6 +36,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -34,7 +47,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, record_fault
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 EPOCHS = 3
 SEEDS = [0, 1]
@@ -56,20 +69,32 @@ def spec(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def points(name: str, sig: str) -> list[tuple[str, dict]]:
+def points(name: str, run: str) -> list[tuple[str, dict]]:
     """(label, fault rule) for each stop, in the order the study meets them."""
-    kill = {"action": "kill_driver", "signal": sig}
-    return [
-        ("search start", {"at": "phase_start", "experiment": f"{name}-resnet-d8", "phase": "search", **kill}),
+    if run == "SIGKILL":
+        sigs = ["SIGKILL"] * 6
+    else:  # an interrupt: each signal a job or a terminal sends, Ray's processes spared or not
+        sigs = ["SIGINT", "SIGTERM", "SIGTERM", "SIGTERM to every process", "SIGINT", "SIGTERM"]
+    kill = [{"action": "kill_driver", "signal": s.split()[0], **({"everyone": True} if " " in s else {})}
+            for s in sigs]
+    stops = [
+        ("search start", {"at": "phase_start", "experiment": f"{name}-resnet-d8", "phase": "search", **kill[0]}),
         ("mid-trial (resnet search, 2nd trial, after epoch 2)",
-         {"at": "trial", "variant": "resnet", "phase": "search", "index": 1, "epoch": 2, **kill}),
-        ("between experiments", {"at": "phase_start", "experiment": f"{name}-quotient-d8", "phase": "search", **kill}),
+         {"at": "trial", "variant": "resnet", "phase": "search", "index": 1, "epoch": 2, **kill[1]}),
+        ("between experiments", {"at": "phase_start", "experiment": f"{name}-quotient-d8", "phase": "search",
+                                 **kill[2]}),
         ("repeat phase (quotient, 1st trial, after epoch 1)",
-         {"at": "trial", "variant": "quotient", "phase": "repeat", "index": 0, "epoch": 1, **kill}),
+         {"at": "trial", "variant": "quotient", "phase": "repeat", "index": 0, "epoch": 1, **kill[3]}),
         ("last trial (quotient's twin, seed 1, after epoch 2)",
-         {"at": "trial", "phase": "twin", "index": 1, "epoch": 2, **kill}),
-        ("after the last trial", {"at": "study_end", **kill}),
+         {"at": "trial", "phase": "twin", "index": 1, "epoch": 2, **kill[4]}),
+        ("after the last trial", {"at": "study_end", **kill[5]}),
     ]
+    stops = [(f"{label} by {sig}", rule) for (label, rule), sig in zip(stops, sigs)]
+    if run == "SIGKILL":  # the first search trial, between its epoch-2 log line and MLflow and Optuna
+        stops.insert(1, ("epoch 2 of the 1st resnet search trial in the epoch log only, by SIGKILL",
+                         {"at": "epoch_logged", "experiment": f"{name}-resnet-d8", "phase": "search", "epoch": 2,
+                          "action": "kill_driver", "signal": "SIGKILL"}))
+    return stops
 
 
 class _Evil:
@@ -132,6 +157,49 @@ def check_trained_once(study: Path) -> None:
             assert len(epochs) == rec["row"]["epochs_reached"], (rid, epochs, rec["row"]["epochs_reached"])
 
 
+def check_nothing_running(study: Path, name: str) -> None:
+    """An interrupted study: no trial running in the ledger, no run RUNNING in MLflow, no trial
+    RUNNING in Optuna (an interrupted search trial waits there for the resume: WAITING)."""
+    running = [rid for rid, rec in ledger(study).items() if rec["status"] == "running"]
+    assert not running, f"ledger: {running} still running"
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "MLflow: a run left RUNNING"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study / 'optuna.db'}")
+    for summary in optuna.get_all_study_summaries(storage):
+        states = [t.state.name for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials]
+        assert "RUNNING" not in states, (summary.study_name, states)
+
+
+def check_stores_agree(study: Path, name: str, res: pd.DataFrame) -> None:
+    """history, MLflow and Optuna hold the same epochs, each once, with the same values, trial by trial."""
+    hist = pd.read_parquet(study / "history.parquet")
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    storage = f"sqlite:///{study / 'optuna.db'}"
+    optuna_trials = {v: optuna.load_study(study_name=f"{name}-{v}-d8", storage=storage).trials
+                     for v in ("resnet", "quotient")}
+    for row in res.itertuples():
+        h = hist[hist.trial_id == row.trial_id].sort_values("epoch")
+        history = [(int(e), float(v)) for e, v in zip(h.epoch, h.val_acc)]
+        assert [e for e, _ in history] == list(range(1, row.epochs_reached + 1)), (row.trial_id, history)
+        steps = [(m.step, m.value) for m in client.get_metric_history(row.mlflow_run_id, "val_acc")]
+        assert steps == history, (row.trial_id, "MLflow", steps, "history", history)
+        if row.phase == "search":
+            values = sorted(optuna_trials[row.subject][int(row.optuna_number)].intermediate_values.items())
+            assert values == history, (row.trial_id, "Optuna", values, "history", history)
+
+
+def check_in_the_log_only(study: Path, name: str, rid: str, epoch: int) -> None:
+    rec = ledger(study)[rid]
+    assert [r["epoch"] for r in epoch_log(study, rid)][-1] == epoch
+    client = MlflowClient(f"sqlite:///{study / 'mlflow.db'}")
+    assert epoch not in [m.step for m in client.get_metric_history(rec["mlflow_run_id"], "val_acc")]
+    trial = optuna.load_study(study_name=rec["experiment"], storage=f"sqlite:///{study / 'optuna.db'}").trials[
+        rec["optuna_number"]]
+    assert epoch not in trial.intermediate_values
+
+
 def check_finished(study: Path, name: str) -> pd.DataFrame:
     res = pd.read_parquet(study / "results.parquet")
     counts = res.groupby(["subject", "phase"]).size().to_dict()
@@ -149,9 +217,8 @@ def check_finished(study: Path, name: str) -> pd.DataFrame:
     assert len(trials) == len(res), "not one MLflow run per trial"
     assert {r.info.run_id for r in trials} == set(res.mlflow_run_id)
     by_id = res.set_index("mlflow_run_id")
+    check_stores_agree(study, name, res)
     for r in trials:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, by_id.loc[r.info.run_id, "epochs_reached"] + 1)), (r.info.run_name, steps)
         assert r.data.tags["status"] == by_id.loc[r.info.run_id, "status"]
         assert r.info.status == "FINISHED"  # completed and pruned alike
 
@@ -167,9 +234,9 @@ def check_finished(study: Path, name: str) -> pd.DataFrame:
     return res
 
 
-@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig", ["SIGKILL", "interrupt"])
 def test_kill_matrix(tmp_path, sig):
-    name = f"km{sig[3:].lower()}"
+    name = {"SIGKILL": "kmkill", "interrupt": "kmint"}[sig]
     spec_path = spec(tmp_path, name)
     study = tmp_path / "runs" / name
     rules = points(name, sig)
@@ -185,13 +252,18 @@ def test_kill_matrix(tmp_path, sig):
     expected_rc = -signal.SIGKILL if sig == "SIGKILL" else 130
 
     rc = wait(driver(["run", str(spec_path)], env, log))
-    observed = []
+    observed, exit_s = [], []
     for i, (label, _) in enumerate(rules):
         fired = sorted(p.name for p in (tmp_path / "faults.fired").glob("*"))
         assert f"rule{i}-0" in fired, f"stop {label!r} never happened; fired {fired}\n" + log.read_text()[-4000:]
+        # reported, not asserted: seconds from the signal to the driver's exit
+        exit_s.append(time.time() - json.loads((tmp_path / "faults.fired" / f"rule{i}-0").read_text())["time"])
         assert rc == expected_rc, f"after {label!r}: exit {rc}\n" + log.read_text()[-4000:]
-        if sig == "SIGINT":
+        if sig == "interrupt":
             assert log.read_text().count(f"Resume with: resstudy resume {study}") == i + 1, log.read_text()[-2000:]
+            check_nothing_running(study, name)
+        if "epoch log only" in label:  # the stop came in the window: the other stores lack epoch 2
+            check_in_the_log_only(study, name, f"{name}-resnet-d8-s0000", 2)
         before = {rid: rec for rid, rec in ledger(study).items()
                   if rec["status"] in ("completed", "pruned", "failed", "diverged")}
         check_trained_once(study)
@@ -214,7 +286,11 @@ def test_kill_matrix(tmp_path, sig):
         assert len(attempts) == 2 and attempts[max(attempts)][0] == 3, attempts
     elif len(attempts) > 1:  # Ctrl-C stopped it before epoch 3 was reported
         assert attempts[max(attempts)][0] == 3, attempts
-    record_fault(f"driver {sig} at: " + ", ".join(observed), "each followed by `resstudy resume`: rows = trials asked, "
-                 "each epoch trained once, stopped trial continues from its checkpoint, nothing RUNNING",
-                 f"{len(res)} rows; epoch logs without repeats; Optuna = results; {len(res)} MLflow trial runs, none "
-                 "RUNNING; planted Tune pickles never loaded")
+    stopped = ("" if sig == "SIGKILL" else f"exit 130 and the resume line {min(exit_s):.0f}-{max(exit_s):.0f} s "
+               "after the signal, nothing RUNNING after each stop; ")
+    record_fault(f"driver stopped at: " + ", ".join(observed), "each followed by `resstudy resume`: rows = trials "
+                 "asked, each epoch trained once and in every store once, stopped trial continues from its "
+                 "checkpoint, nothing RUNNING",
+                 f"{stopped}{len(res)} rows; epoch logs without repeats; history = MLflow steps = Optuna intermediate "
+                 f"values, trial by trial; Optuna = results; {len(res)} MLflow trial runs, none RUNNING; planted Tune "
+                 "pickles never loaded")

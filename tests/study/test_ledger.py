@@ -200,6 +200,7 @@ def test_checkpoint_policy_rungs_interval_and_last_epoch():
     assert all(CheckpointPolicy(every_s=0, last=10).due(e) for e in range(1, 11))
 
 
+@pytest.mark.ray  # the real trainable under Tune's session
 def test_a_trial_resumes_from_its_checkpoint_bit_exactly_not_from_scratch(tmp_path, monkeypatch):
     """The trainable outside Ray: fail after epoch 2, call it again, and it reports epoch 3 only,
     with the numbers an unbroken run gives."""
@@ -325,16 +326,106 @@ def test_a_damaged_mlflow_db_is_a_named_error(tmp_path):
     assert not (d / "tune").exists(), "a trial started although MLflow could not be used"
 
 
-def test_the_lock_is_held_while_a_study_runs(tmp_path):
+def _without_ray(monkeypatch, experiments) -> None:
+    """StudyRunner.run() as it is, minus Ray: no Ray start, a cluster of this machine, and the
+    experiments (Tune's part) replaced by `experiments(runner)`."""
+    import ray
+
+    from study import runner as runner_lib
+
+    monkeypatch.setattr(runner_lib, "_init_ray", lambda spec: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(os.cpu_count() or 1)})
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    monkeypatch.setattr(runner_lib.StudyRunner, "_run_experiments", lambda self: experiments(self))
+
+
+def test_the_lock_is_held_for_the_whole_run(tmp_path, monkeypatch):
+    """A driver that finds the lock taken is refused; and while a study runs its trials (after
+    prepare(), until run() returns) a second driver started then is refused with the first
+    driver's pid; once the run is over the next driver gets the lock."""
+    from study.runner import StudyRunner
+
     spec = _spec(tmp_path)
     d = _started(tmp_path, spec)
-    lock = StudyLock(d).acquire()
-    try:
+    with StudyLock(d):
         with pytest.raises(StudyLocked, match=f"pid {os.getpid()}"):
             _run(spec)
+
+    tries: list[str] = []
+
+    def experiments(runner):
+        if tries:  # a second driver that got in: it runs, and the check below fails
+            tries.append("second driver ran")
+            return
+        tries.append("second driver started mid-run")
+        with pytest.raises(StudyLocked, match=f"pid {os.getpid()}"):
+            StudyRunner(spec).run()
+        tries.append("refused")
+
+    _without_ray(monkeypatch, experiments)
+    StudyRunner(spec).run()
+    assert tries == ["second driver started mid-run", "refused"], tries
+    with StudyLock(d):  # released when the run ended
+        pass
+
+
+_RESUME = """
+import os, sys
+import ray
+from study import runner as runner_lib
+from study.ledger import StudyLocked
+
+runner_lib._init_ray = lambda spec: None
+ray.cluster_resources = lambda: {"CPU": float(os.cpu_count() or 1)}
+ray.nodes = lambda: []
+
+def experiments(self):
+    print("running", flush=True)
+    sys.stdin.readline()  # the trials train until the test lets them end
+
+runner_lib.StudyRunner._run_experiments = experiments
+try:
+    runner_lib.resume_study(sys.argv[1])
+except StudyLocked as e:
+    print("refused", e, flush=True)
+    sys.exit(3)
+print("ended", flush=True)
+"""
+
+
+def _said(proc: subprocess.Popen) -> str:
+    """The driver's next word on what happened (running, refused ..., ended), or "" at its end."""
+    for line in proc.stdout:
+        if line.startswith(("running", "refused", "ended")):
+            return line.strip()
+    return ""
+
+
+def test_two_concurrent_resumes_cannot_both_run(tmp_path, monkeypatch):
+    """Two `resume`s of one study started together: one runs, the other is refused naming the
+    first one's pid; a third started while the first runs is refused too."""
+    from study.runner import resume_study
+
+    d = _started(tmp_path, _spec(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", _RESUME, str(d)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        first = [_said(p) for p in procs]
+        assert sorted(line.split(" ")[0] for line in first) == ["refused", "running"], first
+        runner = procs[first.index("running")]
+        loser = procs[1 - procs.index(runner)]
+        assert loser.wait(60) == 3 and f"pid {runner.pid}" in first[procs.index(loser)], first
+        _without_ray(monkeypatch, lambda runner: pytest.fail("a third driver ran while the first one runs"))
+        with pytest.raises(StudyLocked, match=f"pid {runner.pid}"):
+            resume_study(d)
+        runner.stdin.write("\n")
+        runner.stdin.flush()
+        assert _said(runner) == "ended" and runner.wait(60) == 0
     finally:
-        lock.release()
-    time.sleep(0)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
 
 
 # ---------------------------------------------------------------- the driver's bookkeeping, Tune played by hand
@@ -518,3 +609,347 @@ def test_a_twin_of_a_variant_that_cannot_extend_does_not_wait(tmp_path):
         assert (r0["_phase"], t0["_phase"], t0["train_epochs"]) == ("repeat", "twin", None)
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------- every epoch in every store once, Tune played by hand
+
+
+class _Killed(BaseException):
+    """The driver dies here (raised through the driver's code, as a SIGKILL would stop it)."""
+
+
+def _epochs(phase, cfg, epochs, *, ckpt=True, final=None, bump=0.0):
+    """A trial's epochs as Tune delivers them: each checkpointed (when `ckpt`) before its report,
+    continuing the reports of the newest checkpoint. `bump` marks the values of this attempt."""
+    rid, root = cfg["_rid"], cfg["_ckpt"]
+    done = checkpoint_epochs(root)
+    reports = [r for r in read_reports(root, done[-1]) if r["epoch"] < epochs[0]] if done else []
+    for e in epochs:
+        status = final if (final and e == epochs[-1]) else "running"
+        result = {"epoch": e, "status": status, "val_acc": round(0.1 * e + bump, 6), "train_loss": 1.0 / e + bump,
+                  "rid": rid}
+        reports.append(result)
+        if ckpt:
+            _write_checkpoint(root, e, _save(e), list(reports))
+        phase.result(rid, result)
+    return reports[-1]
+
+
+def _kill_at(monkeypatch, what: str, rid: str, epoch: int) -> None:
+    """Kill the driver after `rid`'s epoch `epoch` reached the epoch log ("log") or MLflow ("mlflow")."""
+    from study import runner as runner_lib
+
+    if what == "log":
+        real = runner_lib._driver_hook
+
+        def hook(event, **info):
+            if event == "epoch_logged" and info["epoch"] == epoch and _current[0] == rid:
+                raise _Killed()
+            real(event, **info)
+        monkeypatch.setattr(runner_lib, "_driver_hook", hook)
+    else:
+        real_report = runner_lib.report_intermediate
+
+        def report(study, number, values):
+            if _current[0] == rid and epoch in values:
+                raise _Killed()
+            return real_report(study, number, values)
+        monkeypatch.setattr(runner_lib, "report_intermediate", report)
+
+
+_current = [""]
+
+
+def _as(rid, fn, *a, **kw):
+    _current[0] = rid
+    try:
+        return fn(*a, **kw)
+    finally:
+        _current[0] = ""
+
+
+def _stores(runner, exp, rids):
+    """Per trial: (history's (epoch, val_acc), MLflow's (step, val_acc), Optuna's intermediate values)."""
+    import optuna
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    runner._compact()
+    hist = pd.read_parquet(runner.study_dir / "history.parquet")
+    client = MlflowClient(runner.spec.tracking_uri())
+    ostudy = optuna.load_study(study_name=exp, storage=f"sqlite:///{runner.study_dir / 'optuna.db'}")
+    out = {}
+    for rid in rids:
+        rec = runner.ledger.trials[rid]
+        h = hist[hist.trial_id == rid].sort_values("epoch")
+        out[rid] = ([(int(e), v) for e, v in zip(h.epoch, h.val_acc)],
+                    [(m.step, m.value) for m in client.get_metric_history(rec["mlflow_run_id"], "val_acc")],
+                    sorted(ostudy.trials[rec["optuna_number"]].intermediate_values.items()))
+    return out
+
+
+def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraining(tmp_path, monkeypatch):
+    """history, MLflow and Optuna agree trial by trial, each epoch once, by its first report:
+    a driver killed right after an epoch's log line (before MLflow and Optuna), one killed
+    between MLflow and Optuna, a trial without checkpoints that trains its epochs again after
+    the kill, and a retry that reports again an epoch the driver had (no checkpoint of it)."""
+    from study.runner import Phase
+
+    spec = _spec(tmp_path, trials_per_variant=3, epochs=4, scheduler={"type": "none"},
+                 search={"algorithm": "random", "seed": 0})
+    exp = "s-resnet-d8"
+
+    def driver():
+        runner, lock = _driver(tmp_path, spec)
+        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phase = Phase(runner, "resnet", 8, "search")
+        phase.reconcile()
+        return runner, lock, phase
+
+    def launch(phase, n):
+        cfgs = [phase.next_trial() for _ in range(n)]
+        for cfg in cfgs:
+            phase.started(cfg["_rid"])
+        return cfgs
+
+    # driver 1: killed after a's epoch 3 reached the epoch log, before MLflow and Optuna
+    runner, lock, phase = driver()
+    a, b, c = launch(phase, 3)
+    _epochs(phase, c, [1, 2], ckpt=False)  # no checkpoint yet (the policy's interval not reached)
+    _epochs(phase, b, [1])
+    _epochs(phase, a, [1, 2])
+    _kill_at(monkeypatch, "log", a["_rid"], 3)
+    with pytest.raises(_Killed):
+        _as(a["_rid"], _epochs, phase, a, [3])
+    monkeypatch.undo()
+    runner.ledger.close()
+    lock.release()
+
+    # driver 2: a goes on from its epoch-3 checkpoint; killed after b's epoch 2 reached MLflow, before Optuna
+    runner, lock, phase = driver()
+    a, b, c = launch(phase, 3)
+    phase.ended(a["_rid"], _epochs(phase, a, [4], final="completed"), "")
+    _kill_at(monkeypatch, "mlflow", b["_rid"], 2)
+    with pytest.raises(_Killed):
+        _as(b["_rid"], _epochs, phase, b, [2])
+    monkeypatch.undo()
+    runner.ledger.close()
+    lock.release()
+
+    # driver 3: c, never checkpointed, trains from epoch 1 again (other values: a repeat counts nowhere);
+    # its worker dies after epoch 3 (no checkpoint of it), and Tune's retry reports 1-3 again
+    runner, lock, phase = driver()
+    try:
+        b, c = launch(phase, 2)
+        phase.ended(b["_rid"], _epochs(phase, b, [3, 4], final="completed"), "")
+        _epochs(phase, c, [1, 2, 3], ckpt=False, bump=0.5)
+        phase.retried(c["_rid"])
+        phase.ended(c["_rid"], _epochs(phase, c, [1, 2, 3, 4], final="completed", bump=0.7), "")
+        runner.tracker.flush()
+        stores = _stores(runner, exp, [a["_rid"], b["_rid"], c["_rid"]])
+    finally:
+        lock.release()
+    for rid, (history, mlflow_steps, optuna_values) in stores.items():
+        assert [e for e, _ in history] == [1, 2, 3, 4], (rid, history)
+        assert mlflow_steps == history, (rid, "MLflow", mlflow_steps, history)
+        assert optuna_values == history, (rid, "Optuna", optuna_values, history)
+    # each epoch of c counts by its first report, its repeats stay in the raw log only, marked
+    assert [v for _, v in stores[c["_rid"]][0]] == [0.1, 0.2, 0.3 + 0.5, 0.4 + 0.7]
+    raw = runner.epochs.read(c["_rid"])
+    assert [(r["epoch"], bool(r.get("repeat"))) for r in raw] == [
+        (1, False), (2, False), (1, True), (2, True), (3, False), (1, True), (2, True), (3, True), (4, False)]
+
+
+def test_an_epoch_sent_again_to_mlflow_is_held_once(tmp_path, monkeypatch):
+    """MLflow cannot be asked which epochs a run holds (down at resume): every epoch of the log is
+    sent again, at the time it was first logged, and MLflow keeps each once."""
+    from mlflow.tracking import MlflowClient
+
+    from study.runner import Phase
+
+    spec = _spec(tmp_path, trials_per_variant=1, epochs=3, scheduler={"type": "none"},
+                 search={"algorithm": "random", "seed": 0})
+    exp = "s-resnet-d8"
+    runner, lock = _driver(tmp_path, spec)
+    runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+    phase = Phase(runner, "resnet", 8, "search")
+    phase.reconcile()
+    a = phase.next_trial()
+    phase.started(a["_rid"])
+    _epochs(phase, a, [1, 2])
+    runner.ledger.close()
+    lock.release()  # killed
+
+    runner, lock = _driver(tmp_path, spec)
+    try:
+        monkeypatch.setattr(runner.tracker, "logged_steps", lambda key, metrics: {})
+        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phase = Phase(runner, "resnet", 8, "search")
+        phase.reconcile()  # sends epochs 1 and 2 again
+        a = phase.next_trial()
+        phase.started(a["_rid"])
+        phase.ended(a["_rid"], _epochs(phase, a, [3], final="completed"), "")
+        runner.tracker.flush()
+    finally:
+        lock.release()
+    client = MlflowClient(spec.tracking_uri())
+    run_id = runner.ledger.trials[a["_rid"]]["mlflow_run_id"]
+    for name in ("val_acc", "train_loss"):
+        assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2, 3], name
+
+
+def test_an_epoch_log_line_cut_short_by_a_kill_costs_no_later_line(tmp_path):
+    from study.results import EpochLog
+
+    log = EpochLog(tmp_path)
+    ident = {"trial_id": "t", "study": "s"}
+    log.append(ident, 1, 1, {"val_acc": 0.1})
+    with open(tmp_path / "epochs" / "t.jsonl", "a") as f:
+        f.write('{"trial_id": "t", "epoch": 2, "val_a')  # the kill came mid-line
+    again = EpochLog(tmp_path)  # the next driver
+    again.append(ident, 2, 2, {"val_acc": 0.2})
+    assert [(r["epoch"], r["val_acc"]) for r in EpochLog(tmp_path).first("t")] == [(1, 0.1), (2, 0.2)]
+
+
+# ---------------------------------------------------------------- an interrupted study: nothing left RUNNING
+
+
+_HUNG_ON_RAY = """
+import signal, sys, time
+import pytest
+from study import runner as runner_lib
+from study.runner import run_study
+from study.spec import load_spec
+from tests.study import handplayed
+
+runner_lib.STOP_GRACE_S = 1.0
+handplayed.hand_played(pytest.MonkeyPatch())
+real = runner_lib.Phase.result
+
+def result(phase, rid, result):
+    real(phase, rid, result)
+    if rid.endswith("-s0001") and result["epoch"] == 1:
+        signal.raise_signal(signal.SIGTERM)  # the job is stopped ...
+        time.sleep(600)  # ... and Tune waits on a GCS that the same SIGTERM took away
+
+runner_lib.Phase.result = result
+run_study(load_spec({**handplayed.SPEC, "storage_path": sys.argv[1]}))
+"""
+
+
+def _nothing_running(study_dir: Path) -> dict:
+    """Ledger, MLflow and Optuna states of an interrupted study (none may be RUNNING)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    statuses = {rid: rec["status"] for rid, rec in Ledger(study_dir).trials.items()}
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(study_dir.name).experiment_id])
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    trials = {f"{s.study_name}#{t.number}": t.state.name for s in optuna.get_all_study_summaries(storage)
+              for t in optuna.load_study(study_name=s.study_name, storage=storage).trials}
+    assert "running" not in statuses.values(), statuses
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"], "MLflow: a run left RUNNING"
+    assert "RUNNING" not in trials.values(), trials
+    return {"ledger": statuses, "optuna": trials}
+
+
+def test_a_stopped_study_leaves_nothing_running_even_when_ray_hangs_and_resumes_to_the_end(tmp_path, monkeypatch):
+    """A SIGTERM whose Tune never returns (Ray's GCS killed by the same job signal): past the grace,
+    the driver saves the state without Ray and exits 130 with the resume line; the interrupted
+    search trial waits in Optuna (WAITING), and the resume finishes every trial once, with
+    history, MLflow and Optuna agreeing."""
+    import optuna
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from tests.study.handplayed import PLANNED, SPEC, build
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _HUNG_ON_RAY, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    study_dir = tmp_path / SPEC["name"]
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert proc.stderr.count(f"Resume with: resstudy resume {study_dir}") == 1, proc.stderr[-3000:]
+    states = _nothing_running(study_dir)
+    assert states["ledger"]["s-resnet-d8-s0001"] == "interrupted"
+    assert states["optuna"]["s-resnet-d8#1"] == "WAITING", states
+
+    build(tmp_path, monkeypatch)  # resume, Tune played by hand, to the end
+    led = Ledger(study_dir).trials
+    assert len(led) == PLANNED and {rec["status"] for rec in led.values()} == {"completed"}
+    assert led["s-resnet-d8-s0001"]["attempts"] == 2
+    hist = pd.read_parquet(study_dir / "history.parquet")
+    client = MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    for rid, rec in led.items():
+        h = hist[hist.trial_id == rid].sort_values("epoch")
+        history = [(int(e), float(v)) for e, v in zip(h.epoch, h.val_acc)]
+        assert [e for e, _ in history] == [1, 2], (rid, history)
+        assert [(m.step, m.value) for m in client.get_metric_history(rec["mlflow_run_id"], "val_acc")] == history
+        if rec["optuna_number"] is not None:
+            t = optuna.load_study(study_name=rec["experiment"], storage=storage).trials[rec["optuna_number"]]
+            assert t.state.name == "COMPLETE" and sorted(t.intermediate_values.items()) == history, rid
+    assert len(optuna.load_study(study_name="s-resnet-d8", storage=storage).trials) == SPEC["trials_per_variant"]
+
+
+def test_ctrl_c_leaves_nothing_running_and_the_interrupted_search_trial_waiting_in_optuna(tmp_path, monkeypatch):
+    from tests.study.handplayed import build
+
+    d = build(tmp_path, monkeypatch, stop_after=1)  # Ctrl-C in the 2nd search trial
+    states = _nothing_running(d)
+    assert states["optuna"] == {"s-resnet-d8#0": "COMPLETE", "s-resnet-d8#1": "WAITING"}, states
+
+
+# ---------------------------------------------------------------- Ray's processes: their own group, and the reaper
+
+
+_DRIVER_WITH_RAY_PROCESS = """
+import signal, time
+from study import runner
+runner._ray_in_its_own_group()
+from ray._private import services
+
+agent = services.ConsolePopen(["sleep", "600"])  # how Ray starts each of its processes
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this driver outlives the job's SIGTERM, to see who else got it
+print(runner._REAPER.pid, agent.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _hit(pid: int, sig: int) -> bool:
+    """`pid` got `sig` (pending, or acted on: exiting, a zombie, gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in "ZX" or int(fields[6]) & 0x4:  # state; flags & PF_EXITING
+        return True
+    pending = {k: int(v, 16) for k, v in (line.split(":\t") for line in status.splitlines()
+                                          if line.startswith(("SigPnd", "ShdPnd")))}
+    return any(mask >> (sig - 1) & 1 for mask in pending.values())
+
+
+def test_ray_processes_miss_the_jobs_sigterm_and_die_with_the_driver_even_by_sigkill(tmp_path):
+    """Ray's processes hear only the driver: a SIGTERM to the driver's process group passes them
+    by; and when the driver is SIGKILLed, its reaper kills them (Ray's agents otherwise waited
+    minutes for a GCS that had died with the driver)."""
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER_WITH_RAY_PROCESS], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    reaper, agent = map(int, driver.stdout.readline().split())
+    try:
+        os.killpg(driver.pid, signal.SIGTERM)  # `timeout`, Kubernetes
+        assert not _hit(agent, signal.SIGTERM) and not _hit(reaper, signal.SIGTERM)
+        driver.kill()
+        driver.wait(10)
+        while not _hit(reaper, signal.SIGKILL):  # its stdin closed with the driver: it kills its group
+            time.sleep(0.01)
+        assert _hit(agent, signal.SIGKILL)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(10)
+        if not _hit(agent, signal.SIGKILL):
+            os.kill(agent, signal.SIGKILL)

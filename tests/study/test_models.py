@@ -435,18 +435,38 @@ def test_compress_removes_dead_blocks_and_keeps_eval_outputs(block, shortcut):
     assert isinstance(c(x2), torch.Tensor)
 
 
-def test_epsilon_eval_gate_matches_training_gate_and_depends_on_batch():
-    # Eval computes the same gate as training: one scalar from the max over the
-    # whole batch, so a block can be open for a batch and shut for part of it.
+@pytest.mark.parametrize("preact", [True, False])
+def test_epsilon_eval_gate_matches_training_gate_and_depends_on_batch(preact):
+    # Eval computes the gate training computes: one scalar from the max |F| over the
+    # whole batch, so a block can be open for a batch and shut for part of it. BN is
+    # the one other thing that differs between the modes (batch vs running statistics);
+    # without it a block must give bit-identical outputs in train and eval mode.
     torch.manual_seed(0)
-    blk = EpsilonBlock(4, 4, 1, "A", epsilon=0.0, preact=True).eval()
+    blk = EpsilonBlock(4, 4, 1, "A", epsilon=0.0, preact=preact)
+    blk.bn1, blk.bn2 = nn.Identity(), nn.Identity()
     x = torch.randn(6, 4, 5, 5)
-    f = blk.residual(x)
-    per_image = f.abs().amax(dim=(1, 2, 3))
-    blk.epsilon = float((per_image.min() + per_image.max()).detach() / 2)
-    quiet = x[per_image < blk.epsilon]
-    assert len(quiet) and torch.equal(blk(quiet), quiet)  # gate 0 for the quiet images alone
-    assert not torch.equal(blk(x)[per_image < blk.epsilon], quiet)  # open for the whole batch
+    with torch.no_grad():
+        per_image = blk.residual(x).abs().amax(dim=(1, 2, 3))
+    mid = float((per_image.min() + per_image.max()) / 2)
+    quiet = x[per_image < mid]
+    assert 0 < len(quiet) < len(x)
+
+    def shortcut_only(batch):  # what a shut block gives: its input (post order: after the closing ReLU)
+        return batch if preact else torch.relu(batch)
+
+    cases = {"every image under epsilon": (x, float(per_image.max()) * 1.01, "shut"),
+             "epsilon 0": (x, 0.0, "open"),
+             "a batch with quiet and loud images": (x, mid, "open"),
+             "the quiet images alone": (quiet, mid, "shut")}
+    with torch.no_grad():
+        for name, (batch, eps, gate) in cases.items():
+            blk.epsilon = eps
+            trained, evaluated = blk.train()(batch), blk.eval()(batch)
+            assert torch.equal(trained, evaluated), f"{name}: eval differs from training"
+            assert torch.equal(evaluated, shortcut_only(batch)) == (gate == "shut"), name
+        # the gate is the batch's: the quiet images pass their residual inside the loud batch
+        blk.epsilon = mid
+        assert not torch.equal(blk(x)[per_image < mid], shortcut_only(quiet))
 
 
 def test_compress_and_counting_refuse_other_variants():

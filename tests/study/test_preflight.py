@@ -202,6 +202,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_check_nodes_looks_for_the_data_on_every_node(tmp_path):
     import subprocess

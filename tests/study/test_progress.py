@@ -130,3 +130,13 @@ def test_a_resumed_study_counts_the_trials_it_finished_before():
     stats = p.stats("resnet d8")
     assert (stats["finished"], stats["done"], stats["pruned"], stats["best"]) == (2, 1, 1, 0.9)
     assert out.getvalue() == ""  # counted, not announced
+
+
+def test_an_interrupted_trial_is_shown_as_interrupted_not_failed():
+    p, _, out = plain({"resnet d8": 2})
+    p.trial_started("a", "resnet d8", "search")
+    p.trial_finished("a", "interrupted")
+    s = p.stats("resnet d8")
+    assert (s["failed"], s["finished"], s["running"]) == (0, 0, 0)
+    line = out.getvalue().splitlines()[-1]
+    assert line.endswith("trial a: interrupted") and "failed" not in line

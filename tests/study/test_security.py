@@ -84,6 +84,7 @@ def test_unreachable_tracking_server_error_hides_the_password(tmp_path):
     assert SECRET not in "".join(traceback.format_exception(info.value))
 
 
+@pytest.mark.ray  # `resstudy run`: a refusal that broke would start Ray
 def test_run_with_unreachable_mlflow_fails_before_ray_without_leaking_the_password(tmp_path):
     storage, ray_tmp = tmp_path / "runs", tmp_path / "raytmp"
     spec = {"name": "sec", "dataset": "digits", "image_size": 8, "depth": 8, "epochs": 1, "trials_per_variant": 1,
@@ -166,6 +167,7 @@ finally:
 """
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("order", ["runner-first", "ray-first"])
 def test_embedded_ray_listens_on_loopback_only_with_token_auth(tmp_path, order):
     proc = subprocess.run([sys.executable, "-c", _RAY_PROBE, order], cwd=tmp_path, capture_output=True, text=True,
@@ -215,3 +217,96 @@ def test_the_test_seams_take_only_a_tests_module(monkeypatch, var):
         trainable._hook() if var == "RESSTUDY_TRIAL_HOOK" else runner._driver_hook("start")
     monkeypatch.delenv(var)
     assert trainable._hook() is None  # unset: nothing imported, nothing called
+
+
+# ---------------------------------------------------------------- a password in the tracking URI, end to end
+
+PLAYED_EPOCHS = 2
+
+
+def _play_tune(runner, phase, stop_after: list[int]) -> None:
+    """What Tune does for one experiment, played by hand: every trial the driver hands out
+    trains its epochs and ends; `stop_after` experiments in, the study is interrupted."""
+    from ray.tune.search import Searcher
+
+    from study.runner import StudyInterrupted
+
+    phase.reconcile()
+    while (cfg := phase.next_trial()) not in (None, Searcher.FINISHED):
+        rid = cfg["_rid"]
+        phase.started(rid)
+        for e in range(1, PLAYED_EPOCHS + 1):
+            result = {"epoch": e, "status": "completed" if e == PLAYED_EPOCHS else "running", "val_acc": 0.5 + e / 10,
+                      "best_val_acc": 0.5 + e / 10, "train_loss": 1.0 / e, "val_loss": 1.0 / e,
+                      "test_acc": 0.55, "rid": rid}
+            phase.result(rid, result)
+        phase.ended(rid, result, "")
+    stop_after[0] -= 1
+    if stop_after[0] == 0:
+        runner.stopping = True
+        raise StudyInterrupted()
+
+
+def test_a_tracking_password_reaches_no_file_no_mlflow_param_or_tag_and_no_console(tmp_path, monkeypatch, capfd):
+    """`run` with user:password in the tracking URI, interrupted after its first experiment, then
+    `resume`, `status` and `export`, all through the CLI in this process; Ray is not started
+    (Tune's part is played by hand) and the URI's MLflow client is a local SQLite store. The
+    password must be in no file the study wrote (study.json, spec.yaml, ledger, results, the
+    Optuna and MLflow databases, ...), no MLflow param, tag or run name, and not on the console."""
+    import mlflow.tracking
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from study import runner as runner_lib
+    from study.cli import main
+
+    uri = f"http://resstudy:{SECRET}@127.0.0.1:{closed_port()}"
+    store = f"sqlite:///{tmp_path / 'work' / 'tracking.db'}"
+    clients: list[str] = []
+
+    def client(tracking_uri=None, *args, **kwargs):  # the server behind `uri`, played by a local store
+        clients.append(tracking_uri)
+        return MlflowClient(store if tracking_uri == uri else tracking_uri, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", client)
+    monkeypatch.setattr(runner_lib, "_init_ray", lambda spec: None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(os.cpu_count() or 1)})
+    monkeypatch.setattr(ray, "nodes", lambda: [])
+    stop_after = [1]
+    monkeypatch.setattr(runner_lib.StudyRunner, "_run_phase", lambda self, phase: _play_tune(self, phase, stop_after))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")  # whatever lands in the working directory is looked at too
+    storage = tmp_path / "work" / "runs"
+    spec = {"name": "sec", "dataset": "digits", "image_size": 8, "depth": 8, "epochs": PLAYED_EPOCHS,
+            "trials_per_variant": 2, "seeds": [0, 1], "repeat_best": True, "variants": ["resnet", "quotient"],
+            "scheduler": {"type": "none"}, "search": {"algorithm": "random", "seed": 0},
+            "storage_path": str(storage), "mlflow": {"tracking_uri": uri, "experiment": "sec"}}
+    spec_path = tmp_path / "mine" / "sec.yaml"  # the user's own file holds the password: not looked at
+    spec_path.parent.mkdir()
+    spec_path.write_text(yaml.safe_dump(spec))
+
+    assert main(["run", str(spec_path)]) == 130  # interrupted after the resnet experiment
+    d = storage / "sec"
+    assert main(["resume", str(d), "--tracking-uri", uri]) == 0
+    assert main(["status", str(d)]) == 0 and main(["export", str(d)]) == 0
+    out, err = capfd.readouterr()
+
+    assert uri in clients, "the tracking URI never reached MLflow: the check below proves nothing"
+    ml = MlflowClient(store)
+    runs = [r for e in ml.search_experiments() for r in ml.search_runs([e.experiment_id], max_results=1000)]
+    trials = [r for r in runs if r.data.tags.get("resstudy.level") == "trial"]
+    assert len(trials) == 2 * (2 + 2) + 2 and all(r.data.params for r in trials), out + err  # searches, repeats, twins
+    for r in runs:
+        for where, values in (("param", r.data.params), ("tag", r.data.tags)):
+            leaked = {k: v for k, v in values.items() if SECRET in k or SECRET in v}
+            assert not leaked, f"MLflow {where}s of run {r.info.run_name}: {leaked}"
+        assert SECRET not in (r.info.run_name or "")
+    assert SECRET not in out + err, (out + err)[-3000:]
+    files = [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
+    assert {"study.json", "spec.yaml", "ledger.jsonl", "results.parquet", "optuna.db", "tracking.db"} <= \
+        {p.name for p in files}
+    leaked = [str(p.relative_to(tmp_path)) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaked, f"the tracking password is in {leaked}"
+    # what was kept instead: the URI with its password masked
+    assert json.loads((d / "study.json").read_text())["tracking_uri"] == redact_uri(uri)
+    assert yaml.safe_load((d / "spec.yaml").read_text())["mlflow"]["tracking_uri"] == redact_uri(uri)

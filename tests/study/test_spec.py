@@ -229,3 +229,46 @@ def test_model_is_strict_about_structure():
     spec = validate_spec({**BASE, "variants": ["sgs", "resnet"]})
     assert list(spec.variants) == ["sgs", "resnet"] and spec.depth == [8]
     assert Path(spec.storage_path).is_absolute()
+
+
+def test_every_unknown_key_and_bad_value_at_every_level_comes_in_one_error():
+    message = spec_error({
+        **BASE, "epoch": 3, "depth": [8, 9, 10], "scheduler": {"grace": 2, "reduction_factor": 0},
+        "search": {"algoritm": "tpe"},
+        "variants": {"quotient": {"spce": {}, "fixed": {"alpha": 0.5, "lrr": 1},
+                                  "space": {"alpha": {"low": 5.0, "high": 4.0}}},
+                     "epsilon": {"space": {"epsilon": {"low": 0.0}}}},
+        "train": {"batch_sz": 1, "lr": -1.0}})
+    fields = [line.split(": ")[0].strip() for line in message.splitlines()[1:]]
+    assert sorted(fields) == sorted([
+        "epoch", "depth[1]", "depth[2]", "scheduler.grace", "scheduler.reduction_factor", "search.algoritm",
+        "variants.quotient.spce", "variants.quotient.fixed.alpha", "variants.quotient.fixed.lrr",
+        "train.batch_sz", "train.lr"]), message
+    # the search spaces are built beside the other fields once `train` and `variants` hold
+    message = spec_error({**BASE, "epoch": 3, "scheduler": {"grace": 2},
+                          "variants": {"quotient": {"space": {"alpha": {"low": 5.0, "high": 4.0}}},
+                                       "epsilon": {"space": {"epsilon": {"low": 0.0}}}}})
+    fields = [line.split(": ")[0].strip() for line in message.splitlines()[1:]]
+    assert sorted(fields) == ["epoch", "scheduler.grace", "variants.epsilon.space.epsilon",
+                              "variants.quotient.space.alpha"], message
+    # rules across fields: all of them, once the fields themselves are valid
+    message = spec_error({**BASE, "dataset": "cifar10", "image_size": 8, "scheduler": {"grace_period": 9}})
+    assert [line.split(": ")[0].strip() for line in message.splitlines()[1:]] == [
+        "data_root", "image_size", "scheduler.grace_period"], message
+
+
+def test_a_key_that_is_not_text_is_named_once():
+    message = spec_error({**BASE, "variants": {"quotient": {"fixed": {5: 1}}}, "train": {7: 1}})
+    assert message.splitlines()[1:] == ["  variants.quotient.fixed.5: unknown key '5'; allowed: a name",
+                                        "  train.7: unknown key '7'; allowed: a name"], message
+
+
+def test_plan_counts_trials_per_experiment_and_arm():
+    plan = load_spec(preset="quick").plan()
+    assert sum(sum(arms.values()) for arms in plan.values()) == 45  # what the README says the quick study runs
+    assert plan[("resnet", 8)] == {"search": 6, "repeat": 3, "twin": 0}  # the baseline has no twin
+    assert plan[("quotient", 8)] == {"search": 6, "repeat": 3, "twin": 3}
+    grid = validate_spec({**BASE, "variants": ["resnet"], "trials_per_variant": 1000,
+                          "search": {"algorithm": "grid", "grid_points": 2}}).plan()
+    assert grid[("resnet", 8)]["search"] == 4  # two searched knobs at two points: the grid, not 1000
+    assert validate_spec({**BASE, "depth": [8, 14]}).plan()[("sgs", 14)] == {"search": 8, "repeat": 0, "twin": 0}

@@ -1,11 +1,16 @@
 """The MLflow queue: calls for a run whose creation waits (server down) are kept
-behind it, in order, and delivered when the server returns."""
+behind it, in order, and delivered when the server returns. The experiment a
+study creates opens in MLflow's model-training view on its trials."""
 
 from __future__ import annotations
 
+import json
+from urllib.parse import parse_qs
+
 from mlflow.tracking import MlflowClient
 
-from study.tracking import Tracker
+from study.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, LEVEL_TAG, VIEW_KEY, VIEW_TAG, Tracker,
+                            ensure_view, view_query)
 
 
 def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
@@ -28,3 +33,54 @@ def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
     assert tracker.flush() and tracker.pending == 0
     run = MlflowClient(uri).get_run(tracker.run_id("trial:a"))
     assert run.info.status == "FINISHED" and run.data.metrics == {"val_acc": 0.5} and run.data.params == {"lr": "0.1"}
+
+
+def _study(tmp_path, name="exp"):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, name, "study", tmp_path)
+    tracker.create("exp:a", "study", "a", {LEVEL_TAG: "experiment"})
+    for i, acc in enumerate((0.7, 0.9, 0.8)):
+        tracker.create(f"trial:{i}", "exp:a", f"t{i}", {LEVEL_TAG: "trial", "subject": "resnet", "phase": "search"})
+        tracker.metrics(f"trial:{i}", {"val_acc": acc, "test_acc": acc - 0.01, "best_val_acc": acc}, step=1)
+        tracker.end(f"trial:{i}", "completed")
+    for key in ("exp:a", "study"):
+        tracker.end(key, "completed")
+    return uri, tracker
+
+
+def test_the_experiment_opens_on_its_trials_with_their_metrics(tmp_path):
+    uri, tracker = _study(tmp_path)
+    client = MlflowClient(uri)
+    tags = client.get_experiment(tracker.experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND  # not the GenAI pages
+    view = json.loads(tags[VIEW_TAG])
+    # the view's filter and order, run by MLflow's own search: the trials, best val_acc first, not their parents
+    order = "DESC" if not view["orderByAsc"] else "ASC"
+    runs = client.search_runs([tracker.experiment_id], filter_string=view["searchFilter"],
+                              order_by=[f"{view['orderByKey']} {order}"])
+    assert [r.info.run_name for r in runs] == ["t1", "t2", "t0"]
+    # its columns are the trials' key metrics, named as the trials log them
+    logged = set(runs[0].data.metrics)
+    metrics = [c.split("`")[1] for c in view["selectedColumns"] if c.startswith("metrics.")]
+    assert metrics[:3] == ["val_acc", "test_acc", "best_val_acc"] and set(metrics) <= logged
+    tags_shown = [c.split("`")[1] for c in view["selectedColumns"] if c.startswith("tags.")]
+    assert {"subject", "phase"} <= set(tags_shown) and view["columnOrder"] == view["selectedColumns"]
+
+
+def test_the_link_names_the_view_and_the_model_training_side_bar():
+    query = parse_qs(view_query())
+    assert query == {"workflowType": ["machine_learning"], "viewStateShareKey": [VIEW_KEY]}
+    assert VIEW_TAG == f"mlflow.sharedViewState.{VIEW_KEY}"  # the tag MLflow's UI reads for that key
+
+
+def test_an_experiment_made_before_the_view_gets_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    old = client.create_experiment("old", artifact_location=(tmp_path / "a").as_uri())  # an older study: untagged
+    assert ensure_view(uri, old)
+    tags = client.get_experiment(old).tags
+    assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND and json.loads(tags[VIEW_TAG])["searchFilter"]
+    resumed = client.create_experiment("again", artifact_location=(tmp_path / "b").as_uri())
+    Tracker(uri, "again", "study", tmp_path)  # a resumed study's tracker sets them too
+    assert VIEW_TAG in client.get_experiment(resumed).tags
+    assert not ensure_view(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}", "1")  # unwritable: the plain link

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 
@@ -276,10 +277,11 @@ def test_corrupt_checkpoint_names_the_file(tmp_path):
 def test_cli_train_prints_a_table_per_epoch():
     proc = subprocess.run([sys.executable, "-m", "study.cli", "train", "--variant", "quotient", "--depth", "8",
                            "--dataset", "digits", "--image-size", "8", "--epochs", "2", "--threads", "1"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})  # the table fits $COLUMNS: wide enough for all
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if "train_loss" in line)
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "loss"])
     assert "q_mean_stage1" in lines[header]
     assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["1", "2"]
     assert "final: status=completed" in proc.stdout

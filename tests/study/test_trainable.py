@@ -92,11 +92,38 @@ def test_the_trainer_goes_on_while_the_driver_holds_a_report(tmp_path, monkeypat
     assert delivered == [1, 2, 3] and held < 60
 
 
+def _waits_for_delivery(thread_id: int) -> bool:
+    """Whether the thread is blocked in Reporter.report, waiting for its report's delivery."""
+    import sys
+
+    from study.trainable import Reporter
+
+    frame, codes = sys._current_frames().get(thread_id), set()
+    while frame is not None:
+        codes.add(frame.f_code)
+        frame = frame.f_back
+    return Reporter.report.__code__ in codes and threading.Event.wait.__code__ in codes
+
+
 def test_the_trainer_waits_at_a_rung_epoch(tmp_path, monkeypatch):
-    # epoch 1 is a rung: while its report is held, epoch 2 must not be trained
-    delivered, held = _run_trainable(tmp_path, monkeypatch, rungs=[1],
-                                     first_report_waits_for=lambda root: 2 in checkpoint_epochs(root), limit_s=3)
-    assert delivered == [1, 2, 3] and held >= 3
+    # epoch 1 is a rung: its report is held until one of two things is seen, the training
+    # thread blocked waiting for that delivery (right) or epoch 2 checkpointed (trained past
+    # the rung: wrong); no clock decides
+    training = threading.get_ident()
+    seen = []
+
+    def waiting_or_trained_on(root) -> bool:
+        if 2 in checkpoint_epochs(root):
+            seen.append("epoch 2 trained while its rung's report was held")
+            return True
+        if _waits_for_delivery(training):
+            seen.append("training waits for the rung's report")
+            return True
+        return False
+
+    delivered, _ = _run_trainable(tmp_path, monkeypatch, rungs=[1], first_report_waits_for=waiting_or_trained_on,
+                                  limit_s=300)
+    assert seen == ["training waits for the rung's report"] and delivered == [1, 2, 3], seen
 
 
 # ---------------------------------------------------------------- a checkpoint that cannot be read

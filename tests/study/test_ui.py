@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.server  # resstudy ui: the MLflow and optuna-dashboard servers
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 REQUIRED = os.environ.get("RESSTUDY_REQUIRE_CHROMIUM") == "1"
 RUNS = ("resnet-trial0", "resnet-trial1", "quotient-trial0")
@@ -47,10 +48,12 @@ c = mlflow.MlflowClient(f"sqlite:///{d}/mlflow.db")
 c.create_experiment("Default-like")  # another experiment: the link must name the study's
 e = c.create_experiment("ui", artifact_location=(d / "mlartifacts").resolve().as_uri(),
                         tags={"mlflow.experimentKind": "custom_model_development"})
+study = c.create_run(e, run_name="ui", tags={"resstudy.level": "study"})  # trials nest under it, as in a study
 for i, name in enumerate(%(runs)r):
-    r = c.create_run(e, run_name=name)
+    r = c.create_run(e, run_name=name, tags={"resstudy.level": "trial", "mlflow.parentRunId": study.info.run_id})
     c.log_metric(r.info.run_id, "val_acc", 0.5 + i / 10, step=1)
     c.set_terminated(r.info.run_id, "FINISHED")
+c.set_terminated(study.info.run_id, "FINISHED")
 (d / "spec.yaml").write_text(yaml.safe_dump({"name": "ui", "mlflow": {"tracking_uri": None, "experiment": None}}))
 """
 
@@ -87,7 +90,7 @@ def _group_members(pgid: int) -> list[int]:
 @pytest.fixture(scope="session")
 def ui_server(small_study):
     """`resstudy ui` running on the small study: (process, {name: url}, server pids)."""
-    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "resstudy"), "ui", str(small_study)],
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "ui", str(small_study)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     urls: dict[str, str] = {}
     lines = []
@@ -107,6 +110,9 @@ def ui_server(small_study):
     yield proc, urls, pids, "".join(lines)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
+    # the servers run in process groups of their own: a run without the Ctrl-C test must stop them too
+    for pgid in {os.getpgid(p) for p in pids if _alive(p)}:
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _read(p: Path) -> str:
@@ -119,10 +125,34 @@ def _read(p: Path) -> str:
 def test_ui_prints_loopback_urls_and_the_runs_table_link(ui_server):
     proc, urls, pids, out = ui_server
     assert urls["MLflow"].startswith("http://127.0.0.1:")
-    # the study's experiment (id 2: "Default" is 0 and another one is 1), on its runs table
-    assert urls["MLflow"].endswith("/#/experiments/2/runs"), urls
+    # the study's experiment (id 2: "Default" is 0 and another one is 1), on its runs table, in the
+    # model-training side bar and the trials view (study.tracking), which `ui` adds to this older study
+    assert urls["MLflow"].endswith("/#/experiments/2/runs?workflowType=machine_learning&viewStateShareKey="
+                                   "resstudy-trials"), urls
     assert urls["optuna-dashboard"].startswith("http://127.0.0.1:")
     assert len(pids) >= 2, out
+
+
+def test_every_server_socket_listens_on_loopback_only(ui_server):
+    """Read from the sockets, not from the printed URLs: every socket that any process `resstudy
+    ui` started (its children, and the servers' process groups) listens on is a loopback one."""
+    import psutil
+
+    proc, urls, pids, out = ui_server
+    started = {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    started |= {m for p in pids if _alive(p) for m in _group_members(os.getpgid(p))}
+    listening = []
+    for pid in started:
+        try:
+            p = psutil.Process(pid)
+            listening += [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                          if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            pass
+    ports = {int(re.search(r":(\d+)/", u).group(1)) for u in urls.values()}
+    assert ports <= {port for _, _, port in listening}, (ports, listening)  # both servers' sockets were read
+    exposed = [entry for entry in listening if entry[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert not exposed, f"listening beyond loopback: {exposed}"
 
 
 async def _page_text(port: int, url: str, expect: tuple[str, ...], timeout: float = 90.0) -> str:
@@ -174,6 +204,7 @@ def _browser(profile: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError(f"{BROWSER} did not open a DevTools port within 60 s")
 
 
+@pytest.mark.browser
 def test_both_pages_render_the_study_in_chromium(ui_server, tmp_path):
     if BROWSER is None:
         if REQUIRED:
@@ -182,13 +213,16 @@ def test_both_pages_render_the_study_in_chromium(ui_server, tmp_path):
     _, urls, _, _ = ui_server
     browser, port = _browser(tmp_path / "profile")
     try:
-        runs_page = asyncio.run(_page_text(port, urls["MLflow"], RUNS))
+        runs_page = asyncio.run(_page_text(port, urls["MLflow"], RUNS + ("val_acc",)))
         dashboard = asyncio.run(_page_text(port, urls["optuna-dashboard"], STUDIES))
     finally:
         browser.terminate()
         browser.wait(10)
-    # the MLflow link opens the runs table of the study's experiment: every run is listed
+    # the MLflow link opens the runs table of the study's experiment: every trial is listed (not collapsed
+    # under the study's run), val_acc is a column, the side bar is model training's (its "Runs", not GenAI's
+    # "Evaluation runs")
     assert all(r in runs_page for r in RUNS), runs_page[:2000]
+    assert "val_acc" in runs_page and "Evaluation runs" not in runs_page, runs_page[:2000]
     # the dashboard lists the study's Optuna studies
     assert all(s in dashboard for s in STUDIES), dashboard[:2000]
 
@@ -199,7 +233,7 @@ def test_ctrl_c_stops_both_servers_and_their_workers(ui_server):
     members = [m for g in groups for m in _group_members(g)]
     assert members, "no server processes found"
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0
+    assert proc.wait(60) == 130  # interrupted, as the README's exit codes say
     time.sleep(0.5)
     left = [m for m in members if _alive(m)]
     assert left == [], left
