@@ -52,6 +52,14 @@ def crossings(a: np.ndarray, b: np.ndarray) -> list[int]:
     return out
 
 
+def best_label(metric: str) -> str:
+    """'best validation accuracy' for val_acc and best_val_acc alike."""
+    from .labels import metric_label
+
+    label = metric_label(metric)
+    return label if label.startswith("best ") else f"best {label}"
+
+
 def _search_values(results: pd.DataFrame, subject: str, depth, metric: str) -> np.ndarray:
     subj = results["subject"].fillna(results["variant"]) if "subject" in results.columns else results["variant"]
     phase = results["phase"] if "phase" in results.columns else pd.Series("search", index=results.index)
@@ -59,7 +67,12 @@ def _search_values(results: pd.DataFrame, subject: str, depth, metric: str) -> n
     # every trial the search ran is one draw of its outcome, pruned ones included (at the best
     # value they reached): dropping them would overstate what a budget of n buys
     g = g[g["status"].isin(["completed", "pruned"])] if "status" in g.columns else g
-    return g[metric].astype(float).dropna().to_numpy() if metric in g.columns else np.array([])
+    if metric not in g.columns:
+        return np.array([])
+    values = g[metric].astype(float)
+    if metric == "best_val_acc" and "val_acc" in g.columns:  # a row that kept only its last value
+        values = values.fillna(g["val_acc"].astype(float))
+    return values.dropna().to_numpy()
 
 
 def budget_table(results: pd.DataFrame, *, baseline: str = "resnet", metric: str = "best_val_acc"
@@ -89,8 +102,8 @@ def budget_table(results: pd.DataFrame, *, baseline: str = "resnet", metric: str
             where = (f"the curves cross at {', '.join(f'n = {c}' for c in cross)} trials" if cross
                      else "the curves do not cross")
             notes.append(f"{s} (depth {int(depth)}): {lead} {baseline} at n = {n_max} trials per search; {where} "
-                         f"(expected best {metric} of n trials, estimated from {len(vals)} and {len(base)} trials)")
+                         f"(expected {best_label(metric)} of n trials, estimated from {len(vals)} and {len(base)} trials)")
     return pd.DataFrame(rows, columns=COLUMNS), notes
 
 
-__all__ = ["budget_table", "crossings", "expected_max", "expected_max_curve"]
+__all__ = ["best_label", "budget_table", "crossings", "expected_max", "expected_max_curve"]

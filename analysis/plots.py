@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter
 from plotly.subplots import make_subplots
 
+from .budget import best_label
 from .labels import fidelity_label, metric_label, param_label
 from .sensitivity import Curve, EpsilonTradeoff, level_order
 from .stats import zero_spread
@@ -597,3 +598,48 @@ __all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "trad
            "levels_plotly", "levels_drawable", "importance_png", "importance_plotly", "comparison_png",
            "comparison_plotly", "learning_png", "learning_plotly", "STATUS_COLORS", "curves_png", "curves_plotly",
            "differences_png", "differences_plotly", "log_ticks"]
+
+
+# --- tuned vs tuned at a stated budget ---------------------------------------------------------
+
+
+def budget_png(table: pd.DataFrame) -> Figure | None:
+    """Expected best validation accuracy against the number of search trials, each
+    variant beside the baseline, one panel per depth; None when there is no curve."""
+    if table.empty:
+        return None
+    depths = sorted(table["depth"].unique())
+    fig = Figure(figsize=(4.2 * len(depths), 3.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(depths), squeeze=False)[0])
+    for ax, depth in zip(axes, depths):
+        g = table[table["depth"] == depth]
+        base = g.groupby("budget")["baseline_expected_best"].first()
+        ax.plot(base.index, base.to_numpy(), "k--", marker="o", ms=3, label=str(g["baseline"].iloc[0]))
+        for i, (s, h) in enumerate(g.groupby("subject")):
+            ax.plot(h["budget"], h["expected_best"], marker="o", ms=3, color=f"C{i}", label=s)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+        ax.set_xlabel("search trials (budget n)", fontsize=8)
+        ax.set_ylabel(_wrap(f"expected {best_label(g['metric'].iloc[0])} of n trials", 3.0), fontsize=8)
+        ax.set_title(f"depth {depth}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def budget_plotly(table: pd.DataFrame) -> go.Figure | None:
+    if table.empty:
+        return None
+    depths = sorted(table["depth"].unique())
+    fig = make_subplots(rows=1, cols=len(depths), subplot_titles=[f"depth {d}" for d in depths])
+    for col, depth in enumerate(depths, start=1):
+        g = table[table["depth"] == depth]
+        base = g.groupby("budget")["baseline_expected_best"].first()
+        fig.add_trace(go.Scatter(x=list(base.index), y=base.to_numpy(), name=str(g["baseline"].iloc[0]),
+                                 line={"dash": "dash", "color": "black"}, showlegend=col == 1), row=1, col=col)
+        for s, h in g.groupby("subject"):
+            fig.add_trace(go.Scatter(x=h["budget"], y=h["expected_best"], name=s, showlegend=col == 1),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="search trials (budget n)", row=1, col=col, dtick=1)
+    fig.update_yaxes(title_text=f"expected {best_label(table['metric'].iloc[0])}", row=1, col=1)
+    fig.update_layout(height=340, margin={"t": 40, "b": 40})
+    return fig

@@ -28,6 +28,7 @@ import plotly.offline
 from matplotlib.figure import Figure
 
 from . import plots
+from .budget import budget_table
 from .claims import MIN_N, claims_table, tuned_vs_tuned, write_claims
 from .compare import compare_variants, spec_top_k
 from .importance import MIN_TRIALS, importance_frame, importances_by_rung, study_importances
@@ -431,6 +432,17 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     sec.append(_tuned_html(tuned))
     _figure_or_note(rep, sec, "comparison", plots.differences_png(ctable, tuned),
                     plots.differences_plotly(ctable, tuned), "No claim or comparison has an estimate yet.")
+    budget, budget_notes = budget_table(df)
+    _write_table(budget, table_dir, "tuned_at_budget", rep.files)
+    sec.append("<h3>Tuned vs tuned at a stated budget</h3><p>Which variant is better depends on how many "
+               "configurations one may try: the expected best validation accuracy of n search trials (Dodge et "
+               "al. 2019), estimated without bias from each search's trials (pruned ones at the best they "
+               "reached), up to the smaller search. Where the curves cross, the answer changes with the "
+               "budget.</p>")
+    if budget_notes:
+        sec.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in budget_notes) + "</ul>")
+    _figure_or_note(rep, sec, "budget", plots.budget_png(budget), plots.budget_plotly(budget),
+                    "No variant and baseline both have search trials at one depth.")
 
     counts = trial_counts(df)
     _write_table(counts, table_dir, "trial_counts", rep.files)

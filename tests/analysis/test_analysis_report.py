@@ -179,3 +179,15 @@ def test_moved_study_dir_reads_local_mlflow_db_and_logs_into_itself(sparse_study
     # the runs' artifact locations follow the study: the report lands in its own store
     assert list((moved / "mlartifacts").glob("*/artifacts/analysis/report.html"))
     assert not d.exists()  # nothing recreated at the old location
+
+
+def test_the_report_names_the_budget_of_tuned_vs_tuned(analyzed):
+    report, out = analyzed
+    budget = pd.read_csv(out / "tables" / "tuned_at_budget.csv")
+    assert set(budget["baseline"]) == {"resnet"} and budget["budget"].min() == 1
+    # up to the smaller of the two searches, per subject
+    for s, g in budget.groupby("subject"):
+        assert list(g["budget"]) == list(range(1, len(g) + 1))
+    html_text = report.read_text()
+    assert "Tuned vs tuned at a stated budget" in html_text and "trials per search" in html_text
+    assert (out / "plots" / "budget.png").is_file()

@@ -108,8 +108,12 @@ def ui_server(small_study):
     pids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
             if any(f"--port\0{port}" in _read(p) for port in ports)]
     yield proc, urls, pids, "".join(lines)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.poll() is None:  # Ctrl-C first: it stops the servers and removes their log folder
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
     # the servers run in process groups of their own: a run without the Ctrl-C test must stop them too
     for pgid in {os.getpgid(p) for p in pids if _alive(p)}:
         os.killpg(pgid, signal.SIGKILL)
