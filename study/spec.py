@@ -68,9 +68,10 @@ def check_study_name(value: Any, field: str = "name") -> str:
 
 
 # A problem: (path, message). The path is relative to the value being validated
-# (pydantic prefixes its location) unless it starts with ABSOLUTE.
+# (pydantic prefixes its location) unless it starts with ABSOLUTE, a character no
+# field name has (user keys such as a variant named '/0' stay relative).
 Problem = tuple[str, str]
-ABSOLUTE = "/"
+ABSOLUTE = "\x00"
 
 
 def _fail(path: str, message: str) -> NoReturn:

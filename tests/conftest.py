@@ -55,11 +55,16 @@ def heavy_markers(item) -> set[str]:
     return {m.name for m in item.iter_markers() if m.name in HEAVY}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         for fixture, marker in HEAVY_FIXTURES.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
+        if heavy_markers(item):
+            # one worker runs every heavy test, in order: they share one tiny study and do not
+            # compete for the two cores with each other
+            item.add_marker(pytest.mark.xdist_group("heavy"))
     tier = config.getoption("--tier")
     if tier is None:
         # no path named: the fast tier; a named file or test runs as named

@@ -200,7 +200,6 @@ def test_checkpoint_policy_rungs_interval_and_last_epoch():
     assert all(CheckpointPolicy(every_s=0, last=10).due(e) for e in range(1, 11))
 
 
-@pytest.mark.ray  # the real trainable under Tune's session
 def test_a_trial_resumes_from_its_checkpoint_bit_exactly_not_from_scratch(tmp_path, monkeypatch):
     """The trainable outside Ray: fail after epoch 2, call it again, and it reports epoch 3 only,
     with the numbers an unbroken run gives."""
