@@ -17,8 +17,10 @@ heavy without the matching marker is reported, and with `--strict-tiers`
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,41 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         raise AssertionError(f"resstudy {' '.join(args)} exited {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def ui_links(proc: subprocess.Popen, timeout: float = 240) -> tuple[dict[str, str], str]:
+    """The two links `resstudy ui` prints ({"MLflow": url, "optuna-dashboard": url}) and
+    its output up to them, read from the process's stdout (text mode)."""
+    urls: dict[str, str] = {}
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(urls) < 2:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.match(r"(MLflow|optuna-dashboard):\s+(http://\S+)", line)
+        if m:
+            urls[m.group(1)] = m.group(2)
+    assert len(urls) == 2, "".join(lines)
+    return urls, "".join(lines)
+
+
+def url_port(url: str) -> int:
+    return int(re.match(r"http://[^/:]+:(\d+)", url).group(1))
+
+
+def server_pids(ports: set[int]) -> list[int]:
+    """The processes started with `--port N` for one of `ports` (the UIs' servers)."""
+    pids = []
+    for p in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            cmdline = p.read_text()
+        except OSError:
+            continue
+        if any(f"--port\0{port}\0" in cmdline for port in ports):
+            pids.append(int(p.parent.name))
+    return pids
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from study.cli import main
-from tests.conftest import ROOT
+from tests.conftest import ROOT, server_pids, ui_links, url_port
 from tests.study.handplayed import PLANNED, build
 
 TEXT = (".json", ".jsonl", ".yaml", ".csv", ".md", ".html")
@@ -105,18 +104,6 @@ def test_a_moved_study_resumes_where_it_lies_and_never_writes_its_old_place(tmp_
     assert "state: finished" in capsys.readouterr().out
 
 
-def _server_pids(ports: set[int]) -> list[int]:
-    pids = []
-    for p in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            cmdline = p.read_text()
-        except OSError:
-            continue
-        if any(f"--port\0{port}\0" in cmdline for port in ports):
-            pids.append(int(p.parent.name))
-    return pids
-
-
 def _get(url: str, body: dict | None = None) -> bytes:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -138,20 +125,13 @@ def test_ui_serves_a_copy_from_the_copy_and_ctrl_c_exits_130_leaving_no_log_fold
                             env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     pids: list[int] = []
-    urls: dict[str, tuple[str, int]] = {}
+    ports: set[int] = set()
     try:
-        lines = []
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and len(urls) < 2:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.match(r"(MLflow|optuna-dashboard):\s+(http://127\.0\.0\.1:(\d+)\S*)", line)
-            if m:
-                urls[m.group(1)] = (m.group(2), int(m.group(3)))
-        assert len(urls) == 2, "".join(lines)
-        pids = _server_pids({port for _, port in urls.values()})
+        links, out = ui_links(proc)
+        assert all(u.startswith("http://127.0.0.1:") for u in links.values()), out
+        urls = {name: (u, url_port(u)) for name, u in links.items()}
+        ports = {port for _, port in urls.values()}
+        pids = server_pids(ports)
         assert len(pids) >= 2, pids
         assert list(tmp.glob("resstudy-ui-*")), "no log folder while the servers run: the check below is void"
         base = f"http://127.0.0.1:{urls['MLflow'][1]}"
@@ -180,7 +160,7 @@ def test_ui_serves_a_copy_from_the_copy_and_ctrl_c_exits_130_leaving_no_log_fold
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        for pid in set(pids) & set(_server_pids({port for _, port in urls.values()})):  # still those servers
+        for pid in set(pids) & set(server_pids(ports)):  # still those servers
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import server_pids, ui_links, url_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.server  # resstudy ui: the MLflow and optuna-dashboard servers
@@ -92,22 +93,9 @@ def ui_server(small_study):
     """`resstudy ui` running on the small study: (process, {name: url}, server pids)."""
     proc = subprocess.Popen([sys.executable, "-m", "study.cli", "ui", str(small_study)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    urls: dict[str, str] = {}
-    lines = []
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(urls) < 2:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.match(r"(MLflow|optuna-dashboard):\s+(http://\S+)", line)
-        if m:
-            urls[m.group(1)] = m.group(2)
-    assert len(urls) == 2, "".join(lines)
-    ports = {int(re.search(r":(\d+)/", u).group(1)) for u in urls.values()}
-    pids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
-            if any(f"--port\0{port}" in _read(p) for port in ports)]
-    yield proc, urls, pids, "".join(lines)
+    urls, out = ui_links(proc)
+    pids = server_pids({url_port(u) for u in urls.values()})
+    yield proc, urls, pids, out
     if proc.poll() is None:  # Ctrl-C first: it stops the servers and removes their log folder
         proc.send_signal(signal.SIGINT)
         try:
@@ -117,13 +105,6 @@ def ui_server(small_study):
     # the servers run in process groups of their own: a run without the Ctrl-C test must stop them too
     for pgid in {os.getpgid(p) for p in pids if _alive(p)}:
         os.killpg(pgid, signal.SIGKILL)
-
-
-def _read(p: Path) -> str:
-    try:
-        return p.read_text()
-    except OSError:
-        return ""
 
 
 def test_ui_prints_loopback_urls_and_the_runs_table_link(ui_server):
@@ -153,7 +134,7 @@ def test_every_server_socket_listens_on_loopback_only(ui_server):
                           if c.status == psutil.CONN_LISTEN]
         except psutil.NoSuchProcess:
             pass
-    ports = {int(re.search(r":(\d+)/", u).group(1)) for u in urls.values()}
+    ports = {url_port(u) for u in urls.values()}
     assert ports <= {port for _, _, port in listening}, (ports, listening)  # both servers' sockets were read
     exposed = [entry for entry in listening if entry[1] not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
     assert not exposed, f"listening beyond loopback: {exposed}"
