@@ -19,6 +19,17 @@ of accuracies). Verdicts: n < 3 (pairs, or trials on the smaller side) is
 always "inconclusive"; otherwise Holm-Bonferroni adjusted p < 0.05 across the
 whole table decides "supported" (estimate on the claimed side) or
 "contradicted" (the other side). Inconclusive rows say what would settle it.
+These rows are labelled "not controlled" (column `control`): a level claim
+over search trials compares trials that differ in other options too, and the
+twin pairs ran at a fixed number of seeds.
+
+A study whose study.json holds "design" (the driver's record of designed
+arms: see `designed_rows`) answers its claims with arms that differ only in
+what the claim names, paired by seed and given seeds until the stopping rule
+(analysis/sequential.py) settles them. Those rows are read from the driver's
+recorded looks (verdict and interval valid under repeated looks, never
+re-decided here); the statistics beside them (t and bootstrap intervals, the
+chance of beating the other arm on a new seed) are recomputed for display.
 """
 
 from __future__ import annotations
@@ -28,13 +39,18 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .stats import ALPHA, holm, n_for_power, one_sample, two_sample, zero_spread
+from .sequential import DIFF_RANGE, MIN_N, p_beats, seeds_to_settle
+from .stats import ALPHA, holm, n_for_power, one_sample, paired_bootstrap, two_sample, zero_spread
 
-MIN_N = 3  # below this no verdict: n = 2 gives a t interval with 1 degree of freedom
-DIFF_RANGE = (-1.0, 1.0)
-# n_needed: the n "what would settle it" names (pairs, or trials per level), for costing it
-COLUMNS = ["claim", "subject", "key", "kind", "depth", "metric", "basis", "n", "estimate", "ci_lo", "ci_hi",
-           "p_value", "p_adj", "verdict", "settle", "null", "gain", "test", "n_needed"]
+# n_needed: the n "what would settle it" names (pairs, or trials per level), for costing it.
+# Designed rows (control == DESIGNED) also fill: ci_lo/ci_hi, the interval valid under repeated
+# looks; t_lo/t_hi and boot_lo/boot_hi, the fixed-n t and paired bootstrap intervals (display);
+# p_beat, the predictive chance that the claimed arm beats the other on a new seed; sources,
+# what the seed randomises; correction; alpha, the level the claim was tested at; stop, why it
+# stopped; n_max; seconds_per_seed, median seconds of one run of each arm, for costing.
+COLUMNS = ["claim", "subject", "key", "setting", "control", "kind", "depth", "metric", "basis", "n", "estimate",
+           "ci_lo", "ci_hi", "t_lo", "t_hi", "boot_lo", "boot_hi", "p_beat", "p_value", "p_adj", "verdict", "settle",
+           "stop", "null", "gain", "test", "sources", "correction", "alpha", "n_max", "n_needed", "seconds_per_seed"]
 TUNED_COLUMNS = ["subject", "depth", "metric", "baseline", "test", "n", "n_baseline", "mean", "baseline_mean",
                  "diff", "ci_lo", "ci_hi", "p_value", "p_adj", "verdict"]
 
@@ -177,12 +193,14 @@ def _settle(kind: str, n: int, est: float, sd: float, null: float, m_tests: int,
 
 
 def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spec: Mapping | None = None, *,
-                 claims: Mapping[str, Sequence[Any]] | None = None, alpha: float = ALPHA
-                 ) -> tuple[pd.DataFrame, list[str]]:
+                 claims: Mapping[str, Sequence[Any]] | None = None, alpha: float = ALPHA,
+                 design: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """(table, notes): one row per (claim, depth) of every studied subject.
 
     claims: {subject: [Claim...]}; default: the variant registry's, for the
-    subjects in the spec and the results."""
+    subjects in the spec and the results. design: study.json's "design"
+    (load_design); the claims it records are answered by their designed
+    arms (designed_rows), the others as before, labelled not controlled."""
     from .sensitivity import rung_epochs
 
     spec = dict(spec or {})
@@ -193,19 +211,24 @@ def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spe
         claims, notes = declared_claims(subjects, tuple(spec.get("plugins") or ()))
     rungs = rung_epochs(spec)
     depths = sorted(results["depth"].dropna().unique()) if "depth" in results.columns else []
+    drows, dnotes = designed_rows(results, design or {}, claims)
+    notes += dnotes
+    answered = {(r["subject"], r["depth"], _base_key(r["key"])) for r in drows}
     rows = []
     for s, cl in claims.items():
         for depth in depths:
             if not ((subj == s) & (results["depth"] == depth)).any():
                 continue
             for c in cl:
-                rows.append(_row(results, history, s, depth, c, rungs))
-    table = pd.DataFrame(rows, columns=[*COLUMNS, "_sd"])  # the spread feeds "what would settle it"
+                if (s, int(depth), c.key) not in answered:
+                    rows.append(_row(results, history, s, depth, c, rungs))
+    table = pd.DataFrame(drows + rows, columns=[*COLUMNS, "_sd"])  # the spread feeds "what would settle it"
     return finish(table, alpha), notes
 
 
 def _row(df, history, subject, depth, c, rungs) -> dict:
-    row = {"claim": c.text, "subject": subject, "key": c.key, "kind": c.kind, "depth": int(depth),
+    row = {"claim": c.text, "subject": subject, "key": c.key, "setting": "", "control": NOT_CONTROLLED,
+           "kind": c.kind, "depth": int(depth),
            "metric": c.metric, "basis": "", "n": 0, "estimate": np.nan, "ci_lo": np.nan, "ci_hi": np.nan,
            "p_value": np.nan, "p_adj": np.nan, "verdict": "inconclusive", "settle": "", "null": 0.0,
            "gain": np.nan, "test": "", "_sd": np.nan}
@@ -249,15 +272,21 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """Holm-adjust the table's p-values (one family: every row with n >= 3 and
     a p-value) and set verdicts and the "what would settle it" text."""
     t = table.copy()
-    if "_sd" not in t.columns:
-        t["_sd"] = np.nan
-    testable = (t["n"] >= MIN_N) & t["p_value"].notna()
+    for c in ("_sd", "n_needed"):
+        if c not in t.columns:
+            t[c] = np.nan
+    # designed rows carry the driver's verdicts and their own correction: never re-decided here
+    designed = (t["control"] == DESIGNED) if "control" in t.columns else pd.Series(False, index=t.index)
+    testable = (t["n"] >= MIN_N) & t["p_value"].notna() & ~designed
     t["p_adj"] = np.nan
-    t["n_needed"] = np.nan
+    t.loc[~designed, "n_needed"] = np.nan
     t.loc[testable, "p_adj"] = holm(t.loc[testable, "p_value"].to_numpy())
     m_tests = int(testable.sum())
+    if m_tests:
+        t["correction"] = t["correction"].astype(object) if "correction" in t.columns else None
+        t.loc[testable, "correction"] = f"Holm across the {_plural(m_tests, 'test')} of this table"
     for i, r in t.iterrows():
-        if r["verdict"] != "inconclusive" or (r["settle"] and not np.isfinite(r["estimate"])):
+        if designed[i] or r["verdict"] != "inconclusive" or (r["settle"] and not np.isfinite(r["estimate"])):
             continue
         verdict = "inconclusive"
         if testable[i] and r["p_adj"] < alpha:
@@ -279,6 +308,178 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
                                               m_tests, unit=unit)
             t.at[i, "n_needed"] = np.nan if need is None else need
     return t.drop(columns=["_sd"]).reindex(columns=COLUMNS)
+
+
+# --- claims answered by designed arms ----------------------------------------------------------
+
+DESIGNED = "designed arms, paired by seed"
+NOT_CONTROLLED = "not controlled"
+PUBLISHED = "@published"  # a design key "<claim>@published": the paper's own configuration against its twin
+SEQUENTIAL_TEST = "group-sequential paired t, O'Brien-Fleming-type alpha spending"
+STOP_WORDS = {"settled": "settled", "max_seeds": "reached its maximum, {seeds}",
+              "budget": "the study's budget ran out", "no_data": "no paired runs",
+              "cannot_settle": "stopped early: {seeds} could not plausibly settle it", "running": "still running"}
+# What a trial's seed draws (study/train.py seeds torch's init and the batch generator with it;
+# study/data.py takes the held-out split, and the digits test set, from constants).
+SEED_DRAWS = ("weight init", "data order")
+AUGMENT_WORDS = {"crop_flip": "crop, flip", "crop": "crop"}
+SEED_FIXES = "the train/validation split and the test set are the same at every seed"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _base_key(key: str) -> str:
+    return key[: -len(PUBLISHED)] if key.endswith(PUBLISHED) else key
+
+
+def load_design(study_dir) -> dict[str, Any] | None:
+    """study.json's "design" (the driver's record of designed arms), or None
+    for a study without one (older studies, or no study.json)."""
+    from .load import StudyFileError, load_study_meta
+
+    try:
+        meta = load_study_meta(study_dir)
+    except FileNotFoundError:
+        return None
+    design = meta.get("design")
+    if design is not None and not isinstance(design, dict):
+        raise StudyFileError(f"study.json in {str(study_dir)!r}: 'design' holds {type(design).__name__}, "
+                             "expected an object keyed by experiment")
+    return design or None
+
+
+def variance_sources(rows: pd.DataFrame) -> str:
+    """What differs between the seeds of a designed comparison, in words, from
+    the runs' resolved options (augmentation only where it was on)."""
+    parts = list(SEED_DRAWS)
+    aug = sorted({str(a) for a in rows["augment"].dropna()} - {"none"}) if "augment" in rows.columns else []
+    cut = "cutout" in rows.columns and (rows["cutout"].astype(float).fillna(0) > 0).any()
+    what = [w for a in aug for w in AUGMENT_WORDS.get(a, a).split(", ")] + (["cutout"] if cut else [])
+    if what:
+        parts.append(f"augmentation ({', '.join(dict.fromkeys(what))})")
+    return f"{', '.join(parts)}; {SEED_FIXES}"
+
+
+def _per_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
+    """One value per seed (a retried run keeps its last record), completed runs only."""
+    if metric not in rows.columns:
+        return pd.Series(dtype=float)
+    ok = rows[(rows["status"] == "completed") & np.isfinite(rows[metric].astype(float))]
+    return ok.groupby("seed").tail(1).set_index("seed")[metric].astype(float)
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else np.nan
+
+
+def designed_rows(results: pd.DataFrame, design: Mapping[str, Any],
+                  claims: Mapping[str, Sequence[Any]] | None = None) -> tuple[list[dict], list[str]]:
+    """(rows, notes): one claims-table row per claim the design records, its
+    "<key>@published" twin comparison included (setting "as published").
+
+    The verdict, the interval valid under repeated looks and the level come
+    from the driver's last recorded look; n, the estimate, the t and
+    bootstrap intervals and the chance of winning on a new seed are computed
+    from the arms' runs, paired by seed."""
+    rows, notes = [], []
+    if not design:
+        return rows, notes
+    family = sum(len((x or {}).get("claims") or {}) for x in design.values())
+    texts = {(s, c.key): c.text for s, cl in (claims or {}).items() for c in cl}
+    by_id = results.drop_duplicates("trial_id", keep="last").set_index("trial_id", drop=False)
+    for exp, x in design.items():
+        here = results[results["experiment"] == exp]
+        if here.empty:
+            notes.append(f"claims: the design names experiment {exp!r}, which has no finished trial yet")
+            continue
+        subject = str(_subject_col(here).iloc[0])
+        depth = int(here["depth"].iloc[0])
+        for key, entry in ((x or {}).get("claims") or {}).items():
+            text = texts.get((subject, _base_key(key)), _base_key(key).replace("_", " "))
+            rows.append(_designed_row(by_id, subject, depth, key, text, entry, family))
+    order = {"as tuned": 0, "as published": 1}
+    rows.sort(key=lambda r: (r["subject"], r["depth"], _base_key(r["key"]), order[r["setting"]]))
+    return rows, notes
+
+
+def _designed_row(by_id: pd.DataFrame, subject: str, depth: int, key: str, text: str, entry: Mapping,
+                  family: int) -> dict:
+    kind = str(entry.get("kind") or "twin")
+    metric = str(entry.get("metric") or "test_acc")
+    margin = _num(entry.get("margin"))
+    null = -margin if kind == "noninferior" and np.isfinite(margin) else 0.0
+    a, b = (list(entry.get("compare") or []) + ["", ""])[:2]
+    arms = entry.get("arms") or {}
+    rows_of = {arm: by_id.loc[by_id.index.intersection([str(r) for r in arms.get(arm) or []])] for arm in (a, b)}
+    va, vb = _per_seed(rows_of[a], metric), _per_seed(rows_of[b], metric)
+    seeds = sorted(set(va.index) & set(vb.index))
+    d = (va.loc[seeds] - vb.loc[seeds]).to_numpy(dtype=float)
+    looks = list(entry.get("looks") or [])
+    last = looks[-1] if looks else {}
+    row = {"claim": text, "subject": subject, "key": key, "depth": depth, "kind": kind, "metric": metric,
+           "setting": "as published" if key.endswith(PUBLISHED) else "as tuned", "control": DESIGNED,
+           "basis": f"{metric}: {a} minus {b}, paired by seed", "null": null, "test": SEQUENTIAL_TEST,
+           "p_value": np.nan, "p_adj": np.nan, "gain": np.nan, "settle": "", "n_needed": np.nan,
+           "stop": str(entry.get("stop") or "running"), "n_max": _num(last.get("n_max"))}
+    both = pd.concat([rows_of[a], rows_of[b]])
+    row["sources"] = variance_sources(both)
+    row["seconds_per_seed"] = sum(float(rows_of[arm].loc[rows_of[arm]["status"] == "completed", "seconds"]
+                                        .astype(float).median()) if "seconds" in rows_of[arm].columns
+                                  else np.nan for arm in (a, b))
+    level = _num(last.get("alpha"))
+    row["alpha"] = level
+    # the level each claim was tested at is its own column (alpha); NaN: the driver did not record it
+    row["correction"] = (f"Holm across the study's {_plural(family, 'designed claim')}, sequentially: a settled "
+                         "claim passes its level on to the open ones")
+    t = one_sample(d, null=null, bounds=DIFF_RANGE)
+    row.update(n=t.n, estimate=t.estimate, t_lo=t.lo, t_hi=t.hi, p_beat=p_beats(d), _sd=t.sd)
+    row["boot_lo"], row["boot_hi"] = paired_bootstrap(d, bounds=DIFF_RANGE)
+    row["ci_lo"], row["ci_hi"] = _num(last.get("lo")), _num(last.get("hi"))
+    unpaired = sum(len(v) for v in (va, vb)) - 2 * len(seeds)
+    if unpaired:
+        row["basis"] += f" ({unpaired} run(s) without a partner at their seed: left out)"
+    if last and int(last.get("n") or 0) != t.n:
+        row["basis"] += f"; the last look saw {_plural(int(last.get('n') or 0), 'pair')}"
+    verdict = {"supported": "supported", "contradicted": "contradicted"}.get(str(last.get("verdict")),
+                                                                              "inconclusive")
+    if verdict != "inconclusive" and t.n < MIN_N:  # a verdict from fewer than MIN_N pairs is no verdict
+        verdict = "inconclusive"
+        row["basis"] += f"; the recorded verdict from {t.n} pair(s) is not taken"
+    gain_metric = entry.get("gain_metric")
+    if kind == "noninferior" and gain_metric:
+        g = rows_of[a][rows_of[a]["status"] == "completed"]
+        row["gain"] = float(g[gain_metric].astype(float).mean()) if gain_metric in g.columns and len(g) else np.nan
+        if verdict == "supported" and not (np.isfinite(row["gain"]) and row["gain"] > 0):
+            verdict = "inconclusive"  # the method was not exercised: it gave up nothing to gain nothing
+            row["settle"] = (f"the configuration tested has no {gain_metric.replace('_', ' ')} above 0: the claim "
+                             "was not exercised")
+    row["verdict"] = verdict
+    if verdict == "inconclusive" and not row["settle"]:
+        row["settle"], row["n_needed"] = _designed_settle(row, level if np.isfinite(level) else ALPHA / family)
+    return row
+
+
+def _designed_settle(row: Mapping, level: float) -> tuple[str, float]:
+    """What would settle an open designed claim: the seeds a sequential design
+    needs for an 80% chance at the difference and spread seen (n_needed, or
+    NaN where none would)."""
+    n, sd = int(row["n"]), float(row["_sd"]) if np.isfinite(row["_sd"]) else np.nan
+    if row["stop"] == "running":
+        return "still running: the study adds seeds while the claim is open", np.nan
+    if n < MIN_N:
+        return f"needs >= {MIN_N} paired seeds (has {n})", float(MIN_N)
+    if sd == 0:
+        return (f"every one of the {n} seeds gave the same difference: no spread to judge it against; more "
+                "seeds would show one"), float(n + 1)
+    need = seeds_to_settle(row["estimate"] - row["null"], sd, alpha=level)
+    if need is None:
+        return ("no realistic number of seeds would settle it: the difference seen is tiny against the spread "
+                "between seeds"), np.nan
+    need = max(need, n + 1)
+    return (f"about {need} paired seeds ({need - n} more) for an 80% chance to settle it at the difference and "
+            f"spread seen so far (level {level:.3g}, a look after every seed)"), float(need)
 
 
 def tuned_vs_tuned(results: pd.DataFrame, *, baseline: str = "resnet", metric: str = "test_acc",
@@ -345,10 +546,32 @@ def claims_markdown(table: pd.DataFrame) -> str:
 
     if table.empty:
         return "_No claims could be tested: no variant in this study declares one._\n"
-    rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r), _p_text(r), r["verdict"],
-             r["settle"]] for _, r in table.iterrows()]
-    return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
-                                   "what would settle it"], tablefmt="github", disable_numparse=True) + "\n"
+    if not is_designed(table).any():
+        rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r), _p_text(r), r["verdict"],
+                 r["settle"]] for _, r in table.iterrows()]
+        return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
+                                       "what would settle it"], tablefmt="github", disable_numparse=True) + "\n"
+    rows = [[r["claim"] + (f" ({r['setting']})" if isinstance(r["setting"], str) and r["setting"] else ""),
+             r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r),
+             f"level {_fmt(r['alpha'], '.3g')}" if d else _p_text(r), r["verdict"],
+             stop_words(r) if d else "", r["settle"]] for d, (_, r) in zip(is_designed(table), table.iterrows())]
+    return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI (repeated looks where designed)",
+                                   "p (Holm) or level", "verdict", "stopped", "what would settle it"],
+                    tablefmt="github", disable_numparse=True) + "\n"
+
+
+def is_designed(table: pd.DataFrame) -> pd.Series:
+    """Which rows come from designed arms (the others are not controlled)."""
+    if "control" not in table.columns:
+        return pd.Series(False, index=table.index)
+    return table["control"] == DESIGNED
+
+
+def stop_words(r) -> str:
+    """Why a designed claim stopped, in words."""
+    n_max = _num(r.get("n_max"))
+    seeds = f"{int(n_max)} seeds" if np.isfinite(n_max) else "the seeds allowed"
+    return STOP_WORDS.get(str(r.get("stop")), str(r.get("stop"))).format(seeds=seeds)
 
 
 def write_claims(table: pd.DataFrame, out_dir) -> list:
@@ -360,12 +583,17 @@ def write_claims(table: pd.DataFrame, out_dir) -> list:
     paths = [out / "claims.parquet", out / "claims.csv", out / "claims.md"]
     table.to_parquet(paths[0], index=False)
     table.to_csv(paths[1], index=False)
+    designed = ("Designed rows: arms that differ only in what the claim names, paired by seed, given seeds "
+                "until a group-sequential paired t test settles them; their 95% interval stays valid under "
+                "the looks taken after every round; Holm across the designed claims, sequentially (each row "
+                "names its level). " if is_designed(table).any() else "")
     paths[2].write_text(
-        "# Claims\n\nEstimate: mean difference (variant minus twin, or better minus worse level); 95% "
-        "Student-t interval clipped to [-1, 1]; p-values Holm-Bonferroni adjusted across the table; "
-        f"n < {MIN_N} is never a verdict.\n\n" + claims_markdown(table), encoding="utf-8")
+        "# Claims\n\nEstimate: mean difference (variant minus twin, or better minus worse level). " + designed
+        + "Rows not controlled: 95% Student-t interval clipped to [-1, 1]; p-values Holm-Bonferroni adjusted "
+        f"across those rows. n < {MIN_N} is never a verdict.\n\n" + claims_markdown(table), encoding="utf-8")
     return paths
 
 
 __all__ = ["claims_table", "declared_claims", "pairs", "finish", "tuned_vs_tuned", "claims_markdown",
-           "write_claims", "COLUMNS", "TUNED_COLUMNS", "MIN_N", "ALPHA"]
+           "write_claims", "COLUMNS", "TUNED_COLUMNS", "MIN_N", "ALPHA", "designed_rows", "load_design",
+           "variance_sources", "is_designed", "stop_words", "DESIGNED", "NOT_CONTROLLED", "PUBLISHED"]

@@ -25,7 +25,7 @@ COLUMNS = {
     "std": "sd", "diff": "difference", "estimate": "estimate", "ci": "95% CI", "p_value": "p",
     "p_adj": "p (Holm)", "verdict": "verdict", "settle": "what would settle it", "basis": "basis",
     "claim": "claim", "test": "test", "seeds": "seeds", "divergence_rate": "divergence rate",
-    "dead_rate": "dead-signal rate", "completed": "completed", "pruned": "pruned", "diverged": "diverged",
+    "completed": "completed", "pruned": "pruned", "diverged": "diverged",
     "failed": "failed", "best_val_acc": "best validation accuracy", "trial_id": "trial", "epsilon": "epsilon",
     "discarded_ratio": "share of blocks discarded", "param_reduction": "parameter reduction",
     "acc": "validation accuracy", "val_acc": "validation accuracy", "test_acc": "test accuracy",
@@ -40,7 +40,16 @@ def metric_label(name: str) -> str:
 
 
 def column_label(name: str) -> str:
-    return COLUMNS.get(str(name), METRICS.get(str(name), str(name).replace("_", " ")))
+    name = str(name)
+    return COLUMNS.get(name) or _rate_labels().get(name) or METRICS.get(name, name.replace("_", " "))
+
+
+@functools.lru_cache(maxsize=None)
+def _rate_labels() -> dict[str, str]:
+    """The rates the variants declare (quotient's dead-signal rate), by column."""
+    from .declared import level_rates
+
+    return {r.column: r.label for r in level_rates()}
 
 
 @functools.lru_cache(maxsize=None)

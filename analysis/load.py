@@ -18,12 +18,15 @@ from typing import Any
 import pandas as pd
 
 from study.errors import UserError
+from study.ledger import FINISHED, SPEC_FILE, STUDY_DIR_RULE, is_study_dir
 
-STATUSES = ("completed", "pruned", "failed", "diverged")
+STATUSES = FINISHED
 
 
-class InsufficientDataError(ValueError):
-    """Too few usable trials for a fit; the message says how many and why."""
+class InsufficientDataError(UserError, ValueError):
+    """Too few finished or usable trials for what was asked (a report, a fit); the
+    message says how many and why. A user error: more trials, or waiting for them,
+    fixes it; the analysis catches it where it can go on without (one fit)."""
 
 
 class StudyDirError(UserError, FileNotFoundError):
@@ -134,19 +137,43 @@ def load_history(study_dir: str | Path) -> pd.DataFrame:
 
 
 def load_spec(study_dir: str | Path) -> dict[str, Any]:
-    """spec.yaml as a plain dict."""
-    import yaml
+    """The spec the study ran, as a dict (the spec's JSON form), with what the driver
+    resolved from it under "manifest" (study.driver.manifest): the analysis takes
+    search spaces, rung epochs and claims from there. A study whose study.json holds a
+    manifest is read from study.json, the spec the driver validated, so nothing (no
+    plugin) is loaded again; an older one from spec.yaml through study.spec, its
+    manifest resolved now by the driver's own function."""
+    state = load_study_meta(study_dir) if (Path(study_dir) / "study.json").is_file() else {}
+    recorded = state.get("manifest")
+    if isinstance(recorded, dict) and isinstance(state.get("spec"), dict):
+        return {**state["spec"], "manifest": recorded}
+    spec = _validated_spec(study_dir)
+    return {**spec.model_dump(mode="json"), "manifest": recorded if isinstance(recorded, dict) else _resolve(spec)}
+
+
+def manifest(study_dir: str | Path) -> dict[str, Any]:
+    """What the driver resolved when the study started (study.driver.manifest); for a
+    study recorded before manifests, resolved now from its spec.yaml by the same function."""
+    from study.driver.manifest import read
+
+    state = load_study_meta(study_dir) if (Path(study_dir) / "study.json").is_file() else {}
+    return read(state) or _resolve(_validated_spec(study_dir))
+
+
+def _validated_spec(study_dir: str | Path):
+    from study.spec import load_spec as load_study_spec
 
     path = _file(study_dir, "spec.yaml")
     try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise StudyFileError(f"cannot parse {path}: {e}") from e
-    if spec is None:
-        return {}
-    if not isinstance(spec, dict):
-        raise StudyFileError(f"{path} must hold a mapping, got {type(spec).__name__}")
-    return spec
+        return load_study_spec(path)
+    except (UserError, ImportError) as e:  # SpecError; a plugin that is gone or fails to import
+        raise StudyFileError(f"{path} is not a spec this resstudy can read: {type(e).__name__}: {e}") from None
+
+
+def _resolve(spec: Any) -> dict[str, Any]:
+    from study.driver.manifest import resolve
+
+    return resolve(spec)
 
 
 def load_study_meta(study_dir: str | Path) -> dict[str, Any]:
@@ -279,11 +306,6 @@ def _search_all(client: "mlflow.MlflowClient", experiment_id: str) -> pd.DataFra
             return pd.DataFrame(rows)
 
 
-def _is_study(d: Path) -> bool:
-    return d.is_dir() and ((d / "study.json").is_file() or (d / "spec.yaml").is_file()
-                           or (d / "results.parquet").is_file())
-
-
 def storage_roots(start: str | Path | None = None) -> list[Path]:
     """Where study names are looked up: $RESSTUDY_STORAGE, then ./resstudy_runs
     in `start` (default: the working directory) and every folder above it,
@@ -310,7 +332,7 @@ def find_study(name_or_path: str | Path | None = None, start: str | Path | None 
     roots = storage_roots(start)
     if not name_or_path:
         for root in roots:
-            found = sorted((p.parent for p in root.glob("*/results.parquet")), key=lambda p: p.stat().st_mtime) \
+            found = sorted((p.parent for p in root.glob(f"*/{SPEC_FILE}")), key=lambda p: p.stat().st_mtime) \
                 if root.is_dir() else []
             if found:
                 return found[-1]
@@ -319,13 +341,12 @@ def find_study(name_or_path: str | Path | None = None, start: str | Path | None 
     p = Path(name_or_path).expanduser()
     base = Path(start).resolve() if start else Path.cwd()
     for cand in ([p] if p.is_absolute() else [base / p]):
-        if _is_study(cand):
+        if is_study_dir(cand):
             return cand.resolve()
     if p.is_absolute() or len(p.parts) > 1:
-        raise StudyDirError(f"{str(name_or_path)!r} is not a study directory (no study.json, spec.yaml or "
-                            "results.parquet in it)")
+        raise StudyDirError(f"{str(name_or_path)!r} is not a study directory; allowed: {STUDY_DIR_RULE}")
     for root in roots:
-        if _is_study(root / p):
+        if is_study_dir(root / p):
             return (root / p).resolve()
     raise StudyDirError(f"no study named {str(name_or_path)!r}: looked in "
                         + ", ".join(str(r) for r in roots[:4]) + (", ..." if len(roots) > 4 else ""))
@@ -337,7 +358,7 @@ def default_study_dir() -> Path:
 
 
 __all__ = [
-    "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta",
+    "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta", "manifest",
     "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "sqlite_path", "searched_list", "searched_params", "default_study_dir",
     "find_study", "storage_roots", "StudyDirError", "StudyFileError",
 ]

@@ -24,6 +24,7 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullFormatter
 from plotly.subplots import make_subplots
 
 from .budget import best_label
+from .declared import level_rates
 from .labels import fidelity_label, metric_label, param_label
 from .sensitivity import Curve, EpsilonTradeoff, level_order
 from .stats import zero_spread
@@ -211,22 +212,29 @@ def levels_drawable(levels: pd.DataFrame, experiment: str, param: str) -> bool:
     return g.loc[np.isfinite(g["mean"].astype(float)), "level"].nunique() >= 2
 
 
+_RATE_COLORS = ("#7f7f7f", "#9467bd", "#8c564b", "#e377c2")  # the variants' own rates, in declaration order
+
+
+def _all_rates() -> list[tuple[str, str, str, str]]:
+    """(column, legend, colour, what a trial counted by it did) of every rate a levels
+    table can hold: divergence, then the rates the variants declare."""
+    declared = [(r.column, r.label, _RATE_COLORS[i % len(_RATE_COLORS)], r.event)
+                for i, r in enumerate(level_rates())]
+    return [("divergence_rate", "divergence rate", "#d62728", "diverged"), *declared]
+
+
 def _rates(fin: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(column, legend, colour) of the failure rates worth a panel: those above zero somewhere."""
-    out = []
-    for col, name, color in (("divergence_rate", "divergence rate", "#d62728"),
-                             ("dead_rate", "dead-signal rate", "#7f7f7f")):
-        if col in fin.columns and (fin[col].astype(float).fillna(0) > 0).any():
-            out.append((col, name, color))
-    return out
+    return [(col, name, color) for col, name, color, _ in _all_rates()
+            if col in fin.columns and (fin[col].astype(float).fillna(0) > 0).any()]
 
 
 def _rates_note(fin: pd.DataFrame, rates: list) -> str:
     """The rates left out for being zero, in words: "no trial diverged"."""
     shown = {c for c, _, _ in rates}
-    reported = "dead_rate" in fin.columns and fin["dead_rate"].notna().any()  # only quotient reports it
-    quiet = [w for w, off in (("diverged", "divergence_rate" not in shown),
-                              ("lost its signal", reported and "dead_rate" not in shown)) if off]
+    # divergence is counted for every variant; a declared rate only where its variant reports it
+    quiet = [event for col, _, _, event in _all_rates() if col not in shown
+             and (col == "divergence_rate" or (col in fin.columns and fin[col].notna().any()))]
     return f"no trial {' or '.join(quiet)}" if quiet and len(fin) else ""
 
 
@@ -514,7 +522,9 @@ def _diff_rows(claims: pd.DataFrame, tuned: pd.DataFrame) -> list[tuple[str, pd.
     if len(c):
         flat = [zero_spread(r["ci_lo"], r["ci_hi"], r["n"]) for _, r in c.iterrows()]
         panels.append(("Claims: variant minus twin, or better minus worse level", pd.DataFrame({
-            "label": [textwrap.fill(f"{r['claim']} (depth {r['depth']}, n={r['n']}"
+            "label": [textwrap.fill(f"{r['claim']} (depth {r['depth']}, "
+                                    + (f"{r['setting']}, " if isinstance(r.get("setting"), str) and r.get("setting")
+                                       else "") + f"n={r['n']}"
                                     + ("; identical at every seed, no spread)" if f else ")"), 48)
                       for f, (_, r) in zip(flat, c.iterrows())],
             "est": c["estimate"].astype(float) * POINTS, "lo": c["ci_lo"].astype(float) * POINTS,
@@ -643,3 +653,82 @@ def budget_plotly(table: pd.DataFrame) -> go.Figure | None:
     fig.update_yaxes(title_text=f"expected {best_label(table['metric'].iloc[0])}", row=1, col=1)
     fig.update_layout(height=340, margin={"t": 40, "b": 40})
     return fig
+
+
+# --- designed sweeps ---------------------------------------------------------------------------
+
+BEST_COLOR = "#ff7f0e"
+
+
+def _sweep_x(s) -> tuple[list, list[str]]:
+    """x positions (the values for a numeric option, else level indices) and their tick labels."""
+    lv = s.levels
+    if s.numeric:
+        return lv["value"].astype(float).tolist(), lv["level"].tolist()
+    return list(range(len(lv))), lv["level"].tolist()
+
+
+def _sweep_title(s) -> str:
+    return f"{s.experiment}: {metric_label(s.metric)} vs {param_label(s.param)} (designed sweep)"
+
+
+def sweep_png(s) -> Figure:
+    """Per-level mean over seeds with its 95% interval; the search's best configuration in orange."""
+    lv = s.levels
+    xs, names = _sweep_x(s)
+    width = max(6.0, 1.0 * len(names) + 3)
+    fig = Figure(figsize=(width, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for x, (_, r) in zip(xs, lv.iterrows()):
+        err = [[r["mean"] - r["ci_lo"]], [r["ci_hi"] - r["mean"]]] if np.isfinite(r["ci_lo"]) else None
+        color = BEST_COLOR if r["best"] else "C0"
+        ax.errorbar([x], [r["mean"]], yerr=err, fmt="s" if r["best"] else "o", capsize=4, color=color,
+                    markersize=8 if r["best"] else 6)
+        ax.annotate(f"n={r['n']}", (x, r["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.plot(xs, lv["mean"], color="C0", lw=1, alpha=0.4, ls="-" if s.detectable else "--")
+    ax.errorbar([], [], fmt="s", color=BEST_COLOR, label="the search's best configuration")
+    ax.errorbar([], [], fmt="o", color="C0", label="mean over seeds, 95% CI")
+    if s.log:
+        _log_axis(ax, min(xs), max(xs))
+    if s.numeric and not s.log:
+        ax.set_xticks(xs, names)
+    if not s.numeric:
+        ax.set_xticks(xs, names)
+        ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_xlabel(param_label(s.param))
+    ax.set_ylabel(f"{metric_label(s.metric)}\n(mean over seeds, 95% CI)")
+    # the title sits over the axes, narrower than the figure: wrap to the axes' width
+    ax.set_title(_wrap(_sweep_title(s), width - 1.5) + "\n" + _wrap(s.result, width - 1.5), fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def sweep_plotly(s) -> go.Figure:
+    lv = s.levels
+    xs, names = _sweep_x(s)
+    x = xs if s.numeric else names
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=x, y=lv["mean"], mode="lines+markers", name="mean over seeds, 95% CI",
+        line={"color": "#1f77b4", "width": 1, "dash": "solid" if s.detectable else "dash"},
+        marker={"size": [12 if b else 8 for b in lv["best"]],
+                "symbol": ["square" if b else "circle" for b in lv["best"]],
+                "color": [BEST_COLOR if b else "#1f77b4" for b in lv["best"]]},
+        error_y={"type": "data", "symmetric": False, "array": (lv["ci_hi"] - lv["mean"]).fillna(0),
+                 "arrayminus": (lv["mean"] - lv["ci_lo"]).fillna(0)},
+        text=[f"{p}={n}: n={k} seeds" + (" (the search's best)" if b else "")
+              for p, n, k, b in zip([s.param] * len(lv), names, lv["n"], lv["best"])]))
+    fig.update_layout(title=f"{_sweep_title(s)}<br><sup>{s.result}; orange: the search's best configuration</sup>",
+                      xaxis_title=param_label(s.param),
+                      yaxis_title=f"{metric_label(s.metric)} (mean over seeds, 95% CI)",
+                      template="plotly_white", height=420)
+    if s.log:
+        _plotly_log_axis(fig, min(xs), max(xs))
+    elif s.numeric:
+        fig.update_xaxes(tickvals=xs, ticktext=names)
+    else:
+        fig.update_xaxes(type="category", categoryorder="array", categoryarray=names)
+    return fig
+
+
+__all__ += ["sweep_png", "sweep_plotly"]

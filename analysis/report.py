@@ -29,13 +29,15 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .budget import budget_table
-from .claims import MIN_N, claims_table, tuned_vs_tuned, write_claims
+from .claims import (DESIGNED, MIN_N, PUBLISHED, claims_table, is_designed, load_design, stop_words, tuned_vs_tuned,
+                     write_claims)
 from .compare import compare_variants, spec_top_k
+from .declared import level_rates, rate_owners, report_sections
 from .importance import MIN_TRIALS, importance_frame, importances_by_rung, study_importances
 from .labels import METRICS, column_label, fidelity_label, metric_label, param_label
-from .load import (StudyDirError, load_history, load_results, load_spec, load_study_meta, sqlite_path,
+from .load import (STATUSES, StudyDirError, load_history, load_results, load_spec, load_study_meta, sqlite_path,
                    tracking_uri as study_tracking_uri)
-from .sensitivity import epsilon_tradeoffs, level_order, rung_epochs, sensitivity
+from .sensitivity import SWEEP_COLUMNS, level_order, rung_epochs, sensitivity, sweeps
 from .stats import zero_spread
 
 REPORT_NAME = "report.html"
@@ -126,12 +128,47 @@ def _write_table(df: pd.DataFrame, tables: Path, name: str, files: list[Path]) -
     files += [csv, pq]
 
 
+@dataclass
+class Sections:
+    """What a variant's own report section (study.variants.Variant.report_sections)
+    is given: the study's results, spec and history, and where to add a section,
+    a figure, a table or a note."""
+
+    results: pd.DataFrame
+    spec: dict
+    history: pd.DataFrame | None
+    n_boot: int
+    seed: int
+    _rep: _Report
+    _tables: Path
+
+    def section(self, title: str) -> list[str]:
+        """A new section: append HTML to the list returned."""
+        _say(title)
+        return self._rep.section(title)
+
+    def figure(self, parts: list[str], name: str, png: Figure, fig: go.Figure) -> None:
+        self._rep.figure(parts, _slug(name), png, fig)
+
+    def table(self, df: pd.DataFrame, name: str) -> None:
+        """`df` written as tables/<name>.csv and .parquet."""
+        _write_table(df, self._tables, name, self._rep.files)
+
+    def html_table(self, df: pd.DataFrame, columns: list[str]) -> str:
+        """`columns` of `df` as an HTML table in words (labels.COLUMNS)."""
+        return _table_html(_human(df, columns))
+
+    def note(self, text: str) -> None:
+        """A line under "what could not be fitted, and why"."""
+        self._rep.notes.append(text)
+
+
 def trial_counts(df: pd.DataFrame) -> pd.DataFrame:
     """Trials per experiment, phase and status, and the best completed val_acc."""
     c = df.pivot_table(index=["experiment", "variant", "depth", "phase"], columns="status", values="trial_id",
                        aggfunc="count", fill_value=0).reset_index()
     c.columns.name = None
-    for s in ("completed", "pruned", "diverged", "failed"):
+    for s in STATUSES:
         if s not in c.columns:
             c[s] = 0
     best = df[df["status"] == "completed"].groupby(["experiment", "phase"])["val_acc"].max()
@@ -142,6 +179,13 @@ def trial_counts(df: pd.DataFrame) -> pd.DataFrame:
 def _claims_html(table: pd.DataFrame) -> str:
     if table.empty:
         return "<p><em>No claim could be tested: no studied variant declares one.</em></p>"
+    designed = is_designed(table)
+    if designed.any():
+        rest = table[~designed]
+        return _designed_html(table[designed]) + (
+            "<h3>Claims not controlled</h3><p>Not answered by designed arms: the old basis (repeat and twin runs "
+            "at the study's seeds, or search trials that differ in other options too), Student-t intervals, "
+            "Holm across these rows.</p>" + _claims_html(rest) if len(rest) else "")
     rows = []
     for _, r in table.iterrows():
         flat = zero_spread(r["ci_lo"], r["ci_hi"], r["n"])
@@ -154,6 +198,74 @@ def _claims_html(table: pd.DataFrame) -> str:
     for v in ("supported", "contradicted", "inconclusive"):
         out = out.replace(f"<td>{v}</td>", f'<td class="{v}">{v}</td>')
     return out
+
+
+def _verdict_cells(out: str) -> str:
+    for v in ("supported", "contradicted", "inconclusive"):
+        out = out.replace(f"<td>{v}</td>", f'<td class="{v}">{v}</td>')
+    return out
+
+
+def _one_or_column(rows: list[dict], table: pd.DataFrame, col: str, label: str) -> str:
+    """A value every row shares is said once, above the table; otherwise it is a column."""
+    vals = list(dict.fromkeys(str(v) for v in table[col].fillna("")))
+    if len(vals) == 1:
+        return f"<p><b>{html.escape(label)}</b>: {html.escape(vals[0])}.</p>" if vals[0] else ""
+    for row, v in zip(rows, table[col].fillna("")):
+        row[label] = v
+    return ""
+
+
+def _designed_html(table: pd.DataFrame) -> str:
+    """Designed claims: the verdict's interval (valid under repeated looks) beside the fixed-n t and
+    bootstrap intervals, the chance of winning on a new seed, why it stopped; then "as published"
+    and "as tuned" side by side where a claim has both."""
+    rows = []
+    for _, r in table.iterrows():
+        rows.append({"claim": r["claim"], "variant": r["subject"], "depth": r["depth"], "configuration": r["setting"],
+                     "seeds": r["n"], "estimate (points)": _pts(r["estimate"]),
+                     "95% CI, repeated looks (points)": _ci(r["ci_lo"], r["ci_hi"]),
+                     "t interval (points)": _ci(r["t_lo"], r["t_hi"]),
+                     "bootstrap interval (points)": _ci(r["boot_lo"], r["boot_hi"]),
+                     "wins on a new seed": _share(r["p_beat"]), "level": _num(r["alpha"], ".3g"),
+                     "verdict": r["verdict"], "stopped": stop_words(r), "what would settle it": _settle_words(r),
+                     "basis": _option_words(_metric_words(r["basis"]))})
+    head = (_one_or_column(rows, table, "sources", "What a seed changes")
+            + _one_or_column(rows, table, "correction", "Correction for several claims"))
+    out = head + _verdict_cells(pd.DataFrame(rows).to_html(index=False, classes="tbl claims designed", border=0,
+                                                           na_rep="", escape=True))
+    side = _side_by_side(table)
+    if len(side):
+        out += ("<h3>As published and as tuned</h3><p>The paper's own configuration against its twin, beside "
+                "the study's tuned configuration against its twin.</p>" + _verdict_cells(side.to_html(
+                    index=False, classes="tbl claims designed", border=0, na_rep="", escape=True)))
+    return out
+
+
+def _share(p) -> str:
+    return "" if p is None or not np.isfinite(float(p)) else f"{float(p):.0%}"
+
+
+def _side_by_side(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim that has an "as published" comparison: both settings' numbers side by side."""
+    pub = table[table["key"].str.endswith(PUBLISHED)]
+    rows = []
+    for _, p in pub.iterrows():
+        tuned = table[(table["key"] == p["key"][: -len(PUBLISHED)]) & (table["subject"] == p["subject"])
+                      & (table["depth"] == p["depth"])]
+        row = {"claim": p["claim"], "variant": p["subject"], "depth": p["depth"]}
+        for what, r in (("as published", p), ("as tuned", tuned.iloc[0] if len(tuned) else None)):
+            row[f"{what}: estimate (points)"] = "" if r is None else _pts(r["estimate"])
+            row[f"{what}: 95% CI (points)"] = "" if r is None else _ci(r["ci_lo"], r["ci_hi"])
+            row[f"{what}: seeds"] = "" if r is None else r["n"]
+            row[f"{what}: verdict"] = "not run" if r is None else r["verdict"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _option_words(text: str) -> str:
+    """Arm labels such as quotient_rule=paper in words: the option's label, then its value."""
+    return re.sub(r"\b([a-z][a-z0-9_]*)=(\S+)", lambda m: f"{param_label(m.group(1))} {m.group(2)}", text)
 
 
 def _metric_words(text) -> str:
@@ -215,6 +327,11 @@ def settle_cost(r, results: pd.DataFrame) -> str:
     if need is None or not np.isfinite(float(need)):
         return ""
     more = max(int(need) - int(r["n"]), 1)
+    if r.get("control") == DESIGNED:
+        per_seed = float(r.get("seconds_per_seed", np.nan))
+        pace = f" at this study's median of {per_seed / 2:.0f} s a run" if np.isfinite(per_seed) else ""
+        return (f"{_plural(more, 'more seed')}, a run of each arm each: {2 * more} runs, "
+                f"{_duration(more * per_seed)} of training{pace}")
     if r["kind"] == "level":
         runs, what = 2 * more, f"{_plural(more, 'more trial')} per level"
         secs = _run_seconds(results, r["subject"], r["depth"], ("search",))
@@ -229,8 +346,36 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+def _designed_line(r, results: pd.DataFrame) -> str:
+    """A designed claim in a sentence or two: what the arms showed, why it stopped, and for an open
+    one how many seeds would settle it at what cost."""
+    head = f"\u201c{r['claim']}\u201d (depth {r['depth']}, {r['setting']})"
+    n = int(r["n"])
+    count = _plural(n, "seed pair")
+    if not np.isfinite(float(r["estimate"])):
+        return f"{head}: not tested: {(_settle_words(r) or stop_words(r)).rstrip('.')}."
+    if zero_spread(r["ci_lo"], r["ci_hi"], r["n"]):  # no spread: no interval, no test, no seed count from it
+        return f"{head}: {_pts(r['estimate'])} points, {stop_words(r)}; {_settle_words(r).rstrip('.')}."
+    seen = f"{_pts(r['estimate'])} points over {count}"
+    if np.isfinite(float(r["ci_lo"])):
+        seen = f"{_pts(r['estimate'])} points (95% CI {_ci(r['ci_lo'], r['ci_hi'])}, valid under repeated looks) " \
+               f"over {count}"
+    if np.isfinite(float(r["p_beat"])):
+        seen += f"; it would come out ahead on a new seed with chance {_share(r['p_beat'])}"
+    stopped = stop_words(r)
+    if r["verdict"] != "inconclusive" or r["stop"] == "running":
+        return f"{head}: {seen}; {stopped}."
+    need = r.get("n_needed")
+    if need is None or not np.isfinite(float(need)):
+        return f"{head}: {seen}; {stopped}. To settle: {_settle_words(r).rstrip('.')}."
+    why = f"at least {MIN_N} seed pairs" if n < MIN_N else f"about {int(need)} seed pairs in all"
+    return f"{head}: {seen}; {stopped}. To settle: {why} ({settle_cost(r, results)})."
+
+
 def _claim_line(r, results: pd.DataFrame) -> str:
     """One claim in a sentence or two: what was seen, and for an open one what would settle it, at what cost."""
+    if r.get("control") == DESIGNED:
+        return _designed_line(r, results)
     head = f"\u201c{r['claim']}\u201d (depth {r['depth']})"
     n = int(r["n"])
     units = "seed pairs" if r["kind"] != "level" else "trials per level"
@@ -256,11 +401,12 @@ def _claim_line(r, results: pd.DataFrame) -> str:
 
 
 def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, results: pd.DataFrame,
-                     spec: dict, name: str) -> tuple[str, list[tuple[str, str | list[str]]]]:
+                     spec: dict, name: str, sweeps: list | tuple = ()
+                     ) -> tuple[str, list[tuple[str, str | list[str]]]]:
     """(lead sentence, [(heading, sentence or one line per claim)]): the
     report's opening, in plain text. What is supported, contradicted or open
     (and what would settle each open claim at what cost), the tuned
-    comparison and the sensitivity fits."""
+    comparison, the designed sweeps and the sensitivity fits."""
     n_exp = results["experiment"].nunique() if "experiment" in results.columns else 0
     depths = sorted({int(d) for d in results["depth"].dropna()}) if "depth" in results.columns else []
     setup = ", ".join(x for x in (
@@ -272,6 +418,11 @@ def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, re
              for v in ("supported", "contradicted", "inconclusive")}
     lead = (f"Study {name} ({setup}): of {_plural(len(ctable), 'claim')}, {count['supported']} supported, "
             f"{count['contradicted']} contradicted, {count['inconclusive']} open.")
+    designed = int(is_designed(ctable).sum()) if len(ctable) else 0
+    if designed:
+        lead += (f" {designed} of them {'was' if designed == 1 else 'were'} answered by designed arms that differ "
+                 "only in what the claim names, paired by seed and given seeds until settled (intervals valid "
+                 "under a look after every round, Holm across the designed claims).")
     items: list[tuple[str, str | list[str]]] = []
     for verdict, title in (("supported", "Supported"), ("contradicted", "Contradicted"), ("inconclusive", "Open")):
         rows = ctable[ctable["verdict"] == verdict] if len(ctable) else ctable
@@ -284,6 +435,9 @@ def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, re
         diffs = "; ".join(f"{r['subject']} {_pts(r['diff'])}" for _, r in tuned.iterrows())
         items.append((f"Against {base}", f"{metric_label(tuned['metric'].iloc[0])}, each variant's own best "
                                          f"configuration: {what} (difference in points: {diffs})."))
+    if sweeps:
+        items.append(("Sweeps", "; ".join(f"{s.experiment} {param_label(s.param)}: {s.result}" for s in sweeps)
+                      + " (designed arms around the best configuration, the same seeds at every level)."))
     if curves:
         found = [c for c in curves if c.detectable]
         some = "; ".join(f"{c.experiment} {c.param} ({c.fidelity}): {c.result}" for c in found)
@@ -295,9 +449,9 @@ def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, re
 
 
 def conclusion(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, results: pd.DataFrame,
-               spec: dict, name: str) -> tuple[str, str]:
+               spec: dict, name: str, sweeps: list | tuple = ()) -> tuple[str, str]:
     """The opening as (HTML, Markdown): see conclusion_items."""
-    lead, items = conclusion_items(ctable, tuned, curves, results, spec, name)
+    lead, items = conclusion_items(ctable, tuned, curves, results, spec, name, sweeps)
     e = html.escape
     h, md = [], []
     for title, body in items:
@@ -319,6 +473,7 @@ h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.8
 .tbl th,.tbl td{border:1px solid #ddd;padding:3px 7px;text-align:right} .tbl th{background:#f3f3f3}
 .figure{margin:.8em 0} .note{color:#8a4b00} nav a{margin-right:1em} img{max-width:100%}
 .claims td:nth-child(1),.claims td:nth-child(9),.claims td:nth-child(10){text-align:left}
+.claims.designed td{text-align:left}
 .supported{color:#1a7f1a;font-weight:600} .contradicted{color:#b00;font-weight:600} .inconclusive{color:#666}
 .conclusion{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1.2em;line-height:1.45}
 .conclusion .lead{font-size:1.08em} .conclusion li{margin:.25em 0} .generated{color:#666;font-size:.85em}
@@ -363,7 +518,8 @@ def _levels_view(levels: pd.DataFrame) -> pd.DataFrame:
                           for m, lo, hi in zip(v["mean"], v["ci_lo"], v["ci_hi"])])
     v = v.rename(columns={"mean_ci": f"mean {metric_label('val_acc')} (95% CI)"})
     return _human(v, ["experiment", "param", "fidelity", "level", "n_trials", "n_completed",
-                      f"mean {metric_label('val_acc')} (95% CI)", "n_diverged", "divergence_rate", "dead_rate"])
+                      f"mean {metric_label('val_acc')} (95% CI)", "n_diverged", "divergence_rate",
+                      *(r.column for r in level_rates())])
 
 
 def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlflow: bool = True,
@@ -412,19 +568,32 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
 
     # -- claims: what the conclusion summarises, the section right below it
     _say("testing the variants' claims")
-    ctable, cnotes = claims_table(df, history, spec, claims=claims)
+    design = load_design(study_dir)
+    ctable, cnotes = claims_table(df, history, spec, claims=claims, design=design)
     rep.notes += cnotes
     rep.files += write_claims(ctable, out)
     tuned = tuned_vs_tuned(df)
     _write_table(tuned, table_dir, "tuned_vs_tuned", rep.files)
     sec = rep.section("Claims")
-    sec.append("<p>Each studied variant's declared claims, tested on this study's trials. Twin claims pair "
-               "the variant's repeat runs with its matched twin's runs at the same seed; level claims compare "
-               "search trials of one option value with another (the basis column names the epoch: final, or "
-               "an ASHA rung when pruning left too few completed trials). Estimate: mean difference in "
-               "accuracy points (percentage points); 95% Student-t interval, clipped to what accuracies allow; "
-               f"p-values Holm-adjusted across this table. n &lt; {MIN_N} is never a verdict; where every pair "
-               "was identical there is no spread and no test, and the table says so.</p>")
+    if is_designed(ctable).any():
+        sec.append("<p>Claims answered by designed arms: two arms that differ only in what the claim names "
+                   "(the method on and off, one level of an option and another, or the paper's own configuration "
+                   "and its twin), run at the same seeds and compared seed by seed. After each round the study "
+                   "gave more seeds only to claims still open that could be settled within their maximum "
+                   "(docs/methods.md, <i>Seeds until settled</i>). The verdict comes from the 95% interval "
+                   "that stays valid under those repeated looks (a group-sequential paired t test); the fixed-n "
+                   "t and the paired bootstrap intervals are shown beside it for comparison only (both are too "
+                   "narrow after looks, the bootstrap more so at few seeds). <i>Wins on a new seed</i>: the "
+                   "predictive chance that the claimed side comes out ahead at one more seed (Student t, flat "
+                   f"prior). Differences in accuracy points. n &lt; {MIN_N} is never a verdict.</p>")
+    else:
+        sec.append("<p>Each studied variant's declared claims, tested on this study's trials. Twin claims pair "
+                   "the variant's repeat runs with its matched twin's runs at the same seed; level claims compare "
+                   "search trials of one option value with another (the basis column names the epoch: final, or "
+                   "an ASHA rung when pruning left too few completed trials). Estimate: mean difference in "
+                   "accuracy points (percentage points); 95% Student-t interval, clipped to what accuracies allow; "
+                   f"p-values Holm-adjusted across this table. n &lt; {MIN_N} is never a verdict; where every pair "
+                   "was identical there is no spread and no test, and the table says so.</p>")
     sec.append(_claims_html(ctable))
     sec.append("<h3>Tuned vs tuned</h3><p>Each variant's repeat runs (its own best configuration) against "
                "resnet's repeat runs at the same depth, on test accuracy: paired t by seed when both ran the "
@@ -448,8 +617,7 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _write_table(counts, table_dir, "trial_counts", rep.files)
     sec = rep.section("Trials")
     sec.append(f"<p>Study <b>{html.escape(name)}</b> ({html.escape(str(study_dir))}): {len(df)} trials.</p>")
-    sec.append(_table_html(_human(counts, ["experiment", "variant", "depth", "phase", "completed", "pruned",
-                                           "diverged", "failed", "best_val_acc"])))
+    sec.append(_table_html(_human(counts, ["experiment", "variant", "depth", "phase", *STATUSES, "best_val_acc"])))
     cmp = compare_variants(df, top_k=spec_top_k(study_dir))
     _write_table(cmp, table_dir, "comparison", rep.files)
     sec.append("<h3>Per variant</h3><p>Mean of each variant's repeat runs (else its top completed search "
@@ -457,6 +625,27 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     view = cmp.assign(ci=[_ci(lo, hi, lambda v: _num(v, ".4f")) for lo, hi in zip(cmp["ci_lo"], cmp["ci_hi"])])
     sec.append(_table_html(_human(view, ["depth", "variant", "metric", "source", "n", "mean", "ci", "std",
                                          "n_diverged", "seeds"])))
+
+    # -- designed sweeps: the sensitivity view; the fits over search trials below are the landscape
+    sws, sweep_notes = sweeps(df, design, spec=spec)
+    rep.notes += sweep_notes
+    if sws:
+        _say("designed sweeps")
+        _write_table(pd.concat([s.levels for s in sws], ignore_index=True).reindex(columns=SWEEP_COLUMNS)
+                     .assign(value=lambda t: t["value"].map(str)), table_dir, "sweeps", rep.files)
+        sec = rep.section("Sensitivity: designed sweeps")
+        sec.append("<p>Each swept option set to each level around the best configuration (everything else as "
+                   "the best configuration), every level at the same seeds: the mean over seeds at each level "
+                   "with its 95% t interval; orange marks the search's best configuration. Whether the levels "
+                   "differ at all is an F test with seeds as blocks (what a seed does to every level alike is "
+                   "taken out, so it can find differences smaller than the intervals suggest); where it finds "
+                   "none (p &ge; 0.05) the sweep says <i>no detectable effect</i> over the levels tried.</p>")
+        summ = pd.DataFrame([s.summary() for s in sws])
+        sec.append(_table_html(_human(summ.assign(p_value=summ["p_value"].map(_p)),
+                                      ["experiment", "param", "metric", "levels", "seeds", "result", "p_value",
+                                       "test"])))
+        for s in sws:
+            rep.figure(sec, _slug("sweep", s.experiment, s.param), plots.sweep_png(s), plots.sweep_plotly(s))
 
     # -- sensitivity
     _say(f"fitting sensitivity curves, final and per ASHA rung ({n_boot} bootstrap resamples each)")
@@ -466,7 +655,12 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _write_table(summ, table_dir, "sensitivity_summary", rep.files)
     grid = pd.concat([c.to_frame() for c in sens.curves], ignore_index=True) if sens.curves else pd.DataFrame()
     _write_table(grid, table_dir, "sensitivity_curves", rep.files)
-    sec = rep.section("Sensitivity: numeric parameters")
+    sec = rep.section("Sensitivity landscape over search trials: numeric parameters" if sws
+                      else "Sensitivity: numeric parameters")
+    if sws:
+        sec.append("<p>A secondary view: the search's own trials differ in every searched option at once, so "
+                   "these fits show the landscape the search explored, not the effect of one option; the "
+                   "designed sweeps above answer that.</p>")
     rungs = rung_epochs(spec)
     sec.append("<p>Validation accuracy against each searched parameter (axes from this study's search space): "
                "Gaussian-process fit (log axis for log-scale parameters) with a 95% bootstrap band of the fitted "
@@ -493,9 +687,9 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     _say("categorical levels")
     _write_table(sens.levels, table_dir, "categorical_levels", rep.files)
     sec = rep.section("Sensitivity: categorical parameters")
+    rates = "".join(f"; {html.escape(r.label)} ({html.escape(v)}) = {html.escape(r.text)}" for v, r in rate_owners())
     sec.append("<p>Per level and fidelity: mean validation accuracy with its 95% t interval clipped to [0, 1]; "
-               "divergence rate (final) = diverged / all search trials at that level; dead-signal rate (quotient) "
-               "= share of trials whose final share of quotient elements &lt; 1e-3 exceeds 0.5. A rate that is "
+               f"divergence rate (final) = diverged / all search trials at that level{rates}. A rate that is "
                "zero at every level gets no panel: the figure's title says so.</p>")
     drawn = 0
     for (exp, param), _ in sens.levels.groupby(["experiment", "param"], sort=True):
@@ -516,34 +710,11 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
     else:
         sec.append('<p class="note">No categorical parameter has a level with a usable trial.</p>')
 
-    # -- epsilon
-    trades = epsilon_tradeoffs(df, n_boot=n_boot, seed=seed, spec=spec)
-    if trades:
-        _say("epsilon trade-offs")
-        sec = rep.section("epsilon-ResNet trade-offs")
-        sec.append("<p>Compression against epsilon, and validation accuracy against parameter reduction over "
-                   "every completed search trial. The Pareto front holds the trials no other beats on both; it "
-                   "is drawn on validation accuracy so the test set plays no part in choosing. Test accuracy is "
-                   "shown only for the final pick (the front's best validation accuracy).</p>")
-        pts = []
-        for t in trades:
-            rep.notes += t.notes
-            if not len(t.points):
-                sec.append(f'<p class="note">{html.escape(t.experiment)}: no completed search trial: no '
-                           "trade-off to draw.</p>")
-            elif not plots.tradeoff_informative(t):
-                eps = t.points["epsilon"].astype(float)
-                sec.append(f'<p class="note">{html.escape(t.experiment)}: none of the {len(t.points)} completed '
-                           f"search trials (epsilon {eps.min():.3g} to {eps.max():.3g}) discarded a block: "
-                           "parameter reduction is 0 throughout, so there is no trade-off to draw. Search higher "
-                           "epsilon, or with objectives [val_acc, param_reduction].</p>")
-            else:
-                rep.figure(sec, _slug("epsilon", t.experiment), plots.tradeoff_png(t), plots.tradeoff_plotly(t))
-                front = _human(t.front(), ["trial_id", "epsilon", "discarded_ratio", "param_reduction", "acc",
-                                           "test_acc"])
-                sec.append(f"<h3>{html.escape(t.experiment)}: Pareto front</h3>" + _table_html(front))
-            pts.append(t.points.assign(experiment=t.experiment, acc_col=t.acc_col))
-        _write_table(pd.concat(pts, ignore_index=True), table_dir, "epsilon_tradeoff", rep.files)
+    # -- the studied variants' own sections (epsilon's trade-offs)
+    own = Sections(df, spec, history, n_boot, seed, rep, table_dir)
+    studied = {*df["variant"].dropna(), *(df["subject"].dropna() if "subject" in df.columns else ())}
+    for _, add in report_sections(studied):
+        add(own)
 
     # -- importance
     _say("parameter importance (fANOVA, PED-ANOVA), final and per ASHA rung")
@@ -580,7 +751,7 @@ def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlf
             rep.figure(sec, _slug("learning", exp), plots.learning_png(history, exp, df),
                        plots.learning_plotly(history, exp, df))
 
-    opening, opening_md = conclusion(ctable, tuned, sens.curves, df, spec, name)
+    opening, opening_md = conclusion(ctable, tuned, sens.curves, df, spec, name, sws)
     (out / CONCLUSION_NAME).write_text(opening_md, encoding="utf-8")
     rep.files.append(out / CONCLUSION_NAME)
     generated = f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {study_dir}."

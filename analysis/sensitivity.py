@@ -1,7 +1,7 @@
 """Response of accuracy to each searched parameter, at every fidelity.
 
 Final fit: phase "search", status "completed", finite metric. Rung fits: at
-each ASHA rung epoch (grace_period * reduction_factor^k, from spec.yaml), the
+each ASHA rung epoch (as the study's manifest records them: rung_epochs), the
 val_acc every search trial had at that epoch (history.parquet), pruned ones
 included: they all trained exactly that long, so the comparison is fair at
 that epoch, and a study whose scheduler pruned most trials still gets
@@ -30,8 +30,10 @@ always has a maximum somewhere, and printing it invites reading noise.
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,7 @@ from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
 from statsmodels.regression.linear_model import OLS
 from threadpoolctl import threadpool_limits
 
+from .declared import level_rates
 from .load import InsufficientDataError, searched_list
 from .spaces import param_info
 from .stats import ALPHA, clip, mean_ci
@@ -310,11 +313,18 @@ def numeric_curves(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 2
     return curves, notes
 
 
+# the columns of every levels table; then the failure counts and rates of the final fit, then
+# the rates the variants declare (analysis.declared.level_rates)
 LEVEL_COLUMNS = ["experiment", "variant", "param", "fidelity", "level", "n_trials", "n_completed", "mean",
-                 "ci_lo", "ci_hi", "n_diverged", "divergence_rate", "n_failed", "dead_rate"]
+                 "ci_lo", "ci_hi"]
+FINAL_COLUMNS = ["n_diverged", "divergence_rate", "n_failed"]
 
 
-def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_threshold: float = 0.5,
+def level_columns() -> list[str]:
+    return [*LEVEL_COLUMNS, *FINAL_COLUMNS, *(r.column for r in level_rates())]
+
+
+def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc",
                        params: dict[str, list[str]] | None = None, spec: dict | None = None,
                        epoch: int | None = None) -> pd.DataFrame:
     """Per level of each categorical searched param: mean metric with its 95%
@@ -324,9 +334,10 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
     divergence_rate = diverged / all search trials at the level (pruned count
     in the denominator: they ran, and did not diverge while running).
     A conditional param (search_spaces condition) counts only the trials
-    where its condition held. dead_rate = fraction of trials (any status) reporting q_dead_frac whose
-    final q_dead_frac > dead_threshold, i.e. most quotient elements < 1e-3: the
-    block's output signal is essentially gone. NaN where nothing reported it.
+    where its condition held. Each rate the experiment's variant declares
+    (study.variants.LevelRate, quotient's dead_rate) = the share of the trials
+    (any status) reporting its metric whose final value exceeds its bound; NaN
+    where nothing reported it, and for a variant that does not declare it.
     `params` maps experiment -> params to tabulate (default: the categorical
     searched ones, see split_params). At a rung (`epoch`), df holds the
     trials' values at that epoch and every row that reached it counts.
@@ -334,7 +345,9 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
     rows = []
     search = df[df["phase"] == "search"] if "phase" in df.columns else df
     fidelity = "final" if epoch is None else f"epoch {epoch}"
+    columns = level_columns()
     for exp, variant, g in _experiments(search):
+        rates = level_rates([variant])
         names = params.get(exp, []) if params is not None else split_params(g, variant, spec)[1]
         for p in names:
             on = g[param_info(variant, p, g[p], spec).active(g)]
@@ -344,36 +357,40 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc", dead_thresh
                 done = lv[(lv["status"] == "completed")][metric].astype(float)
                 m, lo, hi, n = mean_ci(done)
                 lo, hi = clip(lo, hi, (0.0, 1.0)) if metric.endswith("acc") else (lo, hi)
-                dead = lv["q_dead_frac"].astype(float).dropna() if "q_dead_frac" in lv.columns else pd.Series([])
                 rows.append({
                     "experiment": exp, "variant": variant, "param": p, "fidelity": fidelity, "level": level,
                     "n_trials": len(lv), "n_completed": n, "mean": m, "ci_lo": lo, "ci_hi": hi,
                     "n_diverged": int((lv["status"] == "diverged").sum()),
                     "divergence_rate": float((lv["status"] == "diverged").mean()),
                     "n_failed": int((lv["status"] == "failed").sum()),
-                    "dead_rate": float((dead > dead_threshold).mean()) if len(dead) else float("nan"),
+                    **{r.column: _rate(lv, r) for r in rates},
                 })
-    return pd.DataFrame(rows, columns=LEVEL_COLUMNS)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _rate(trials: pd.DataFrame, rate: Any) -> float:
+    reported = trials[rate.metric].astype(float).dropna() if rate.metric in trials.columns else pd.Series([])
+    return float((reported > rate.above).mean()) if len(reported) else float("nan")
 
 
 def rung_epochs(spec: dict | None) -> list[int]:
-    """ASHA's rung epochs below the last one: grace_period * reduction_factor^k
-    (Ray's milestones), from spec.yaml's scheduler. [] without ASHA."""
+    """The epochs at which the study's ASHA compared trials, below the last epoch
+    (that one is the final fit), ascending; [] without ASHA. Read from the manifest
+    analysis.load.load_spec attaches to the spec; a bare spec mapping (no manifest)
+    has them placed by the driver's own rule (study.driver.manifest.rung_epochs)."""
     spec = spec or {}
-    sch = spec.get("scheduler") or {}
-    if str(sch.get("type", "asha")).lower() != "asha":
+    recorded = (spec.get("manifest") or {}).get("experiments")
+    if recorded is not None:
+        return sorted({e for x in recorded.values() for e in x.get("rung_epochs") or ()
+                       if e < int((x.get("base_config") or {}).get("epochs") or spec.get("epochs") or 0)})
+    from study.driver.manifest import rung_epochs as scheduler_rungs
+    from study.spec import SchedulerSpec
+
+    try:
+        epochs, scheduler = int(spec["epochs"]), SchedulerSpec.model_validate(spec.get("scheduler") or {})
+    except (KeyError, TypeError, ValueError):  # no epochs, or no scheduler resstudy runs
         return []
-    epochs = int(spec.get("epochs") or 0)
-    grace, rf = int(sch.get("grace_period", 1) or 1), float(sch.get("reduction_factor", 2) or 2)
-    out, k = [], 0
-    while rf > 1:
-        e = int(round(grace * rf**k))
-        if e >= epochs:
-            break
-        if e not in out:
-            out.append(e)
-        k += 1
-    return out
+    return [e for e in scheduler_rungs(epochs, scheduler) if e < epochs]
 
 
 def at_epoch(results: pd.DataFrame, history: pd.DataFrame, epoch: int, metric: str = "val_acc") -> pd.DataFrame:
@@ -393,13 +410,13 @@ def at_epoch(results: pd.DataFrame, history: pd.DataFrame, epoch: int, metric: s
 
 
 def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200, seed: int = 0,
-                dead_threshold: float = 0.5, spec: dict | None = None,
-                history: pd.DataFrame | None = None) -> SensitivityResult:
+                spec: dict | None = None, history: pd.DataFrame | None = None) -> SensitivityResult:
     """Numeric curves plus categorical level tables for every experiment: the
     final fit from completed trials, and with `history` and an ASHA spec one
     fit per rung from every trial that reached it."""
     curves, notes = numeric_curves(df, metric=metric, n_boot=n_boot, seed=seed, spec=spec)
-    levels = [categorical_levels(df, metric=metric, dead_threshold=dead_threshold, spec=spec)]
+    levels = [categorical_levels(df, metric=metric, spec=spec)]
+    columns = level_columns()
     if history is not None and len(history) and metric in history.columns:
         for e in rung_epochs(spec):
             at = at_epoch(df, history, e, metric)
@@ -408,11 +425,10 @@ def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200,
             c, n = numeric_curves(at, metric=metric, n_boot=n_boot, seed=seed, spec=spec, epoch=e)
             curves += c
             notes += n
-            lv = categorical_levels(at, metric=metric, dead_threshold=dead_threshold, spec=spec, epoch=e)
-            levels.append(lv.drop(columns=["n_diverged", "divergence_rate", "n_failed", "dead_rate"])
-                          .reindex(columns=LEVEL_COLUMNS))
+            lv = categorical_levels(at, metric=metric, spec=spec, epoch=e)  # failures and rates: final only
+            levels.append(lv[LEVEL_COLUMNS].reindex(columns=columns))
     levels = [lv for lv in levels if len(lv)]
-    table = pd.concat(levels, ignore_index=True) if levels else pd.DataFrame(columns=LEVEL_COLUMNS)
+    table = pd.concat(levels, ignore_index=True) if levels else pd.DataFrame(columns=columns)
     return SensitivityResult(curves, table, notes)
 
 
@@ -500,3 +516,147 @@ def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
 __all__ = ["Curve", "fit_curve", "trend_p", "level_order", "usable", "split_params", "SensitivityResult",
            "numeric_curves", "categorical_levels", "sensitivity", "pareto_front", "EpsilonTradeoff",
            "epsilon_tradeoffs", "MIN_POINTS", "MIN_UNIQUE"]
+
+
+# --- designed sweeps: one option set to each level around the best configuration, at every seed --
+
+SWEEP_COLUMNS = ["experiment", "variant", "param", "level", "value", "metric", "n", "mean", "ci_lo", "ci_hi",
+                 "best"]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Option values as one level: 2 and 2.0, True and true."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return str(a).lower() == str(b).lower()
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _level_text(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return format(v, ".4g")
+    return str(v)
+
+
+@dataclass
+class Sweep:
+    """One option of one experiment's best configuration set to each level
+    (designed arms: everything else as the best configuration, the same seeds
+    at every level): the per-level mean over seeds with its 95% t interval,
+    and whether the levels differ at all."""
+
+    experiment: str
+    variant: str
+    param: str
+    metric: str
+    levels: pd.DataFrame  # SWEEP_COLUMNS, in reading order
+    best_value: Any
+    numeric: bool
+    log: bool
+    p_value: float  # F test of a level effect; NaN: too few seeds to test
+    test: str
+
+    @property
+    def detectable(self) -> bool:
+        return bool(self.p_value < ALPHA)
+
+    @property
+    def span(self) -> str:
+        vals = self.levels["value"].tolist()
+        if self.numeric:
+            return f"[{min(vals):.3g}, {max(vals):.3g}]"
+        return "{" + ", ".join(self.levels["level"]) + "}"
+
+    @property
+    def result(self) -> str:
+        """What the sweep says: the best level, or that the levels do not differ detectably."""
+        if not self.detectable:
+            why = " (too few seeds to test)" if not np.isfinite(self.p_value) else ""
+            return f"no detectable effect in {self.span}{why}"
+        top = self.levels.loc[self.levels["mean"].astype(float).idxmax()]
+        chosen = self.levels[self.levels["best"]]
+        said = (f"best at {top['level']} (mean {top['mean']:.3f}, 95% CI {top['ci_lo']:.3f} to {top['ci_hi']:.3f})")
+        if not len(chosen):
+            return said
+        if bool(top["best"]):
+            return said + "; the search chose it"
+        return said + f"; the search chose {chosen['level'].iloc[0]} (mean {chosen['mean'].iloc[0]:.3f})"
+
+    def summary(self) -> dict:
+        return {"experiment": self.experiment, "variant": self.variant, "param": self.param, "metric": self.metric,
+                "levels": len(self.levels), "seeds": int(self.levels["n"].max()) if len(self.levels) else 0,
+                "best_value": _level_text(self.best_value), "p_value": self.p_value, "test": self.test,
+                "detectable": self.detectable, "result": self.result}
+
+
+def level_effect(table: pd.DataFrame) -> tuple[float, str]:
+    """(p, test) of "the levels differ" from a (level x seed) table of values:
+    a two-way additive ANOVA with seeds as blocks over the seeds every level
+    ran (the pairing removes what a seed does to all levels alike), else a
+    one-way ANOVA over all values; NaN when neither has the degrees of freedom."""
+    from scipy import stats as st
+
+    full = table.dropna(axis=1, how="any")
+    k, s = full.shape
+    if k >= 2 and s >= 2:
+        y = full.to_numpy(dtype=float)
+        resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+        ss_level = s * float(((y.mean(axis=1) - y.mean()) ** 2).sum())
+        ss_err = float((resid**2).sum())
+        df1, df2 = k - 1, (k - 1) * (s - 1)
+        if ss_err == 0:
+            return (1.0 if ss_level == 0 else 0.0), "F test, seeds as blocks (no residual spread)"
+        return float(st.f.sf((ss_level / df1) / (ss_err / df2), df1, df2)), "F test, seeds as blocks"
+    groups = [r.dropna().to_numpy(dtype=float) for _, r in table.iterrows()]
+    groups = [g for g in groups if g.size]
+    if len(groups) >= 2 and sum(g.size for g in groups) > len(groups) and any(g.size > 1 for g in groups):
+        p = float(st.f_oneway(*groups).pvalue)
+        return (p if np.isfinite(p) else float("nan")), "one-way ANOVA"
+    return float("nan"), "none"
+
+
+def sweeps(results: pd.DataFrame, design: dict | None, *, metric: str = "val_acc",
+           spec: dict | None = None) -> tuple[list[Sweep], list[str]]:
+    """(sweeps, notes) from study.json's design: for each experiment's
+    designed sweep of an option, its levels' runs (completed, finite metric)."""
+    out, notes = [], []
+    by_id = results.drop_duplicates("trial_id", keep="last").set_index("trial_id", drop=False)
+    for exp, x in sorted((design or {}).items()):
+        here = results[results["experiment"] == exp]
+        for param, sw in sorted(((x or {}).get("sweeps") or {}).items()):
+            m = sw.get("metric") or metric
+            rows, cols = [], {}
+            for key, rids in (sw.get("levels") or {}).items():
+                value = json.loads(key)
+                g = by_id.loc[by_id.index.intersection([str(r) for r in rids])]
+                ok = g[(g["status"] == "completed") & np.isfinite(g[m].astype(float))] if m in g.columns else g[:0]
+                per_seed = ok.groupby("seed").tail(1).set_index("seed")[m].astype(float) if len(ok) else \
+                    pd.Series(dtype=float)
+                mean, lo, hi, n = mean_ci(per_seed.to_numpy())
+                if m in UNIT_METRICS:
+                    lo, hi = clip(lo, hi, (0.0, 1.0))
+                rows.append({"experiment": exp, "variant": subject_of(here) if len(here) else "", "param": param,
+                             "level": _level_text(value), "value": value, "metric": m, "n": n, "mean": mean,
+                             "ci_lo": lo, "ci_hi": hi, "best": _same_value(value, sw.get("best_value"))})
+                cols[_level_text(value)] = per_seed
+            levels = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+            if levels["n"].sum() == 0:
+                notes.append(f"{exp}: sweep of {param}: no completed run yet")
+                continue
+            numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels["value"])
+            order = sorted(range(len(levels)), key=lambda i: float(levels["value"][i])) if numeric else \
+                [list(levels["level"]).index(lv) for lv in level_order(levels["level"])]
+            levels = levels.iloc[order].reset_index(drop=True)
+            p, test = level_effect(pd.DataFrame(cols).T.reindex(levels["level"]))
+            variant = str(levels["variant"].iloc[0])
+            log = numeric and param_info(variant, param, levels["value"].astype(float), spec).log \
+                and float(levels["value"].astype(float).min()) > 0
+            out.append(Sweep(exp, variant, param, m, levels, sw.get("best_value"), numeric, bool(log), p, test))
+    return out, notes
+
+
+__all__ += ["Sweep", "sweeps", "level_effect", "SWEEP_COLUMNS"]

@@ -1,7 +1,8 @@
 """How each searched parameter was distributed: numeric (log or linear) or
-categorical, with its range. Taken from search_spaces.space_params when that
-package knows the variant; otherwise inferred from the results table, so the
-analysis also runs on studies whose space module changed since."""
+categorical, with its range. Taken from the space the study's driver bound and
+recorded (the manifest analysis.load.load_spec attaches to the spec); without a
+manifest, the variant's default space; otherwise inferred from the results
+table, so the analysis also runs on studies of variants this code lacks."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# Fallback when search_spaces is unavailable: params searched on a log scale.
+# Fallback when study.spaces cannot say (a variant this code lacks): params searched on a log scale.
 LOG_PARAMS = frozenset({"lr", "weight_decay", "epsilon", "sgs_k"})
-_CATEGORICAL_KINDS = frozenset({"categorical", "cat", "choice", "bool", "boolean"})
 
 
 @dataclass(frozen=True)
@@ -39,73 +39,44 @@ class ParamInfo:
         return df[parent] == value
 
 
-def _from_space(p: Any) -> ParamInfo:
-    kind = str(getattr(p, "kind", "float")).lower()
-    choices = getattr(p, "choices", None)
-    parent = getattr(p, "parent", None)
-    cond = parent() if callable(parent) else None
-    if kind in _CATEGORICAL_KINDS or (choices is not None and kind not in ("float", "int")):
-        return ParamInfo(p.name, "categorical", choices=tuple(choices) if choices is not None else None,
-                         condition=cond)
-    kind = "int" if kind.startswith("int") else "float"
-    low, high = getattr(p, "low", None), getattr(p, "high", None)
-    return ParamInfo(p.name, kind, None if low is None else float(low), None if high is None else float(high),
-                     bool(getattr(p, "log", False)), condition=cond)
+def _info(entry: dict[str, Any]) -> ParamInfo:
+    """A ParamInfo from a manifest's parameter entry (study.driver.manifest.param_entry)."""
+    cond = entry.get("condition")
+    cond = None if not cond else (cond["param"], cond["value"])
+    if entry["kind"] == "categorical":
+        return ParamInfo(entry["name"], "categorical", choices=tuple(entry["choices"]), condition=cond)
+    low, high = entry.get("low"), entry.get("high")
+    return ParamInfo(entry["name"], entry["kind"], None if low is None else float(low),
+                     None if high is None else float(high), bool(entry.get("log")), condition=cond)
 
 
 @functools.lru_cache(maxsize=None)
-def _default_names(variant: str) -> frozenset[str]:
+def _default_space(variant: str) -> tuple[dict[str, Any], ...]:
     try:
-        from search_spaces import space_params
+        from study.driver.manifest import param_entry
+        from study.spaces import space_params
 
-        return frozenset(p.name for p in space_params(variant))
-    except Exception:
-        return frozenset()
-
-
-def spec_overrides(spec: dict | None, variant: str) -> tuple[dict, dict]:
-    """(space overrides, fixed) of `variant` in a study's spec.yaml, as the
-    runner built its space: the variant's `space`, plus `train` values of
-    params it searches (those fix the param), and its `fixed` fields."""
-    if not spec:
-        return {}, {}
-    vs = (spec.get("variants") or {})
-    vs = vs.get(variant) if isinstance(vs, dict) else None
-    vs = vs if isinstance(vs, dict) else {}
-    space = dict(vs.get("space") or {})
-    fixed = dict(vs.get("fixed") or {})
-    names = _default_names(variant)
-    for k, v in (spec.get("train") or {}).items():
-        if k in names and k not in space and k not in fixed:
-            space[k] = {"value": v}
-    return space, fixed
+        return tuple(param_entry(p) for p in space_params(variant))
+    except Exception:  # a variant this code does not know: inferred from the results instead
+        return ()
 
 
-_CACHE: dict[str, dict[str, ParamInfo]] = {}
+def recorded_space(variant: str, spec: dict | None) -> list[dict[str, Any]] | None:
+    """The searched parameters of `variant` as the study's manifest recorded them
+    (spaces do not depend on the depth: the first experiment of the variant); None
+    without a manifest or when the study did not run the variant."""
+    experiments = ((spec or {}).get("manifest") or {}).get("experiments") or {}
+    for exp in experiments.values():
+        if exp.get("variant") == variant:
+            return list(exp.get("space") or [])
+    return None
 
 
 def space_info(variant: str, spec: dict | None = None) -> dict[str, ParamInfo]:
-    """The search space `variant` had in the study (its spec's overrides
-    applied); {} when search_spaces can't say."""
-    import json
-
-    space, fixed = spec_overrides(spec, variant)
-    key = json.dumps([variant, space, fixed], sort_keys=True, default=str)
-    if key in _CACHE:
-        return _CACHE[key]
-    try:
-        from search_spaces import space_params
-    except Exception:  # the package is optional for analysis; fall back to inference
-        return {}
-    try:
-        out = {p.name: _from_space(p) for p in space_params(variant, space or None, fixed or None)}
-    except Exception:
-        try:  # overrides the current code rejects: the default space still names the axes
-            out = {p.name: _from_space(p) for p in space_params(variant)}
-        except Exception:
-            out = {}
-    _CACHE[key] = out
-    return out
+    """The search space `variant` had in the study: the one its manifest recorded,
+    else the variant's default space; {} when neither says."""
+    entries = recorded_space(variant, spec)
+    return {e["name"]: _info(e) for e in (_default_space(variant) if entries is None else entries)}
 
 
 def infer_info(name: str, values: pd.Series) -> ParamInfo:
@@ -130,4 +101,4 @@ def param_info(variant: str, name: str, values: pd.Series | None = None, spec: d
     return infer_info(name, values)
 
 
-__all__ = ["ParamInfo", "LOG_PARAMS", "spec_overrides", "space_info", "infer_info", "param_info"]
+__all__ = ["ParamInfo", "LOG_PARAMS", "recorded_space", "space_info", "infer_info", "param_info"]

@@ -82,7 +82,7 @@ __all__ = ["mean_ci", "DiffTest", "diff_test"]
 
 # --- claims: range-respecting intervals, Holm, power ---------------------------------------
 
-ALPHA = 0.05  # every test in the report: claims, comparisons, sensitivity trends
+from .sequential import ALPHA  # noqa: E402  (declared with the stopping rule, which needs no statsmodels)
 
 def clip(lo: float, hi: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
     """An interval cut to the metric's range: accuracies live in [0, 1] and
@@ -158,6 +158,23 @@ def two_sample(a, b, *, null: float = 0.0, conf: float = 0.95,
     return Estimate(m, lo, hi, p, n, sd, "welch t")
 
 
+def paired_bootstrap(d, *, conf: float = 0.95, n_boot: int = 4000, seed: int = 0,
+                     bounds: tuple[float, float] | None = (-1.0, 1.0)) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of paired differences d (the
+    pairs resampled with replacement, a fixed seed so a report is
+    reproducible), cut to `bounds`. At 3-5 pairs it is too narrow (a resample
+    can only repeat the few values seen); shown beside the t interval, never
+    the basis of a verdict. NaN below two differences."""
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [50 * (1 - conf), 50 * (1 + conf)])
+    return clip(float(lo), float(hi), bounds)
+
+
 def zero_spread(lo: float, hi: float, n) -> bool:
     """An interval of no width from n >= 2 values: every pair (or value) was
     identical, so there is no spread for a t test to measure against; its
@@ -201,4 +218,5 @@ def n_for_power(delta: float, sd: float, *, alpha: float = 0.05, power: float = 
     return n if n <= n_max else None
 
 
-__all__ += ["ALPHA", "zero_spread", "clip", "Estimate", "one_sample", "two_sample", "holm", "n_for_power"]
+__all__ += ["ALPHA", "zero_spread", "clip", "Estimate", "one_sample", "two_sample", "holm", "n_for_power",
+            "paired_bootstrap"]

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from study.config import TrainConfig
+from study.data import resolve_device
 from study.models import create_model
-from study.train import resolve_device, resolve_precision, train
+from study.train import resolve_precision, train
 
 
 class BareStep:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from .shared import Param
 
-RULES = ("paper", "exact_one", "unshifted", "linear_clip")
-
 PARAMS: tuple[Param, ...] = (
     Param("quotient_rule"),
     Param("alpha", 1.2, 4.0),  # the paper tunes 1.5-1.8 per depth; the range bound (0, 2) was best

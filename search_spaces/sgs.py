@@ -13,12 +13,10 @@ from __future__ import annotations
 
 from .shared import Param
 
-MODES = ("branches", "mi")
-BRANCH_SETS = ("3x3+1x1", "3x3+3x1+1x1", "acb")
-
 PARAMS: tuple[Param, ...] = (
-    Param("sgs_mode", choices=MODES),
-    Param("sgs_branches", choices=BRANCH_SETS, condition="sgs_mode == 'branches'"),
+    Param("sgs_mode"),  # the variant's modes: branches and mi (it never trains with scaling off)
+    # every branch set but the plain 3x3, whose S is all ones: plain SGD, the twin's job
+    Param("sgs_branches", choices=("3x3+1x1", "3x3+3x1+1x1", "acb"), condition="sgs_mode == 'branches'"),
     Param("sgs_k", 0.25, 64.0, log=True, condition="sgs_mode == 'mi'"),
     # log scale: the official configs use 5 and 30 epochs, 2 and 20 batches
     Param("sgs_interval", 1, 30, log=True, condition="sgs_mode == 'mi'"),

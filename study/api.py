@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserError
+from study.ledger import FINISHED, STUDY_DIR_RULE, is_study_dir
 
 DEFAULT_STORAGE = "resstudy_runs"
-FINISHED = ("completed", "pruned", "failed", "diverged")
 METRIC = "val_acc"  # what the search maximises: "best" is the best completed search trial by it
 
 
@@ -42,25 +42,21 @@ def storage_root(storage_path: str | os.PathLike | None = None) -> Path:
     return Path(storage_path or os.environ.get("RESSTUDY_STORAGE", DEFAULT_STORAGE)).expanduser()
 
 
-def is_study(path: Path) -> bool:
-    return path.is_dir() and ((path / "spec.yaml").is_file() or (path / "study.json").is_file())
-
-
 def find(name: str | os.PathLike, storage_path: str | os.PathLike | None = None) -> Path:
     """A study directory given directly, or a study name under the storage path.
-    Anything that is not a study directory (no spec.yaml, no study.json) is refused."""
+    Anything that is not a study directory (study.ledger.is_study_dir) is refused."""
     name = str(name)
     if not name.strip():
         raise StudyNotFound("study: '' is not a study; allowed: a study name or a study directory")
     direct = Path(name).expanduser()
-    if is_study(direct):
+    if is_study_dir(direct):
         return direct.resolve()
     root = storage_root(storage_path)
     candidate = root / name
-    if "/" not in name and name not in (".", "..") and is_study(candidate):
+    if "/" not in name and name not in (".", "..") and is_study_dir(candidate):
         return candidate.resolve()
-    known = sorted(p.name for p in root.iterdir() if is_study(p)) if root.is_dir() else []
-    what = f"{str(direct)!r} is not a study directory (no spec.yaml or study.json)" if direct.exists() \
+    known = sorted(p.name for p in root.iterdir() if is_study_dir(p)) if root.is_dir() else []
+    what = f"{str(direct)!r} is not a study directory ({STUDY_DIR_RULE})" if direct.exists() \
         else f"no study {name!r} under {str(root)!r}"
     raise StudyNotFound(f"study: {what}; studies under {str(root)!r}: {', '.join(known) or 'none'}")
 
@@ -73,7 +69,7 @@ def load(name: str | os.PathLike, storage_path: str | os.PathLike | None = None)
 def studies(storage_path: str | os.PathLike | None = None) -> list["Study"]:
     """Every study directly under the storage path, by name."""
     root = storage_root(storage_path)
-    return [Study(p) for p in sorted(root.iterdir()) if is_study(p)] if root.is_dir() else []
+    return [Study(p) for p in sorted(root.iterdir()) if is_study_dir(p)] if root.is_dir() else []
 
 
 class Study:
@@ -81,8 +77,8 @@ class Study:
 
     def __init__(self, path: str | os.PathLike) -> None:
         path = Path(path).expanduser()
-        if not is_study(path):
-            raise StudyNotFound(f"study: {str(path)!r} is not a study directory (no spec.yaml or study.json)")
+        if not is_study_dir(path):
+            raise StudyNotFound(f"study: {str(path)!r} is not a study directory; allowed: {STUDY_DIR_RULE}")
         self.path = path.resolve()
 
     def __repr__(self) -> str:
@@ -219,14 +215,14 @@ class Study:
     def claims(self):
         """The claims table (analysis.claims.claims_table) computed from the
         results now; its notes (claims that could not be tested) in .attrs["notes"]."""
-        from analysis.claims import claims_table
+        from analysis.claims import claims_table, load_design
         from analysis.load import load_spec
 
         try:
             history = self.history()
         except (FileNotFoundError, ValueError):
             history = None
-        table, notes = claims_table(self.results(), history, load_spec(self.path))
+        table, notes = claims_table(self.results(), history, load_spec(self.path), design=load_design(self.path))
         table.attrs["notes"] = notes
         return table
 

@@ -42,7 +42,8 @@ from study.errors import UserError
 
 app = typer.Typer(name="resstudy", help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
-STATE = {"verbose": False}
+# This process's command: -v, and what main() was handed (the driver's events and runtime options)
+STATE: dict[str, Any] = {"verbose": False, "events": None, "options": {}}
 _NULL = object()  # an option given as "none"/"null" on the command line
 
 
@@ -303,12 +304,9 @@ def _from_study(source: str, variant: str | None, depth: int | None) -> tuple[di
 
 def _checked_device(name: str) -> None:
     """Refuse a CUDA device this machine does not have before anything is printed."""
-    from study.train import resolve_device
+    from study.data import resolve_device
 
-    try:
-        resolve_device(name)
-    except ValueError as e:
-        raise CliError(str(e)) from None
+    resolve_device(name)
 
 
 def _train(**kw: Any) -> None:
@@ -348,8 +346,10 @@ def _train(**kw: Any) -> None:
 
     with view:
         final = train(cfg, report, resume=state, on_step=view.step)
-    summary = {k: final[k] for k in ("status", "val_acc", "best_val_acc", "test_acc", "compressed_test_acc")
-               if k in final}
+    from study.variants import get_variant
+
+    keys = ("status", "val_acc", "best_val_acc", "test_acc", *get_variant(cfg.variant).final_metrics)
+    summary = {k: final[k] for k in keys if k in final}
     print("final: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     if final["status"] != "completed":
         raise typer.Exit(1)
@@ -600,6 +600,13 @@ def _preflight(spec) -> None:
         preflight.check_local(spec)  # the embedded Ray gets exactly this machine
 
 
+def _driver_deps() -> dict[str, Any]:
+    from study.driver import RuntimeOptions
+
+    options = RuntimeOptions.from_environment(**{"verbose": STATE["verbose"], **STATE["options"]})
+    return {"options": options, "events": STATE["events"]}
+
+
 @app.command()
 def run(
     spec: SpecFile = None,
@@ -620,10 +627,10 @@ def run(
     from study.progress import quiet_libraries
 
     quiet_libraries(STATE["verbose"])
-    from study.runner import run_study
+    from study.driver import run_study
 
     quiet_libraries(STATE["verbose"])  # the libraries set their loggers to INFO on import
-    out = run_study(s, new_name=new_name) if new_name else run_study(s)
+    out = run_study(s, new_name=new_name, **_driver_deps()) if new_name else run_study(s, **_driver_deps())
     _where(Path(out) if out else None)
 
 
@@ -707,7 +714,8 @@ def estimate_times(spec, plan: dict[tuple[str, int], dict[str, int]]) -> dict[st
             config["threads"] = max(1, int(spec.resources.cpu))  # what a trial's share of the CPUs gives it
         c = calibrate(config)
         trial_s = c["setup_s"] + spec.epochs * c["epoch_s"]
-        waves = math.ceil(arms["search"] / slots) + math.ceil((arms["repeat"] + arms["twin"]) / slots)
+        later = sum(n for name, n in arms.items() if name != "search")  # repeat, twin, designed arms
+        waves = math.ceil(arms["search"] / slots) + math.ceil(later / slots)
         out["experiments"][(variant, depth)] = {"epoch_s": c["epoch_s"], "trial_s": trial_s,
                                                 "total_s": waves * trial_s}
     out["total_s"] = sum(e["total_s"] for e in out["experiments"].values())
@@ -727,12 +735,13 @@ def _duration(seconds: float) -> str:
 
 def plan_lines(spec, plan: dict[tuple[str, int], dict[str, int]], times: dict[str, Any] | None) -> list[str]:
     where = "the cluster of RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "this machine"
+    phases = list(dict.fromkeys(name for arms in plan.values() for name in arms))  # as the spec plans them
     lines = [f"spec {spec.name}: valid, and runs on {where} as far as can be checked before Ray starts",
-             f"{'experiment':<24}{'search':>7}{'repeat':>7}{'twin':>5}{'trials':>7}"
+             f"{'experiment':<24}" + "".join(f"{name:>7}" for name in phases) + f"{'trials':>7}"
              + (f"{'s/epoch':>9}{'trial':>9}{'time':>9}" if times else "")]
     for (variant, depth), arms in plan.items():
-        line = (f"{spec.name + '-' + variant + '-d' + str(depth):<24}{arms['search']:>7}{arms['repeat']:>7}"
-                f"{arms['twin']:>5}{sum(arms.values()):>7}")
+        line = (f"{spec.name + '-' + variant + '-d' + str(depth):<24}"
+                + "".join(f"{arms.get(name, 0):>7}" for name in phases) + f"{sum(arms.values()):>7}")
         if times:
             t = times["experiments"][(variant, depth)]
             line += f"{t['epoch_s']:>9.2f}{_duration(t['trial_s']):>9}{_duration(t['total_s']):>9}"
@@ -742,7 +751,10 @@ def plan_lines(spec, plan: dict[tuple[str, int], dict[str, int]], times: dict[st
     trials = sum(sum(a.values()) for a in plan.values())
     prose = [f"total: {trials} trials of {spec.epochs} epochs"
              + ("; repeat: the best searched configuration at each seed, twin: its matched twin at each seed"
-                if spec.repeat_best else "")]
+                if spec.repeat_best else "")
+             + ("; arms: the claims' designed arms and the sweeps that are not the repeat or the twin (round "
+                "one, estimated before the search; open claims may add seeds up to design.max_seeds)"
+                if spec.design is not None and spec.repeat_best else "")]
     if times:
         prose.append(f"estimated training time: about {_duration(times['total_s'])}, {times['slots']} trial(s) at "
                      f"once ({times['why']}); from a few training steps of each experiment timed here and "
@@ -777,10 +789,10 @@ def resume(
     """Finish an interrupted study without re-running finished trials."""
     d = study_dir(name, storage_path)
     from study.progress import quiet_libraries
-    from study.runner import resume_study
+    from study.driver import resume_study
 
     quiet_libraries(STATE["verbose"])
-    out = resume_study(d, tracking_uri=tracking_uri)
+    out = resume_study(d, tracking_uri=tracking_uri, **_driver_deps())
     _where(Path(out) if out else d)
 
 
@@ -960,25 +972,15 @@ def stop(
 # ---------------------------------------------------------------- main
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """UserError, plus older error classes that name a bad file or setting and
-    are not (yet) UserErrors. Looked up only in modules already imported, so
-    `resstudy train` never imports pyarrow or mlflow to catch them."""
-    names = (("study.results", "ResultsError"), ("study.train", "CheckpointError"),
-             ("study.tracking", "TrackingError"), ("study.spec", "SpecError"), ("study.jobs", "JobError"),
-             ("study.data", "DatasetError"), ("search_spaces", "SpaceError"),
-             ("analysis.load", "InsufficientDataError"))
-    return (UserError, *(getattr(sys.modules[m], n) for m, n in names
-                         if m in sys.modules and hasattr(sys.modules[m], n)))
-
-
 def _command_name(argv: Sequence[str]) -> str:
     return next((a for a in argv if not a.startswith("-")), "")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, events: Any = None, options: dict[str, Any] | None = None) -> int:
+    """The command line. `events` (study.driver.Events) and `options` (RuntimeOptions fields)
+    reach the study driver of `run` and `resume`: the seam where tests plug faults in."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    STATE["verbose"] = False
+    STATE.update(verbose=False, events=events, options=dict(options or {}))
     name = _command_name(argv)
     prefix = f"resstudy {name}: error: " if name else "resstudy: error: "
     cli = typer.main.get_command(app)
@@ -1000,9 +1002,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         print(f"resstudy {name}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        if not isinstance(e, _user_errors()):
-            raise  # a bug: keep the whole traceback (exit 1)
+    except UserError as e:  # anything else is a bug: it keeps its whole traceback (exit 1)
         print(prefix + str(e), file=sys.stderr)
         return 2
 

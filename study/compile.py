@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-MODES = ("off", "on", "auto")
+from study.config import CORE
+
 log = logging.getLogger("study.compile")
 
 
@@ -35,8 +36,7 @@ def compile_wanted(mode: str, device: torch.device) -> bool:
     tens of seconds of a trial (later trials hit the cache), which a short
     trial does not win back.
     """
-    if mode not in MODES:
-        raise ValueError(f"compile: {mode!r} is not one of {', '.join(MODES)}")
+    CORE["compile"].check(mode)  # OptionError naming the modes
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return False
     return compile_available()
@@ -151,4 +151,4 @@ class CompiledStep:
         self.compile_seconds += time.perf_counter() - t0
 
 
-__all__ = ["MODES", "CompiledStep", "compile_available", "compile_mode", "compile_wanted", "use_cache_dir"]
+__all__ = ["CompiledStep", "compile_available", "compile_mode", "compile_wanted", "use_cache_dir"]

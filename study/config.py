@@ -14,12 +14,42 @@ records is what it ran.
 
 from __future__ import annotations
 
+import numbers
+from dataclasses import dataclass
 from typing import Any
 
 from study.errors import OptionError
 from study.options import Option
 
-DATASETS = ("digits", "cifar10", "cifar100", "svhn", "synthetic")
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset as the trainer, the spec and the preflight know it: its classes,
+    native image side, training images (an upper bound: before the validation
+    split), default augmentation, and the files it is read from under data_root
+    (torchvision's layout); a dataset without files is built in and takes no data_root."""
+
+    classes: int
+    side: int
+    train_images: int
+    augment: str
+    files: tuple[str, ...] = ()
+
+
+_CIFAR10_FILES = tuple(f"cifar-10-batches-py/{f}" for f in (
+    "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"))
+# Digits are not mirror-symmetric, so SVHN and digits get crops only.
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo(10, 8, 1_797, "crop"),
+    "cifar10": DatasetInfo(10, 32, 50_000, "crop_flip", _CIFAR10_FILES),
+    "cifar100": DatasetInfo(100, 32, 50_000, "crop_flip", ("cifar-100-python/train", "cifar-100-python/test",
+                                                           "cifar-100-python/meta")),
+    "svhn": DatasetInfo(10, 32, 73_257, "crop", ("train_32x32.mat", "test_32x32.mat")),
+    "synthetic": DatasetInfo(10, 32, 2_048, "crop_flip"),
+}
+DATASETS = tuple(DATASET_INFO)
+FILE_DATASETS = tuple(name for name, info in DATASET_INFO.items() if info.files)  # read from data_root
+DEPTH_RULE = "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
 SCHEDULES = ("step", "cosine", "epsilon")
 DECAY_SCOPES = ("all", "conv_fc")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -31,7 +61,7 @@ EXTEND_CAP = 6
 CORE_OPTIONS: tuple[Option, ...] = (
     # what is trained
     Option("depth", int, 20, "network depth, 6n+2 (8, 14, 20, 32, 44, 56, 110, ...)", low=8),
-    Option("dataset", str, "digits", "dataset; cifar10/cifar100/svhn are read from data_root", choices=DATASETS),
+    Option("dataset", str, "digits", f"dataset; {'/'.join(FILE_DATASETS)} are read from data_root", choices=DATASETS),
     Option("data_root", str, None, "folder with the torchvision files of cifar10/cifar100/svhn", nullable=True),
     Option("download", bool, False, "let torchvision download the dataset into data_root"),
     Option("val_size", float, 0.1, "validation split held out of train: a fraction < 1, or an image count >= 1",
@@ -67,7 +97,7 @@ CORE_OPTIONS: tuple[Option, ...] = (
            nullable=True),
     # execution
     Option("seed", int, 0, "seed of init, data order and augmentation", low=0, high=2**32 - 1),
-    Option("device", str, "auto", "auto, cpu, cuda or cuda:N"),
+    Option("device", str, "auto", "auto, cpu, cuda or cuda:N", pattern=r"auto|cpu|cuda|cuda:\d+"),
     Option("precision", str, "fp32", "fp32, bf16 autocast, or auto (bf16 where the hardware computes it natively); "
            "results record what ran", choices=PRECISIONS),
     Option("compile", str, "off", "torch.compile the training step: on, off, or auto (on where it pays: CUDA)",
@@ -208,15 +238,18 @@ class TrainConfig:
         return None if out is None else TrainConfig.from_dict(out)
 
 
-def _check_core(v: dict[str, Any]) -> None:
-    import re
+def depth_blocks(depth: Any) -> int | None:
+    """n, the blocks per stage of a CIFAR ResNet of `depth` = 6n + 2 (DEPTH_RULE); None
+    for any other value."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8 or (depth - 2) % 6:
+        return None
+    return (int(depth) - 2) // 6
 
+
+def _check_core(v: dict[str, Any]) -> None:
     depth = v["depth"]
-    if (depth - 2) % 6:
-        raise OptionError(f"depth: {depth!r} is not allowed; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)",
-                          field="depth")
-    if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", v["device"]):
-        raise OptionError(f"device: {v['device']!r} is not allowed; allowed: auto, cpu, cuda or cuda:N", field="device")
+    if depth_blocks(depth) is None:
+        raise OptionError(f"depth: {depth!r} is not allowed; allowed: {DEPTH_RULE}", field="depth")
     if v["warmup_epochs"] >= v["epochs"]:
         raise OptionError(f"warmup_epochs: {v['warmup_epochs']!r} is not allowed; allowed: an integer in "
                           f"[0, epochs={v['epochs']})", field="warmup_epochs")
@@ -234,5 +267,5 @@ def config_field_names() -> list[str]:
     return all_option_names()
 
 
-__all__ = ["CORE_OPTIONS", "DATASETS", "TrainConfig", "all_option_names", "config_field_names", "owners",
-           "variant_options"]
+__all__ = ["CORE_OPTIONS", "DATASETS", "DATASET_INFO", "DEPTH_RULE", "FILE_DATASETS", "DatasetInfo", "TrainConfig",
+           "all_option_names", "config_field_names", "depth_blocks", "owners", "variant_options"]

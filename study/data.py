@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from study.config import CORE
+from study.config import CORE, DATASET_INFO, DATASETS
+from study.errors import OptionError, UserError
 
 # Constants, not the trial seed: the held-out images are the same for every trial.
 VAL_SPLIT_SEED = 20240521
@@ -47,22 +48,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Files each on-disk dataset needs, relative to `root` (torchvision's layout).
-EXPECTED_FILES: dict[str, tuple[str, ...]] = {
-    "cifar10": tuple(
-        f"cifar-10-batches-py/{f}"
-        for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                  "test_batch", "batches.meta")
-    ),
-    "cifar100": ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"),
-    "svhn": ("train_32x32.mat", "test_32x32.mat"),
-}
-_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10, "synthetic": 10}
-# Digits are not mirror-symmetric, so SVHN and digits get crops only.
-_AUGMENT = {"cifar10": "crop_flip", "cifar100": "crop_flip", "svhn": "crop", "digits": "crop",
-            "synthetic": "crop_flip"}
+EXPECTED_FILES: dict[str, tuple[str, ...]] = {name: info.files for name, info in DATASET_INFO.items() if info.files}
 
 
-class DatasetError(FileNotFoundError, ValueError):
+class DatasetError(UserError, FileNotFoundError, ValueError):
     """A dataset root is missing, incomplete or holds unreadable files."""
 
 
@@ -71,7 +60,7 @@ class DatasetWarning(UserWarning):
 
 
 def dataset_names() -> list[str]:
-    return list(_NUM_CLASSES)
+    return list(DATASETS)
 
 
 @dataclass
@@ -234,7 +223,7 @@ def _read_torchvision(name: str, root: str, download: bool) -> _Arrays:
     for split, x, y in (("train", xs[0], ys[0]), ("test", xs[1], ys[1])):
         x = np.ascontiguousarray(x)
         y = np.asarray(y, dtype=np.int64).reshape(-1)
-        k = _NUM_CLASSES[name]
+        k = DATASET_INFO[name].classes
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (3, 32, 32) or len(x) != len(y) or len(y) == 0:
             raise DatasetError(_missing_message(
                 name, root, f"{split} split has images {x.dtype} {x.shape} and {len(y)} labels, "
@@ -276,7 +265,7 @@ def _read_digits(image_size: int) -> _Arrays:
 def _read_synthetic(image_size: int, size: int) -> _Arrays:
     """Random images whose class sets the mean colour: learnable, for benchmarks and tests."""
     rng = np.random.default_rng(SYNTHETIC_SEED)
-    k = _NUM_CLASSES["synthetic"]
+    k = DATASET_INFO["synthetic"].classes
     colours = rng.integers(40, 216, size=(k, 3)).astype(np.int16)
     n_test = max(size // 4, k)
 
@@ -365,10 +354,23 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device of the `device` option's value (auto: CUDA where there is one),
+    or OptionError naming a device this machine lacks."""
+    name = str(name)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    # torch.device also parses meta, mps, xpu, ...: the trainer supports CPU and CUDA only.
+    CORE["device"].check(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device: {name!r} asked for but no CUDA device is visible; allowed: auto or cpu",
+                          field="device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise OptionError(f"device: {name!r} asked for but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s); allowed: cuda:0 to cuda:{torch.cuda.device_count() - 1}, auto or cpu",
+                          field="device")
+    return device
 
 
 def load_data(name: str, root: str | os.PathLike | None = None, *, download: bool = False,
@@ -382,16 +384,16 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, download: boo
     `augment`, `cutout` and `normalization` are the training options of those names
     (study.config), checked here too and recorded on the result.
     """
-    if name not in _NUM_CLASSES:
+    if name not in DATASET_INFO:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {dataset_names()}")
     # checked before any file is read
-    augment = CORE["augment"].check(augment) or _AUGMENT[name]
+    augment = CORE["augment"].check(augment) or DATASET_INFO[name].augment
     cutout = CORE["cutout"].check(cutout)
     normalization = CORE["normalization"].check(normalization)
     arrays = _arrays(name, root, download, image_size, synthetic_size)
     n_val = _val_count(val_size, len(arrays.train_y))
     train_idx, val_idx = _split(arrays.train_y.numpy(), n_val, VAL_SPLIT_SEED)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     # Indexing copies, so the cached tensors are never handed out; test is copied explicitly.
     train_x = arrays.train_x[train_idx].to(dev)
@@ -403,7 +405,7 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, download: boo
         train_x=train_x, train_y=arrays.train_y[train_idx].to(dev),
         val_x=arrays.train_x[val_idx].to(dev), val_y=arrays.train_y[val_idx].to(dev),
         test_x=arrays.test_x.to(dev, copy=True), test_y=arrays.test_y.to(dev, copy=True),
-        mean=mean, std=std, num_classes=_NUM_CLASSES[name], in_channels=int(train_x.shape[1]),
+        mean=mean, std=std, num_classes=DATASET_INFO[name].classes, in_channels=int(train_x.shape[1]),
         augment=augment, name=name, cutout=cutout, normalization=normalization,
     )
 

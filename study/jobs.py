@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, TextIO
 
 import requests
 
+from study.errors import UserError
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # Never shipped to the cluster: environments, VCS, local results and data caches.
 EXCLUDES = [".venv", ".git", "resstudy_runs", "ray_results", "mlruns", "mlartifacts", "/data/",
@@ -39,9 +41,9 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _HTTP_TIMEOUT_S = 15
 
 
-class JobError(ValueError):
+class JobError(UserError, ValueError):
     """A submission or job request that cannot go ahead; the message says why and
-    what is allowed. A ValueError so the CLI prints it without a traceback."""
+    what is allowed."""
 
 
 # ------------------------------------------------------------------ connection

@@ -44,7 +44,9 @@ from study.errors import UserError
 STATE_FILE = "study.json"
 LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".lock"
-FINISHED = ("completed", "pruned", "failed", "diverged")
+SPEC_FILE = "spec.yaml"
+# How a trial can end, in the order tables show them; every reader of statuses takes them from here.
+FINISHED = ("completed", "pruned", "diverged", "failed")
 # Spec fields that change where or how fast a study runs, not what its trials compute:
 # a resume may change them.
 RUNTIME_FIELDS = ("storage_path", "mlflow", "max_concurrent", "resources", "shared_storage")
@@ -366,8 +368,14 @@ def finished_rows(study_dir: str | Path) -> list[dict[str, Any]] | None:
     return [r["row"] for r in read_trials(path).values() if r.get("status") in FINISHED and r.get("row")]
 
 
-def is_study_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in (STATE_FILE, LEDGER_FILE, "spec.yaml"))
+STUDY_DIR_RULE = f"a folder holding the {SPEC_FILE} a study was started with"
+
+
+def is_study_dir(path: str | Path) -> bool:
+    """Whether `path` is a study directory (STUDY_DIR_RULE): the spec is the one file every
+    study has from its first start on (written before study.json, the ledger or any
+    result), and what every reader and `resume` needs."""
+    return (Path(path) / SPEC_FILE).is_file()
 
 
 # ---------------------------------------------------------------- where the study lies

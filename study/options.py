@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -19,8 +20,9 @@ class Option:
     """`kind` is bool, int, float or str. `choices` closes the set of values
     (str options always have it); `low`/`high` bound numbers (`low_open`: low
     itself excluded). `nullable`: None is allowed (its meaning is in `help`).
-    `target` says who consumes it: "model" (the builder's keyword), "train" (the
-    trainer or a variant's hooks)."""
+    `pattern`: a regular expression a str value must match whole (its `help` then
+    says in words what it allows). `target` says who consumes it: "model" (the
+    builder's keyword), "train" (the trainer or a variant's hooks)."""
 
     name: str
     kind: type
@@ -31,6 +33,7 @@ class Option:
     low_open: bool = False
     high: float | None = None
     nullable: bool = False
+    pattern: str | None = None
     target: str = "train"
 
     def __post_init__(self) -> None:
@@ -38,6 +41,8 @@ class Option:
             raise TypeError(f"option {self.name!r}: kind {self.kind!r} is not one of {TYPES}")
         if self.target not in ("model", "train"):
             raise TypeError(f"option {self.name!r}: target {self.target!r} is not 'model' or 'train'")
+        if self.pattern is not None and self.kind is not str:
+            raise TypeError(f"option {self.name!r}: a pattern is for str options, not {self.kind.__name__}")
         if self.kind is bool and self.choices is None:
             object.__setattr__(self, "choices", (True, False))
         if self.default is not None or not self.nullable:
@@ -50,7 +55,7 @@ class Option:
         if self.choices is not None:
             text = "one of " + ", ".join(_show(c) for c in self.choices)
         elif self.kind is str:
-            text = "text" + (f" ({self.help})" if self.help else "")
+            text = self.help if self.pattern else "text" + (f" ({self.help})" if self.help else "")
         else:
             fmt = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")
             parts = []
@@ -81,9 +86,9 @@ class Option:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise self.error(value)
             value = float(value)
-        elif not isinstance(value, str):
+        elif not isinstance(value, str) or (self.pattern is not None and not re.fullmatch(self.pattern, value)):
             raise self.error(value)
-        if self.choices is not None and not any(_same(value, c) for c in self.choices):
+        if self.choices is not None and not any(same_value(value, c) for c in self.choices):
             raise self.error(value)
         if kind in (int, float) and not self.within(value):
             raise self.error(value)
@@ -125,8 +130,9 @@ class Option:
         return self.check(value)
 
 
-def _same(a: Any, b: Any) -> bool:
-    # True == 1 in Python: a bool choice must not accept an int and vice versa
+def same_value(a: Any, b: Any) -> bool:
+    """Whether option value `a` is `b`: equal, with a bool never the same as a number
+    (True == 1 in Python: a bool choice must not accept an int, nor an int choice True)."""
     return (isinstance(a, bool) == isinstance(b, bool)) and a == b
 
 
@@ -143,4 +149,4 @@ def by_name(options: Iterable[Option]) -> dict[str, Option]:
     return out
 
 
-__all__ = ["Option", "by_name"]
+__all__ = ["Option", "by_name", "same_value"]

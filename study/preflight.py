@@ -20,13 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from study.config import DATASET_INFO, depth_blocks
 from study.errors import UserError
 
 GiB = 1024**3
-# Train images per dataset (after nothing is held out; an upper bound), and native side.
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "svhn": 73_257, "digits": 1_797, "synthetic": 2_048}
-NATIVE_SIDE = {"cifar10": 32, "cifar100": 32, "svhn": 32, "digits": 8, "synthetic": 32}
-CLASSES = {"cifar100": 100}
 # Optimistic sustained training throughput, FLOP/s: one CPU core, one whole GPU.
 # Measured: ResNet-20 at 32x32 trains at ~720 images/s on 2 cores (~9e10 FLOP/s
 # per core); a large GPU reaches ~1e13 on these small convolutions. Optimistic
@@ -60,13 +57,13 @@ def estimate(cfg: Mapping[str, Any]) -> Estimate:
     depth, width, image_size, batch_size, eval_batch_size, dataset, epochs."""
     depth = int(cfg.get("depth", 20))
     width = int(cfg.get("width") or 16)
-    dataset = str(cfg.get("dataset", "digits"))
-    side = int(cfg.get("image_size") or NATIVE_SIDE.get(dataset, 32))
+    info = DATASET_INFO.get(str(cfg.get("dataset", "digits")), DATASET_INFO["cifar10"])
+    side = int(cfg.get("image_size") or info.side)
     batch = int(cfg.get("batch_size", 128))
     eval_batch = int(cfg.get("eval_batch_size", batch))
-    classes = CLASSES.get(dataset, 10)
-    n = max(1, (depth - 2) // 6)
-    images = TRAIN_IMAGES.get(dataset, 50_000)
+    classes = info.classes
+    n = depth_blocks(depth) or 1
+    images = info.train_images
 
     params = 9 * 3 * width + classes * (4 * width + 1)
     macs = 9 * 3 * width * side * side
@@ -146,19 +143,18 @@ def writable_dir_problem(path: Path, field: str) -> str | None:
 
 def data_problem(dataset: str, data_root: str | None) -> str | None:
     """Why the torchvision files of `dataset` are not under `data_root`, or None."""
-    from study.data import EXPECTED_FILES
-
-    if dataset not in EXPECTED_FILES:
+    info = DATASET_INFO.get(dataset)
+    if info is None or not info.files:
         return None  # built in: digits, synthetic
     if not data_root:
         return f"data_root: dataset {dataset!r} is read from files; allowed: the folder holding them"
     root = Path(data_root)
     if not root.is_dir():
-        files = EXPECTED_FILES[dataset]
+        files = info.files
         return (f"data_root: {data_root!r} does not exist (dataset {dataset!r} is read from it, nothing is "
                 f"downloaded); allowed: a folder holding torchvision's {dataset} files ({files[0]} and "
                 f"{len(files) - 1} more)")
-    missing = [f for f in EXPECTED_FILES[dataset] if not (root / f).is_file()]
+    missing = [f for f in info.files if not (root / f).is_file()]
     if missing:
         return f"data_root: {data_root!r} lacks {dataset} file(s) {', '.join(missing)}"
     return None
@@ -216,10 +212,10 @@ def config_problems(cfg: Mapping[str, Any], *, budget: float | None, how: str, s
     problems = []
     e = estimate(cfg)
     need = e.memory_bytes + runtime
-    dataset = str(cfg.get("dataset", "digits"))
+    native = DATASET_INFO.get(str(cfg.get("dataset", "digits")), DATASET_INFO["cifar10"]).side
     side = cfg.get("image_size")
     what = (f"depth {cfg.get('depth', 20)}, width {cfg.get('width') or 16}, "
-            + (f"image_size {side}" if side else f"image side {NATIVE_SIDE.get(dataset, 32)}")
+            + (f"image_size {side}" if side else f"image side {native}")
             + f", batch {cfg.get('batch_size', 128)}")
     variant = cfg.get("variant", "resnet")
     epochs = int(cfg.get("epochs", 1))

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
-FINISHED = ("completed", "pruned", "failed", "diverged")
+from study.ledger import FINISHED
 
 
 @dataclass
@@ -87,6 +87,12 @@ class Progress:
             row.counts[status if status in FINISHED else "failed"] += 1
             if status == "completed" and _number(val_acc):
                 row.best = max(row.best if row.best is not None else -1.0, float(val_acc))
+
+    def replan(self, label: str, n: int) -> None:
+        """The experiment now plans `n` trials in all (designed trials are decided as the study runs)."""
+        with self._lock:
+            self._row(label).planned = int(n)
+        self._changed(summary_only=True)
 
     def trial_started(self, trial_id: str, label: str, phase: str) -> None:
         with self._lock:

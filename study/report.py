@@ -18,10 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import UserError
-from study.ledger import FINISHED, LEDGER_FILE, StudyLock, finished_rows, read_trials
+from study.ledger import FINISHED, LEDGER_FILE, STUDY_DIR_RULE, StudyLock, finished_rows, is_study_dir, read_trials
 from study.results import EPOCHS_DIR, HISTORY_FILE, RESULTS_FILE, history_rows, ordered, read_table, table_of
 
-STATUSES = ("completed", "pruned", "diverged", "failed")
 WIDTH = 100
 CLAIMS_FILE = Path("analysis") / "claims.csv"
 
@@ -31,9 +30,9 @@ def check_study_dir(study_dir: str | Path) -> Path:
     d = Path(study_dir)
     if not d.is_dir():
         raise UserError(f"{d} is not a study directory: it does not exist")
-    if not (d / "study.json").is_file() and not (d / "spec.yaml").is_file():
-        raise UserError(f"{d} is not a study directory: it holds neither study.json nor spec.yaml "
-                        "(give a study name or the folder `resstudy run` printed)")
+    if not is_study_dir(d):
+        raise UserError(f"{d} is not a study directory; allowed: {STUDY_DIR_RULE} (a study name or the folder "
+                        "`resstudy run` printed)")
     return d
 
 
@@ -64,7 +63,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         subject = g["subject"].dropna().iloc[0] if "subject" in g.columns and g["subject"].notna().any() \
             else g["variant"].iloc[0]
         row = {"experiment": exp, "variant": subject, "trials": len(g)}
-        row.update({s: int((g["status"] == s).sum()) for s in STATUSES})
+        row.update({s: int((g["status"] == s).sum()) for s in FINISHED})
         done = _variant_arm(g)
         done = done[(done["status"] == "completed") & done["val_acc"].notna()]
         if len(done):
@@ -178,7 +177,7 @@ def _state(study_dir: Path, state: dict) -> str:
 def _trials_table(table: pd.DataFrame, fmt: str = "simple") -> str:
     from tabulate import tabulate
 
-    cols = ["experiment", "trials", *STATUSES, "best_val_acc", "test_acc", "best_config"]
+    cols = ["experiment", "trials", *FINISHED, "best_val_acc", "test_acc", "best_config"]
     t = table.reindex(columns=cols)
     heads = ["experiment", "trials", "done", "pruned", "div", "fail", "best val", "test", "best config"]
     rows = [[r["experiment"], r["trials"], r["completed"], r["pruned"], r["diverged"], r["failed"],

@@ -28,7 +28,8 @@ from study.errors import UserError
 RESULTS_FILE = "results.parquet"
 HISTORY_FILE = "history.parquet"
 EPOCHS_DIR = "epochs"
-IDENTITY = ("study", "experiment", "subject", "variant", "arm", "phase", "depth", "trial_id", "seed")
+# `claim`: the claim a designed arm trial answers ("" for search, repeat and twin trials)
+IDENTITY = ("study", "experiment", "subject", "variant", "arm", "claim", "phase", "depth", "trial_id", "seed")
 # Result keys that are Tune's or resstudy's bookkeeping, not trial metrics.
 NOT_METRICS = {
     "epoch", "status", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
@@ -88,6 +89,11 @@ def _clean(v: Any) -> Any:
     if isinstance(v, float) and math.isinf(v):
         return float("nan")
     return v
+
+
+def is_number(v: Any) -> bool:
+    """A metric value MLflow and the tables take as a number (NaN included; bools are not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, Any]:

@@ -5,10 +5,9 @@ config go into the ledger before the trial is launched, and its outcome is told
 when it ends (COMPLETE only for a trial that trained every epoch; PRUNED at the
 epoch ASHA stopped it; FAIL for errors and divergence). The sampler's random
 streams are saved after every ask and restored on resume (`SamplerState`).
-Tune only runs the configs the ledger hands it (`LedgerSearcher`) and asks `RungScheduler` whether
-to stop a trial; ASHA's rung records are keyed by resstudy's trial ids and
-rebuilt from the epoch logs on every start, so a resumed study prunes as an
-unbroken one would.
+ASHA's rung records (`Rungs`; Tune's side is in study/driver/backend.py) are
+keyed by resstudy's trial ids and rebuilt from the epoch logs on every start, so
+a resumed study prunes as an unbroken one would.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
-from ray.tune.search import Searcher
 
 METRIC = "val_acc"
 
@@ -251,68 +248,3 @@ class Rungs:
                 rec[rid] = float(value)
             return action
         return "continue"
-
-
-class _NotSaved:
-    """Tune pickles its searcher and scheduler into its experiment folder; resstudy
-    never reads them back (the ledger is the state), so they save nothing."""
-
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        pass
-
-
-class RungScheduler(_NotSaved, FIFOScheduler):
-    """Tune's side of `Rungs`: stops the trials it says to and remembers them."""
-
-    def __init__(self, rungs: Rungs | None, on_prune: Callable[[str, int], None],
-                 applies: Callable[[str], bool] = lambda rid: True) -> None:
-        super().__init__()
-        self.rungs, self.on_prune, self.applies = rungs, on_prune, applies
-        self.pruned: set[str] = set()
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self.rungs is None or "rid" not in result or not self.applies(result["rid"]):
-            return TrialScheduler.CONTINUE
-        rid, epoch = result["rid"], int(result.get("epoch", 0))
-        if result.get("status") != "running":
-            return TrialScheduler.CONTINUE
-        if self.rungs.decide(rid, epoch, result.get(METRIC)) == "stop":
-            self.pruned.add(rid)
-            self.on_prune(rid, epoch)  # in the ledger before Tune stops it
-            return TrialScheduler.STOP
-        return TrialScheduler.CONTINUE
-
-
-# ---------------------------------------------------------------- Tune's searcher
-
-
-class LedgerSearcher(_NotSaved, Searcher):
-    """Hands Tune the next trial config the study decides on: `next_trial()`
-    returns a config (with `_rid`), None (nothing now; ask again later) or
-    Searcher.FINISHED."""
-
-    def __init__(self, next_trial: Callable[[], Any]) -> None:
-        super().__init__()
-        self._next = next_trial
-        self.rids: dict[str, str] = {}
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True
-
-    def suggest(self, trial_id: str):
-        cfg = self._next()
-        if isinstance(cfg, dict):
-            self.rids[trial_id] = cfg["_rid"]
-        return cfg
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass  # the study callback records outcomes, in the ledger first
-
-    def save(self, checkpoint_path: str) -> None:
-        pass  # Tune's searcher-state pickles are never written, so never read
-
-    def restore(self, checkpoint_path: str) -> None:
-        raise RuntimeError("resstudy resumes from its ledger, never from a Tune searcher pickle")

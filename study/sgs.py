@@ -602,9 +602,9 @@ __all__ = [
 # (sgs_mode != "off"), and the `sgs` variant is the ResNet with it on.
 
 from study.options import Option  # noqa: E402
-from study.variants import Claim, Feature, Hooks, Variant, register_feature, register_variant  # noqa: E402
+from study.variants import Claim, Feature, Hooks, Published, Sweep, Variant  # noqa: E402
 
-MODES = ("off", "branches", "mi")
+MODES = ("off", "branches", "mi")  # "off" first: every mode after it switches scaling on
 
 OPTIONS: tuple[Option, ...] = (
     Option("sgs_mode", str, "off", "spatial gradient scaling: off, branches (S of a branch set), mi (learned)",
@@ -632,7 +632,8 @@ class SGSHooks(Hooks):
     def before_epoch(self, epoch: int) -> None:
         cfg = self.cfg
         if cfg.sgs_mode == "mi" and scaling_schedule_due(epoch, cfg.sgs_warmup, cfg.sgs_interval):
-            self.scaling.replace(mi_scalings(self.model, self.ctx.mi_batches(epoch), k=cfg.sgs_k,
+            batches = self.ctx.probe_batches(epoch, cfg.sgs_batches)
+            self.scaling.replace(mi_scalings(self.model, batches, k=cfg.sgs_k,
                                              diagonal_removal=cfg.sgs_diagonal_removal))
 
     def after_backward(self) -> None:
@@ -656,10 +657,10 @@ def _artifacts(info: dict, result: dict, out):
     return [] if "sgs_scalings" not in info else scaling_maps(info["sgs_scalings"], out)
 
 
-register_feature(Feature(
+FEATURE = Feature(
     name="sgs", options=OPTIONS, hooks=SGSHooks, active=lambda values: values.get("sgs_mode", "off") != "off",
     metrics=("sgs_center",), artifacts=_artifacts,
-))
+)
 
 
 def _twin(values: dict) -> dict:
@@ -667,25 +668,39 @@ def _twin(values: dict) -> dict:
     return {**values, "variant": "resnet", "sgs_mode": "off"}
 
 
-def _build(*args, **kwargs):
-    from study.models.resnet import resnet
-
-    return resnet(*args, **kwargs)
+# The official CIFAR-100 config where it differs from the CIFAR-10 one, which the defaults are.
+OFFICIAL_CIFAR100 = {"sgs_interval": 5, "sgs_batches": 2, "weight_decay": 5e-4}
 
 
-def _register_variant() -> None:
-    from study.models.resnet import backbone_options
+def _official(base: dict) -> dict:
+    # no official SVHN or digits config: the CIFAR-10 one (the defaults) stands in
+    return dict(OFFICIAL_CIFAR100) if base.get("dataset") == "cifar100" else {}
 
-    register_variant(Variant(
+
+def variant() -> Variant:
+    """The `sgs` variant: the ResNet with scaling on. Made when study.models registers
+    the built-ins (it needs the ResNet, which needs nothing of this module)."""
+    from study.models.resnet import backbone_options, resnet
+
+    return Variant(
         name="sgs",
-        build=_build,
+        build=resnet,
         # the variant never trains with scaling off: that is its twin; mi is the paper's method
-        options=(*backbone_options(), OPTIONS[0].replace(default="mi", choices=("branches", "mi"))),
+        options=(*backbone_options(), OPTIONS[0].replace(default="mi", choices=MODES[1:])),
         description="spatial gradient scaling (Detkov et al. 2023) on the CIFAR ResNet",
         twin=_twin,
         claims=(
-            Claim("sgs_vs_twin", "SGS beats its twin (the same ResNet, scaling off)", "twin"),
+            Claim("sgs_vs_twin", "SGS beats its twin (the same ResNet, scaling off)", "twin", published=True),
             Claim("sgs_mi", "MI-learned scaling beats branch-equivalent", "level", metric="val_acc",
                   option="sgs_mode", better="mi", worse="branches"),
         ),
-    ))
+        sweeps=(Sweep("sgs_k"), Sweep("sgs_mode")),
+        # the defaults are the official CIFAR-10 config (lr 0.1 the trainer's); CIFAR-100 its own
+        published=Published(
+            options=("sgs_mode", "sgs_k", "sgs_interval", "sgs_batches", "sgs_warmup", "sgs_diagonal_removal", "lr",
+                     "weight_decay", "weight_decay_scope"),
+            values=_official,
+            source="Detkov et al. 2023, the official CIFAR configs: MI-learned scaling with k 5, recomputed every 30 "
+                   "epochs on 20 batches (CIFAR-100: every 5 on 2), lr 0.1, weight decay 1e-4 (CIFAR-100: 5e-4) "
+                   "on every parameter"),
+    )

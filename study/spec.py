@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, NoReturn
@@ -32,20 +33,19 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-import search_spaces
-from search_spaces import SpaceError
+from study import spaces
 from study.presets import list_presets, presets_dir  # noqa: F401  (list_presets: part of this module's API)
-from study.config import CORE, DATASETS, TrainConfig, all_option_names, owners, variant_options
+from study.config import (CORE, DATASETS, DEPTH_RULE, FILE_DATASETS, TrainConfig, all_option_names, depth_blocks,
+                          owners, variant_options)
 from study.errors import UserError
+from study.spaces import ALGORITHMS, SpaceError
 from study.variants import list_variants, load_plugins
 
-FILE_DATASETS = ("cifar10", "cifar100", "svhn")  # read from data_root; never downloaded
 # Set at the top level of the spec (or by the search), never under train/fixed.
 TOP_LEVEL_FIELDS = ("variant", "seed", "depth", "dataset", "epochs", "data_root", "image_size")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # GridSampler materialises the whole product of its grid at construction.
 MAX_GRID_POINTS, MAX_GRID_SIZE = 100, 100_000
-OBJECTIVES = ("val_acc", "param_reduction")
 
 
 class SpecError(UserError, ValueError):
@@ -146,19 +146,12 @@ class VariantSpec(_Model):
             return {k: ({} if v is None and k in ("space", "fixed") else v) for k, v in data.items()}
         return data
 
-    objectives: list[Literal["val_acc", "param_reduction"]] = Field(default_factory=lambda: ["val_acc"])
-
-    @field_validator("objectives")
-    @classmethod
-    def _objectives(cls, v: list[str]) -> list[str]:
-        if not v or v[0] != "val_acc" or len(set(v)) != len(v):
-            raise ValueError(f"{v!r}; allowed: [val_acc] or [val_acc, param_reduction] (val_acc first: "
-                             "ASHA stops on it)")
-        return v
+    # val_acc first (ASHA stops on it), then metrics the variant declares as objectives
+    objectives: list[str] = Field(default_factory=lambda: ["val_acc"])
 
 
 class SearchSpec(_Model):
-    algorithm: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
+    algorithm: Literal[ALGORITHMS] = "tpe"
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = 0  # numpy's seed range, used by optuna
     n_startup_trials: Annotated[int, Field(ge=0)] | None = None
     grid_points: Annotated[int, Field(ge=2, le=MAX_GRID_POINTS)] = 3  # values per numeric param for `grid`
@@ -196,10 +189,47 @@ class MlflowSpec(_Model):
     experiment: Annotated[str, Field(min_length=1)] | None = None  # None: the spec name
 
 
+MAX_SEEDS = 1000  # per claim: far past what a stopping rule needs, short of a typo's cost
+
+
+class BudgetSpec(_Model):
+    """What the extra seeds (beyond `seeds`) may cost the whole study; null: no limit."""
+
+    trials: Annotated[int, Field(ge=0)] | None = None  # extra-seed trials, over every claim
+    hours: Annotated[float, Field(gt=0)] | None = None  # wall-clock hours spent running extra seeds
+
+
+class SweepsSpec(_Model):
+    """The one-factor sensitivity sweeps each variant declares, around its best configuration."""
+
+    enabled: bool = True
+    levels: Annotated[int, Field(ge=2, le=MAX_GRID_POINTS)] = 3  # points over a numeric option's search range
+    seeds: Annotated[int, Field(ge=1)] = 1  # the first seeds of `seeds`
+
+
+class DesignSpec(_Model):
+    """Claims answered by designed experiments, after each variant's search: every
+    claim's arms at each of `seeds` (the minimum), then more seeds, one round at a
+    time, while the claim is open, up to `max_seeds` and the budget."""
+
+    max_seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | None = None  # per claim; null: len(seeds), no extra seeds
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    alpha: Annotated[float, Field(gt=0, le=0.5)] = 0.05  # error rate of a claim's verdict, over all its looks
+    published: bool = True  # the paper's own configuration against its twin, for claims about the method
+    sweeps: SweepsSpec = Field(default_factory=SweepsSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_default(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if not (v is None and k in ("budget", "sweeps"))}
+        return data
+
+
 class StudySpec(_Model):
     plugins: list[str] = Field(default_factory=list)  # .py files or modules that register more variants
     name: StudyName
-    dataset: Literal["digits", "cifar10", "cifar100", "svhn", "synthetic"]
+    dataset: Literal[DATASETS]
     data_root: str | None = None
     image_size: Annotated[int, Field(ge=4)] | None = None
     depth: list[int] = Field(default_factory=lambda: [20])  # a single int is accepted and stored as [int]
@@ -219,6 +249,7 @@ class StudySpec(_Model):
     shared_storage: bool = False  # the user asserts storage_path is reachable from every node
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    design: DesignSpec | None = None  # null: the best configuration and its twin at `seeds` only
 
     # ------------------------------------------------------------ validation
 
@@ -227,11 +258,10 @@ class StudySpec(_Model):
     def _depths(cls, v: Any) -> Any:
         items = v if isinstance(v, list) else [v]
         if not items:
-            _fail("", "depth list is empty; allowed: one depth or a list of depths 6n+2")
+            _fail("", f"depth list is empty; allowed: one depth or a list of depths {DEPTH_RULE}")
         problems = [(f"[{i}]" if isinstance(v, list) else "",
-                     f"{d!r} is not a CIFAR ResNet depth; allowed: 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
-                    for i, d in enumerate(items)
-                    if isinstance(d, bool) or not isinstance(d, int) or d < 8 or (d - 2) % 6]
+                     f"{d!r} is not a CIFAR ResNet depth; allowed: {DEPTH_RULE}")
+                    for i, d in enumerate(items) if depth_blocks(d) is None]
         if problems:
             _fail_all(problems)
         if len(set(items)) != len(items):
@@ -276,10 +306,8 @@ class StudySpec(_Model):
                 problems += [(ABSOLUTE + _join("variants", path), msg) for path, msg in
                              _check_fields(fixed, f"variants.{name}.fixed", [name], prefix=f"{name}.fixed")
                              if ABSOLUTE + _join("variants", path) not in seen]
-            if out is not None and "param_reduction" in out[name].objectives \
-                    and "param_reduction" not in _variant_metrics(name):
-                problems.append((f"{name}.objectives", f"variant {name!r} reports no param_reduction; "
-                                                       "allowed: [val_acc]"))
+            if out is not None:
+                problems += _objective_problems(name, out[name].objectives)
         if problems:
             _fail_all(problems)
         return out
@@ -296,7 +324,7 @@ class StudySpec(_Model):
         for name in variants or {}:  # each variant's search space with these values, every bad range
             vs = variants[name]
             try:
-                search_spaces.build_space(name, _space_overrides(v, vs, name), vs.fixed)
+                spaces.build_space(name, _space_overrides(v, vs, name), vs.fixed)
             except SpaceError as e:
                 problems.append((ABSOLUTE + _space_error_path(e, v, vs, name), str(e)))
         if problems:
@@ -336,10 +364,11 @@ class StudySpec(_Model):
             problems.append(("mlflow.tracking_uri", f"required when storage_path is a URI ({self.storage_path!r}): "
                                                     "the default sqlite file needs a local path; allowed: an MLflow "
                                                     "URI"))
+        problems += self._design_problems()
         for name in self.variants:
             try:
                 if self.search.algorithm == "grid":
-                    grid = search_spaces.grid_space(name, self.space_overrides(name), self.search.grid_points,
+                    grid = spaces.grid_space(name, self.space_overrides(name), self.search.grid_points,
                                                     self.variants[name].fixed)
                     size = math.prod(len(v) for v in grid.values())
                     if size > MAX_GRID_SIZE:
@@ -357,6 +386,24 @@ class StudySpec(_Model):
             _fail_all(problems)
         return self
 
+    def _design_problems(self) -> list[Problem]:
+        d, n = self.design, len(self.seeds)
+        if d is None:
+            return []
+        problems: list[Problem] = []
+        if not self.repeat_best:
+            problems.append(("design", "given while repeat_best is false; allowed: repeat_best: true (a claim's "
+                                       "arms pair with the best configuration's repeat at each seed), or no design"))
+        if d.max_seeds is not None and d.max_seeds < n:
+            problems.append(("design.max_seeds", f"{d.max_seeds} is fewer than the {n} seeds of `seeds` (every "
+                                                 f"claim's minimum); allowed: an integer from {n} to {MAX_SEEDS}, "
+                                                 "or null (the seeds of `seeds` only)"))
+        if d.sweeps.seeds > n:
+            problems.append(("design.sweeps.seeds", f"{d.sweeps.seeds} exceeds the {n} seeds of `seeds`; allowed: "
+                                                    f"1..{n} (a sweep runs at the first seeds of `seeds`, where its "
+                                                    "best configuration's level is the repeat)"))
+        return problems
+
     # -------------------------------------------------------------- queries
 
     @property
@@ -371,13 +418,19 @@ class StudySpec(_Model):
         """Trials per experiment (variant, depth) and arm: `search` (trials_per_variant,
         at most the grid's size), then with repeat_best the best searched configuration
         at every seed (`repeat`) and its twin at every seed (`twin`, 0 where the variant
-        has none)."""
+        has none); with a `design`, the first round of its other trials (`arms`: an
+        estimate until the search has found its best configuration; extra seeds come
+        on top as the study decides them)."""
+        from study.driver.design import count_new
+
         out = {}
         for variant, depth in self.experiments():
             size = getattr(self.make_sampler(variant), "size", self.trials_per_variant)
             fixed = len(self.seeds) if self.repeat_best else 0
             out[(variant, depth)] = {"search": min(self.trials_per_variant, size), "repeat": fixed,
                                      "twin": fixed if fixed and self._has_twin(variant, depth) else 0}
+            if self.design is not None:
+                out[(variant, depth)]["arms"] = count_new(self, variant, depth)
         return out
 
     def _has_twin(self, variant: str, depth: int) -> bool:
@@ -404,8 +457,6 @@ class StudySpec(_Model):
         }
         if self.image_size is not None:
             base["image_size"] = self.image_size
-        if self.plugins:
-            base["_plugins"] = list(self.plugins)  # trials import them before building the config
         takes = variant_options(variant)
         train = {k: v for k, v in self.train.items() if k in takes}  # `train` holds every variant's options
         return {**base, **train, **self.variants[variant].fixed}
@@ -416,12 +467,12 @@ class StudySpec(_Model):
         return _space_overrides(self.train, self.variants[variant], variant)
 
     def build_space(self, variant: str):
-        """search_spaces.build_space for this variant, with the spec's overrides."""
-        return search_spaces.build_space(variant, self.space_overrides(variant), self.variants[variant].fixed)
+        """study.spaces.build_space for this variant, with the spec's overrides."""
+        return spaces.build_space(variant, self.space_overrides(variant), self.variants[variant].fixed)
 
     def make_sampler(self, variant: str, seed: int | None | Literal["spec"] = "spec"):
         """The spec's optuna sampler for `variant` (seed: search.seed unless given)."""
-        return search_spaces.make_sampler(
+        return spaces.make_sampler(
             self.search.algorithm, self.search.seed if seed == "spec" else seed, variant,
             self.space_overrides(variant), fixed=self.variants[variant].fixed,
             n_startup_trials=self.search.n_startup_trials, grid_points=self.search.grid_points,
@@ -466,7 +517,7 @@ def _variant_names(v: Any) -> Any:
 
 
 def _space_overrides(train: Mapping[str, Any], vs: VariantSpec, variant: str) -> dict[str, dict[str, Any]]:
-    searched = {p.name for p in search_spaces.variant_params(variant)}
+    searched = {p.name for p in spaces.variant_params(variant)}
     from_train = {k: {"value": v} for k, v in train.items() if k in searched and k not in vs.space and k not in vs.fixed}
     return {**from_train, **copy.deepcopy(vs.space)}
 
@@ -604,6 +655,8 @@ def _allowed_keys(loc: tuple) -> list[str]:
     while parts:
         field = model.model_fields.get(parts.pop(0))
         ann = field.annotation if field is not None else None
+        if typing.get_origin(ann) in (typing.Union, types.UnionType):  # design: DesignSpec | None
+            ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
         if typing.get_origin(ann) is dict:  # variants: {name: VariantSpec}
             ann = typing.get_args(ann)[1]
             parts = parts[1:]
@@ -644,10 +697,17 @@ def _describe(err: Mapping[str, Any]) -> list[str]:
             for path, msg in _error_items(err)]
 
 
-def _variant_metrics(name: str) -> tuple[str, ...]:
+def _objective_problems(variant: str, objectives: list[str]) -> list[Problem]:
+    """What is wrong with a variant's `objectives`: val_acc first, then only metrics the
+    variant declares as objectives, each once."""
     from study.variants import get_variant
 
-    return get_variant(name).metrics
+    extra = get_variant(variant).objectives
+    if objectives[:1] == ["val_acc"] and set(objectives[1:]) <= set(extra) and len(set(objectives)) == len(objectives):
+        return []
+    allowed = (f"val_acc first (ASHA stops on it), then any of {', '.join(extra)}, each once" if extra
+               else f"[val_acc] (variant {variant!r} declares no other objective)")
+    return [(f"{variant}.objectives", f"{objectives!r} is not allowed; allowed: {allowed}")]
 
 
 __all__ = [

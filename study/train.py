@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ import torch.nn.functional as F
 
 from study import data as data_lib
 from study.compile import CompiledStep, compile_wanted
-from study.config import TrainConfig
+from study.config import CORE, TrainConfig
+from study.data import resolve_device
 from study.errors import UserError
 from study.models import create_model
 from study.variants import features, get_variant
@@ -34,24 +34,6 @@ class CheckpointError(UserError):
 
 
 # ---------------------------------------------------------------- execution
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # torch.device also parses meta, mps, xpu, ...: the trainer supports CPU and CUDA only.
-    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda|cuda:\d+", name):
-        raise ValueError(f"device: {name!r} is not allowed; use auto, cpu, cuda or cuda:N")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"device: {name!r} is not a device; use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} asked for but no CUDA device is visible; use auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device: {name!r} asked for but this machine has {torch.cuda.device_count()} CUDA "
-                         f"device(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}, auto or cpu")
-    return device
 
 
 def cpu_has_native_bf16() -> bool:
@@ -69,7 +51,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "bf16":
         return torch.bfloat16
     if precision != "auto":
-        raise ValueError(f"precision: {precision!r} is not one of auto, fp32, bf16")
+        raise CORE["precision"].error(precision)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_native_bf16() else None
@@ -188,13 +170,15 @@ class TrialContext:
         return next(iter(data_lib.eval_batches(data.val_x[:size], data.val_y[:size], data, size,
                                                channels_last=self.channels_last)))[0]
 
-    def mi_batches(self, epoch: int) -> list[torch.Tensor]:
-        # A generator of its own, seeded by (seed, epoch): the MI pass must not move the
-        # training stream, so a resumed run draws exactly the batches an unbroken one draws.
+    def probe_batches(self, epoch: int, limit: int) -> list[torch.Tensor]:
+        """Up to `limit` training batches (inputs) for a hook to probe the model with at
+        `epoch` (SGS's MI pass). A generator of their own, seeded by (seed, epoch): the
+        probe must not move the training stream, so a resumed run draws exactly the
+        batches an unbroken one draws."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         batches = data_lib.train_batches(self.data, cfg.batch_size, gen, channels_last=self.channels_last,
-                                         limit=cfg.sgs_batches)
+                                         limit=limit)
         return [x for x, _ in batches]
 
 

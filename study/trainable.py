@@ -8,14 +8,13 @@ by a new driver all continue where the last checkpoint left off; Tune never
 holds a checkpoint. Checkpoints follow a policy (ASHA rung epochs, every N
 seconds, the last epoch) so a killed trial loses at most one interval.
 
-Tests plug faults in through one seam: RESSTUDY_TRIAL_HOOK=tests.module:function
-names a function called after every reported epoch. Unset (production), nothing
-is imported and nothing is called.
+The driver's events object (study.driver.options.Events, passed in through
+Tune's parameter passing) is called after every reported epoch: a no-op in
+production, the seam where tests plug faults in.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import queue
@@ -228,38 +227,25 @@ class Reporter:
         self._thread.join()
 
 
-# ---------------------------------------------------------------- the test seam
-
-
-def _hook() -> Callable[[dict[str, Any], int], None] | None:
-    spec = os.environ.get("RESSTUDY_TRIAL_HOOK")
-    if not spec:
-        return None
-    module, _, name = spec.partition(":")
-    if not module.startswith("tests."):
-        raise RuntimeError(f"RESSTUDY_TRIAL_HOOK={spec!r}: only a tests.* module may be plugged in")
-    return getattr(importlib.import_module(module), name or "after_epoch")
-
-
 # ---------------------------------------------------------------- the trainable
 
 
-def trainable(config: dict[str, Any]) -> None:
-    """Run one trial. `config` is the TrainConfig dict plus resstudy's keys:
-    _rid (trial id), _ckpt (checkpoint root), _ckpt_epochs, _ckpt_every_s."""
+def trainable(trial: dict[str, Any], events: Any = None) -> None:
+    """Run one trial: `trial` is {"config": the TrainConfig dict, "control": the driver's
+    data (rid: trial id, ckpt: checkpoint root, ckpt_epochs, ckpt_every_s, plugins, phase)};
+    `events` the driver's events object (after_epoch is called after each report)."""
     import ray
     from ray import tune
 
     from study.config import TrainConfig
     from study.train import train
-
     from study.variants import load_plugins
 
-    load_plugins(config.get("_plugins", ()))  # variants a spec's plugin files register
-    rid, ckpt_root = config["_rid"], config["_ckpt"]
-    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if not k.startswith("_")})
-    policy = CheckpointPolicy(config.get("_ckpt_epochs", ()), config.get("_ckpt_every_s", 300.0), cfg.epochs)
-    hook = _hook()
+    config, control = trial["config"], trial["control"]
+    load_plugins(control.get("plugins", ()))  # variants a spec's plugin files register
+    rid, ckpt_root = control["rid"], control["ckpt"]
+    cfg = TrainConfig.from_dict(config)
+    policy = CheckpointPolicy(control.get("ckpt_epochs", ()), control.get("ckpt_every_s", 300.0), cfg.epochs)
     node = "local"  # outside Ray (a unit test calling the trainable directly)
     # ray.get_runtime_context() outside Ray would start a whole local Ray instance
     if ray.is_initialized():
@@ -280,11 +266,10 @@ def trainable(config: dict[str, Any]) -> None:
             # when checkpointing every epoch
             _write_checkpoint(ckpt_root, epoch, save, reports)
             result["ckpt_epoch"] = epoch
-        # rung epochs (the policy's) are reported in step: the scheduler decides there; a plugged-in
-        # test hook makes every report wait, so a fault fires right after its epoch was delivered
-        reporter.report(result, wait=hook is not None or epoch in policy.epochs)
-        if hook is not None:
-            hook(config, epoch)
+        # rung epochs (the policy's) are reported in step: the scheduler decides there
+        reporter.report(result, wait=epoch in policy.epochs)
+        if events is not None:
+            events.after_epoch(config, control, epoch)
 
     try:
         train(cfg, report, resume=resume)

@@ -1,22 +1,28 @@
 """The variant registry: everything a variant is, declared once in its own module.
 
-A variant module (``study/models/quotient.py``, or a plugin file anywhere)
-ends with one registration::
+A variant module declares one Variant (``study/models/quotient.py``: its
+``VARIANT``, registered with the other built-ins in study.models' BUILTINS
+order); a plugin file anywhere ends with one registration::
 
     register_variant(Variant(
-        name="quotient", build=quotient, options=OPTIONS, hooks=QuotientHooks,
-        twin=quotient_twin, metrics=("q_dead_frac", ...), claims=(...)))
+        name="toy", build=toy, options=OPTIONS, hooks=ToyHooks,
+        twin=toy_twin, metrics=("gamma_mean", ...), claims=(...)))
 
 and nothing else in resstudy names it: TrainConfig fields, CLI flags, spec
-validation, search-space limits, result columns, artifacts, analysis axes and
-the claims table are derived from the registry. A *feature* (SGS) is a group
-of training options and hooks that any variant can switch on.
+validation (objectives included), search-space limits, result columns,
+artifacts, analysis axes, the claims table and the variant's own report
+sections and level rates are derived from the registry. Registration checks
+the declaration against the builder (DeclarationError): every option with
+target="model" must be a keyword of the builder, and every keyword of the
+builder an option with target="model". A *feature* (SGS) is a group of
+training options and hooks that any variant can switch on.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +71,8 @@ class Hooks:
 
 
 ArtifactFn = Callable[[dict, dict, Path], list]
+# What every builder is passed first, by position; then the options that target the model, by keyword.
+BUILD_ARGS = ("depth", "num_classes", "in_channels")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,52 @@ class Claim:
     gain_metric: str | None = None
     where: Callable[[dict[str, Any]], bool] | None = None
     where_text: str = ""
+    # about the paper's method as a whole: a study also runs the variant's `published`
+    # configuration against its own twin, beside the tuned comparison
+    published: bool = False
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A one-factor sensitivity sweep of one of the variant's options around the
+    best configuration (everything else held at the best). `levels` None: a
+    categorical option's declared choices, or points spread over a numeric
+    option's search range (log-spaced where its search is); the spec's
+    `design.sweeps` says how many points and seeds."""
+
+    option: str
+    levels: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Published:
+    """The paper's own configuration, for the "as published" arms of claims flagged
+    `published`: the `options` the paper sets, each at the variant's declared
+    default (which is the paper's value; a depth-dependent default comes from the
+    variant's `resolve`), then `values(base)` for what depends on the study's base
+    configuration (a recipe per dataset). The rest of the configuration (dataset,
+    epochs, schedule, augmentation, precision, width) is the study's own.
+    `source`: where in the paper or its code the values come from."""
+
+    options: tuple[str, ...]
+    source: str
+    values: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class LevelRate:
+    """A rate the analysis adds to each level of a searched categorical option, over
+    the variant's search trials: the share of the trials reporting `metric` whose
+    final value exceeds `above`. `column` names it in the levels table, `label` in
+    the report and the figures; `event` is what such a trial did, in words ("lost
+    its signal"); `text` defines it for the report."""
+
+    column: str
+    metric: str
+    above: float
+    label: str
+    event: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -107,6 +161,12 @@ class Variant:
     search: search params (search_spaces.shared.Param) used when the
       top-level search_spaces/ has no module of this name (a plugin variant).
     artifacts: ``fn(info, result, out_dir) -> [paths]`` for MLflow.
+    objectives: metrics a search may maximise beside val_acc (a spec's
+      `objectives`); each one of its metrics.
+    level_rates: rates the analysis adds per level of a categorical option (LevelRate).
+    report_sections: ``fn(report)`` each, called by `resstudy analyze` for a study
+      that ran the variant, to add the variant's own sections (analysis.report.Sections);
+      they import what they draw with when called, so the trainer never does.
     """
 
     name: str
@@ -122,6 +182,11 @@ class Variant:
     artifacts: ArtifactFn | None = None
     claims: tuple[Claim, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)  # feature/trainer option defaults for this variant
+    objectives: tuple[str, ...] = ()
+    level_rates: tuple[LevelRate, ...] = ()
+    report_sections: tuple[Callable[[Any], None], ...] = ()
+    sweeps: tuple[Sweep, ...] = ()  # the designed experiments' sensitivity sweeps
+    published: Published | None = None  # the paper's configuration (None: no "as published" arms)
 
     @property
     def option_map(self) -> dict[str, Option]:
@@ -152,21 +217,80 @@ class UnknownVariantError(UserError, ValueError):
     pass
 
 
+class DeclarationError(UserError, ValueError):
+    """A variant or feature declaration that cannot work (a plugin's, most often); the
+    message names the variant, the option and the fix."""
+
+
 def register_variant(variant: Variant) -> Variant:
+    """Add `variant` to the registry, after the built-ins (study.models.BUILTINS),
+    once its declaration is checked against its builder (DeclarationError)."""
+    _ensure_builtins()
     old = _VARIANTS.get(variant.name)
     if old is not None and old.build is not variant.build:
-        raise ValueError(f"variant {variant.name!r} is already registered")
+        raise DeclarationError(f"variant {variant.name!r} is already registered; allowed: another name")
+    _check_builder(variant)
+    _check_metrics(variant)
     _VARIANTS[variant.name] = variant
     return variant
 
 
 def register_feature(feature: Feature) -> Feature:
+    for o in feature.options:
+        if o.target == "model":
+            raise DeclarationError(f"feature {feature.name!r}: option {o.name!r} is declared with target=\"model\", "
+                                   "but a feature's options never reach a builder; allowed: target=\"train\"")
     _FEATURES[feature.name] = feature
     return feature
 
 
+def _check_builder(v: Variant) -> None:
+    """The builder takes BUILD_ARGS, then exactly the options that target the model:
+    an option it cannot take would fail every trial, and a keyword no model option
+    supplies would be searched (or set) without ever reaching the network."""
+    try:
+        params = inspect.signature(v.build).parameters
+    except (TypeError, ValueError):  # no signature to read (a C function): nothing to compare
+        return
+    P = inspect.Parameter
+    positional = [n for n, p in params.items() if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    first = positional[:len(BUILD_ARGS)]
+    keywords = [n for n, p in params.items() if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) and n not in first]
+    build = getattr(v.build, "__qualname__", repr(v.build))
+    model = v.model_option_names()
+    where = f"variant {v.name!r}"
+    if len(first) < len(BUILD_ARGS) and not any(p.kind is P.VAR_POSITIONAL for p in params.values()):
+        raise DeclarationError(f"{where}: its builder {build} cannot take ({', '.join(BUILD_ARGS)}) first; "
+                               f"allowed: a builder build({', '.join(BUILD_ARGS)}, *, <model options>)")
+    if not any(p.kind is P.VAR_KEYWORD for p in params.values()):
+        for name in model:
+            if name not in keywords:
+                raise DeclarationError(
+                    f"{where}: option {name!r} targets the model, but its builder {build} takes no keyword {name!r}; "
+                    f"fix: add the keyword to {build}, or declare option {name!r} with target=\"train\" (the "
+                    "default: the trainer or the variant's hooks use it)")
+    for name in keywords:
+        if name in model:
+            continue
+        how = "is declared with target=\"train\" (the default), so the builder never receives it" \
+            if name in v.option_map else "is none of its options"
+        raise DeclarationError(f"{where}: its builder {build} takes keyword {name!r}, which {how}; fix: declare "
+                               f"option {name!r} with target=\"model\"")
+
+
+def _check_metrics(v: Variant) -> None:
+    reported = {*v.metrics, *v.final_metrics}
+    for what, names in (("objective", v.objectives), ("level rate's metric", [r.metric for r in v.level_rates])):
+        for name in names:
+            if name not in reported:
+                raise DeclarationError(f"variant {v.name!r}: {what} {name!r} is not one of its metrics; allowed: "
+                                       f"{', '.join(sorted(reported)) or 'none (it declares no metrics)'}")
+
+
 def _ensure_builtins() -> None:
-    import study.models  # noqa: F401  (importing registers the built-in variants)
+    # study.models registers the built-ins, in its BUILTINS order, when first imported (while it
+    # does, this import finds it in sys.modules and returns at once)
+    import study.models  # noqa: F401
 
 
 def get_variant(name: Any) -> Variant:
@@ -216,6 +340,7 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 
 
 __all__ = [
-    "Claim", "Feature", "Hooks", "UnknownVariantError", "Variant", "features", "get_variant", "list_variants",
-    "load_plugins", "register_feature", "register_variant",
+    "BUILD_ARGS", "Claim", "DeclarationError", "Feature", "Hooks", "LevelRate", "Published", "Sweep",
+    "UnknownVariantError", "Variant", "features", "get_variant", "list_variants", "load_plugins", "register_feature",
+    "register_variant",
 ]

@@ -36,7 +36,7 @@ HEAVY = {
     "compile": "runs torch.compile",
 }
 # Fixtures that start something heavy: a test using one carries its marker (added at collection).
-HEAVY_FIXTURES = {"tiny_study_run": "ray", "tiny_study_dir": "ray"}
+HEAVY_FIXTURES = {"tiny_study_run": "ray", "tiny_study_dir": "ray", "cluster": "ray"}
 TIERS = ("fast", "heavy", "all")
 
 
@@ -160,11 +160,19 @@ TINY_SPEC = {
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900,
-            check: bool = True) -> subprocess.CompletedProcess:
+            check: bool = True, faults: Path | None = None) -> subprocess.CompletedProcess:
+    """`resstudy ARGS` in a process of its own; `faults`: a faults file plugged into its
+    driver (tests/study/faultplug.py)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-m", "study.cli", *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    command = [sys.executable, "-m", "study.cli", *args]
+    if faults is not None:
+        from tests.study.faultplug import command as faulty
+
+        command = faulty(faults, *args)
+        # the trials unpickle the faults object: they import tests.study.faultplug from here
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+    proc = subprocess.run(command, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"resstudy {' '.join(args)} exited {proc.returncode}\n"
                              f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
@@ -228,6 +236,32 @@ def tiny_study_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_study_dir(tiny_study_run) -> Path:
     return tiny_study_run[0]
+
+
+# read before any test runs: Inductor sets the variable itself at its first compile
+USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
+@pytest.fixture(scope="session")
+def inductor_cache(request, tmp_path_factory):
+    """Inductor's on-disk cache, one for every test that compiles (marker `compile`) and
+    kept from run to run in pytest's cache folder (.pytest_cache, which CI may keep too):
+    only the first run pays the full compile. A TORCHINDUCTOR_CACHE_DIR set outside the
+    tests wins."""
+    if USER_INDUCTOR_CACHE:
+        yield Path(os.path.abspath(USER_INDUCTOR_CACHE))  # as Inductor reads it
+        return
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    path = cache.mkdir("inductor") if cache is not None else tmp_path_factory.mktemp("inductor")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(path))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def _compile_cache(request) -> None:
+    if request.node.get_closest_marker("compile"):
+        request.getfixturevalue("inductor_cache")
 
 
 # ---------------------------------------------------------------- the fault table

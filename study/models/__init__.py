@@ -3,17 +3,16 @@
     model = create_model("quotient", depth=56, quotient_rule="exact_one", alpha=1.7)
 
 Each variant lives in one module that declares its model, options, hooks, twin
-and claims and registers them (study.variants): ``resnet`` here, ``quotient``
-and ``epsilon`` beside it, ``sgs`` (a training feature plus the ResNet) in
-study/sgs.py.
+and claims as one Variant (study.variants): ``resnet`` here, ``quotient`` and
+``epsilon`` beside it, ``sgs`` (a training feature plus the ResNet) in
+study/sgs.py. They are registered here, in the order of BUILTINS: the order
+of `list_variants()`, the CLI's choices and every table.
 """
 
 from study import sgs as _sgs
+from study.variants import register_feature, register_variant
 
-# importing registers the variants, in this order: resnet, quotient, epsilon, then sgs
-from . import resnet  # noqa: F401  isort: skip
-from . import quotient  # noqa: F401  isort: skip
-from . import epsilon  # noqa: F401  isort: skip
+from . import epsilon, quotient, resnet
 from .epsilon import compress, discard_stats, end_epoch
 from .quotient import QUOTIENT_RULES, quotient_stats
 from .resnet import (
@@ -26,7 +25,12 @@ from .resnet import (
     model_options,
 )
 
-_sgs._register_variant()
+FEATURES = (_sgs.FEATURE,)
+BUILTINS = (resnet.VARIANT, quotient.VARIANT, epsilon.VARIANT, _sgs.variant())
+for _declared in FEATURES:
+    register_feature(_declared)
+for _declared in BUILTINS:
+    register_variant(_declared)
 
 __all__ = [
     "BLOCKS",

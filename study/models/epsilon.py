@@ -11,7 +11,7 @@ from torch import nn
 
 from study.errors import OptionError
 from study.options import Option
-from study.variants import Claim, Hooks, Variant, register_variant
+from study.variants import Claim, Hooks, Published, Sweep, Variant
 
 from .resnet import (
     CifarResNet,
@@ -339,6 +339,12 @@ def _twin(values: dict) -> dict:
     return {**values, "epsilon_gate": False}
 
 
+def _tradeoff_section(report) -> None:
+    from analysis.tradeoffs import epsilon_section  # the analysis' libraries, only when a report is written
+
+    epsilon_section(report)
+
+
 def _artifacts(info: dict, result: dict, out):
     from study.artifacts import block_map
 
@@ -346,7 +352,7 @@ def _artifacts(info: dict, result: dict, out):
     return [] if dead is None else block_map(dead, result, out)
 
 
-register_variant(Variant(
+VARIANT = Variant(
     name="epsilon",
     build=epsilon_resnet,
     options=OPTIONS,
@@ -355,17 +361,29 @@ register_variant(Variant(
     twin=_twin,
     metrics=METRICS,
     final_metrics=("compressed_test_acc",),
+    objectives=("param_reduction",),  # a search may maximise the compression beside val_acc
+    report_sections=(_tradeoff_section,),
     artifacts=_artifacts,
     defaults=TRAIN_DEFAULTS,
     claims=(
         # judged as the official code does: the compressed network's test accuracy and the
         # discarded ratio, both at the last epoch (the twin's compressed net is the net itself)
         Claim("epsilon_discards", "epsilon-ResNet discards a share of blocks at little accuracy cost (<= 1 point)",
-              "noninferior", metric="compressed_test_acc", margin=0.01, gain_metric="discarded_ratio"),
+              "noninferior", metric="compressed_test_acc", margin=0.01, gain_metric="discarded_ratio",
+              published=True),
         Claim("epsilon_restart", "the adaptive restart matters: adaptive_lr on beats off", "level",
               metric="val_acc", option="adaptive_lr", better=True, worse=False),
     ),
-))
+    sweeps=(Sweep("epsilon"),),
+    # the variant's defaults are the official CIFAR code's (TRAIN_DEFAULTS for its recipe), and
+    # so is the trainer's lr 0.1
+    published=Published(
+        options=("block", "shortcut", "stem", "epsilon", "side_weight", "adaptive_lr", "lr", "weight_decay",
+                 "weight_decay_scope"),
+        source="Yu et al. 2018 and the official CIFAR code: epsilon 2.5, side loss 0.1, the adaptive restart, "
+               "lr 0.1, weight decay 2e-4 on conv and linear weights; pre-activation blocks, the conv-BN-ReLU stem "
+               "and average-pool shortcuts"),
+)
 
 __all__ = [
     "OPTIONS",

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from study.options import Option
-from study.variants import Claim, Hooks, Variant, register_variant
+from study.variants import Claim, Hooks, LevelRate, Published, Sweep, Variant
 
 from .resnet import (
     CifarResNet,
@@ -314,7 +314,7 @@ def _artifacts(info: dict, result: dict, out):
     return [path]
 
 
-register_variant(Variant(
+VARIANT = Variant(
     name="quotient",
     build=quotient,
     options=OPTIONS,
@@ -324,12 +324,25 @@ register_variant(Variant(
     twin=_twin,
     metrics=METRICS,
     artifacts=_artifacts,
+    # the block's output signal is essentially gone where most of q is below 1e-3
+    level_rates=(LevelRate("dead_rate", "q_dead_frac", 0.5, "dead-signal rate", "lost its signal",
+                           "share of trials whose final share of quotient elements < 1e-3 exceeds 0.5"),),
     claims=(
-        Claim("quotient_vs_twin", "the quotient net beats its ResNet twin at equal parameters", "twin"),
+        Claim("quotient_vs_twin", "the quotient net beats its ResNet twin at equal parameters", "twin",
+              published=True),
         Claim("quotient_rule", "the quotient rules matter: paper beats unshifted", "level",
               metric="val_acc", option="quotient_rule", better="paper", worse="unshifted",
               where=lambda v: rules_differ(v.get("alpha")), where_text=RULES_DIFFER_TEXT),
     ),
-))
+    sweeps=(Sweep("alpha"), Sweep("quotient_rule")),
+    # the variant's defaults are the paper's (alpha per depth through _resolve), and so is the
+    # trainer's lr 0.1
+    published=Published(
+        options=("block", "shortcut", "init", "quotient_rule", "alpha", "quotient_stem", "quotient_shortcut", "lr",
+                 "weight_decay"),
+        source="Hui et al. 2024: Table 1's alpha per depth (2 at depth <= 20 from the appendix), the paper rule "
+               "with f in the stem and the projection shortcuts, lr 0.1 and weight decay 1e-4; the authors' code's "
+               "post-order blocks, conv3x3 shortcuts and PyTorch's default init"),
+)
 
 __all__ = ["QUOTIENT_RULES", "QuotientActivation", "QuotientBlock", "quotient", "quotient_stats"]

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from study.config import DEPTH_RULE, depth_blocks
 from study.errors import OptionError
 from study.options import Option
-from study.variants import Variant, get_variant, list_variants, register_variant
+from study.variants import Variant, get_variant, list_variants
 
 BLOCKS = ("post", "pre")
 SHORTCUTS = ("A", "avgpool", "B", "conv3x3")
@@ -111,9 +112,10 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def blocks_per_stage(depth: Any) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8 or (depth - 2) % 6:
-        raise _bad("depth", depth, "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
-    return (int(depth) - 2) // 6
+    n = depth_blocks(depth)
+    if n is None:
+        raise _bad("depth", depth, DEPTH_RULE)
+    return n
 
 
 # ---------------------------------------------------------------- layers
@@ -308,9 +310,9 @@ def resnet(
     return model
 
 
-register_variant(Variant(
+VARIANT = Variant(
     name="resnet",
     build=resnet,
     options=backbone_options(),
     description="the CIFAR ResNet baseline (He et al. 2016)",
-))
+)

@@ -9,11 +9,11 @@ import math
 import optuna
 import pytest
 
-from search_spaces import (
+from study.config import TrainConfig, config_field_names
+from study.spaces import (
     ALGORITHMS, PARAMS, VARIANTS, ConditionalGridSampler, Param, SpaceError, build_space, grid_space,
     make_sampler, space_params,
 )
-from study.config import TrainConfig, config_field_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -259,3 +259,20 @@ def test_ray_optuna_search_accepts_the_space(algorithm, tmp_path):
     restored = OptunaSearch(metric="val_acc", mode="max")
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("t9")["variant"] == "sgs"
+
+
+def test_the_search_ranges_import_nothing_of_study():
+    """The dependency runs one way, study -> search_spaces: the ranges are data that
+    study.spaces binds to the options, so importing them loads no part of study."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import pkgutil, importlib, sys, search_spaces\n"
+            "for m in pkgutil.iter_modules(search_spaces.__path__):\n"
+            "    importlib.import_module('search_spaces.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m == 'study' or m.startswith('study.')))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

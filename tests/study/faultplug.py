@@ -1,11 +1,16 @@
-"""Faults the tests plug into a study through its two seams (never imported in
-production): RESSTUDY_TRIAL_HOOK=tests.study.faultplug:after_epoch (inside a
-trial, after each reported epoch, so that epoch's checkpoint exists) and
-RESSTUDY_DRIVER_HOOK=tests.study.faultplug:driver_event (in the driver, at
-study start, each phase start, right after an epoch's line in the epoch log
-(before MLflow and Optuna get it) and after the last trial).
+"""Faults the tests plug into a study through the driver's events seam
+(study.driver.options.Events, never imported in production): `Faults(path)` is
+called inside each trial after each reported epoch (queued, as production
+reports are, with that epoch's checkpoint written) and in the driver at study
+start, each phase start, right after an epoch's line in the epoch log (before
+MLflow and Optuna get it) and after the last trial.
 
-RESSTUDY_FAULTS names a JSON file of rules; each fires at most `times` times
+    python -m tests.study.faultplug FAULTS.json run SPEC.yaml    # the real CLI, faults plugged in
+
+runs `resstudy` with Faults(FAULTS.json) passed to its driver, and every epoch
+checkpointed (RuntimeOptions.checkpoint_every_s = 0).
+
+FAULTS.json holds rules; each fires at most `times` times
 (default 1) in all, counted by marker files beside it, so counts survive
 worker restarts and driver kills:
 
@@ -29,19 +34,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from study.driver.options import Events
 
 
 class InjectedFault(RuntimeError):
     pass
 
 
-def _rules() -> tuple[Path, list[dict[str, Any]]] | None:
-    path = os.environ.get("RESSTUDY_FAULTS")
-    if not path:
-        return None
+def _rules(path: str) -> tuple[Path, list[dict[str, Any]]]:
     return Path(path), json.loads(Path(path).read_text())
 
 
@@ -85,32 +90,54 @@ def _act(path: Path, i: int, rule: dict[str, Any], where: str) -> None:
     raise InjectedFault(f"injected fault: rule {i} at {where}")
 
 
-def after_epoch(config: dict[str, Any], epoch: int) -> None:
-    loaded = _rules()
-    if loaded is None:
-        return
-    path, rules = loaded
-    index = int(str(config.get("_rid", "x0"))[-4:]) if str(config.get("_rid", ""))[-4:].isdigit() else None
-    for i, rule in enumerate(rules):
-        if rule.get("at", "trial") != "trial" or epoch < rule.get("epoch", 1):
-            continue
-        if any(k in rule and rule[k] != v for k, v in
-               (("variant", config.get("variant")), ("seed", config.get("seed")), ("phase", config.get("_phase")),
-                ("index", index))):
-            continue
-        if _claim(path, i, rule) is not None:
-            _act(path, i, rule, f"epoch {epoch} of {config.get('_rid')}")
+class Faults(Events):
+    """The rules of one faults file, fired through the driver's events."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+
+    def after_epoch(self, config: dict[str, Any], control: dict[str, Any], epoch: int) -> None:
+        path, rules = _rules(self.path)
+        rid = str(control.get("rid", ""))
+        index = int(rid[-4:]) if rid[-4:].isdigit() else None
+        for i, rule in enumerate(rules):
+            if rule.get("at", "trial") != "trial" or epoch < rule.get("epoch", 1):
+                continue
+            if any(k in rule and rule[k] != v for k, v in
+                   (("variant", config.get("variant")), ("seed", config.get("seed")), ("phase", control.get("phase")),
+                    ("index", index))):
+                continue
+            if _claim(path, i, rule) is not None:
+                _act(path, i, rule, f"epoch {epoch} of {rid}")
+
+    def _driver(self, event: str, **info: Any) -> None:
+        path, rules = _rules(self.path)
+        for i, rule in enumerate(rules):
+            if rule.get("at") != event or any(k in rule and rule[k] != v for k, v in info.items()):
+                continue
+            if _claim(path, i, rule) is not None:
+                _act(path, i, rule, f"{event} {info}")
+
+    def study_start(self) -> None:
+        (Path(self.path).parent / "driver.pid").write_text(str(os.getpid()))
+        self._driver("start")
+
+    def phase_start(self, experiment: str, phase: str) -> None:
+        self._driver("phase_start", experiment=experiment, phase=phase)
+
+    def epoch_logged(self, experiment: str, phase: str, epoch: int) -> None:
+        self._driver("epoch_logged", experiment=experiment, phase=phase, epoch=epoch)
+
+    def study_end(self) -> None:
+        self._driver("study_end")
 
 
-def driver_event(event: str, **info: Any) -> None:
-    loaded = _rules()
-    if loaded is None:
-        return
-    path, rules = loaded
-    if event == "start":
-        (path.parent / "driver.pid").write_text(str(os.getpid()))
-    for i, rule in enumerate(rules):
-        if rule.get("at") != event or any(k in rule and rule[k] != v for k, v in info.items()):
-            continue
-        if _claim(path, i, rule) is not None:
-            _act(path, i, rule, f"{event} {info}")
+def command(faults: str | Path, *args: str) -> list[str]:
+    """The command line that runs `resstudy ARGS` with these faults plugged in."""
+    return [sys.executable, "-m", "tests.study.faultplug", str(faults), *args]
+
+
+if __name__ == "__main__":
+    from study import cli
+
+    sys.exit(cli.main(sys.argv[2:], events=Faults(sys.argv[1]), options={"checkpoint_every_s": 0.0}))

@@ -1,12 +1,14 @@
 """A real study driver (ledger, study.json, Optuna, MLflow, epoch logs, checkpoints,
 artifacts) with Tune's part played by hand in this process: no Ray, seconds per study.
 
-`hand_played(monkeypatch)` swaps `StudyRunner._run_phase` for a loop that launches
-each trial the driver asks for, writes a checkpoint and reports every epoch it has
-not yet trained (from its latest checkpoint on, as the trainable does), and ends it.
-`Play.stop_after = k` stops the study like Ctrl-C once k trials have finished and
-the next one has trained an epoch; `Play.on_trial(runner, n)` runs after the n-th
-trial (the driver holds the lock and its Parquet files are not yet compacted).
+`HandBackend` stands in for the Tune backend (the driver's `backend` seam): it
+launches each trial the driver asks for, writes a checkpoint and reports every
+epoch it has not yet trained (from its latest checkpoint on, as the trainable
+does), and ends it. `hand_played(monkeypatch)` makes it the default backend of
+the studies a test runs. `Play.stop_after = k` stops the study like Ctrl-C once k
+trials have finished and the next one has trained an epoch; `Play.on_trial(ctx, n)`
+runs after the n-th trial (the driver holds the lock and its Parquet files are
+not yet compacted).
 """
 
 from __future__ import annotations
@@ -24,37 +26,42 @@ class Play:
     stop_after: int | None = None
     on_trial: Callable[[Any, int], None] | None = None
     finished = 0
+    # the accuracies a trial reports at an epoch, by its config (default: the seed's mark only)
+    accuracy: Callable[[dict[str, Any], int], float] | None = None
+
+
+class HandBackend:
+    def __init__(self, play: type[Play]) -> None:
+        self.play = play
+
+    def start(self, ctx) -> None:
+        pass
+
+    def run(self, ctx, phase) -> None:
+        while not phase.done():
+            trial = phase.next_trial()
+            if trial == "FINISHED" and phase.done():  # the last round's look ended it
+                break
+            assert isinstance(trial, dict), f"nothing to launch while {phase.phase} is not done: {trial!r}"
+            _play_trial(ctx, phase, trial, self.play)
 
 
 def hand_played(monkeypatch) -> type[Play]:
-    import ray
-
-    from study import preflight
-    from study import runner as runner_lib
+    from study.driver import backend
 
     class P(Play):
         pass
 
-    def run_phase(self, phase) -> None:
-        phase.reconcile()
-        while not phase.done():
-            cfg = phase.next_trial()
-            assert isinstance(cfg, dict), f"nothing to launch while {phase.phase} is not done: {cfg!r}"
-            _play_trial(self, phase, cfg, P)
-
-    monkeypatch.setattr(runner_lib.StudyRunner, "_run_phase", run_phase)
-    monkeypatch.setattr(runner_lib, "_init_ray", lambda spec: None)
-    monkeypatch.setattr(preflight, "check_cluster", lambda *a, **k: None)
-    monkeypatch.setattr(ray, "cluster_resources", dict)
-    monkeypatch.setattr(ray, "nodes", list)
+    monkeypatch.setattr(backend, "TuneBackend", lambda: HandBackend(P))
     return P
 
 
-def _play_trial(runner, phase, cfg: dict[str, Any], play: type[Play]) -> None:
-    from study.runner import StudyInterrupted
+def _play_trial(ctx, phase, trial: dict[str, Any], play: type[Play]) -> None:
+    from study.driver.lifecycle import StudyInterrupted
     from study.trainable import _write_checkpoint, checkpoint_epochs, read_reports
 
-    rid, root = cfg["_rid"], cfg["_ckpt"]
+    cfg, control = trial["config"], trial["control"]
+    rid, root = control["rid"], control["ckpt"]
     phase.started(rid)
     done = checkpoint_epochs(root)
     reports = read_reports(root, done[-1]) if done else []
@@ -62,26 +69,28 @@ def _play_trial(runner, phase, cfg: dict[str, Any], play: type[Play]) -> None:
     stopping = play.stop_after is not None and play.finished == play.stop_after
     last = reports[-1] if reports else {}
     for e in range(len(reports) + 1, epochs + 1):
+        acc = play.accuracy(cfg, e) if play.accuracy is not None else None
         last = {"epoch": e, "status": "completed" if e == epochs else "running", "node": "here",
-                "val_acc": 0.5 + 0.01 * e + 0.001 * cfg["seed"], "test_acc": 0.5 + 0.01 * e, "val_loss": 1.0 / e,
+                "val_acc": acc if acc is not None else 0.5 + 0.01 * e + 0.001 * cfg["seed"],
+                "test_acc": acc if acc is not None else 0.5 + 0.01 * e, "val_loss": 1.0 / e,
                 "train_loss": 1.0 / e, "best_val_acc": 0.5 + 0.01 * e,
                 **({"q_mean_stage1": 0.9, "q_dead_frac": 0.0} if cfg["variant"] == "quotient" else {})}
         reports.append(last)
         _write_checkpoint(root, e, lambda d: Path(d, "state.pt").write_text("weights"), list(reports))
         phase.result(rid, last)
         if stopping:  # Ctrl-C: the trial keeps its checkpoint, the driver records it interrupted
-            runner.stopping = True
-            phase.interrupt(runner.ledger.trials[rid])
+            ctx.stop.set()
+            phase.interrupt(ctx.ledger.trials[rid])
             raise StudyInterrupted()
     phase.ended(rid, last, "")
     play.finished += 1
     if play.on_trial is not None:
-        play.on_trial(runner, play.finished)
+        play.on_trial(ctx, play.finished)
 
 
 def build(storage: Path, monkeypatch, *, stop_after: int | None = None, name: str = "s") -> Path:
     """A study run by hand under `storage`: finished, or interrupted after `stop_after` trials."""
-    from study.runner import run_study
+    from study.driver import run_study
     from study.spec import load_spec
 
     play = hand_played(monkeypatch)

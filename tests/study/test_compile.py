@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ def test_compile_wanted():
 
 
 def test_use_cache_dir_sets_only_an_unset_env(tmp_path, monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded first, so what use_cache_dir sets is undone
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     assert use_cache_dir(None) is None
     got = use_cache_dir(tmp_path / "cache")
     assert got == tmp_path / "cache" and got.is_dir()
@@ -130,10 +132,13 @@ def eager_rows():
 
 @pytest.mark.compile
 @pytest.mark.skipif(not compile_lib.compile_available(), reason="torch.compile unavailable")
-def test_trainer_compiled_matches_eager_and_reports_compile_time(eager_rows):
-    # Inductor's default on-disk cache: only a machine's first run pays the full compile.
+def test_trainer_compiled_matches_eager_and_reports_compile_time(eager_rows, inductor_cache):
+    # the tests' Inductor cache (tests/conftest.py), kept between runs: only the first pays the full compile
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
     rows = []
     train(TrainConfig(variant="resnet", compile="on", **TINY), lambda m, i, s: rows.append(dict(m)))
+    assert Path(cache_dir()) == inductor_cache and any((inductor_cache / "fxgraph").iterdir())
     assert "compile_seconds" not in eager_rows[0]
     assert rows[0]["compile_seconds"] > 0 and "compile_seconds" not in rows[1]
     assert all(r["images_per_s"] > 0 for r in rows)

@@ -236,7 +236,7 @@ def test_wrong_content_is_rejected(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="cifar10.*digits.*synthetic"):
+    with pytest.raises(ValueError, match="digits.*cifar10.*svhn.*synthetic"):
         load_data("imagenet")
     assert set(dataset_names()) == {"cifar10", "cifar100", "svhn", "digits", "synthetic"}
     for bad in (0, -1, 1.0, 0.0, 1437, True, "10"):

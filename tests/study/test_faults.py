@@ -41,12 +41,11 @@ def small_spec(tmp_path: Path, name: str, **overrides) -> Path:
     return path
 
 
-def faults_file(tmp_path: Path, rules: list[dict]) -> dict[str, str]:
-    """The env that plugs tests/study/faultplug.py into trials and the driver, with these rules."""
+def faults_file(tmp_path: Path, rules: list[dict]) -> Path:
+    """A faults file for tests/study/faultplug.py, plugged into the driver through its events."""
     path = tmp_path / "faults.json"
     path.write_text(json.dumps(rules))
-    return {"RESSTUDY_FAULTS": str(path), "RESSTUDY_TRIAL_HOOK": "tests.study.faultplug:after_epoch",
-            "RESSTUDY_DRIVER_HOOK": "tests.study.faultplug:driver_event", "RESSTUDY_CHECKPOINT_EVERY_S": "0"}
+    return path
 
 
 def epoch_log(study: Path, trial_id: str) -> list[tuple[int, int]]:
@@ -68,9 +67,9 @@ def test_trial_errors_retry_fail_and_diverge_without_stopping_the_study(tmp_path
     #   (FAILED), the second fails once and then completes.
     # epsilon: lr 1e5 -> every trial diverges.
     spec = small_spec(tmp_path, "errors", variants={"resnet": {}, "quotient": {}, "epsilon": {"space": {"lr": {"value": 1e5}}}})
-    env = faults_file(tmp_path, [{"variant": "resnet", "index": 0, "epoch": 2, "times": 1},
-                                 {"variant": "quotient", "epoch": 1, "times": 3}])
-    proc = run_cli("run", str(spec), env=env)
+    faults = faults_file(tmp_path, [{"variant": "resnet", "index": 0, "epoch": 2, "times": 1},
+                                    {"variant": "quotient", "epoch": 1, "times": 3}])
+    proc = run_cli("run", str(spec), faults=faults)
     study = tmp_path / "runs" / "errors"
     res = pd.read_parquet(study / "results.parquet")
     hist = pd.read_parquet(study / "history.parquet")

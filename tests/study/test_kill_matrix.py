@@ -46,6 +46,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, record_fault
+from tests.study.faultplug import command
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -115,9 +116,10 @@ def plant_pickles(study: Path, marker: Path) -> int:
     return n
 
 
-def driver(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def driver(args: list[str], env: dict, log: Path, faults: Path) -> subprocess.Popen:
+    """`resstudy ARGS` with the faults plugged into its driver's events (tests/study/faultplug.py)."""
     with open(log, "a") as out:
-        return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=ROOT, env=env, stdout=out,
+        return subprocess.Popen(command(faults, *args), cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -242,16 +244,14 @@ def test_kill_matrix(tmp_path, sig):
     rules = points(name, sig)
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps([rule for _, rule in rules]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESSTUDY_FAULTS": str(faults),
-           "RESSTUDY_TRIAL_HOOK": "tests.study.faultplug:after_epoch",
-           "RESSTUDY_DRIVER_HOOK": "tests.study.faultplug:driver_event", "RESSTUDY_CHECKPOINT_EVERY_S": "0",
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
     marker = tmp_path / "pwned"
     expected_rc = -signal.SIGKILL if sig == "SIGKILL" else 130
 
-    rc = wait(driver(["run", str(spec_path)], env, log))
+    rc = wait(driver(["run", str(spec_path)], env, log, faults))
     observed, exit_s = [], []
     for i, (label, _) in enumerate(rules):
         fired = sorted(p.name for p in (tmp_path / "faults.fired").glob("*"))
@@ -268,7 +268,7 @@ def test_kill_matrix(tmp_path, sig):
                   if rec["status"] in ("completed", "pruned", "failed", "diverged")}
         check_trained_once(study)
         plant_pickles(study, marker)
-        rc = wait(driver(["resume", str(study)], env, log))
+        rc = wait(driver(["resume", str(study)], env, log, faults))
         after = ledger(study)
         for rid, rec in before.items():  # kept, not re-run: same record, same epoch log
             assert after[rid]["finished"] == rec["finished"] and after[rid]["attempts"] == rec["attempts"], rid

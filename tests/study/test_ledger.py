@@ -207,19 +207,24 @@ def test_a_trial_resumes_from_its_checkpoint_bit_exactly_not_from_scratch(tmp_pa
 
     from study import trainable as trainable_lib
     from study.config import TrainConfig
+    from study.driver.options import Events
 
     cfg = TrainConfig.from_dict({"variant": "resnet", "dataset": "digits", "image_size": 8, "depth": 8, "epochs": 3,
                                  "batch_size": 64, "seed": 0, "threads": 1}).to_dict()
     reports: list[dict] = []
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
 
-    def run(name: str, fail_after: int | None = None) -> None:
-        def hook(config, epoch):
-            if fail_after is not None and epoch == fail_after:
+    class FailAfter(Events):
+        def __init__(self, epoch: int | None) -> None:
+            self.epoch = epoch
+
+        def after_epoch(self, config, control, epoch):
+            if epoch == self.epoch:
                 raise RuntimeError("boom")
-        monkeypatch.setattr(trainable_lib, "_hook", lambda: hook)
-        config = {**cfg, "_rid": name, "_ckpt": str(tmp_path / name), "_ckpt_epochs": [], "_ckpt_every_s": 0}
-        trainable_lib.trainable(config)
+
+    def run(name: str, fail_after: int | None = None) -> None:
+        control = {"rid": name, "ckpt": str(tmp_path / name), "ckpt_epochs": [], "ckpt_every_s": 0}
+        trainable_lib.trainable({"config": cfg, "control": control}, events=FailAfter(fail_after))
 
     run("unbroken")
     unbroken = list(reports)
@@ -246,13 +251,13 @@ def _spec(tmp_path: Path, **overrides):
 
 
 def _run(spec):
-    from study.runner import StudyRunner
+    from study.driver.runner import StudyRunner
 
     return StudyRunner(spec).run()
 
 
 def test_storage_that_is_a_file_or_not_a_study_is_refused(tmp_path):
-    from study.runner import StorageError
+    from study.driver import StorageError
 
     (tmp_path / "afile").write_text("x")
     with pytest.raises(StorageError, match="is a file"):
@@ -268,7 +273,7 @@ def test_storage_that_is_a_file_or_not_a_study_is_refused(tmp_path):
 
 
 def test_resume_refuses_what_is_not_a_study(tmp_path):
-    from study.runner import StorageError, resume_study
+    from study.driver import StorageError, resume_study
 
     for target in (tmp_path / "missing", tmp_path):
         with pytest.raises(StorageError, match="not a resstudy study directory"):
@@ -295,7 +300,7 @@ def test_a_changed_spec_is_refused_with_the_differing_fields(tmp_path):
 
 
 def test_an_edited_saved_spec_is_refused_on_resume(tmp_path):
-    from study.runner import resume_study
+    from study.driver import resume_study
 
     d = _started(tmp_path, _spec(tmp_path))
     (d / "spec.yaml").write_text((d / "spec.yaml").read_text().replace("epochs: 2", "epochs: 5"))
@@ -325,24 +330,33 @@ def test_a_damaged_mlflow_db_is_a_named_error(tmp_path):
     assert not (d / "tune").exists(), "a trial started although MLflow could not be used"
 
 
+class _Experiments:
+    """The driver's backend with its experiments (Tune's part) replaced by `experiments(ctx)`."""
+
+    def __init__(self, experiments) -> None:
+        self.experiments, self.ran = experiments, False
+
+    def start(self, ctx) -> None:
+        pass
+
+    def run(self, ctx, phase) -> None:
+        if not self.ran:
+            self.ran = True
+            self.experiments(ctx)
+
+
 def _without_ray(monkeypatch, experiments) -> None:
-    """StudyRunner.run() as it is, minus Ray: no Ray start, a cluster of this machine, and the
-    experiments (Tune's part) replaced by `experiments(runner)`."""
-    import ray
+    """StudyRunner.run() as it is, minus Ray: the backend's work replaced by `experiments(ctx)`."""
+    from study.driver import backend
 
-    from study import runner as runner_lib
-
-    monkeypatch.setattr(runner_lib, "_init_ray", lambda spec: None)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(os.cpu_count() or 1)})
-    monkeypatch.setattr(ray, "nodes", lambda: [])
-    monkeypatch.setattr(runner_lib.StudyRunner, "_run_experiments", lambda self: experiments(self))
+    monkeypatch.setattr(backend, "TuneBackend", lambda: _Experiments(experiments))
 
 
 def test_the_lock_is_held_for_the_whole_run(tmp_path, monkeypatch):
     """A driver that finds the lock taken is refused; and while a study runs its trials (after
     prepare(), until run() returns) a second driver started then is refused with the first
     driver's pid; once the run is over the next driver gets the lock."""
-    from study.runner import StudyRunner
+    from study.driver.runner import StudyRunner
 
     spec = _spec(tmp_path)
     d = _started(tmp_path, spec)
@@ -352,7 +366,7 @@ def test_the_lock_is_held_for_the_whole_run(tmp_path, monkeypatch):
 
     tries: list[str] = []
 
-    def experiments(runner):
+    def experiments(ctx):
         if tries:  # a second driver that got in: it runs, and the check below fails
             tries.append("second driver ran")
             return
@@ -369,22 +383,17 @@ def test_the_lock_is_held_for_the_whole_run(tmp_path, monkeypatch):
 
 
 _RESUME = """
-import os, sys
-import ray
-from study import runner as runner_lib
+import sys
+from study.driver import resume_study
 from study.ledger import StudyLocked
+from tests.study.test_ledger import _Experiments
 
-runner_lib._init_ray = lambda spec: None
-ray.cluster_resources = lambda: {"CPU": float(os.cpu_count() or 1)}
-ray.nodes = lambda: []
-
-def experiments(self):
+def experiments(ctx):
     print("running", flush=True)
     sys.stdin.readline()  # the trials train until the test lets them end
 
-runner_lib.StudyRunner._run_experiments = experiments
 try:
-    runner_lib.resume_study(sys.argv[1])
+    resume_study(sys.argv[1], backend=_Experiments(experiments))
 except StudyLocked as e:
     print("refused", e, flush=True)
     sys.exit(3)
@@ -403,7 +412,7 @@ def _said(proc: subprocess.Popen) -> str:
 def test_two_concurrent_resumes_cannot_both_run(tmp_path, monkeypatch):
     """Two `resume`s of one study started together: one runs, the other is refused naming the
     first one's pid; a third started while the first runs is refused too."""
-    from study.runner import resume_study
+    from study.driver import resume_study
 
     d = _started(tmp_path, _spec(tmp_path))
     procs = [subprocess.Popen([sys.executable, "-c", _RESUME, str(d)], cwd=ROOT, stdin=subprocess.PIPE,
@@ -431,24 +440,32 @@ def test_two_concurrent_resumes_cannot_both_run(tmp_path, monkeypatch):
 
 
 def _driver(tmp_path, spec):
-    from study.runner import StudyRunner
+    from study.driver.lifecycle import check_storage
+    from study.driver.runner import StudyRunner
 
     runner = StudyRunner(spec)
-    runner._check_storage()
+    check_storage(runner.study_dir)
     lock = StudyLock(runner.study_dir).acquire()
     assert runner.prepare()
     return runner, lock
 
 
+def _compact(runner) -> None:
+    from study.driver.runner import _finished_rows
+    from study.results import compact
+
+    compact(runner.study_dir, _finished_rows(runner.ctx.ledger))
+
+
 def _train(phase, cfg, epochs, *, logged_upto=None, final=None):
     """What a trial and Tune do: checkpoint each epoch, then report (the driver sees reports up to logged_upto)."""
-    rid, reports = cfg["_rid"], []
+    rid, reports = cfg["control"]["rid"], []
     for e in epochs:
         status = final if (final and e == epochs[-1]) else "running"
         result = {"epoch": e, "status": status, "val_acc": 0.1 * e + (0.3 if rid.endswith("0") else 0.0),
                   "best_val_acc": 0.1 * e, "rid": rid, "train_loss": 1.0 / e}
         reports.append(result)
-        _write_checkpoint(cfg["_ckpt"], e, _save(e), list(reports))
+        _write_checkpoint(cfg["control"]["ckpt"], e, _save(e), list(reports))
         if logged_upto is None or e <= logged_upto:
             phase.result(rid, result)
     return reports[-1]
@@ -462,51 +479,51 @@ def test_resume_after_driver_kills_finishes_each_trial_once_without_ray(tmp_path
     from mlflow.tracking import MlflowClient
     from ray.tune.search import Searcher
 
-    from study.runner import Phase
+    from study.driver.phases import Phase
 
     spec = _spec(tmp_path, trials_per_variant=3, epochs=3, scheduler={"type": "none"},
                  search={"algorithm": "random", "seed": 0})
     exp = "s-resnet-d8"
     runner, lock = _driver(tmp_path, spec)
-    runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-    phase = Phase(runner, "resnet", 8, "search")
+    runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+    phase = Phase(runner.ctx, "resnet", 8, "search")
     phase.reconcile()
     a = phase.next_trial()
-    phase.started(a["_rid"])
-    phase.ended(a["_rid"], _train(phase, a, [1, 2, 3], final="completed"), "")
+    phase.started(a["control"]["rid"])
+    phase.ended(a["control"]["rid"], _train(phase, a, [1, 2, 3], final="completed"), "")
     b = phase.next_trial()
-    phase.started(b["_rid"])
+    phase.started(b["control"]["rid"])
     _train(phase, b, [1, 2], logged_upto=1)  # epoch 2 checkpointed, the driver killed before logging it
     c = phase.next_trial()
-    phase.started(c["_rid"])
+    phase.started(c["control"]["rid"])
     last = _train(phase, c, [1, 2])
     from study.searcher import tell
 
     # c errors for good (retries spent); the driver is killed between telling Optuna and the ledger line
-    tell(phase.optuna, runner.ledger.trials[c["_rid"]]["optuna_number"], "failed", last, ["val_acc"],
+    tell(phase.optuna, runner.ctx.ledger.trials[c["control"]["rid"]]["optuna_number"], "failed", last, ["val_acc"],
          {"status": "failed", "error": "boom"})
-    runner.ledger.close()
+    runner.ctx.ledger.close()
     lock.release()  # the kill
 
     runner, lock = _driver(tmp_path, spec)
-    runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-    phase = Phase(runner, "resnet", 8, "search")
+    runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+    phase = Phase(runner.ctx, "resnet", 8, "search")
     phase.reconcile()
-    status = {rid: rec["status"] for rid, rec in runner.ledger.trials.items()}
-    assert status == {a["_rid"]: "completed", b["_rid"]: "running", c["_rid"]: "failed"}, status
+    status = {rid: rec["status"] for rid, rec in runner.ctx.ledger.trials.items()}
+    assert status == {a["control"]["rid"]: "completed", b["control"]["rid"]: "running", c["control"]["rid"]: "failed"}, status
     again = phase.next_trial()
-    assert again["_rid"] == b["_rid"] and phase.next_trial() == Searcher.FINISHED  # nothing new asked
-    phase.started(b["_rid"])
-    phase.ended(b["_rid"], _train(phase, again, [3], final="completed"), "")
-    runner._compact()
-    runner.tracker.flush()
+    assert again["control"]["rid"] == b["control"]["rid"] and phase.next_trial() == Searcher.FINISHED  # nothing new asked
+    phase.started(b["control"]["rid"])
+    phase.ended(b["control"]["rid"], _train(phase, again, [3], final="completed"), "")
+    _compact(runner)
+    runner.ctx.mlflow.tracker.flush()
     lock.release()
 
     for cfg, epochs in ((a, [1, 2, 3]), (b, [1, 2, 3]), (c, [1, 2])):
-        assert [r["epoch"] for r in runner.epochs.read(cfg["_rid"])] == epochs, cfg["_rid"]
-    assert [r.get("replayed", False) for r in runner.epochs.read(b["_rid"])] == [False, True, False]
+        assert [r["epoch"] for r in runner.ctx.epochs.read(cfg["control"]["rid"])] == epochs, cfg["control"]["rid"]
+    assert [r.get("replayed", False) for r in runner.ctx.epochs.read(b["control"]["rid"])] == [False, True, False]
     client = MlflowClient(spec.tracking_uri())
-    trials = [r for r in client.search_runs([runner.tracker.experiment_id])
+    trials = [r for r in client.search_runs([runner.ctx.mlflow.tracker.experiment_id])
               if r.data.tags.get("resstudy.level") == "trial"]
     assert len(trials) == 3 and sorted(r.info.status for r in trials) == ["FAILED", "FINISHED", "FINISHED"]
     for r in trials:
@@ -517,8 +534,8 @@ def test_resume_after_driver_kills_finishes_each_trial_once_without_ray(tmp_path
     import pandas as pd
 
     res = pd.read_parquet(runner.study_dir / "results.parquet").set_index("trial_id")
-    assert res.status.to_dict() == {a["_rid"]: "completed", b["_rid"]: "completed", c["_rid"]: "failed"}
-    assert res.loc[c["_rid"], "error"] == "boom"
+    assert res.status.to_dict() == {a["control"]["rid"]: "completed", b["control"]["rid"]: "completed", c["control"]["rid"]: "failed"}
+    assert res.loc[c["control"]["rid"], "error"] == "boom"
 
 
 def test_a_retry_logs_the_epoch_its_failed_attempt_checkpointed_but_never_reported(tmp_path):
@@ -526,29 +543,29 @@ def test_a_retry_logs_the_epoch_its_failed_attempt_checkpointed_but_never_report
     it from that checkpoint, and epoch 2 reaches the epoch log and MLflow once, marked replayed."""
     from mlflow.tracking import MlflowClient
 
-    from study.runner import Phase
+    from study.driver.phases import Phase
 
     spec = _spec(tmp_path, trials_per_variant=1, epochs=3, scheduler={"type": "none"},
                  search={"algorithm": "random", "seed": 0})
     exp = "s-resnet-d8"
     runner, lock = _driver(tmp_path, spec)
     try:
-        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-        phase = Phase(runner, "resnet", 8, "search")
+        runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phase = Phase(runner.ctx, "resnet", 8, "search")
         phase.reconcile()
         a = phase.next_trial()
-        phase.started(a["_rid"])
+        phase.started(a["control"]["rid"])
         _train(phase, a, [1, 2], logged_upto=1)
-        phase.retried(a["_rid"])
-        phase.ended(a["_rid"], _train(phase, a, [3], final="completed"), "")
-        runner.tracker.flush()
+        phase.retried(a["control"]["rid"])
+        phase.ended(a["control"]["rid"], _train(phase, a, [3], final="completed"), "")
+        runner.ctx.mlflow.tracker.flush()
     finally:
         lock.release()
-    log = runner.epochs.read(a["_rid"])
+    log = runner.ctx.epochs.read(a["control"]["rid"])
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert [r.get("replayed", False) for r in log] == [False, True, False]
     client = MlflowClient(spec.tracking_uri())
-    trials = [r for r in client.search_runs([runner.tracker.experiment_id])
+    trials = [r for r in client.search_runs([runner.ctx.mlflow.tracker.experiment_id])
               if r.data.tags.get("resstudy.level") == "trial"]
     assert len(trials) == 1
     assert [m.step for m in client.get_metric_history(trials[0].info.run_id, "val_acc")] == [1, 2, 3]
@@ -559,53 +576,53 @@ def test_an_epsilon_twin_waits_for_its_variant_run_and_trains_the_epochs_it_trai
     repeat run of its seed has finished, and trains exactly the epochs that run trained."""
     from ray.tune.search import Searcher
 
-    from study.runner import Phase, Phases
+    from study.driver.phases import Phase, Phases
 
     spec = _spec(tmp_path, variants=["epsilon"], trials_per_variant=1, epochs=3, seeds=[0, 1],
                  scheduler={"type": "none"}, search={"algorithm": "random", "seed": 0})
     exp = "s-epsilon-d8"
     runner, lock = _driver(tmp_path, spec)
     try:
-        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-        phases = Phases([Phase(runner, "epsilon", 8, p) for p in ("search", "repeat", "twin")])
+        runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phases = Phases([Phase(runner.ctx, "epsilon", 8, p) for p in ("search", "repeat", "twin")])
         phases.reconcile()
         s = phases.next_trial()
-        phases.started(s["_rid"])
-        phases.ended(s["_rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
+        phases.started(s["control"]["rid"])
+        phases.ended(s["control"]["rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
         r0, r1 = phases.next_trial(), phases.next_trial()
-        assert (r0["_phase"], r0["seed"], r1["_phase"], r1["seed"]) == ("repeat", 0, "repeat", 1)
+        assert (r0["control"]["phase"], r0["config"]["seed"], r1["control"]["phase"], r1["config"]["seed"]) == ("repeat", 0, "repeat", 1)
         for r in (r0, r1):
-            phases.started(r["_rid"])
+            phases.started(r["control"]["rid"])
         assert phases.next_trial() is None  # both twins wait for their variant runs
-        phases.ended(r0["_rid"], _train(phases, r0, [1, 2, 3, 4, 5], final="completed"), "")  # a restart: 5
+        phases.ended(r0["control"]["rid"], _train(phases, r0, [1, 2, 3, 4, 5], final="completed"), "")  # a restart: 5
         t0 = phases.next_trial()
-        assert (t0["_phase"], t0["seed"], t0["epsilon_gate"], t0["train_epochs"]) == ("twin", 0, False, 5)
-        assert runner.ledger.trials[t0["_rid"]]["config"]["train_epochs"] == 5  # recorded, so a resume keeps it
+        assert (t0["control"]["phase"], t0["config"]["seed"], t0["config"]["epsilon_gate"], t0["config"]["train_epochs"]) == ("twin", 0, False, 5)
+        assert runner.ctx.ledger.trials[t0["control"]["rid"]]["config"]["train_epochs"] == 5  # recorded, so a resume keeps it
         assert phases.next_trial() is None  # seed 1's variant run is still training
-        phases.ended(r1["_rid"], _train(phases, r1, [1, 2, 3], final="completed"), "")
+        phases.ended(r1["control"]["rid"], _train(phases, r1, [1, 2, 3], final="completed"), "")
         t1 = phases.next_trial()
-        assert (t1["seed"], t1["train_epochs"]) == (1, 3)
+        assert (t1["config"]["seed"], t1["config"]["train_epochs"]) == (1, 3)
         for t in (t0, t1):
-            phases.started(t["_rid"])
+            phases.started(t["control"]["rid"])
         assert phases.next_trial() == Searcher.FINISHED
     finally:
         lock.release()
 
 
 def test_a_twin_of_a_variant_that_cannot_extend_does_not_wait(tmp_path):
-    from study.runner import Phase, Phases
+    from study.driver.phases import Phase, Phases
 
     spec = _spec(tmp_path, variants=["epsilon"], trials_per_variant=1, epochs=3, seeds=[0],
                  train={"schedule": "step"}, scheduler={"type": "none"}, search={"algorithm": "random", "seed": 0})
     runner, lock = _driver(tmp_path, spec)
     try:
-        runner.tracker.create("exp:s-epsilon-d8", "study", "s-epsilon-d8", {"resstudy.level": "variant"})
-        phases = Phases([Phase(runner, "epsilon", 8, p) for p in ("search", "repeat", "twin")])
+        runner.ctx.mlflow.tracker.create("exp:s-epsilon-d8", "study", "s-epsilon-d8", {"resstudy.level": "variant"})
+        phases = Phases([Phase(runner.ctx, "epsilon", 8, p) for p in ("search", "repeat", "twin")])
         s = phases.next_trial()
-        phases.started(s["_rid"])
-        phases.ended(s["_rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
+        phases.started(s["control"]["rid"])
+        phases.ended(s["control"]["rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
         r0, t0 = phases.next_trial(), phases.next_trial()
-        assert (r0["_phase"], t0["_phase"], t0["train_epochs"]) == ("repeat", "twin", None)
+        assert (r0["control"]["phase"], t0["control"]["phase"], t0["config"]["train_epochs"]) == ("repeat", "twin", None)
     finally:
         lock.release()
 
@@ -620,7 +637,7 @@ class _Killed(BaseException):
 def _epochs(phase, cfg, epochs, *, ckpt=True, final=None, bump=0.0):
     """A trial's epochs as Tune delivers them: each checkpointed (when `ckpt`) before its report,
     continuing the reports of the newest checkpoint. `bump` marks the values of this attempt."""
-    rid, root = cfg["_rid"], cfg["_ckpt"]
+    rid, root = cfg["control"]["rid"], cfg["control"]["ckpt"]
     done = checkpoint_epochs(root)
     reports = [r for r in read_reports(root, done[-1]) if r["epoch"] < epochs[0]] if done else []
     for e in epochs:
@@ -636,24 +653,22 @@ def _epochs(phase, cfg, epochs, *, ckpt=True, final=None, bump=0.0):
 
 def _kill_at(monkeypatch, what: str, rid: str, epoch: int) -> None:
     """Kill the driver after `rid`'s epoch `epoch` reached the epoch log ("log") or MLflow ("mlflow")."""
-    from study import runner as runner_lib
+    from study.driver import phases as phases_lib
+    from study.driver.options import Events
 
-    if what == "log":
-        real = runner_lib._driver_hook
-
-        def hook(event, **info):
-            if event == "epoch_logged" and info["epoch"] == epoch and _current[0] == rid:
+    if what == "log":  # through the driver's own events (the default object's class)
+        def hook(events, experiment, phase, logged):
+            if logged == epoch and _current[0] == rid:
                 raise _Killed()
-            real(event, **info)
-        monkeypatch.setattr(runner_lib, "_driver_hook", hook)
+        monkeypatch.setattr(Events, "epoch_logged", hook)
     else:
-        real_report = runner_lib.report_intermediate
+        real_report = phases_lib.report_intermediate
 
         def report(study, number, values):
             if _current[0] == rid and epoch in values:
                 raise _Killed()
             return real_report(study, number, values)
-        monkeypatch.setattr(runner_lib, "report_intermediate", report)
+        monkeypatch.setattr(phases_lib, "report_intermediate", report)
 
 
 _current = [""]
@@ -673,13 +688,13 @@ def _stores(runner, exp, rids):
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
-    runner._compact()
+    _compact(runner)
     hist = pd.read_parquet(runner.study_dir / "history.parquet")
     client = MlflowClient(runner.spec.tracking_uri())
     ostudy = optuna.load_study(study_name=exp, storage=f"sqlite:///{runner.study_dir / 'optuna.db'}")
     out = {}
     for rid in rids:
-        rec = runner.ledger.trials[rid]
+        rec = runner.ctx.ledger.trials[rid]
         h = hist[hist.trial_id == rid].sort_values("epoch")
         out[rid] = ([(int(e), v) for e, v in zip(h.epoch, h.val_acc)],
                     [(m.step, m.value) for m in client.get_metric_history(rec["mlflow_run_id"], "val_acc")],
@@ -692,7 +707,7 @@ def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraini
     a driver killed right after an epoch's log line (before MLflow and Optuna), one killed
     between MLflow and Optuna, a trial without checkpoints that trains its epochs again after
     the kill, and a retry that reports again an epoch the driver had (no checkpoint of it)."""
-    from study.runner import Phase
+    from study.driver.phases import Phase
 
     spec = _spec(tmp_path, trials_per_variant=3, epochs=4, scheduler={"type": "none"},
                  search={"algorithm": "random", "seed": 0})
@@ -700,15 +715,15 @@ def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraini
 
     def driver():
         runner, lock = _driver(tmp_path, spec)
-        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-        phase = Phase(runner, "resnet", 8, "search")
+        runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phase = Phase(runner.ctx, "resnet", 8, "search")
         phase.reconcile()
         return runner, lock, phase
 
     def launch(phase, n):
         cfgs = [phase.next_trial() for _ in range(n)]
         for cfg in cfgs:
-            phase.started(cfg["_rid"])
+            phase.started(cfg["control"]["rid"])
         return cfgs
 
     # driver 1: killed after a's epoch 3 reached the epoch log, before MLflow and Optuna
@@ -717,22 +732,22 @@ def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraini
     _epochs(phase, c, [1, 2], ckpt=False)  # no checkpoint yet (the policy's interval not reached)
     _epochs(phase, b, [1])
     _epochs(phase, a, [1, 2])
-    _kill_at(monkeypatch, "log", a["_rid"], 3)
+    _kill_at(monkeypatch, "log", a["control"]["rid"], 3)
     with pytest.raises(_Killed):
-        _as(a["_rid"], _epochs, phase, a, [3])
+        _as(a["control"]["rid"], _epochs, phase, a, [3])
     monkeypatch.undo()
-    runner.ledger.close()
+    runner.ctx.ledger.close()
     lock.release()
 
     # driver 2: a goes on from its epoch-3 checkpoint; killed after b's epoch 2 reached MLflow, before Optuna
     runner, lock, phase = driver()
     a, b, c = launch(phase, 3)
-    phase.ended(a["_rid"], _epochs(phase, a, [4], final="completed"), "")
-    _kill_at(monkeypatch, "mlflow", b["_rid"], 2)
+    phase.ended(a["control"]["rid"], _epochs(phase, a, [4], final="completed"), "")
+    _kill_at(monkeypatch, "mlflow", b["control"]["rid"], 2)
     with pytest.raises(_Killed):
-        _as(b["_rid"], _epochs, phase, b, [2])
+        _as(b["control"]["rid"], _epochs, phase, b, [2])
     monkeypatch.undo()
-    runner.ledger.close()
+    runner.ctx.ledger.close()
     lock.release()
 
     # driver 3: c, never checkpointed, trains from epoch 1 again (other values: a repeat counts nowhere);
@@ -740,12 +755,12 @@ def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraini
     runner, lock, phase = driver()
     try:
         b, c = launch(phase, 2)
-        phase.ended(b["_rid"], _epochs(phase, b, [3, 4], final="completed"), "")
+        phase.ended(b["control"]["rid"], _epochs(phase, b, [3, 4], final="completed"), "")
         _epochs(phase, c, [1, 2, 3], ckpt=False, bump=0.5)
-        phase.retried(c["_rid"])
-        phase.ended(c["_rid"], _epochs(phase, c, [1, 2, 3, 4], final="completed", bump=0.7), "")
-        runner.tracker.flush()
-        stores = _stores(runner, exp, [a["_rid"], b["_rid"], c["_rid"]])
+        phase.retried(c["control"]["rid"])
+        phase.ended(c["control"]["rid"], _epochs(phase, c, [1, 2, 3, 4], final="completed", bump=0.7), "")
+        runner.ctx.mlflow.tracker.flush()
+        stores = _stores(runner, exp, [a["control"]["rid"], b["control"]["rid"], c["control"]["rid"]])
     finally:
         lock.release()
     for rid, (history, mlflow_steps, optuna_values) in stores.items():
@@ -753,8 +768,8 @@ def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraini
         assert mlflow_steps == history, (rid, "MLflow", mlflow_steps, history)
         assert optuna_values == history, (rid, "Optuna", optuna_values, history)
     # each epoch of c counts by its first report, its repeats stay in the raw log only, marked
-    assert [v for _, v in stores[c["_rid"]][0]] == [0.1, 0.2, 0.3 + 0.5, 0.4 + 0.7]
-    raw = runner.epochs.read(c["_rid"])
+    assert [v for _, v in stores[c["control"]["rid"]][0]] == [0.1, 0.2, 0.3 + 0.5, 0.4 + 0.7]
+    raw = runner.ctx.epochs.read(c["control"]["rid"])
     assert [(r["epoch"], bool(r.get("repeat"))) for r in raw] == [
         (1, False), (2, False), (1, True), (2, True), (3, False), (1, True), (2, True), (3, True), (4, False)]
 
@@ -764,35 +779,35 @@ def test_an_epoch_sent_again_to_mlflow_is_held_once(tmp_path, monkeypatch):
     sent again, at the time it was first logged, and MLflow keeps each once."""
     from mlflow.tracking import MlflowClient
 
-    from study.runner import Phase
+    from study.driver.phases import Phase
 
     spec = _spec(tmp_path, trials_per_variant=1, epochs=3, scheduler={"type": "none"},
                  search={"algorithm": "random", "seed": 0})
     exp = "s-resnet-d8"
     runner, lock = _driver(tmp_path, spec)
-    runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-    phase = Phase(runner, "resnet", 8, "search")
+    runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+    phase = Phase(runner.ctx, "resnet", 8, "search")
     phase.reconcile()
     a = phase.next_trial()
-    phase.started(a["_rid"])
+    phase.started(a["control"]["rid"])
     _epochs(phase, a, [1, 2])
-    runner.ledger.close()
+    runner.ctx.ledger.close()
     lock.release()  # killed
 
     runner, lock = _driver(tmp_path, spec)
     try:
-        monkeypatch.setattr(runner.tracker, "logged_steps", lambda key, metrics: {})
-        runner.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
-        phase = Phase(runner, "resnet", 8, "search")
+        monkeypatch.setattr(runner.ctx.mlflow.tracker, "logged_steps", lambda key, metrics: {})
+        runner.ctx.mlflow.tracker.create(f"exp:{exp}", "study", exp, {"resstudy.level": "variant"})
+        phase = Phase(runner.ctx, "resnet", 8, "search")
         phase.reconcile()  # sends epochs 1 and 2 again
         a = phase.next_trial()
-        phase.started(a["_rid"])
-        phase.ended(a["_rid"], _epochs(phase, a, [3], final="completed"), "")
-        runner.tracker.flush()
+        phase.started(a["control"]["rid"])
+        phase.ended(a["control"]["rid"], _epochs(phase, a, [3], final="completed"), "")
+        runner.ctx.mlflow.tracker.flush()
     finally:
         lock.release()
     client = MlflowClient(spec.tracking_uri())
-    run_id = runner.ledger.trials[a["_rid"]]["mlflow_run_id"]
+    run_id = runner.ctx.ledger.trials[a["control"]["rid"]]["mlflow_run_id"]
     for name in ("val_acc", "train_loss"):
         assert [m.step for m in client.get_metric_history(run_id, name)] == [1, 2, 3], name
 
@@ -815,15 +830,12 @@ def test_an_epoch_log_line_cut_short_by_a_kill_costs_no_later_line(tmp_path):
 
 _HUNG_ON_RAY = """
 import signal, sys, time
-import pytest
-from study import runner as runner_lib
-from study.runner import run_study
+from study.driver import RuntimeOptions, run_study
+from study.driver.phases import Phase
 from study.spec import load_spec
 from tests.study import handplayed
 
-runner_lib.STOP_GRACE_S = 1.0
-handplayed.hand_played(pytest.MonkeyPatch())
-real = runner_lib.Phase.result
+real = Phase.result
 
 def result(phase, rid, result):
     real(phase, rid, result)
@@ -831,8 +843,9 @@ def result(phase, rid, result):
         signal.raise_signal(signal.SIGTERM)  # the job is stopped ...
         time.sleep(600)  # ... and Tune waits on a GCS that the same SIGTERM took away
 
-runner_lib.Phase.result = result
-run_study(load_spec({**handplayed.SPEC, "storage_path": sys.argv[1]}))
+Phase.result = result
+run_study(load_spec({**handplayed.SPEC, "storage_path": sys.argv[1]}), options=RuntimeOptions(stop_grace_s=1.0),
+          backend=handplayed.HandBackend(handplayed.Play))
 """
 
 
@@ -905,13 +918,13 @@ def test_ctrl_c_leaves_nothing_running_and_the_interrupted_search_trial_waiting_
 
 _DRIVER_WITH_RAY_PROCESS = """
 import signal, time
-from study import runner
-runner._ray_in_its_own_group()
+from study.driver import environment
+reaper = environment.ray_in_its_own_group()
 from ray._private import services
 
 agent = services.ConsolePopen(["sleep", "600"])  # how Ray starts each of its processes
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this driver outlives the job's SIGTERM, to see who else got it
-print(runner._REAPER.pid, agent.pid, flush=True)
+print(reaper.pid, agent.pid, flush=True)
 time.sleep(600)
 """
 

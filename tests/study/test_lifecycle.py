@@ -37,13 +37,13 @@ def test_status_and_analyze_of_a_running_study_show_the_trials_it_has_finished(t
     from analysis.load import load_history, load_results
     from analysis.report import analyze
     from study.report import status_text
-    from study.runner import run_study
+    from study.driver import run_study
 
     seen = {}
 
-    def look(runner, n):  # the driver holds the lock; results.parquet is as compacted at the start
+    def look(ctx, n):  # the driver holds the lock; results.parquet is as compacted at the start
         if n == 3:
-            d = runner.study_dir
+            d = ctx.study_dir
             seen["parquet rows"] = len(pd.read_parquet(d / "results.parquet"))
             seen["status"] = status_text(d)
             seen["results"] = load_results(d)
@@ -76,7 +76,7 @@ def test_analyze_before_any_trial_has_finished_says_so_in_one_line(tmp_path, mon
 
 
 def test_a_start_that_fails_before_the_study_exists_leaves_no_folder(tmp_path, monkeypatch):
-    from study.runner import run_study
+    from study.driver import run_study
     from study.tracking import TrackingError
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -94,7 +94,7 @@ def test_a_start_that_fails_before_the_study_exists_leaves_no_folder(tmp_path, m
 
 def test_a_finished_study_has_no_lock_file_and_a_killed_drivers_is_taken_over(tmp_path, monkeypatch):
     from study.report import status_text
-    from study.runner import run_study
+    from study.driver import run_study
 
     d = build(tmp_path, monkeypatch)
     assert not (d / ".lock").exists(), "a finished study keeps a lock file that looks held"
@@ -176,17 +176,17 @@ def test_a_write_the_full_disk_refuses_leaves_the_ledger_and_study_json_as_they_
 
 def test_a_full_disk_stops_the_study_in_one_line_and_resume_repairs_what_it_left(tmp_path, monkeypatch):
     from study.ledger import read_trials
-    from study.runner import StorageError, resume_study, run_study
+    from study.driver import RuntimeOptions, StorageError, resume_study, run_study
 
     hand_played(monkeypatch)
     first = tmp_path / "first"  # (its databases stay open in this process's MLflow and Optuna: another place)
     with pytest.raises(StorageError):  # full from the start: study.json cannot be written
-        run_study(_spec(first), disk=FullDisk(room=0))
+        run_study(_spec(first), options=RuntimeOptions(disk=FullDisk(room=0)))
     assert not (first / "s").exists(), f"a half-made study was left: {sorted(p.name for p in (first / 's').iterdir())}"
     d = tmp_path / "s"
     disk = FullDisk(room=26)  # full in the middle of quotient's first trial
     with pytest.raises(StorageError) as info:
-        run_study(_spec(tmp_path), disk=disk)
+        run_study(_spec(tmp_path), options=RuntimeOptions(disk=disk))
     message = str(info.value)
     assert "\n" not in message and "No space left on device" in message and f"resstudy resume {d}" in message
     assert disk.refused >= 2, "the stop itself met the full disk too"
@@ -210,7 +210,7 @@ def test_a_full_disk_stops_the_study_in_one_line_and_resume_repairs_what_it_left
 
 
 def test_mlflow_refusals_while_stopping_for_a_full_disk_are_left_to_the_one_line(capsys):
-    from study.runner import _tracking_log
+    from study.driver.runner import _tracking_log
 
     _tracking_log("resstudy: MLflow refused tags for trial:t (skipped)")
     try:

@@ -32,30 +32,33 @@ class _Driver:
     """One driver process: what `resstudy run`/`resume` builds before Tune starts."""
 
     def __init__(self, spec) -> None:
-        from study.runner import Phase, StudyRunner
+        from study.driver.phases import Phase
+        from study.driver.lifecycle import check_storage
+        from study.driver.runner import StudyRunner
 
         self.runner = StudyRunner(spec)
-        self.runner._check_storage()
+        check_storage(self.runner.study_dir)
         self.lock = StudyLock(self.runner.study_dir).acquire()
         assert self.runner.prepare()
-        self.phase = Phase(self.runner, "sgs", 8, "search")
+        self.phase = Phase(self.runner.ctx, "sgs", 8, "search")
         self.phase.reconcile()
 
     def trials(self, n: int) -> list[dict]:
         """Ask n trials, each told (COMPLETE) before the next is asked, as with max_concurrent 1."""
         out = []
         for _ in range(n):
-            cfg = self.phase.next_trial()
-            searched = {k: cfg[k] for k in self.runner.ledger.trials[cfg["_rid"]]["searched"]}
+            trial = self.phase.next_trial()
+            cfg = trial["config"]
+            searched = {k: cfg[k] for k in self.runner.ctx.ledger.trials[trial["control"]["rid"]]["searched"]}
             # an objective the model can learn from: best at lr 0.03, small weight decay
             val = 1.0 - abs(math.log10(cfg["lr"] / 0.03)) - 100 * cfg["weight_decay"]
-            self.phase.finish(self.runner.ledger.trials[cfg["_rid"]], "completed",
+            self.phase.finish(self.runner.ctx.ledger.trials[trial["control"]["rid"]], "completed",
                               {"epoch": 2, "status": "completed", "val_acc": val})
             out.append(searched)
         return out
 
     def kill(self) -> None:
-        self.runner.ledger.close()
+        self.runner.ctx.ledger.close()
         self.lock.release()
 
 

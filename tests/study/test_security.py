@@ -144,12 +144,12 @@ _RAY_PROBE = r"""
 import json, sys
 import psutil
 if sys.argv[1] == "ray-first":
-    import ray  # as a notebook or another library might, before study.runner sets its switch
-from study import runner
+    import ray  # as a notebook or another library might, before the driver sets its switch
+from study.driver import environment
 import ray
 from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
-runner._init_ray(None)
+environment.init_ray()
 try:
     me = psutil.Process()
     listening = []
@@ -208,32 +208,33 @@ def test_ending_a_run_never_prints_mlflows_view_run_line(tmp_path, monkeypatch, 
     assert client.get_run(tracker.run_id("trial:1")).info.end_time is not None
 
 
-@pytest.mark.parametrize("var", ["RESSTUDY_TRIAL_HOOK", "RESSTUDY_DRIVER_HOOK"])
-def test_the_test_seams_take_only_a_tests_module(monkeypatch, var):
-    from study import runner, trainable
-
-    monkeypatch.setenv(var, "os:system")
-    with pytest.raises(RuntimeError, match="only a tests"):
-        trainable._hook() if var == "RESSTUDY_TRIAL_HOOK" else runner._driver_hook("start")
-    monkeypatch.delenv(var)
-    assert trainable._hook() is None  # unset: nothing imported, nothing called
-
-
 # ---------------------------------------------------------------- a password in the tracking URI, end to end
 
 PLAYED_EPOCHS = 2
 
 
-def _play_tune(runner, phase, stop_after: list[int]) -> None:
-    """What Tune does for one experiment, played by hand: every trial the driver hands out
-    trains its epochs and ends; `stop_after` experiments in, the study is interrupted."""
+class _PlayedTune:
+    """The driver's backend played by hand: every trial the driver hands out trains its
+    epochs and ends; `stop_after` experiments in, the study is interrupted."""
+
+    def __init__(self, stop_after: list[int]) -> None:
+        self.stop_after = stop_after
+
+    def start(self, ctx) -> None:
+        pass
+
+    def run(self, ctx, phase) -> None:
+        _play_tune(ctx, phase, self.stop_after)
+
+
+def _play_tune(ctx, phase, stop_after: list[int]) -> None:
     from ray.tune.search import Searcher
 
-    from study.runner import StudyInterrupted
+    from study.driver.lifecycle import StudyInterrupted
 
     phase.reconcile()
     while (cfg := phase.next_trial()) not in (None, Searcher.FINISHED):
-        rid = cfg["_rid"]
+        rid = cfg["control"]["rid"]
         phase.started(rid)
         for e in range(1, PLAYED_EPOCHS + 1):
             result = {"epoch": e, "status": "completed" if e == PLAYED_EPOCHS else "running", "val_acc": 0.5 + e / 10,
@@ -243,7 +244,7 @@ def _play_tune(runner, phase, stop_after: list[int]) -> None:
         phase.ended(rid, result, "")
     stop_after[0] -= 1
     if stop_after[0] == 0:
-        runner.stopping = True
+        ctx.stop.set()
         raise StudyInterrupted()
 
 
@@ -254,11 +255,10 @@ def test_a_tracking_password_reaches_no_file_no_mlflow_param_or_tag_and_no_conso
     password must be in no file the study wrote (study.json, spec.yaml, ledger, results, the
     Optuna and MLflow databases, ...), no MLflow param, tag or run name, and not on the console."""
     import mlflow.tracking
-    import ray
     from mlflow.tracking import MlflowClient
 
-    from study import runner as runner_lib
     from study.cli import main
+    from study.driver import backend
 
     uri = f"http://resstudy:{SECRET}@127.0.0.1:{closed_port()}"
     store = f"sqlite:///{tmp_path / 'work' / 'tracking.db'}"
@@ -269,11 +269,8 @@ def test_a_tracking_password_reaches_no_file_no_mlflow_param_or_tag_and_no_conso
         return MlflowClient(store if tracking_uri == uri else tracking_uri, *args, **kwargs)
 
     monkeypatch.setattr(mlflow.tracking, "MlflowClient", client)
-    monkeypatch.setattr(runner_lib, "_init_ray", lambda spec: None)
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": float(os.cpu_count() or 1)})
-    monkeypatch.setattr(ray, "nodes", lambda: [])
     stop_after = [1]
-    monkeypatch.setattr(runner_lib.StudyRunner, "_run_phase", lambda self, phase: _play_tune(self, phase, stop_after))
+    monkeypatch.setattr(backend, "TuneBackend", lambda: _PlayedTune(stop_after))
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")  # whatever lands in the working directory is looked at too
     storage = tmp_path / "work" / "runs"

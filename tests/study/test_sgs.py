@@ -473,13 +473,14 @@ def test_recompute_replaces_every_scaling_and_a_nan_conv_goes_back_to_ones():
     net = DeadSecondConv()
     x = _smooth_images(n=4, size=10)
     cfg = SimpleNamespace(sgs_mode="mi", sgs_branches="3x3", sgs_k=5.0, sgs_warmup=0, sgs_interval=5,
-                          sgs_diagonal_removal=False)
-    hooks = SGSHooks(net, cfg, SimpleNamespace(mi_batches=lambda epoch: [x]))
+                          sgs_batches=7, sgs_diagonal_removal=False)
+    asked = []  # the MI pass asks the trainer for sgs_batches batches of its own stream
+    hooks = SGSHooks(net, cfg, SimpleNamespace(probe_batches=lambda epoch, limit: asked.append((epoch, limit)) or [x]))
     before = torch.tensor([[0.5, 1.0, 0.5], [1.0, 3.0, 1.0], [0.5, 1.0, 0.5]])  # an S from an earlier recompute
     hooks.scaling.update({"a": before, "b": before})
     with pytest.warns(UserWarning, match=r"no finite mutual information for conv\(s\) \['b'\]") as record:
         hooks.before_epoch(5)
-    assert len(record) == 1
+    assert len(record) == 1 and asked == [(5, 7)]
     with pytest.warns(UserWarning):
         fresh = mi_scalings(net, [x], k=5.0)["a"]
     assert torch.equal(hooks.scaling.scalings["a"], fresh) and not torch.allclose(fresh, before)

@@ -57,7 +57,7 @@ def test_close_delivers_every_queued_report_in_order():
     assert got == [1, 2, 3, 4, 5]
 
 
-def _run_trainable(tmp_path, monkeypatch, rungs, first_report_waits_for, limit_s):
+def _run_trainable(tmp_path, monkeypatch, rungs, first_report_waits_for, limit_s, events=None):
     """The real trainable outside Ray, with a tune.report that holds epoch 1's report until
     `first_report_waits_for(ckpt_root)` is true (or `limit_s` pass); returns (delivered epochs, held s)."""
     from ray import tune
@@ -79,8 +79,8 @@ def _run_trainable(tmp_path, monkeypatch, rungs, first_report_waits_for, limit_s
         delivered.append(metrics["epoch"])
 
     monkeypatch.setattr(tune, "report", report)
-    monkeypatch.setattr(trainable_lib, "_hook", lambda: None)
-    trainable_lib.trainable({**cfg, "_rid": "t", "_ckpt": root, "_ckpt_epochs": rungs, "_ckpt_every_s": 0})
+    trainable_lib.trainable({"config": cfg, "control": {"rid": "t", "ckpt": root, "ckpt_epochs": rungs,
+                                                        "ckpt_every_s": 0}}, events=events)
     return delivered, held[0]
 
 
@@ -90,6 +90,26 @@ def test_the_trainer_goes_on_while_the_driver_holds_a_report(tmp_path, monkeypat
     delivered, held = _run_trainable(tmp_path, monkeypatch, rungs=[],
                                      first_report_waits_for=lambda root: 3 in checkpoint_epochs(root), limit_s=60)
     assert delivered == [1, 2, 3] and held < 60
+
+
+def test_the_events_passed_in_are_called_after_each_epoch_while_its_report_is_still_in_flight(tmp_path, monkeypatch):
+    """The seam tests plug faults into: the trial calls the events object it was handed (never
+    one named by the environment) after each epoch, with the trial's control data, and the
+    reports stay asynchronous: epoch 1's report is still held while epochs 2 and 3 are called."""
+    from study.driver.options import Events
+
+    calls = []
+
+    class Seen(Events):
+        def after_epoch(self, config, control, epoch):
+            calls.append((control["rid"], config["variant"], epoch, 3 in checkpoint_epochs(control["ckpt"])))
+
+    monkeypatch.setenv("RESSTUDY_TRIAL_HOOK", "os:abort")  # the seam of old: must not be read
+    delivered, held = _run_trainable(tmp_path, monkeypatch, rungs=[], events=Seen(), limit_s=60,
+                                     first_report_waits_for=lambda root: len(calls) == 3)
+    assert [c[:3] for c in calls] == [("t", "resnet", 1), ("t", "resnet", 2), ("t", "resnet", 3)]
+    assert delivered == [1, 2, 3] and held < 60  # epoch 3 was called while epoch 1 was still held
+    assert calls[-1][3], "after_epoch came before its epoch's checkpoint"
 
 
 def _waits_for_delivery(thread_id: int) -> bool:
@@ -193,8 +213,7 @@ def test_the_trainable_goes_on_from_the_newest_intact_checkpoint(tmp_path, monke
     root = str(tmp_path / "t")
     delivered = []
     monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: delivered.append(metrics))
-    monkeypatch.setattr(trainable_lib, "_hook", lambda: None)
-    trial = {**cfg, "_rid": "t", "_ckpt": root, "_ckpt_epochs": [], "_ckpt_every_s": 0}
+    trial = {"config": cfg, "control": {"rid": "t", "ckpt": root, "ckpt_epochs": [], "ckpt_every_s": 0}}
     trainable_lib.trainable(trial)
     assert checkpoint_epochs(root) == [2, 3]
     (Path(root) / "epoch-0003" / "state.pt").write_bytes(os.urandom(4096))

@@ -1,0 +1,241 @@
+"""The designed experiments of one experiment, run after its search: each claim's
+arms paired by seed, the variant's sensitivity sweeps, and more seeds, round by
+round, for the claims still open (study/driver/design.py plans them; the
+stopping rule is analysis/sequential.py's).
+
+What the driver decided is recorded once, in study.json under
+``design[experiment]``: each claim's arms and the trial ids of every arm at
+every seed, every look (n, interval, verdict, the alpha it was tested at) and
+why the claim stopped; each sweep's levels and their trials. The analysis reads
+it and never decides again. A trial whose configuration another trial of the
+experiment already runs (the repeat, the twin, an arm of another claim) is that
+trial: each configuration trains once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from study.driver import design
+from study.driver.context import Context
+from study.driver.phases import Phase, launch, matched_epochs
+from study.ledger import FINISHED
+from study.variants import get_variant
+
+PHASE = "arms"
+
+
+def _identity_key(config: dict[str, Any]) -> str:
+    """One trial per configuration: the config as it trains, less the epochs a twin is
+    matched to after its partner ran (set later, on the record)."""
+    return json.dumps({k: v for k, v in config.items() if k != "train_epochs"}, sort_keys=True)
+
+
+def claim_family(spec: Any) -> int:
+    """The study's claims tested for a verdict (Holm's family): every claim of every
+    experiment, and each claim's as-published comparison where the design runs one.
+    Claims a study cannot test (skipped) stay in it, which only makes Holm stricter."""
+    n = 0
+    for variant, _ in spec.experiments():
+        v = get_variant(variant)
+        n += len(v.claims)
+        if spec.design is not None and spec.design.published and v.published is not None:
+            n += sum(1 for c in v.claims if c.published)
+    return max(n, 1)
+
+
+class Arms(Phase):
+    """Phase "arms" of one experiment."""
+
+    def __init__(self, ctx: Context, variant: str, depth: int) -> None:
+        super().__init__(ctx, variant, depth, PHASE)
+        self.design: dict[str, Any] | None = ctx.ledger.state.get("design", {}).get(self.experiment)
+        self._index: dict[str, str] | None = None
+        if self.design is not None:  # resumed: the trials decided so far
+            self._replan()
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        """The design as recorded (exists once create_fixed has run)."""
+        assert self.design is not None, "the design is made once the search is over"
+        return self.design
+
+    # ------------------------------------------------------------ round one
+
+    def create_fixed(self) -> bool:
+        """The plan and round one, once the search is over (a resumed study keeps its plan)."""
+        if self.design is not None:
+            return True
+        ctx, spec = self.ctx, self.ctx.spec
+        best = ctx.best_search_record(self.experiment)
+        if best is None or spec.design is None:
+            return False
+        claims = design.claims_plan(spec, self.subject, self.depth, best["config"])
+        sweeps = design.sweeps_plan(spec, self.subject, self.depth, best["config"])
+        self.design = {
+            "best_rid": best["rid"], "started": time.time(), "extra_trials": 0,
+            "claims": {key: {**{k: e[k] for k in ("text", "kind", "metric", "margin", "gain_metric", "base",
+                                                  "compare", "configs", "partner", "full")},
+                             "arms": {arm: [] for arm in e["compare"]}, "seeds": [], "looks": [],
+                             "stop": "running" if e["skip"] is None else "skipped", "why": e["skip"] or ""}
+                       for key, e in claims.items()},
+            "sweeps": {opt: {"option": opt, "levels": {k: [] for k in e["full"]}, "labels": e["labels"],
+                             "best_value": e["best_value"], "seeds": e["seeds"], "skip": e["skip"]}
+                       for opt, e in sweeps.items()},
+        }
+        self.ctx.ledger.state.setdefault("design", {})[self.experiment] = self.design
+        searched = list(best["searched"])
+        for key, c in self.design["claims"].items():
+            if c["stop"] == "running":
+                self._add_seeds(key, list(spec.seeds), searched)
+        for opt, e in sweeps.items():
+            for _, arm, cfg in design.sweep_trials(e):
+                key = next(k for k, label in e["labels"].items() if label == arm)
+                self.design["sweeps"][opt]["levels"][key].append(self._trial(cfg, e["claim"], arm, searched))
+        self.ctx.ledger.save_state()
+        self._replan()
+        return True
+
+    def _replan(self) -> None:
+        """The progress view counts the experiment's trials as they are now planned."""
+        trials = self.ctx.ledger.trials.values()
+        self.ctx.progress.replan(self.label, sum(1 for r in trials if r["experiment"] == self.experiment))
+
+    def _add_seeds(self, key: str, seeds: list[int], searched: list[str]) -> None:
+        c = self.plan["claims"][key]
+        entry = {"claim": key, "compare": c["compare"], "full": c["full"]}
+        by_seed: dict[tuple[int, str], str] = {}
+        for _, arm, cfg in design.arm_trials(entry, seeds):
+            partner_arm = c["partner"].get(arm)
+            partner = by_seed.get((cfg["seed"], partner_arm)) if partner_arm else None
+            rid = self._trial(cfg, key, arm, searched, partner)
+            by_seed[(cfg["seed"], arm)] = rid
+            c["arms"][arm].append(rid)
+        c["seeds"].extend(seeds)
+
+    def _trial(self, config: dict[str, Any], claim: str, arm: str, searched: list[str],
+               partner: str | None = None) -> str:
+        """The rid of the experiment's trial of this configuration, made where none exists."""
+        if self._index is None:
+            self._index = {_identity_key(r["config"]): r["rid"] for r in self.ctx.ledger.trials.values()
+                           if r["experiment"] == self.experiment and r["phase"] != "search"}
+        key = _identity_key(config)
+        if key not in self._index:
+            rec = self.new_record(config, variant=config["variant"], arm=arm, optuna_number=None,
+                                  searched=searched, claim=claim)
+            if partner is not None:
+                rec = self.ctx.ledger.update(rec["rid"], partner=partner)
+            self._index[key] = rec["rid"]
+        return self._index[key]
+
+    # ------------------------------------------------------------ Tune asks for the next trial
+
+    def next_trial(self):
+        if self.ctx.stop.is_set() or self.design is None:
+            return Searcher.FINISHED
+        waiting = False
+        for rec in self.unfinished():
+            if rec["rid"] in self.launched:
+                continue
+            if rec.get("partner"):
+                matched = matched_epochs(self.ctx, rec, self.ctx.ledger.trials[rec["partner"]])
+                if matched is None:  # its partner still trains: the twin trains the epochs it did
+                    waiting = True
+                    continue
+                rec = matched
+            return launch(self.ctx, rec, PHASE, None, self.launched, self.live)
+        if waiting or self.live or not self._answered():
+            return None  # a round is decided once every trial of it has ended
+        if self._next_round():
+            return self.next_trial()
+        return Searcher.FINISHED
+
+    def done(self) -> bool:
+        if self.design is None:
+            return True
+        return not self.unfinished() and all(c["stop"] != "running" for c in self.design["claims"].values())
+
+    def _answered(self) -> bool:
+        """Every trial the open claims hold (theirs, the repeat's, the twin's) has ended."""
+        trials = self.ctx.ledger.trials
+        return all(trials[rid]["status"] in FINISHED for c in self.plan["claims"].values()
+                   if c["stop"] == "running" for rids in c["arms"].values() for rid in rids)
+
+    # ------------------------------------------------------------ after each round: look, stop or add seeds
+
+    def _diffs(self, c: dict[str, Any]) -> list[float]:
+        """metric(A) - metric(B) per seed where both arms completed, in seed order."""
+        a, b = c["compare"]
+        trials = self.ctx.ledger.trials
+        out = []
+        for ra, rb in zip(c["arms"][a], c["arms"][b]):
+            va, vb = (_value(trials[r], c["metric"]) for r in (ra, rb))
+            if va is not None and vb is not None:
+                out.append(va - vb)
+        return out
+
+    def _next_round(self) -> bool:
+        """Look at every open claim; True when trials were added for another round."""
+        from analysis import sequential
+
+        spec = self.ctx.spec
+        design_spec = spec.design
+        assert design_spec is not None
+        n_max = design.max_seeds(spec)
+        family = claim_family(spec)
+        added = False
+        plan = self.plan
+        best = self.ctx.ledger.trials[plan["best_rid"]]
+        for key, c in plan["claims"].items():
+            if c["stop"] != "running":
+                continue
+            diffs = self._diffs(c)
+            alpha = sequential.claim_alpha(family, min(_settled(self.ctx), family - 1), design_spec.alpha)
+            look = sequential.look(diffs, max(n_max, sequential.MIN_N), alpha=alpha,
+                                   margin=float(c["margin"] or 0.0), prior_looks=[x["n"] for x in c["looks"]])
+            c["looks"].append({**look.record(), "time": time.time(), "seeds": len(c["seeds"])})
+            stop = look.stop
+            if stop is None and len(diffs) < sequential.MIN_N and len(c["seeds"]) >= n_max:
+                stop = "max_seeds"
+            if stop is None:
+                more = design.extra_seeds(spec, c["seeds"])
+                hours = (time.time() - plan["started"]) / 3600
+                why = design.budget_stop(spec, trials_used=plan["extra_trials"], hours_used=hours,
+                                         next_trials=len(c["compare"]) * len(more))
+                if not more:
+                    stop = "max_seeds"
+                elif why:
+                    stop, c["why"] = "budget", why
+                else:
+                    before = len(self._rids)
+                    self._add_seeds(key, more, list(best["searched"]))
+                    plan["extra_trials"] += len(self._rids) - before
+                    added = True
+            if stop is not None:
+                c["stop"] = stop
+        self.ctx.ledger.save_state()
+        if added:
+            self._replan()
+        return added
+
+
+def _settled(ctx: Context) -> int:
+    """Claims of the whole study settled so far (their alpha passes to the others: Holm)."""
+    return sum(1 for exp in ctx.ledger.state.get("design", {}).values() for c in exp["claims"].values()
+               if c["stop"] == "settled")
+
+
+def _value(rec: dict[str, Any], metric: str) -> float | None:
+    """A completed trial's metric, where it is a finite number."""
+    v = (rec.get("row") or {}).get(metric)
+    if rec["status"] != "completed" or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+__all__ = ["Arms", "PHASE", "claim_family"]

@@ -1,0 +1,151 @@
+"""The designed experiments a study runs after each search (study/driver/arms.py),
+with Tune played by hand (tests/study/handplayed.py): real ledger, study.json,
+Optuna, MLflow and results; no Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.study.handplayed import SPEC, hand_played
+
+# quotient only: a twin claim (with its as-published comparison) and a level claim
+DESIGNED = {**SPEC, "variants": ["quotient"], "trials_per_variant": 2, "seeds": [0, 1, 2],
+            "design": {"max_seeds": 5, "sweeps": {"levels": 2, "seeds": 1}}}
+
+
+def _effect(twin_gain: float):
+    """Accuracy by config: quotient beats its twin (a ResNet) by `twin_gain`, with a little
+    noise by seed and variant; nothing else matters."""
+    def accuracy(cfg, epoch):
+        noise = 0.002 * ((cfg["seed"] * 7919 + len(cfg["variant"]) * 31) % 5 - 2)
+        return 0.6 + 0.01 * epoch + noise + (twin_gain if cfg["variant"] == "quotient" else 0.0)
+    return accuracy
+
+
+def _run(tmp_path, monkeypatch, accuracy, stop_after=None, **spec):
+    from study.driver import run_study
+    from study.spec import load_spec
+
+    play = hand_played(monkeypatch)
+    play.accuracy = accuracy
+    play.stop_after = stop_after
+    s = load_spec({**DESIGNED, **spec, "storage_path": str(tmp_path)})
+    try:
+        run_study(s)
+    except KeyboardInterrupt:
+        assert stop_after is not None
+    play.stop_after = None  # a resume that follows runs to the end
+    return tmp_path / s.name
+
+
+def _state(d):
+    return json.loads((d / "study.json").read_text())
+
+
+def _differs(a: dict, b: dict) -> set[str]:
+    keys = (set(a) | set(b)) - {"seed", "train_epochs"}
+    return {k for k in keys if a.get(k) != b.get(k)}
+
+
+def test_each_claim_gets_arms_paired_by_seed_that_differ_from_the_best_in_what_they_name(tmp_path, monkeypatch):
+    d = _run(tmp_path, monkeypatch, _effect(0.05))
+    state = _state(d)
+    design = state["design"]["s-quotient-d8"]
+    trials = {json.loads(line)["rid"]: json.loads(line) for line in (d / "ledger.jsonl").read_text().splitlines()}
+    best = trials[design["best_rid"]]["config"]
+    claims = design["claims"]
+    assert {"quotient_vs_twin", "quotient_rule", "quotient_vs_twin@published"} <= set(claims), list(claims)
+    for key, c in claims.items():
+        if c["stop"] == "skipped":
+            continue
+        a, b = c["compare"]
+        seeds = [[trials[r]["seed"] for r in c["arms"][arm]] for arm in (a, b)]
+        assert seeds[0] == seeds[1] == c["seeds"], (key, seeds)  # paired: the same seeds, in order
+        for arm in (a, b):
+            for rid in c["arms"][arm]:
+                assert trials[rid]["status"] == "completed", (key, arm, rid)
+                cfg = trials[rid]["config"]
+                if c["base"] == "best" and c["kind"] == "level":
+                    assert _differs(cfg, best) <= set(c["configs"][arm]), (key, arm, _differs(cfg, best))
+                    assert all(cfg[k] == v for k, v in c["configs"][arm].items())
+        if c["kind"] == "level":  # the two arms differ in exactly the claim's option
+            for ra, rb in zip(c["arms"][a], c["arms"][b]):
+                assert _differs(trials[ra]["config"], trials[rb]["config"]) == set(c["configs"][a]), key
+    twin = claims["quotient_vs_twin"]
+    # the variant arm at the spec's seeds is the repeat itself, the twin arm the twin: each config trains once
+    assert [trials[r]["phase"] for r in twin["arms"]["variant"][:3]] == ["repeat"] * 3
+    assert [trials[r]["phase"] for r in twin["arms"]["twin"][:3]] == ["twin"] * 3
+    configs = [json.dumps({k: v for k, v in r["config"].items() if k != "train_epochs"}, sort_keys=True)
+               for r in trials.values() if r["phase"] != "search"]
+    assert len(configs) == len(set(configs)), "a configuration trained twice"
+    # a large effect with little noise: supported, at an interval inside the difference's range
+    last = twin["looks"][-1]
+    assert twin["stop"] == "settled" and last["verdict"] == "supported", twin["looks"]
+    assert 0 < last["lo"] <= 0.05 <= last["hi"] <= 1.0
+    pub = claims["quotient_vs_twin@published"]
+    assert pub["base"] == "published" and pub["stop"] == "settled"
+    # the results carry each designed trial's claim and arm
+    res = pd.read_parquet(d / "results.parquet").set_index("trial_id")
+    for c in claims.values():
+        for arm, rids in c["arms"].items():
+            for rid in rids:
+                if trials[rid]["phase"] == "arms":
+                    assert res.loc[rid, "arm"] == trials[rid]["arm"] and res.loc[rid, "claim"] != ""
+    # sweeps: one factor at a time around the best configuration
+    sweeps = design["sweeps"]
+    assert set(sweeps) == {"alpha", "quotient_rule"}
+    for option, sw in sweeps.items():
+        assert len(sw["levels"]) >= 2
+        for rids in sw["levels"].values():
+            for rid in rids:
+                assert _differs(trials[rid]["config"], best) <= {option}, (option, _differs(trials[rid]["config"], best))
+
+
+def test_an_open_claim_gets_more_seeds_up_to_the_maximum_and_says_why_it_stopped(tmp_path, monkeypatch):
+    d = _run(tmp_path, monkeypatch, _effect(0.0))
+    claims = _state(d)["design"]["s-quotient-d8"]["claims"]
+    twin = claims["quotient_vs_twin"]
+    assert twin["stop"] in ("max_seeds", "cannot_settle"), twin["stop"]
+    assert all(look["verdict"] == "open" for look in twin["looks"])
+    assert [look["n"] for look in twin["looks"]] == list(range(3, len(twin["seeds"]) + 1))
+    if twin["stop"] == "max_seeds":
+        assert len(twin["seeds"]) == 5 and twin["seeds"][:3] == [0, 1, 2] and len(set(twin["seeds"])) == 5
+
+
+def test_the_budget_stops_extra_seeds(tmp_path, monkeypatch):
+    d = _run(tmp_path, monkeypatch, _effect(0.0), design={"max_seeds": 6, "budget": {"trials": 0}})
+    claims = _state(d)["design"]["s-quotient-d8"]["claims"]
+    assert {c["stop"] for c in claims.values() if c["stop"] != "skipped"} <= {"budget", "cannot_settle"}
+    assert any(c["stop"] == "budget" and "design.budget.trials" in c["why"] for c in claims.values())
+    assert all(len(c["seeds"]) == 3 for c in claims.values() if c["stop"] != "skipped")
+
+
+def test_an_interrupted_design_resumes_with_its_plan_and_trains_no_configuration_twice(tmp_path, monkeypatch):
+    from study.driver import resume_study
+
+    d = _run(tmp_path, monkeypatch, _effect(0.05), stop_after=9)  # Ctrl-C among the designed trials
+    before = _state(d)["design"]["s-quotient-d8"]
+    resume_study(d)
+    after = _state(d)["design"]["s-quotient-d8"]
+    assert after["best_rid"] == before["best_rid"]
+    for key, c in before["claims"].items():
+        for arm, rids in c["arms"].items():
+            assert after["claims"][key]["arms"][arm][:len(rids)] == rids
+    led = [json.loads(line) for line in (d / "ledger.jsonl").read_text().splitlines()]
+    final = {r["rid"]: r for r in led}
+    assert {r["status"] for r in final.values()} == {"completed"}
+    assert after["claims"]["quotient_vs_twin"]["stop"] == "settled"
+
+
+@pytest.mark.parametrize("design", [None, {"max_seeds": 3}])
+def test_a_study_without_extra_seeds_runs_round_one_only(tmp_path, monkeypatch, design):
+    d = _run(tmp_path, monkeypatch, _effect(0.0), design=design)
+    state = _state(d)
+    if design is None:
+        assert "design" not in state
+        return
+    for c in state["design"]["s-quotient-d8"]["claims"].values():
+        assert c["stop"] in ("max_seeds", "skipped", "settled", "cannot_settle") and len(c["seeds"]) <= 3
