@@ -102,7 +102,8 @@ def budget_table(results: pd.DataFrame, *, baseline: str = "resnet", metric: str
             where = (f"the curves cross at {', '.join(f'n = {c}' for c in cross)} trials" if cross
                      else "the curves do not cross")
             notes.append(f"{s} (depth {int(depth)}): {lead} {baseline} at n = {n_max} trials per search; {where} "
-                         f"(expected {best_label(metric)} of n trials, estimated from {len(vals)} and {len(base)} trials)")
+                         f"(expected {best_label(metric)} of n trials, "
+                         f"estimated from {len(vals)} and {len(base)} trials)")
     return pd.DataFrame(rows, columns=COLUMNS), notes
 
 

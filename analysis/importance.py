@@ -228,7 +228,8 @@ def study_importances(study_dir, results: pd.DataFrame | None = None, *, seed: i
     try:
         studies = load_optuna_studies(study_dir)
     except (FileNotFoundError, ValueError) as e:
-        return importances_from_results(df, seed=seed, spec=spec), f"importance from results.parquet, not the Optuna DB: {e}"
+        return (importances_from_results(df, seed=seed, spec=spec),
+                f"importance from results.parquet, not the Optuna DB: {e}")
     variants = {str(e): subject_of(g) for e, g in df.groupby("experiment")}
     return importances_from_studies(studies, variants, seed=seed), None
 
@@ -240,5 +241,5 @@ def importance_frame(results: list[Importance]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["Importance", "study_from_frame", "complete_only", "param_importances",
-           "importances_from_results", "importances_by_rung", "importances_from_studies", "study_importances", "importance_frame", "MIN_TRIALS"]
+__all__ = ["Importance", "study_from_frame", "complete_only", "param_importances", "importances_from_results",
+           "importances_by_rung", "importances_from_studies", "study_importances", "importance_frame", "MIN_TRIALS"]

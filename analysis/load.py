@@ -359,6 +359,6 @@ def default_study_dir() -> Path:
 
 __all__ = [
     "InsufficientDataError", "STATUSES", "load_results", "load_history", "load_spec", "load_study_meta", "manifest",
-    "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "sqlite_path", "searched_list", "searched_params", "default_study_dir",
-    "find_study", "storage_roots", "StudyDirError", "StudyFileError",
+    "load_optuna_studies", "load_mlflow_runs", "tracking_uri", "sqlite_path", "searched_list", "searched_params",
+    "default_study_dir", "find_study", "storage_roots", "StudyDirError", "StudyFileError",
 ]

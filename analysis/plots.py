@@ -370,8 +370,8 @@ def comparison_png(table: pd.DataFrame) -> Figure:
         err = np.vstack([g["mean"] - g["ci_lo"], g["ci_hi"] - g["mean"]])
         ax.errorbar(xs, g["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=5)
         for i, r in g.iterrows():
-            ax.annotate(f"n={r['n']} ({r['source']})\n{_p_text(r)}", (i, r["mean"]), textcoords="offset points", xytext=(7, -4),
-                        fontsize=7)
+            ax.annotate(f"n={r['n']} ({r['source']})\n{_p_text(r)}", (i, r["mean"]), textcoords="offset points",
+                        xytext=(7, -4), fontsize=7)
         ax.set_xticks(xs, g["variant"])
         ax.set_xlim(-0.5, len(g) - 0.2)
         ax.set_ylabel(f"{metric_label(metric)} (mean, 95% CI)")

@@ -480,7 +480,8 @@ h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.8
 """
     # the conclusion comes first, then the claims section it summarises;
     # navigation and the notes (what could not be fitted) follow them
-    nav = "<nav>" + " ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(rep.sections)) + "</nav>"
+    links = (f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(rep.sections))
+    nav = "<nav>" + " ".join(links) + "</nav>"
     body = [f'<h2 id="s{i}">{html.escape(t)}</h2>' + "".join(parts) for i, (t, parts) in enumerate(rep.sections)]
     notes = ""
     if rep.notes:

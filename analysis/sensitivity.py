@@ -105,8 +105,8 @@ class Curve:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame({"experiment": self.experiment, "variant": self.variant, "param": self.param,
-                             "fidelity": self.fidelity, "metric": self.metric, "x": self.grid, "mean": self.mean, "lo": self.lo,
-                             "hi": self.hi})
+                             "fidelity": self.fidelity, "metric": self.metric, "x": self.grid, "mean": self.mean,
+                             "lo": self.lo, "hi": self.hi})
 
 
 def _kernel():

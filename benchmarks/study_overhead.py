@@ -49,7 +49,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=6)
     p.add_argument("--trial-seconds", type=float, default=30.0)
     p.add_argument("--variant", default="resnet")
-    p.add_argument("--depth", type=int, default=20, help="ResNet depth (20: epochs of a few seconds, as in real studies)")
+    p.add_argument("--depth", type=int, default=20,
+                   help="ResNet depth (20: epochs of a few seconds, as in real studies)")
     args = p.parse_args()
     cpus = os.cpu_count() or 1
     base = dict(variant=args.variant, dataset="digits", depth=args.depth, image_size=32, batch_size=64, val_size=0.15,

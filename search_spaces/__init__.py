@@ -9,19 +9,3 @@ way: study -> search_spaces.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-# Transitional: callers that still reach the space builders through this package
-# (the study driver, analysis.spaces) get study.spaces' names, imported only when
-# asked for; they move to study.spaces, and this goes.
-_MOVED = ("ALGORITHMS", "PARAMS", "VARIANTS", "ConditionalGridSampler", "SearchSpace", "SpaceError", "build_space",
-          "grid_space", "make_sampler", "space_params", "variant_params")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from study import spaces
-
-        return getattr(spaces, name)
-    raise AttributeError(name)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import UserError
-from study.ledger import FINISHED, STUDY_DIR_RULE, is_study_dir
+from study.ledger import FINISHED, SPEC_FILE, STUDY_DIR_RULE, is_study_dir
 
 DEFAULT_STORAGE = "resstudy_runs"
 METRIC = "val_acc"  # what the search maximises: "best" is the best completed search trial by it
@@ -135,7 +135,7 @@ class Study:
 
     def changed(self) -> float:
         """When the study last changed (seconds since the epoch)."""
-        files = [self.path / n for n in ("ledger.jsonl", "study.json", "results.parquet", "spec.yaml")]
+        files = [self.path / n for n in ("ledger.jsonl", "study.json", "results.parquet", SPEC_FILE)]
         return max((f.stat().st_mtime for f in files if f.exists()), default=self.path.stat().st_mtime)
 
     # ------------------------------------------------------------ the spec
@@ -144,7 +144,7 @@ class Study:
         """The validated spec the study ran (study.spec.StudySpec)."""
         from study.spec import load_spec
 
-        return load_spec(self.path / "spec.yaml")
+        return load_spec(self.path / SPEC_FILE)
 
     def plan(self) -> dict[tuple[str, int], dict[str, int]] | None:
         """Trials planned per (variant, depth) and arm (StudySpec.plan); None when
@@ -176,7 +176,8 @@ class Study:
             recs = groups.get(exp, [])
             best = self._best(recs)
             rows.append({"experiment": exp, **info, **_counts(recs, running),
-                         "best_val_acc": best["val_acc"] if best else None, "best_trial": best["trial"] if best else None,
+                         "best_val_acc": best["val_acc"] if best else None,
+                         "best_trial": best["trial"] if best else None,
                          "best_config": {k: best["config"].get(k) for k in best["searched"]} if best else None})
         best = self._best(records)
         totals = _counts(records, running)
@@ -186,7 +187,8 @@ class Study:
             "state": "running" if running else "finished" if state.get("finished")
             else "interrupted" if records else "not started", "driver": driver,
             **totals, "planned": planned,
-            "best": None if best is None else {k: best[k] for k in ("trial", "variant", "depth", "val_acc", "test_acc")},
+            "best": None if best is None
+            else {k: best[k] for k in ("trial", "variant", "depth", "val_acc", "test_acc")},
             "changed": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.changed())),
             "experiments": rows,
             "claims": self._claims_file(),
@@ -260,7 +262,8 @@ def _counts(records: list[dict[str, Any]], running: bool) -> dict[str, int]:
 def _trial(r: dict[str, Any]) -> dict[str, Any]:
     row = r.get("row") or {}
     return {"trial": r["rid"], "experiment": r["experiment"], "variant": r["variant"],
-            "subject": r.get("subject", r["variant"]), "arm": r.get("arm"), "phase": r["phase"], "depth": r["depth"], "seed": r["seed"], "status": r["status"],
+            "subject": r.get("subject", r["variant"]), "arm": r.get("arm"), "phase": r["phase"], "depth": r["depth"],
+            "seed": r["seed"], "status": r["status"],
             "val_acc": row.get(METRIC), "test_acc": row.get("test_acc"), "config": dict(r["config"]),
             "searched": list(r.get("searched") or [])}
 

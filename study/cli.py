@@ -31,14 +31,13 @@ from typing import Annotated, Any, Optional, Sequence
 import typer
 import typer.core
 
+from study.errors import UserError
 from study.presets import list_presets
 
 # Typer >= 0.26 carries its own copy of click; its usage-error classes are
 # reached through the public BadParameter so this works with either.
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-from study.errors import UserError
 
 app = typer.Typer(name="resstudy", help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
@@ -614,8 +613,9 @@ def run(
     sets: Sets = None,
     storage_path: StoragePath = None,
     tracking_uri: TrackingUri = None,
-    new_name: Annotated[Optional[str], typer.Option("--new-name", help="run the spec as a new study of this name "
-                                                    "(when a study of the spec's name exists with another spec)")] = None,
+    new_name: Annotated[Optional[str], typer.Option(
+        "--new-name", help="run the spec as a new study of this name "
+                           "(when a study of the spec's name exists with another spec)")] = None,
 ) -> None:
     """Run a study on the embedded local Ray, or on the cluster of RAY_ADDRESS."""
     if new_name is not None:

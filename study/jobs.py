@@ -351,7 +351,9 @@ def logs(job_id: str, address: str | None = None, *, follow: bool = False, token
 def stop(job_id: str, address: str | None = None, *, token: str | None = None) -> str:
     """Ask the job to stop; one line saying what happened."""
     stopped = _call(address, token, job_id, lambda c: c.stop_job(job_id))
-    return f"{job_id}: stop requested" if stopped else f"{job_id}: not running ({job_status(job_id, address, token=token)})"
+    if stopped:
+        return f"{job_id}: stop requested"
+    return f"{job_id}: not running ({job_status(job_id, address, token=token)})"
 
 
 def list_jobs(address: str | None = None, *, token: str | None = None) -> list[dict[str, Any]]:

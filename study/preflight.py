@@ -306,7 +306,8 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(gpus)}
 
 
-def check_cluster(spec: Any, resources: Mapping[str, float], nodes: Iterable[Mapping[str, float]] | None = None) -> None:
+def check_cluster(spec: Any, resources: Mapping[str, float],
+                  nodes: Iterable[Mapping[str, float]] | None = None) -> None:
     """Refuse a study whose trials ask for more than any node has (a trial
     needs its CPUs and GPU share on one node), instead of letting them sit
     PENDING forever. `resources`: the cluster total (ray.cluster_resources());

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import UserError
-from study.ledger import FINISHED, LEDGER_FILE, STUDY_DIR_RULE, StudyLock, finished_rows, is_study_dir, read_trials
+from study.ledger import (FINISHED, LEDGER_FILE, STUDY_DIR_RULE, StudyLock, finished_rows, is_study_dir,
+                          read_trials)
 from study.results import EPOCHS_DIR, HISTORY_FILE, RESULTS_FILE, history_rows, ordered, read_table, table_of
 
 WIDTH = 100

@@ -63,9 +63,13 @@ def variant_params(variant: str) -> list[Param]:
     return out
 
 
+# Derived from the registry on each access by __getattr__, so a variant registered
+# later (a plugin) is included; declared here (no value) for the linters.
+VARIANTS: tuple[str, ...]
+PARAMS: dict[str, list[Param]]
+
+
 def __getattr__(name: str) -> Any:
-    # Derived from the registry on each access, so a variant registered later
-    # (a plugin) is included.
     if name == "VARIANTS":
         return tuple(list_variants())
     if name == "PARAMS":

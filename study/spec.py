@@ -235,7 +235,8 @@ class StudySpec(_Model):
     depth: list[int] = Field(default_factory=lambda: [20])  # a single int is accepted and stored as [int]
     epochs: Annotated[int, Field(ge=1)] = 10
     trials_per_variant: Annotated[int, Field(ge=1)] = 8
-    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [0])
     repeat_best: bool = False
     variants: dict[str, VariantSpec] = Field(
         default_factory=lambda: {v: VariantSpec() for v in list_variants()})
@@ -518,7 +519,8 @@ def _variant_names(v: Any) -> Any:
 
 def _space_overrides(train: Mapping[str, Any], vs: VariantSpec, variant: str) -> dict[str, dict[str, Any]]:
     searched = {p.name for p in spaces.variant_params(variant)}
-    from_train = {k: {"value": v} for k, v in train.items() if k in searched and k not in vs.space and k not in vs.fixed}
+    from_train = {k: {"value": v} for k, v in train.items()
+                  if k in searched and k not in vs.space and k not in vs.fixed}
     return {**from_train, **copy.deepcopy(vs.space)}
 
 

@@ -419,7 +419,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
             else:
                 metrics["test_loss"], metrics["test_acc"] = metrics["test_loss_last"], metrics["test_acc_last"]
 
-        def save(path: str | Path, _epoch: int = epoch + 1, _best=(best_val, best_epoch), _best_state=best_state) -> None:
+        def save(path: str | Path, _epoch: int = epoch + 1, _best=(best_val, best_epoch),
+                 _best_state=best_state) -> None:
             _save(path, {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -65,7 +65,8 @@ def read_reports(ckpt_root: str, epoch: int) -> list[dict[str, Any]]:
         return json.loads(f.read().decode())["reports"]
 
 
-def _write_checkpoint(ckpt_root: str, epoch: int, save: Callable[[str], None], reports: list[dict], keep: int = 2) -> None:
+def _write_checkpoint(ckpt_root: str, epoch: int, save: Callable[[str], None], reports: list[dict],
+                      keep: int = 2) -> None:
     import pyarrow.fs as pafs
 
     fs, root = _fs(ckpt_root)

@@ -4,6 +4,7 @@
 - manifest: what a start resolved (spaces, rungs, claims, plugins, versions), read by analysis
 - context: what one running study holds, handed to phases and arms
 - phases: the search, repeat and twin trials' bookkeeping (ledger, epoch log, MLflow, Optuna)
+- experiment: one experiment's phases as one Tune run
 - design / arms: the designed experiments of the variants' claims, round by round
 - stores: the MLflow runs kept in step with the ledger
 - backend: the Tune backend (searcher, rung scheduler, callbacks)

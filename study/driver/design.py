@@ -29,7 +29,7 @@ import json
 import math
 from typing import Any, Iterable, Mapping
 
-import search_spaces
+from study import spaces as search_space_lib
 from study.config import TrainConfig, variant_options
 from study.variants import Claim, DeclarationError, Variant, get_variant
 
@@ -265,8 +265,8 @@ def _search_param(spec: Any, variant: str, option: str):
     """The option's search Param: the study's (its overrides applied), else the variant's
     default space's (the option is fixed), else None (never searched)."""
     vs = spec.variants.get(variant)
-    searched = search_spaces.space_params(variant, spec.space_overrides(variant), vs.fixed if vs else None)
-    for p in (*searched, *search_spaces.variant_params(variant)):
+    searched = search_space_lib.space_params(variant, spec.space_overrides(variant), vs.fixed if vs else None)
+    for p in (*searched, *search_space_lib.variant_params(variant)):
         if p.name == option:
             return p
     return None
@@ -306,7 +306,7 @@ def count_new(spec: Any, variant: str, depth: int, best_config: Mapping[str, Any
 def _stand_in(spec: Any, variant: str, depth: int) -> dict[str, Any]:
     values = _clean(spec.trial_base_config(variant, depth))
     vs = spec.variants[variant]
-    for p in search_spaces.space_params(variant, spec.space_overrides(variant), vs.fixed):
+    for p in search_space_lib.space_params(variant, spec.space_overrides(variant), vs.fixed):
         if p.kind != "categorical":
             mid = math.sqrt(p.low * p.high) if p.log else (p.low + p.high) / 2
             values[p.name] = round(mid) if p.kind == "int" else float(f"{mid:.4g}")
@@ -343,7 +343,7 @@ _checked = check_declarations
 
 def _inactive(variant: str, option: str, values: Mapping[str, Any]) -> str | None:
     """Why `option` does nothing at `values` (its search condition is off), or None."""
-    for p in search_spaces.variant_params(variant):
+    for p in search_space_lib.variant_params(variant):
         if p.name == option and not p.is_active(values):
             parent = p.parent()[0]
             return (f"{option} is used only when {p.condition}; the configuration has "

@@ -38,8 +38,8 @@ def check_storage(d: Path) -> None:
             break
     # a `.lock` alone is what a driver killed before writing anything left: nothing to keep
     if d.is_dir() and any(p.name != ledger_lib.LOCK_FILE for p in d.iterdir()) and not ledger_lib.is_study_dir(d):
-        raise StorageError(f"storage: {d} exists and is not a resstudy study directory (no study.json, "
-                           "ledger.jsonl or spec.yaml); choose another study name or storage_path")
+        raise StorageError(f"storage: {d} exists and is not a resstudy study directory ({ledger_lib.STUDY_DIR_RULE}); "
+                           "choose another study name or storage_path")
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:

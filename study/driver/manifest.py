@@ -47,7 +47,7 @@ def param_entry(p: Any) -> dict[str, Any]:
     if p.kind == "categorical":
         out["choices"] = list(p.choices)
     else:
-        out.update(low=p.low, high=p.high, log=bool(p.log), step=getattr(p, "step", None))
+        out.update(low=p.low, high=p.high, log=bool(p.log))
     cond = p.parent()
     out["condition"] = None if cond is None else {"param": cond[0], "value": cond[1]}
     return out
@@ -99,7 +99,7 @@ def resolve(spec: Any) -> dict[str, Any]:
     the objectives, the planned trials per arm, the twin's variant, the variant's
     declared claims and the base config of every trial; the spec's design section;
     the plugin files with their sha256; the versions it runs under."""
-    import search_spaces
+    from study import spaces
     from study.config import TrainConfig
     from study.driver.context import experiment_name
     from study.variants import get_variant
@@ -114,7 +114,7 @@ def resolve(spec: Any) -> dict[str, Any]:
             "variant": variant,
             "depth": depth,
             "space": [param_entry(p) for p in
-                      search_spaces.space_params(variant, spec.space_overrides(variant), vs.fixed)],
+                      spaces.space_params(variant, spec.space_overrides(variant), vs.fixed)],
             "rung_epochs": rung_epochs(spec.epochs, spec.scheduler),
             "objectives": list(vs.objectives),
             "arms": dict(plan[(variant, depth)]),
@@ -123,8 +123,8 @@ def resolve(spec: Any) -> dict[str, Any]:
             "base_config": base,
         }
     out: dict[str, Any] = {"format": FORMAT, "study": spec.name, "experiments": experiments}
-    if hasattr(spec, "design"):  # null: the best configuration and its twin only
-        out["design"] = None if spec.design is None else spec.design.model_dump(mode="json")
+    # null: the best configuration and its twin only
+    out["design"] = None if spec.design is None else spec.design.model_dump(mode="json")
     out["plugins"] = plugin_files(list(spec.plugins))
     out["versions"] = versions()
     # as study.json will hold it (tuples as lists), and proof that it is JSON at all

@@ -30,7 +30,8 @@ from study.driver.context import Context, best_search_record, experiment_name
 from study.driver.lifecycle import (StorageError, Stopper, StudyInterrupted, check_spec, check_storage,
                                     end_runs_without_tracker, redacted)
 from study.driver.options import Events, RuntimeOptions
-from study.driver.phases import FIXED_PHASES, Phase, Phases
+from study.driver.experiment import Phases
+from study.driver.phases import FIXED_PHASES, Phase
 from study.driver.stores import MlflowRuns
 from study.ledger import FINISHED, Ledger, StateError, StudyLock
 from study.results import EpochLog, compact
@@ -131,8 +132,8 @@ class StudyRunner:
         tracker = Tracker(uri, spec.experiment_name(), spec.name, self.study_dir,
                           ids=dict(state.get("mlflow_runs", {})), on_ids_changed=self._on_ids, log=_tracking_log)
         storage = self._optuna_storage()
-        if not (self.study_dir / "spec.yaml").exists() or "spec" not in state:
-            (self.study_dir / "spec.yaml").write_text(saved.to_yaml())
+        if not (self.study_dir / ledger_lib.SPEC_FILE).exists() or "spec" not in state:
+            (self.study_dir / ledger_lib.SPEC_FILE).write_text(saved.to_yaml())
         dumped = saved.model_dump(mode="json")  # study.json never holds a tracking password
         state.update(name=spec.name, tracking_uri=redact_uri(ledger_lib.stored_tracking_uri(self.study_dir, uri)),
                      experiment_id=tracker.experiment_id, started=state.get("started", time.time()), spec=dumped,
@@ -322,7 +323,7 @@ class StudyRunner:
 
         fs, root = pafs.FileSystem.from_uri(self.remote)
         local = pafs.LocalFileSystem()
-        for name in ("results.parquet", "history.parquet", "spec.yaml", STATE_FILE, ledger_lib.LEDGER_FILE,
+        for name in ("results.parquet", "history.parquet", ledger_lib.SPEC_FILE, STATE_FILE, ledger_lib.LEDGER_FILE,
                      "optuna.db", "samplers"):
             if (self.study_dir / name).exists():
                 pafs.copy_files(str(self.study_dir / name), f"{root}/{name}", source_filesystem=local,
@@ -380,15 +381,15 @@ def resume_study(study_dir: str | Path, tracking_uri: str | None = None, *, opti
 
     study_dir = Path(study_dir)
     if not study_dir.is_dir() or not ledger_lib.is_study_dir(study_dir):
-        raise StorageError(f"{study_dir} is not a resstudy study directory (no study.json, ledger.jsonl or "
-                           "spec.yaml); give the directory `resstudy run` printed")
+        raise StorageError(f"{study_dir} is not a resstudy study directory ({ledger_lib.STUDY_DIR_RULE}); give the "
+                           "directory `resstudy run` printed")
     overrides = {"mlflow": {"tracking_uri": tracking_uri}} if tracking_uri else None
     try:
-        spec = load_spec(study_dir / "spec.yaml", overrides=overrides)
+        spec = load_spec(study_dir / ledger_lib.SPEC_FILE, overrides=overrides)
     except SpecError as e:
-        raise StateError(f"{study_dir / 'spec.yaml'}: {e}") from None
+        raise StateError(f"{study_dir / ledger_lib.SPEC_FILE}: {e}") from None
     except FileNotFoundError:
-        raise StateError(f"{study_dir / 'spec.yaml'} is missing; resume needs the spec the study was "
+        raise StateError(f"{study_dir / ledger_lib.SPEC_FILE} is missing; resume needs the spec the study was "
                          "started with") from None
     study_dir = study_dir.resolve()
     if not spec.is_remote_storage:  # the saved storage_path is where the study was started

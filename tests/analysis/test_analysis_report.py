@@ -20,7 +20,8 @@ def test_analyze_writes_report_plots_and_tables(analyzed):
     pngs = sorted((out / "plots").glob("*.png"))
     names = {p.stem for p in pngs}
     assert {"comparison", "curve-syn-epsilon-d8-epsilon", "epsilon-syn-epsilon-d8", "curve-syn-sgs-d8-sgs_k",
-            "levels-syn-quotient-d8-quotient_rule", "importance-syn-epsilon-d8-final", "learning-syn-resnet-d8"} <= names
+            "levels-syn-quotient-d8-quotient_rule", "importance-syn-epsilon-d8-final",
+            "learning-syn-resnet-d8"} <= names
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     # one copy of plotly.js in everything written: the report's (the interactive figures live there)
     with_plotly = [p.name for p in out.rglob("*") if p.is_file() and b"plotly.js v" in p.read_bytes()]

@@ -110,11 +110,10 @@ def test_down_stops_every_process_it_started(cluster, tmp_path):
         "    def pid(self): return os.getpid()\n"
         "    def sleep(self): time.sleep(3600)\n"
         "hs = [Hold.remote() for _ in range(2)]\n"
-        f"open('{marker}/actors', 'w').write(' '.join(str(p) for p in ray.get([h.pid.remote() for h in hs])))\n"
-        "import json\n"
-        f"open('{marker}/info', 'w').write(json.dumps([[n['NodeID'][:8], n['Alive'], n['Resources'].get('CPU')] for n in ray.nodes()] + [ray.cluster_resources().get('CPU'), ray.get([h.pid.remote() for h in hs])]))\n"
-        "import ray.util.state as s\n"
-        f"open('{marker}/actors_nodes', 'w').write(json.dumps([[a.node_id[:8], a.state, a.class_name] for a in s.list_actors()]))\n"
+        "import json, ray.util.state as s\n"
+        "ps = ray.get([h.pid.remote() for h in hs])\n"
+        f"open('{marker}/info', 'w').write(json.dumps([[n['NodeID'][:8], n['Alive'], n['Resources'].get('CPU')] for n in ray.nodes()] + [ray.cluster_resources().get('CPU')] + [[a.node_id[:8], a.state, a.class_name] for a in s.list_actors()]))\n"
+        f"open('{marker}/actors', 'w').write(' '.join(str(p) for p in ps))\n"
         "ray.get([h.sleep.remote() for h in hs])\n"
     )
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
@@ -127,7 +126,7 @@ def test_down_stops_every_process_it_started(cluster, tmp_path):
         job_pids = [int((marker / "driver").read_text())] + [int(p) for p in (marker / "actors").read_text().split()]
         snapshot = tree([pid for _, pid, _ in cluster.procs] + job_pids)
         assert all(p in snapshot for p in job_pids)
-        print('DIAG', (marker / 'info').read_text(), (marker / 'actors_nodes').read_text() if (marker / 'actors_nodes').exists() else None)
+        print('DIAG', (marker / 'info').read_text())
 
         r = cluster.sh("down")
         assert "stopped" in r.stdout

@@ -8,7 +8,8 @@ MLflow and Optuna get it) and after the last trial.
     python -m tests.study.faultplug FAULTS.json run SPEC.yaml    # the real CLI, faults plugged in
 
 runs `resstudy` with Faults(FAULTS.json) passed to its driver, and every epoch
-checkpointed (RuntimeOptions.checkpoint_every_s = 0).
+checkpointed (RuntimeOptions.checkpoint_every_s = 0) unless the file, as
+{"rules": [...], "checkpoint_every_s": null}, asks for the spec's own policy.
 
 FAULTS.json holds rules; each fires at most `times` times
 (default 1) in all, counted by marker files beside it, so counts survive
@@ -47,7 +48,16 @@ class InjectedFault(RuntimeError):
 
 
 def _rules(path: str) -> tuple[Path, list[dict[str, Any]]]:
-    return Path(path), json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text())
+    return Path(path), data["rules"] if isinstance(data, dict) else data
+
+
+def _options(path: str) -> dict[str, Any]:
+    """The driver's runtime options for a faults file: every epoch checkpointed, unless the file
+    ({"rules": [...], "checkpoint_every_s": null}) asks for the spec's own policy."""
+    data = json.loads(Path(path).read_text())
+    every = data.get("checkpoint_every_s", 0.0) if isinstance(data, dict) else 0.0
+    return {"checkpoint_every_s": every}
 
 
 def _claim(path: Path, i: int, rule: dict[str, Any]) -> int | None:
@@ -140,4 +150,4 @@ def command(faults: str | Path, *args: str) -> list[str]:
 if __name__ == "__main__":
     from study import cli
 
-    sys.exit(cli.main(sys.argv[2:], events=Faults(sys.argv[1]), options={"checkpoint_every_s": 0.0}))
+    sys.exit(cli.main(sys.argv[2:], events=Faults(sys.argv[1]), options=_options(sys.argv[1])))

@@ -101,7 +101,8 @@ def test_each_claim_gets_arms_paired_by_seed_that_differ_from_the_best_in_what_t
         assert len(sw["levels"]) >= 2
         for rids in sw["levels"].values():
             for rid in rids:
-                assert _differs(trials[rid]["config"], best) <= {option}, (option, _differs(trials[rid]["config"], best))
+                differs = _differs(trials[rid]["config"], best)
+                assert differs <= {option}, (option, differs)
 
 
 def test_an_open_claim_gets_more_seeds_up_to_the_maximum_and_says_why_it_stopped(tmp_path, monkeypatch):

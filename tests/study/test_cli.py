@@ -345,9 +345,9 @@ def test_export_of_a_study_that_cannot_be_written_says_to_give_out(tmp_path, mon
 
 
 def test_every_spec_problem_at_every_level_comes_in_one_error_before_anything_runs(tmp_path, monkeypatch):
-    import study.runner
+    import study.driver.runner
 
-    monkeypatch.setattr(study.runner, "run_study", lambda *a, **k: pytest.fail("a study was started"))
+    monkeypatch.setattr(study.driver.runner, "run_study", lambda *a, **k: pytest.fail("a study was started"))
     spec = tmp_path / "s.yaml"
     spec.write_text("name: s\ndataset: digits\ndepth: [8, 9]\nepoch: 3\nscheduler: {grace: 2}\n"
                     "variants: {quotient: {spce: {}, fixed: {alpha: 0.5}}}\ntrain: {lrr: 1, lr: -1}\n"
@@ -505,10 +505,10 @@ def test_train_from_a_study_retrains_its_best_or_a_named_trial(tmp_path, monkeyp
 
 
 def test_set_changes_the_spec_that_runs(tmp_path, monkeypatch):
-    import study.runner
+    import study.driver.runner
 
     seen = {}
-    monkeypatch.setattr(study.runner, "run_study", lambda spec, **k: seen.update(spec=spec))
+    monkeypatch.setattr(study.driver.runner, "run_study", lambda spec, **k: seen.update(spec=spec))
     code, out, err = run_main(["run", "--preset", "quick", "--storage-path", str(tmp_path), "--set", "epochs=3",
                                "--set", "scheduler.grace_period=2", "--set", "depth=[8, 14]",
                                "--set", "variants=[resnet]"])

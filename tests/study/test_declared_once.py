@@ -169,3 +169,27 @@ def _code(path) -> str:
              if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs)
              or isinstance(node, (ast.Name, ast.Attribute))]
     return "\n".join(words)
+
+
+def test_a_spec_takes_the_objectives_its_variants_declare(monkeypatch):
+    from torch import nn
+
+    from study import variants
+    from study.spec import SpecError, validate_spec
+
+    def spec(name: str, objectives: list) -> dict:
+        return {"name": "o", "dataset": "digits", "variants": {name: {"objectives": objectives}}}
+
+    assert validate_spec(spec("epsilon", ["val_acc", "param_reduction"])).variants["epsilon"].objectives == \
+        ["val_acc", "param_reduction"]
+    with pytest.raises(SpecError, match=r"variants.quotient.objectives: \['val_acc', 'param_reduction'\] is not "
+                                        r"allowed; allowed: \[val_acc\] \(variant 'quotient' declares no other"):
+        validate_spec(spec("quotient", ["val_acc", "param_reduction"]))
+    with pytest.raises(SpecError, match=r"allowed: val_acc first \(ASHA stops on it\), then any of param_reduction"):
+        validate_spec(spec("epsilon", ["param_reduction", "val_acc"]))
+    # a plugin's own objective: no other file names it
+    variants.list_variants()
+    monkeypatch.setattr(variants, "_VARIANTS", dict(variants._VARIANTS))
+    variants.register_variant(variants.Variant("lean", build=lambda depth, num_classes, in_channels: nn.Identity(),
+                                                options=(), metrics=("sparsity",), objectives=("sparsity",)))
+    assert validate_spec(spec("lean", ["val_acc", "sparsity"])).variants["lean"].objectives == ["val_acc", "sparsity"]

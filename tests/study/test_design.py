@@ -162,7 +162,8 @@ def test_the_published_twin_has_the_same_parameters_and_differs_only_in_the_meth
 
 
 def test_a_published_config_that_is_the_best_is_the_repeat_and_the_twin():
-    spec = load_spec(preset="sgs-cifar10", overrides={"depth": [20]})  # nothing searched: the best is the recipe, which is the paper's
+    # nothing searched: the best is the recipe, which is the paper's
+    spec = load_spec(preset="sgs-cifar10", overrides={"depth": [20]})
     best = best_of(spec, "sgs", 20)
     entry = design.claims_plan(spec, "sgs", 20, best)["sgs_vs_twin@published"]
     assert entry["reuse"] == {"published": "repeat", "published twin": "twin"}

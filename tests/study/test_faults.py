@@ -66,7 +66,8 @@ def test_trial_errors_retry_fail_and_diverge_without_stopping_the_study(tmp_path
     # quotient: three errors at epoch 1 with max_failures 1 -> the first trial fails twice
     #   (FAILED), the second fails once and then completes.
     # epsilon: lr 1e5 -> every trial diverges.
-    spec = small_spec(tmp_path, "errors", variants={"resnet": {}, "quotient": {}, "epsilon": {"space": {"lr": {"value": 1e5}}}})
+    spec = small_spec(tmp_path, "errors",
+                      variants={"resnet": {}, "quotient": {}, "epsilon": {"space": {"lr": {"value": 1e5}}}})
     faults = faults_file(tmp_path, [{"variant": "resnet", "index": 0, "epoch": 2, "times": 1},
                                     {"variant": "quotient", "epoch": 1, "times": 3}])
     proc = run_cli("run", str(spec), faults=faults)
@@ -94,7 +95,8 @@ def test_trial_errors_retry_fail_and_diverge_without_stopping_the_study(tmp_path
 
     eps = res[res.variant == "epsilon"]
     assert (eps.status == "diverged").all() and len(eps) == 2
-    record_fault("loss goes NaN/inf (lr 1e5)", "trial ends as diverged, no crash", f"epsilon statuses {sorted(eps.status)}")
+    record_fault("loss goes NaN/inf (lr 1e5)", "trial ends as diverged, no crash",
+                 f"epsilon statuses {sorted(eps.status)}")
 
     storage = f"sqlite:///{study / 'optuna.db'}"
     q_states = [t.state for t in optuna.load_study(study_name="errors-quotient-d8", storage=storage).trials]

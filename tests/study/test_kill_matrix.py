@@ -35,7 +35,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, record_fault
+from study.trainable import checkpoint_epochs
 from tests.study.faultplug import command
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -288,9 +288,52 @@ def test_kill_matrix(tmp_path, sig):
         assert attempts[max(attempts)][0] == 3, attempts
     stopped = ("" if sig == "SIGKILL" else f"exit 130 and the resume line {min(exit_s):.0f}-{max(exit_s):.0f} s "
                "after the signal, nothing RUNNING after each stop; ")
-    record_fault(f"driver stopped at: " + ", ".join(observed), "each followed by `resstudy resume`: rows = trials "
+    record_fault("driver stopped at: " + ", ".join(observed), "each followed by `resstudy resume`: rows = trials "
                  "asked, each epoch trained once and in every store once, stopped trial continues from its "
                  "checkpoint, nothing RUNNING",
                  f"{stopped}{len(res)} rows; epoch logs without repeats; history = MLflow steps = Optuna intermediate "
                  f"values, trial by trial; Optuna = results; {len(res)} MLflow trial runs, none RUNNING; planted Tune "
                  "pickles never loaded")
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_a_stopped_trial_continues_from_its_latest_checkpoint_at_the_default_policy(tmp_path, sig):
+    """The spec's own checkpoint policy (rung epochs and the last; 5 minutes is never reached
+    here) and two trials training at once: the driver is stopped while both train, and on
+    resume each stopped trial goes on from the newest checkpoint it had on disk, never from
+    scratch and never from further back."""
+    name = "kmdefault"
+    data = yaml.safe_load(spec(tmp_path, name).read_text())
+    # two identical trials (every searched knob fixed): equal at ASHA's rung, so neither is pruned there
+    data.update(epochs=6, trials_per_variant=2, repeat_best=False, max_concurrent=2,
+                variants={"resnet": {"space": {"lr": {"value": 0.05}, "weight_decay": {"value": 5e-4}}}},
+                scheduler={"type": "asha", "grace_period": 2, "reduction_factor": 2})  # rungs at 2 and 4
+    spec_path = tmp_path / f"{name}.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    study = tmp_path / "runs" / name
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps({"checkpoint_every_s": None, "rules": [
+        {"at": "trial", "variant": "resnet", "phase": "search", "index": 1, "epoch": 3, "action": "kill_driver",
+         "signal": sig}]}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "driver.log"
+    rc = wait(driver(["run", str(spec_path)], env, log, faults))
+    assert rc == (-signal.SIGKILL if sig == "SIGKILL" else 130), log.read_text()[-4000:]
+    held = {rid: checkpoint_epochs(str(study / "checkpoints" / rid)) for rid, rec in ledger(study).items()
+            if rec["status"] not in ("completed", "pruned", "failed", "diverged")}
+    assert len(held) == 2, f"not two trials training at the stop: {held}"  # concurrency, or no proof
+    assert held[f"{name}-resnet-d8-s0001"] == [2], held  # the rung checkpoint only: not every epoch
+    rc = wait(driver(["resume", str(study)], env, log, faults))
+    assert rc == 0, log.read_text()[-4000:]
+    for rid, ckpts in held.items():
+        attempts: dict[int, list[int]] = {}
+        for row in epoch_log(study, rid):
+            attempts.setdefault(row["attempt"], []).append(row["epoch"])
+        resumed = attempts[max(attempts)]
+        assert resumed[0] == (max(ckpts) + 1 if ckpts else 1), (rid, ckpts, attempts)
+        assert resumed[-1] == 6 and ledger(study)[rid]["status"] == "completed", (rid, attempts)
+    record_fault(f"{sig} while two trials train, the spec's own checkpoint policy",
+                 "each stopped trial goes on from its newest checkpoint on disk",
+                 f"{len(held)} trials stopped, each resumed right after its newest checkpoint ({held})")

@@ -510,9 +510,11 @@ def test_resume_after_driver_kills_finishes_each_trial_once_without_ray(tmp_path
     phase = Phase(runner.ctx, "resnet", 8, "search")
     phase.reconcile()
     status = {rid: rec["status"] for rid, rec in runner.ctx.ledger.trials.items()}
-    assert status == {a["control"]["rid"]: "completed", b["control"]["rid"]: "running", c["control"]["rid"]: "failed"}, status
+    assert status == {a["control"]["rid"]: "completed", b["control"]["rid"]: "running",
+                      c["control"]["rid"]: "failed"}, status
     again = phase.next_trial()
-    assert again["control"]["rid"] == b["control"]["rid"] and phase.next_trial() == Searcher.FINISHED  # nothing new asked
+    # nothing new asked
+    assert again["control"]["rid"] == b["control"]["rid"] and phase.next_trial() == Searcher.FINISHED
     phase.started(b["control"]["rid"])
     phase.ended(b["control"]["rid"], _train(phase, again, [3], final="completed"), "")
     _compact(runner)
@@ -534,7 +536,8 @@ def test_resume_after_driver_kills_finishes_each_trial_once_without_ray(tmp_path
     import pandas as pd
 
     res = pd.read_parquet(runner.study_dir / "results.parquet").set_index("trial_id")
-    assert res.status.to_dict() == {a["control"]["rid"]: "completed", b["control"]["rid"]: "completed", c["control"]["rid"]: "failed"}
+    assert res.status.to_dict() == {a["control"]["rid"]: "completed", b["control"]["rid"]: "completed",
+                                    c["control"]["rid"]: "failed"}
     assert res.loc[c["control"]["rid"], "error"] == "boom"
 
 
@@ -576,7 +579,8 @@ def test_an_epsilon_twin_waits_for_its_variant_run_and_trains_the_epochs_it_trai
     repeat run of its seed has finished, and trains exactly the epochs that run trained."""
     from ray.tune.search import Searcher
 
-    from study.driver.phases import Phase, Phases
+    from study.driver.experiment import Phases
+    from study.driver.phases import Phase
 
     spec = _spec(tmp_path, variants=["epsilon"], trials_per_variant=1, epochs=3, seeds=[0, 1],
                  scheduler={"type": "none"}, search={"algorithm": "random", "seed": 0})
@@ -590,14 +594,17 @@ def test_an_epsilon_twin_waits_for_its_variant_run_and_trains_the_epochs_it_trai
         phases.started(s["control"]["rid"])
         phases.ended(s["control"]["rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
         r0, r1 = phases.next_trial(), phases.next_trial()
-        assert (r0["control"]["phase"], r0["config"]["seed"], r1["control"]["phase"], r1["config"]["seed"]) == ("repeat", 0, "repeat", 1)
+        assert (r0["control"]["phase"], r0["config"]["seed"],
+                r1["control"]["phase"], r1["config"]["seed"]) == ("repeat", 0, "repeat", 1)
         for r in (r0, r1):
             phases.started(r["control"]["rid"])
         assert phases.next_trial() is None  # both twins wait for their variant runs
         phases.ended(r0["control"]["rid"], _train(phases, r0, [1, 2, 3, 4, 5], final="completed"), "")  # a restart: 5
         t0 = phases.next_trial()
-        assert (t0["control"]["phase"], t0["config"]["seed"], t0["config"]["epsilon_gate"], t0["config"]["train_epochs"]) == ("twin", 0, False, 5)
-        assert runner.ctx.ledger.trials[t0["control"]["rid"]]["config"]["train_epochs"] == 5  # recorded, so a resume keeps it
+        assert (t0["control"]["phase"], t0["config"]["seed"], t0["config"]["epsilon_gate"],
+                t0["config"]["train_epochs"]) == ("twin", 0, False, 5)
+        # recorded, so a resume keeps it
+        assert runner.ctx.ledger.trials[t0["control"]["rid"]]["config"]["train_epochs"] == 5
         assert phases.next_trial() is None  # seed 1's variant run is still training
         phases.ended(r1["control"]["rid"], _train(phases, r1, [1, 2, 3], final="completed"), "")
         t1 = phases.next_trial()
@@ -610,7 +617,8 @@ def test_an_epsilon_twin_waits_for_its_variant_run_and_trains_the_epochs_it_trai
 
 
 def test_a_twin_of_a_variant_that_cannot_extend_does_not_wait(tmp_path):
-    from study.driver.phases import Phase, Phases
+    from study.driver.experiment import Phases
+    from study.driver.phases import Phase
 
     spec = _spec(tmp_path, variants=["epsilon"], trials_per_variant=1, epochs=3, seeds=[0],
                  train={"schedule": "step"}, scheduler={"type": "none"}, search={"algorithm": "random", "seed": 0})
@@ -622,7 +630,8 @@ def test_a_twin_of_a_variant_that_cannot_extend_does_not_wait(tmp_path):
         phases.started(s["control"]["rid"])
         phases.ended(s["control"]["rid"], _train(phases, s, [1, 2, 3], final="completed"), "")
         r0, t0 = phases.next_trial(), phases.next_trial()
-        assert (r0["control"]["phase"], t0["control"]["phase"], t0["config"]["train_epochs"]) == ("repeat", "twin", None)
+        assert (r0["control"]["phase"], t0["control"]["phase"],
+                t0["config"]["train_epochs"]) == ("repeat", "twin", None)
     finally:
         lock.release()
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from analysis import load as analysis_load
 from analysis.sensitivity import rung_epochs, sensitivity
@@ -96,7 +95,7 @@ def test_space_override_shows_in_the_manifest_and_the_analysis_bounds(tmp_path):
     spec = _spec(tmp_path)
     m = manifest.resolve(spec)
     res, quo = m["experiments"]["m-resnet-d8"], m["experiments"]["m-quotient-d8"]
-    lr = {"name": "lr", "kind": "float", "low": 0.02, "high": 0.2, "log": True, "step": None, "condition": None}
+    lr = {"name": "lr", "kind": "float", "low": 0.02, "high": 0.2, "log": True, "condition": None}
     assert res["space"] == [lr]  # weight_decay: fixed by `train`, so not searched
     assert res["base_config"]["weight_decay"] == 5e-4 and res["base_config"]["epochs"] == EPOCHS
     assert [p["name"] for p in quo["space"]][:2] == ["lr", "quotient_rule"]

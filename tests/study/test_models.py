@@ -652,7 +652,8 @@ def test_epsilon_default_is_the_official_cifar_backbone():
     y = torch.randn(2, 16, 8, 8)
     out = down(y)
     assert out.shape == (2, 32, 4, 4) and nparams(down) == 0
-    assert torch.allclose(out[:, :16], nn.functional.avg_pool2d(y, 2)) and torch.equal(out[:, 16:], torch.zeros(2, 16, 4, 4))
+    assert torch.allclose(out[:, :16], nn.functional.avg_pool2d(y, 2))
+    assert torch.equal(out[:, 16:], torch.zeros(2, 16, 4, 4))
     # the shared pre-activation backbone stays available: conv stem, option-A shortcut
     shared = create_model("epsilon", depth=14, stem="conv", shortcut="A")
     assert isinstance(shared.bn1, nn.Identity) and not shared.layer1[0].first

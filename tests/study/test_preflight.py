@@ -67,12 +67,14 @@ def test_depth_9998_is_refused_with_the_memory_numbers(tmp_path):
 
 
 def test_image_size_100000_is_refused_before_allocating(tmp_path):
-    with pytest.raises(PreflightError, match=r"memory: .*image_size 100000.* needs about [\d,.]+ TiB.*allowed: image_size <= \d+ "):
+    with pytest.raises(PreflightError,
+                       match=r"memory: .*image_size 100000.* needs about [\d,.]+ TiB.*allowed: image_size <= \d+ "):
         check_spec(spec(tmp_path, image_size=100_000), host_memory=24 * GiB, cpus=2)
 
 
 def test_a_billion_epochs_is_refused_with_what_it_means(tmp_path):
-    with pytest.raises(PreflightError, match=r"epochs: 1000000000 epochs .* take at least [\d,]+ days \([\d,.]+ years\)"):
+    with pytest.raises(PreflightError,
+                       match=r"epochs: 1000000000 epochs .* take at least [\d,]+ days \([\d,.]+ years\)"):
         check_spec(spec(tmp_path, epochs=10**9), host_memory=24 * GiB, cpus=2)
     check_spec(spec(tmp_path, epochs=1000), host_memory=24 * GiB, cpus=2)  # long but sane: allowed
 

@@ -71,7 +71,8 @@ def test_variant_specific_columns(results):
     # a conditional param is listed only where its condition held
     for _, row in sgs.iterrows():
         names = json.loads(row.searched)
-        assert ("sgs_k" in names) == (row.sgs_mode == "mi") and ("sgs_branches" in names) == (row.sgs_mode == "branches")
+        assert ("sgs_k" in names) == (row.sgs_mode == "mi")
+        assert ("sgs_branches" in names) == (row.sgs_mode == "branches")
 
 
 def test_history_has_one_row_per_trial_epoch(tiny_study_dir, results):
@@ -224,7 +225,8 @@ def test_mlflow_runs_nested_study_variant_trial(tiny_study_dir, results):
 def test_mlflow_artifacts_per_variant(tiny_study_dir, results):
     client = MlflowClient(f"sqlite:///{tiny_study_dir / 'mlflow.db'}")
     done = results[results.status == "completed"]
-    expected = {"epsilon": "epsilon_discarded_blocks.json", "sgs": "sgs_scalings.png", "quotient": "quotient_stats.json"}
+    expected = {"epsilon": "epsilon_discarded_blocks.json", "sgs": "sgs_scalings.png",
+                "quotient": "quotient_stats.json"}
     for variant, name in expected.items():
         run_id = done[done.variant == variant].mlflow_run_id.iloc[0]
         assert name in {a.path for a in client.list_artifacts(run_id)}, (variant, name)

@@ -107,7 +107,8 @@ def test_relative_storage_is_resolved_and_remote_is_kept(tmp_path, monkeypatch):
 
 
 def test_yaml_round_trip(tmp_path):
-    spec = load_spec(preset="quick", overrides={"variants": {"quotient": {"space": {"alpha": {"low": 1.2, "high": 3.0}}}}})
+    spec = load_spec(preset="quick",
+                     overrides={"variants": {"quotient": {"space": {"alpha": {"low": 1.2, "high": 3.0}}}}})
     path = tmp_path / "again.yaml"
     path.write_text(spec.to_yaml())
     assert load_spec(path).model_dump() == spec.model_dump()
@@ -122,7 +123,8 @@ def test_scientific_floats_are_floats(tmp_path):
 
 def test_train_value_of_searched_param_fixes_it_unless_variant_overrides():
     spec = validate_spec({**BASE, "train": {"weight_decay": 5e-4},
-                          "variants": {"resnet": {}, "epsilon": {"space": {"weight_decay": {"low": 1e-4, "high": 1e-3}}}}})
+                          "variants": {"resnet": {},
+                                       "epsilon": {"space": {"weight_decay": {"low": 1e-4, "high": 1e-3}}}}})
     trial = optuna.create_study().ask()
     assert spec.build_space("resnet")(trial)["weight_decay"] == 5e-4 and "weight_decay" not in trial.params
     trial = optuna.create_study().ask()
@@ -160,7 +162,8 @@ def test_train_value_of_searched_param_fixes_it_unless_variant_overrides():
         ({"train": {"batch_size": "big"}}, ["train.batch_size", "'big'", "int"]),
         ({"train": {"sgs_mode": "off"}, "variants": ["sgs"]}, ["train.sgs_mode", "'off'", "branches, mi"]),
         ({"resources": {"gpu": 1.5}}, ["resources.gpu", "1.5", "a fraction in (0, 1]"]),
-        ({"search": {"algorithm": "bayes"}}, ["search.algorithm", "'bayes'", "'tpe', 'random', 'grid', 'cmaes' or 'qmc'"]),
+        ({"search": {"algorithm": "bayes"}},
+         ["search.algorithm", "'bayes'", "'tpe', 'random', 'grid', 'cmaes' or 'qmc'"]),
         ({"epochs": "4"}, ["epochs", "valid integer", "'4'"]),
         ({"name": "bad name"}, ["name:", "'bad name'", "[A-Za-z0-9]"]),
         ({"seeds": [0, 0]}, ["seeds", "[0, 0]", "distinct"]),
