@@ -15,7 +15,7 @@ claimed. Where two curves cross, the better variant depends on the budget.
 from __future__ import annotations
 
 from math import comb
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ def expected_max(values: Sequence[float], n: int) -> float:
     return float(weights @ v)
 
 
-def expected_max_curve(values: Sequence[float]) -> np.ndarray:
+def expected_max_curve(values: Iterable[float]) -> np.ndarray:
     """expected_max(values, n) for n = 1..N."""
     finite = [x for x in values if np.isfinite(x)]
     return np.array([expected_max(finite, n) for n in range(1, len(finite) + 1)])

@@ -383,7 +383,8 @@ def designed_rows(results: pd.DataFrame, design: Mapping[str, Any],
     from the driver's last recorded look; n, the estimate, the t and
     bootstrap intervals and the chance of winning on a new seed are computed
     from the arms' runs, paired by seed."""
-    rows, notes = [], []
+    rows: list[dict] = []
+    notes: list[str] = []
     if not design:
         return rows, notes
     family = sum(len((x or {}).get("claims") or {}) for x in design.values())
@@ -418,6 +419,7 @@ def _designed_row(by_id: pd.DataFrame, subject: str, depth: int, key: str, text:
     d = (va.loc[seeds] - vb.loc[seeds]).to_numpy(dtype=float)
     looks = list(entry.get("looks") or [])
     last = looks[-1] if looks else {}
+    row: dict[str, Any]
     row = {"claim": text, "subject": subject, "key": key, "depth": depth, "kind": kind, "metric": metric,
            "setting": "as published" if key.endswith(PUBLISHED) else "as tuned", "control": DESIGNED,
            "basis": f"{metric}: {a} minus {b}, paired by seed", "null": null, "test": SEQUENTIAL_TEST,

@@ -71,9 +71,7 @@ def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METR
                     row["test"] = "baseline"
                 elif base is not None:
                     a, b = _by_seed(r, metric), _by_seed(base[0], metric)
-                    paired = (a is not None and b is not None and len(a) > 0
-                              and set(a.index) == set(b.index))
-                    if paired:
+                    if a is not None and b is not None and len(a) > 0 and set(a.index) == set(b.index):
                         t = diff_test(a.sort_index().to_numpy(), b.sort_index().to_numpy(), paired=True,
                                       conf=conf)
                     else:

@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from study.errors import UserError
 from study.ledger import FINISHED, SPEC_FILE, STUDY_DIR_RULE, is_study_dir
+
+if TYPE_CHECKING:  # imported where used: both are slow to import
+    import mlflow
+    import optuna
 
 STATUSES = FINISHED
 
@@ -188,7 +192,7 @@ def load_study_meta(study_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_optuna_studies(study_dir: str | Path) -> dict[str, "optuna.Study"]:  # noqa: F821
+def load_optuna_studies(study_dir: str | Path) -> dict[str, optuna.Study]:
     """Every Optuna study in optuna.db, keyed by study (= experiment) name."""
     import optuna
 
@@ -289,7 +293,7 @@ def tracking_uri(study_dir: str | Path, meta: dict[str, Any] | None = None) -> s
     return uri
 
 
-def _search_all(client: "mlflow.MlflowClient", experiment_id: str) -> pd.DataFrame:  # noqa: F821
+def _search_all(client: mlflow.MlflowClient, experiment_id: str) -> pd.DataFrame:
     """All runs of an experiment as mlflow.search_runs lays them out (tags./params./metrics.)."""
     rows, token = [], None
     while True:

@@ -12,6 +12,7 @@ would carry no information is not drawn, and the report says why instead."""
 from __future__ import annotations
 
 import html
+import os
 import re
 import time
 import urllib.error
@@ -523,7 +524,7 @@ def _levels_view(levels: pd.DataFrame) -> pd.DataFrame:
                       *(r.column for r in level_rates())])
 
 
-def analyze(study_dir: str | Path, out_dir: str | Path | None = None, log_to_mlflow: bool = True,
+def analyze(study_dir: str | Path, out_dir: str | os.PathLike[str] | None = None, log_to_mlflow: bool = True,
             tracking_uri: str | None = None, *, n_boot: int = 200, seed: int = 0,
             claims: dict | None = None) -> Path:
     """Analyse a study directory; returns the path of the HTML report.

@@ -28,6 +28,7 @@ from typing import Any
 
 from study.errors import UserError
 from study.ledger import FINISHED, SPEC_FILE, STUDY_DIR_RULE, is_study_dir
+from study.results import is_finite_number
 
 DEFAULT_STORAGE = "resstudy_runs"
 METRIC = "val_acc"  # what the search maximises: "best" is the best completed search trial by it
@@ -122,7 +123,7 @@ class Study:
     @staticmethod
     def _best(records) -> dict[str, Any] | None:
         done = [r for r in records if r["phase"] == "search" and r["status"] == "completed"
-                and _number((r.get("row") or {}).get(METRIC))]
+                and is_finite_number((r.get("row") or {}).get(METRIC))]
         if not done:
             return None
         return _trial(max(done, key=lambda r: (r["row"][METRIC], -(r.get("optuna_number") or 0))))
@@ -240,8 +241,6 @@ class Study:
         return path
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _by_experiment(records) -> dict[str, list[dict[str, Any]]]:

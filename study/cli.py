@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Sequence
 
 import typer
 import typer.core
@@ -34,10 +34,14 @@ import typer.core
 from study.errors import UserError
 from study.presets import list_presets
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
 # Typer >= 0.26 carries its own copy of click; its usage-error classes are
-# reached through the public BadParameter so this works with either.
-UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+# reached through the public BadParameter so this works with either (typed Any:
+# which copy is known only at run time).
+UsageError: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+ClickException: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(name="resstudy", help=__doc__.split("\n\n")[0], no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,7 +147,7 @@ def flag_table() -> dict[str, Any]:
 
     key, path = _source_key(), flag_cache_file()
     try:
-        cached = json.loads(path.read_text())  # type: ignore[union-attr]
+        cached = json.loads(path.read_text()) if path is not None else {}
         if cached.get("key") == key and isinstance(cached["table"]["options"], list):
             _TABLE.update(cached["table"])
             return _TABLE
@@ -280,6 +284,7 @@ def _from_study(source: str, variant: str | None, depth: int | None) -> tuple[di
         if not sep:
             raise
         study = api.load(name)
+    picked: dict[str, Any] | None
     if trial:
         picked = study.trial(trial)
         if variant is not None and picked["variant"] != variant:
@@ -396,8 +401,8 @@ class TrainView:
                 keep.append(key)
         self.columns = [c for c in columns if c[0] in keep]
         self.epochs = cfg.epoch_limit()
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
         self._live = _is_terminal(self.stream)
 
     def header(self) -> str:
@@ -425,6 +430,7 @@ class TrainView:
         if self._progress is None:
             return
         what = "validating" if step >= steps else "training"
+        assert self._task is not None  # added with the progress bar
         self._progress.update(self._task, completed=step, total=steps,
                               description=f"epoch {epoch + 1}/{self.epochs} {what}")
 
@@ -517,19 +523,17 @@ class _Group(typer.core.TyperGroup):
 
     _listing = False  # the group's help or a completion of command names: train's short help is enough
 
-    def list_commands(self, ctx: typer.Context) -> list[str]:
+    # ctx: click's Context, of whichever copy of click (see UsageError)
+    def list_commands(self, ctx: Any) -> list[str]:
         names = super().list_commands(ctx)
         return ["train", *[n for n in names if n != "train"]]
 
-    def get_command(self, ctx: typer.Context, name: str):
-        if name == "train":
-            if "train" not in self.commands:
-                if self._listing and not _TABLE:
-                    return typer.core.TyperCommand("train", help=_train.__doc__)
-                self.commands["train"] = train_command()
-            cmd = self.commands["train"]
-        else:
-            cmd = super().get_command(ctx, name)
+    def get_command(self, ctx: Any, name: str):
+        if name == "train" and "train" not in self.commands:
+            if self._listing and not _TABLE:
+                return typer.core.TyperCommand("train", help=_train.__doc__)
+            self.commands["train"] = train_command()
+        cmd = self.commands["train"] if name == "train" else super().get_command(ctx, name)
         if cmd is not None and not any(p.name == "verbose" for p in cmd.params):
             cmd.params.append(_verbose_option())
         return cmd
@@ -903,7 +907,7 @@ def analyze(
     quiet_libraries(STATE["verbose"])
     from analysis.report import analyze as analyze_study
 
-    kwargs = {"tracking_uri": tracking_uri} if tracking_uri else {}
+    kwargs: dict[str, Any] = {"tracking_uri": tracking_uri} if tracking_uri else {}
     report = analyze_study(d, out_dir=out, log_to_mlflow=mlflow, **kwargs)
     typer.echo(f"report: {report}")
 

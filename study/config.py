@@ -241,7 +241,7 @@ class TrainConfig:
 def depth_blocks(depth: Any) -> int | None:
     """n, the blocks per stage of a CIFAR ResNet of `depth` = 6n + 2 (DEPTH_RULE); None
     for any other value."""
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8 or (depth - 2) % 6:
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 8 or (int(depth) - 2) % 6:
         return None
     return (int(depth) - 2) // 6
 

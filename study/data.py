@@ -12,13 +12,14 @@ the same images and seeds only change initialisation and batch order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pickle
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ def crop_pad(size: int) -> int:
     return max(1, size * PAD // 32)
 
 
-AUGMENT_MODES: tuple[str, ...] = CORE["augment"].choices
+_augment_choices = CORE["augment"].choices
+assert _augment_choices is not None  # the option is declared with its choices
+AUGMENT_MODES: tuple[str, ...] = _augment_choices
 # ImageNet's channel statistics (0..1 units), which the quotient paper's SVHN code normalises with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -286,6 +289,8 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def _arrays(name: str, root, download: bool, image_size: int | None, synthetic_size: int) -> _Arrays:
+    key: tuple[Any, ...]  # what the arrays depend on
+    read: Callable[[], _Arrays]
     if name in EXPECTED_FILES:
         if image_size not in (None, 32):
             raise ValueError(f"image_size={image_size!r} is not supported for {name} (its images are 32x32); "
@@ -293,18 +298,20 @@ def _arrays(name: str, root, download: bool, image_size: int | None, synthetic_s
         if root is None:
             raise DatasetError(f"{name} needs a dataset directory: set data_root (root=) to the folder "
                                f"holding {', '.join(EXPECTED_FILES[name])}, or use dataset 'digits' offline")
-        key = (name, os.path.abspath(os.path.expanduser(os.fspath(root))))
+        folder = os.path.abspath(os.path.expanduser(os.fspath(root)))
+        key, read = (name, folder), functools.partial(_read_torchvision, name, folder, download)
     else:
         size = 32 if image_size is None else _check_int("image_size", image_size, 1)
-        key = (name, size) + ((_check_int("synthetic_size", synthetic_size, 2),) if name == "synthetic" else ())
+        if name == "synthetic":
+            n = _check_int("synthetic_size", synthetic_size, 2)
+            key, read = (name, size, n), functools.partial(_read_synthetic, size, n)
+        elif name == "digits":
+            key, read = (name, size), functools.partial(_read_digits, size)
+        else:  # load_dataset refuses it first
+            raise ValueError(f"unknown dataset {name!r}; known datasets: {dataset_names()}")
     with _CACHE_LOCK:
         if key not in _CACHE:
-            if name == "digits":
-                _CACHE[key] = _read_digits(key[1])
-            elif name == "synthetic":
-                _CACHE[key] = _read_synthetic(key[1], key[2])
-            else:
-                _CACHE[key] = _read_torchvision(name, key[1], download)
+            _CACHE[key] = read()
         return _CACHE[key]
 
 
@@ -392,9 +399,9 @@ def load_data(name: str, root: str | os.PathLike | None = None, *, download: boo
     normalization = CORE["normalization"].check(normalization)
     arrays = _arrays(name, root, download, image_size, synthetic_size)
     n_val = _val_count(val_size, len(arrays.train_y))
-    train_idx, val_idx = _split(arrays.train_y.numpy(), n_val, VAL_SPLIT_SEED)
+    train_rows, val_rows = _split(arrays.train_y.numpy(), n_val, VAL_SPLIT_SEED)
     dev = resolve_device(device)
-    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    train_idx, val_idx = torch.from_numpy(train_rows), torch.from_numpy(val_rows)
     # Indexing copies, so the cached tensors are never handed out; test is copied explicitly.
     train_x = arrays.train_x[train_idx].to(dev)
     if normalization == "imagenet":
@@ -420,7 +427,8 @@ def normalize(x_uint8: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return x_uint8.float().mul_(scale).sub_((mean.view(1, -1, 1, 1) * scale))
 
 
-def _draw(n: int, mode: str, generator: torch.Generator, device: torch.device, pad: int = PAD):
+def _draw(n: int, mode: str, generator: torch.Generator, device: torch.device,
+          pad: int = PAD) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-sample crop offsets and flips, drawn from `generator` on its own device."""
     g = generator.device
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=g).to(device)
@@ -513,7 +521,8 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
     centres = fill = None
     if data.cutout > 0:
         # drawn after the crops and flips: without cutout the stream, so every batch, is as before
-        centres = _draw_centres(used, *data.train_x.shape[-2:], generator, device)
+        h, w = data.train_x.shape[-2:]
+        centres = _draw_centres(used, h, w, generator, device)
         fill = data.mean.round().clamp(0, 255).to(device=device, dtype=torch.uint8)
     for i in range(batches):
         s = slice(i * batch_size, min((i + 1) * batch_size, used))
@@ -523,6 +532,7 @@ def train_batches(data: DeviceData, batch_size: int, generator: torch.Generator,
             dy, dx, flip = params
             x = _crop_flip(x, dy[s], dx[s], None if flip is None else flip[s], pad)
         if centres is not None:
+            assert fill is not None  # set with the centres
             x = _cutout(x, centres[0][s], centres[1][s], data.cutout, fill)
         x = _to_format(x, channels_last)
         yield (normalize(x, data.mean, data.std) if normalized else x), data.train_y[idx]

@@ -250,6 +250,7 @@ def check_train(cfg: Mapping[str, Any], *, host_memory: float | None = None) -> 
     its memory, its threads), before any data is built: one PreflightError line."""
     device = str(cfg.get("device", "auto"))
     gpu = _local_gpu_memory() if device != "cpu" else None
+    budget: float | None  # None: the memory is unknown, so not checked
     if gpu is not None:
         budget, how, speed = gpu, f"this machine's GPU ({_gib(gpu)})", FLOPS_PER_GPU
     else:

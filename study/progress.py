@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
 from study.ledger import FINISHED
+from study.results import is_finite_number
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Progress:
         with self._lock:
             row = self._row(label)
             row.counts[status if status in FINISHED else "failed"] += 1
-            if status == "completed" and _number(val_acc):
+            if status == "completed" and is_finite_number(val_acc):
                 row.best = max(row.best if row.best is not None else -1.0, float(val_acc))
 
     def replan(self, label: str, n: int) -> None:
@@ -121,29 +122,32 @@ class Progress:
                     row.epoch_seconds += float(epoch_seconds) * (epoch - t.epoch)
             t.epoch, t.epochs = max(t.epoch, int(epoch)), int(epochs)
             row.epochs_per_trial = max(row.epochs_per_trial, int(epochs))
-            if _number(val_acc):
+            if is_finite_number(val_acc):
                 t.val_acc = float(val_acc)
         self._changed(summary_only=True)
 
-    def trial_finished(self, trial_id: str, status: str, best_val_acc: float | None = None) -> None:
+    def trial_finished(self, trial_id: str, status: str, best_val_acc: float | None = None, *,
+                       label: str = "?", phase: str = "?") -> None:
+        """`label` and `phase` name a trial that finishes without a start event (one a resumed
+        study finds finished in its checkpoints)."""
         # interrupted (Ctrl-C, SIGTERM): resumable, so neither finished nor failed
         status = status if status in (*FINISHED, "interrupted") else "failed"
         with self._lock:
             t = self.trials.get(trial_id)
             if t is None:  # finished without a start event (a replay after resume)
-                t = self.trials[trial_id] = _Trial("?", "?", status="running")
-                self._row("?").counts["running"] += 1
+                t = self.trials[trial_id] = _Trial(label, phase, status="running")
+                self._row(label).counts["running"] += 1
             row = self.rows[t.label]
             if t.status == status:
                 return
             row.counts[t.status] -= 1
             row.counts[status] += 1
             t.status = status
-            if status == "completed" and _number(best_val_acc):
+            if status == "completed" and is_finite_number(best_val_acc):
                 row.best = max(row.best if row.best is not None else -1.0, float(best_val_acc))
             line = (f"[{self.name} {self._elapsed()}] {t.label} {t.phase} trial {trial_id}: {status}"
                     + (f" at epoch {t.epoch}/{t.epochs}" if status != "completed" and t.epochs else "")
-                    + (f", best val_acc {best_val_acc:.4f}" if _number(best_val_acc) else ""))
+                    + (f", best val_acc {best_val_acc:.4f}" if is_finite_number(best_val_acc) else ""))
         if self.live:
             self._refresh()
         else:
@@ -270,8 +274,6 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def _fmt(v: float | None, spec: str) -> str:

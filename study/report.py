@@ -113,6 +113,18 @@ def read_claims(study_dir: Path) -> pd.DataFrame | None:
         raise UserError(f"{path} cannot be read ({type(e).__name__}: {e}); rerun `resstudy analyze`") from e
 
 
+def _claims_basis(claims: pd.DataFrame) -> str:
+    """What the intervals and p-values of a claims table are, as its rows were computed."""
+    designed = claims["control"].astype(str).str.startswith("designed") if "control" in claims else None
+    parts = []
+    if designed is not None and designed.any():
+        parts.append("designed claims: 95% intervals valid under the looks taken after every round, each tested "
+                     "at its Holm level")
+    if designed is None or not designed.all():
+        parts.append("other claims: 95% Student-t intervals clipped to the metric's range, p Holm-adjusted")
+    return "; ".join(parts)
+
+
 def claims_lines(claims: pd.DataFrame) -> list[str]:
     """The claims, two lines each: the verdict and the claim, then its numbers
     (or, when inconclusive, also what would settle it)."""
@@ -120,13 +132,18 @@ def claims_lines(claims: pd.DataFrame) -> list[str]:
         return ["  none tested (no studied variant declares a claim)"]
     out = []
     for _, r in claims.iterrows():
-        out.append(f"  {r['verdict']:<13} {'d' + str(r['depth']):<5}{r['claim']}")
+        setting = f" ({r['setting']})" if isinstance(r.get("setting"), str) and r["setting"] else ""
+        out.append(f"  {r['verdict']:<13} {'d' + str(r['depth']):<5}{r['claim']}{setting}")
         nums = f"n={int(r['n'])}"
         if _num(r["estimate"]):
-            nums = f"{_num(r['estimate'], '+.4f')}" + (
-                f" [{_num(r['ci_lo'], '+.4f')}, {_num(r['ci_hi'], '+.4f')}]" if _num(r["ci_lo"]) else "") + f", {nums}"
+            same = _num(r["ci_lo"]) and r["ci_lo"] == r["ci_hi"]  # every pair gave the same difference
+            interval = (" (no spread)" if same else f" [{_num(r['ci_lo'], '+.4f')}, {_num(r['ci_hi'], '+.4f')}]"
+                        if _num(r["ci_lo"]) else "")
+            nums = f"{_num(r['estimate'], '+.4f')}{interval}, {nums}"
         if _num(r["p_adj"]):
             nums += f", p Holm {_num(r['p_adj'], '.2g')}"
+        if isinstance(r.get("stop"), str) and r["stop"]:
+            nums += f", stopped: {r['stop'].replace('_', ' ')}"
         settle = r["settle"] if r["verdict"] == "inconclusive" and isinstance(r["settle"], str) else ""
         out.append(f"{'':21}{nums}" + (f"; -> {settle}" if settle else ""))
     return out
@@ -142,11 +159,11 @@ def status_text(study_dir: Path, width: int | None = WIDTH) -> str:
     lines = []
     claims = read_claims(study_dir)
     if claims is not None:
-        lines += ["Claims (from `resstudy analyze`; 95% t intervals, p Holm-adjusted):", *claims_lines(claims), ""]
+        lines += [f"Claims (from `resstudy analyze`; {_claims_basis(claims)}):", *claims_lines(claims), ""]
     lines.append(f"study {state.get('name', study_dir.name)} at {study_dir}")
-    exps = state.get("experiments", {})
-    if exps:
-        lines.append("experiments finished: " + ", ".join(sorted(k for k, v in exps.items() if v == "done")))
+    phases = state.get("phases", {})  # "<experiment>:<phase>": "done", as the driver records them
+    if phases:
+        lines.append("phases finished: " + ", ".join(sorted(k for k, v in phases.items() if v == "done")))
     lines.append("state: " + _state(study_dir, state))
     df = load(study_dir)  # a damaged results file raises ResultsError naming it (exit 2)
     if df.empty:
@@ -212,8 +229,7 @@ def export(study_dir: Path, out: str | Path | None = None) -> list[Path]:
                      f"[{_num(r['ci_lo'], '+.4f')}, {_num(r['ci_hi'], '+.4f')}]" if _num(r["ci_lo"]) else "",
                      _num(r["p_adj"], ".3g"), r["verdict"],
                      r["settle"] if isinstance(r["settle"], str) else ""] for _, r in claims.iterrows()]
-            parts += ["## Claims\n", "95% Student-t intervals clipped to the metric's range; p-values "
-                      "Holm-Bonferroni adjusted across the table.\n",
+            parts += ["## Claims\n", _claims_basis(claims)[0].upper() + _claims_basis(claims)[1:] + ".\n",
                       tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
                                               "what would settle it"], tablefmt="github",
                                disable_numparse=True) + "\n"]

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypeGuard
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,14 +91,19 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def is_number(v: Any) -> bool:
+def is_number(v: Any) -> TypeGuard[float]:
     """A metric value MLflow and the tables take as a number (NaN included; bools are not)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def is_finite_number(v: Any) -> TypeGuard[float]:
+    """A number that can be compared and shown (no NaN, no infinity)."""
+    return is_number(v) and math.isfinite(v)
+
+
 def metrics_of(result: dict[str, Any]) -> dict[str, Any]:
     """A report's metrics: numbers, plus the resolved precision and device strings."""
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in result.items():
         if k in NOT_METRICS:
             continue
@@ -181,7 +186,7 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not path.exists():
         return rows
     for line in path.read_text().splitlines():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -28,7 +28,7 @@ METRIC = "val_acc"
 def optuna_study(storage: Any, name: str, objectives: list[str], sampler: Any):
     import optuna
 
-    directions = ["maximize"] * len(objectives)
+    directions: list[Literal["maximize"]] = ["maximize"] * len(objectives)
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions,
                                 load_if_exists=True)
     if study.metric_names != objectives:
@@ -84,7 +84,9 @@ class SamplerState:
     def save(self, study: Any, asked: int) -> None:
         from study.ledger import write_json_atomic
 
-        rngs = {p: _encode(r.get_state()) for p, r in _rngs(study.sampler).items()}
+        # numpy's stub types get_state() by its legacy=False overload; the default
+        # (legacy=True) returns MT19937's tuple
+        rngs = {p: _encode(r.get_state()) for p, r in _rngs(study.sampler).items()}  # type: ignore[arg-type]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, {"asked": asked, "rngs": rngs})
 

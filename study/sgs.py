@@ -48,7 +48,7 @@ def _kernel_hw(kernel_size: int | Sequence[int], what: str = "kernel_size") -> t
     ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if len(ks) != 2 or not all(isinstance(v, int) and v >= 1 for v in ks):
         raise ValueError(f"{what} must be a positive int or a pair of them, got {kernel_size!r}")
-    return ks  # type: ignore[return-value]
+    return ks
 
 
 def _check_branch_name(name: str) -> None:
@@ -108,6 +108,7 @@ def branch_scaling(
     elif len(weights) != len(masks):
         raise ValueError(f"weights has {len(weights)} entries but there are {len(masks)} branches")
     s = sum(float(a) ** 2 * m.double() for a, m in zip(weights, masks))
+    assert isinstance(s, Tensor)  # masks is not empty
     if normalize:
         mean = s.mean()
         if not torch.isfinite(mean) or mean <= 0:
@@ -211,7 +212,8 @@ class _LayerMI:
         self.images = 0
         # masked, per displacement: lo_a, hi_a, lo_b, hi_b, n (each (C,))
         self.stats: list[list[Tensor] | None] = [None] * len(self.shifts)
-        self.plan: list[tuple | None] = [None] * len(self.shifts)  # per displacement, after prepare()
+        # per displacement, after prepare(): (anchor spec, neighbour spec, bins, channel offsets)
+        self.plan: list[tuple[int, int, int, Tensor] | None] = [None] * len(self.shifts)
         self.counts: list[Tensor | None] = [None] * len(self.shifts)
 
     def _views(self, xp: Tensor, offset: int, sy: int, sx: int):
@@ -249,7 +251,7 @@ class _LayerMI:
 
     def prepare(self) -> None:
         """Between the passes: Sturges bins per channel and each side's binning map."""
-        if not self.masked and self.lo is not None:
+        if not self.masked and self.lo is not None and self.hi is not None:  # set together
             for i, (_, _, sy, sx) in enumerate(self.shifts):
                 lo_a, lo_b = _pairs(self.lo, sy, sx)
                 hi_a, hi_b = _pairs(self.hi, sy, sx)
@@ -299,10 +301,12 @@ class _LayerMI:
         """Pass 2: bin the batch's pairs into the joint histograms, all channels in one bincount."""
         binned: dict[tuple, Tensor] = {}  # unmasked: each pixel binned once per distinct spec
         for i, (_, _, sy, sx) in enumerate(self.shifts):
-            if self.plan[i] is None:
+            plan, counts = self.plan[i], self.counts[i]
+            if plan is None:
                 continue
-            sa, sb, b, offs = self.plan[i]
-            spare = len(self.counts[i]) - 1
+            assert counts is not None  # prepare() sets both
+            sa, sb, b, offs = plan
+            spare = len(counts) - 1
             if not self.masked:
                 # anchor side pre-shifted to its joint row (channel * b * b + i * b), once per spec
                 if ("a", sa, b) not in binned:
@@ -315,7 +319,7 @@ class _LayerMI:
                 flat = (self._binned(a, sa) * b).add_(self._binned(b_, sb)).add_(offs)
                 # masked-out pairs go to the spare last bin: no boolean select, no host sync
                 flat = flat.masked_fill_(~mask, spare) if mask.shape == flat.shape else flat.where(mask, spare)
-            self.counts[i] += torch.bincount(flat.reshape(-1), minlength=spare + 1)
+            counts += torch.bincount(flat.reshape(-1), minlength=spare + 1)  # in place: self.counts[i]
 
     def scaling(self, k: float) -> Tensor:
         """Per-channel sharpened NMI over the window, centre 1, channel NaN-mean (kh x kw)."""
@@ -326,10 +330,12 @@ class _LayerMI:
         a = torch.full((c, kh, kw), math.nan, dtype=torch.float64, device=dev)
         a[:, rh, rw] = 1.0
         for i, (dy, dx, _, _) in enumerate(self.shifts):
-            if self.counts[i] is None:
+            plan, counts = self.plan[i], self.counts[i]
+            if counts is None:
                 continue  # no pairs at this displacement: NaN
-            b = self.plan[i][2]
-            joint = self.counts[i][:-1].view(-1, b, b).double()
+            assert plan is not None  # prepare() sets both
+            b = plan[2]
+            joint = counts[:-1].view(-1, b, b).double()
             if self.diag:
                 joint.diagonal(dim1=1, dim2=2).zero_()
             h_xy = _entropy(joint, (1, 2))

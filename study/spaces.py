@@ -171,12 +171,23 @@ def grid_space(variant: str, overrides: Mapping[str, Mapping[str, Any]] | None =
         q = r.searched.get(p.name)
         if q is None or not r.reachable(q):
             continue
-        grid[q.name] = list(q.choices) if q.kind == "categorical" else _grid_values(q, points)
+        grid[q.name] = list(_choices(q)) if q.kind == "categorical" else _grid_values(q, points)
     return grid
 
 
+def _bounds(p: Param) -> tuple[float | int, float | int]:
+    assert p.low is not None and p.high is not None, p.name  # a numeric param declares its range
+    return p.low, p.high
+
+
+def _choices(p: Param) -> tuple[Any, ...]:
+    assert p.choices is not None, p.name  # bind() gives every categorical param its choices
+    return p.choices
+
+
 def _grid_values(p: Param, points: int) -> list:
-    lo, hi = float(p.low), float(p.high)
+    low, high = _bounds(p)
+    lo, hi = float(low), float(high)
     raw = np.geomspace(lo, hi, points) if p.log else np.linspace(lo, hi, points)
     out: list = []
     for v in raw:
@@ -250,7 +261,7 @@ def make_sampler(algorithm: str, seed: int | None, variant: str,
     ):
         raise ValueError(f"n_startup_trials: got {n_startup_trials!r}; allowed: an integer >= 0 or None")
     r = _resolve(variant, overrides, fixed)  # validates even where the sampler ignores the space
-    startup = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
+    startup: dict[str, Any] = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
 
     if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -289,10 +300,12 @@ def make_sampler(algorithm: str, seed: int | None, variant: str,
 
 def _suggest(trial: Any, p: Param) -> Any:
     if p.kind == "float":
-        return trial.suggest_float(p.name, float(p.low), float(p.high), log=p.log)
+        low, high = _bounds(p)
+        return trial.suggest_float(p.name, float(low), float(high), log=p.log)
     if p.kind == "int":
-        return trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log)
-    return trial.suggest_categorical(p.name, list(p.choices))
+        low, high = _bounds(p)
+        return trial.suggest_int(p.name, int(low), int(high), log=p.log)
+    return trial.suggest_categorical(p.name, list(_choices(p)))
 
 
 # ---------------------------------------------------------------- validation
@@ -361,8 +374,9 @@ def _resolve(variant: str, overrides: Mapping[str, Any] | None,
 
     for name in list(ov) + [k for k in fixed if k in by_name]:
         p = by_name[name]
-        if not r.reachable(p):
-            pname, required = p.parent()
+        cond = p.parent()
+        if cond is not None and not r.reachable(p):  # reachable() is True without a condition
+            pname, required = cond
             raise SpaceError(
                 f"variant {variant!r}: parameter {name!r} is used only when {p.condition}, "
                 f"but the overrides never choose {pname} = {required!r}",
@@ -391,7 +405,7 @@ def _apply(variant: str, p: Param, ov: Any) -> Param | tuple[Any]:
         choices = ov.get("choices")
         if not isinstance(choices, (list, tuple)) or not choices:
             raise SpaceError(f"{where}: choices={choices!r}; allowed: a non-empty list drawn from "
-                             f"{list(p.choices)}", variant=variant, param=p.name)
+                             f"{list(_choices(p))}", variant=variant, param=p.name)
         chosen = [_choice(variant, p, c, "choice") for c in choices]
         if len(set(map(repr, chosen))) != len(chosen):
             raise SpaceError(f"{where}: choices={list(choices)} repeat a value", variant=variant, param=p.name)
@@ -414,7 +428,7 @@ def _apply(variant: str, p: Param, ov: Any) -> Param | tuple[Any]:
     return dataclasses.replace(p, low=cast(low), high=cast(high), log=log)
 
 
-def _is_number(v: Any, kind: str) -> bool:
+def _is_number(v: Any, kind: str | None) -> bool:
     if isinstance(v, bool):
         return False
     if kind == "int":
@@ -425,7 +439,7 @@ def _is_number(v: Any, kind: str) -> bool:
 def _choice(variant: str, p: Param, value: Any, what: str) -> Any:
     """The declared choice `value` is (options.same_value), so a trial gets the option's
     own value (16, not a 16.0 read from YAML); else SpaceError."""
-    allowed = p.allowed or p.choices
+    allowed = p.allowed or _choices(p)
     for c in allowed:
         if same_value(value, c):
             return c

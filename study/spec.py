@@ -26,7 +26,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, NoReturn
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -51,6 +51,15 @@ MAX_GRID_POINTS, MAX_GRID_SIZE = 100, 100_000
 class SpecError(UserError, ValueError):
     """An invalid study spec; the message names the field path, value and what is allowed."""
 
+
+# The allowed values, derived from their declarations: known at run time, where
+# pydantic checks them; a plain str to the type checker.
+if TYPE_CHECKING:
+    Algorithm = str
+    DatasetName = str
+else:
+    Algorithm = Literal[ALGORITHMS]
+    DatasetName = Literal[DATASETS]
 
 # A study's name is a directory under storage_path: one path component, never `..`.
 StudyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)]
@@ -151,7 +160,7 @@ class VariantSpec(_Model):
 
 
 class SearchSpec(_Model):
-    algorithm: Literal[ALGORITHMS] = "tpe"
+    algorithm: Algorithm = "tpe"
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = 0  # numpy's seed range, used by optuna
     n_startup_trials: Annotated[int, Field(ge=0)] | None = None
     grid_points: Annotated[int, Field(ge=2, le=MAX_GRID_POINTS)] = 3  # values per numeric param for `grid`
@@ -229,7 +238,7 @@ class DesignSpec(_Model):
 class StudySpec(_Model):
     plugins: list[str] = Field(default_factory=list)  # .py files or modules that register more variants
     name: StudyName
-    dataset: Literal[DATASETS]
+    dataset: DatasetName
     data_root: str | None = None
     image_size: Annotated[int, Field(ge=4)] | None = None
     depth: list[int] = Field(default_factory=lambda: [20])  # a single int is accepted and stored as [int]
@@ -322,8 +331,7 @@ class StudySpec(_Model):
         problems = _check_fields(v, "train", list(variants) if variants is not None else None)
         if problems:
             _fail_all(problems)
-        for name in variants or {}:  # each variant's search space with these values, every bad range
-            vs = variants[name]
+        for name, vs in (variants or {}).items():  # each variant's search space with these values, every bad range
             try:
                 spaces.build_space(name, _space_overrides(v, vs, name), vs.fixed)
             except SpaceError as e:
@@ -525,7 +533,7 @@ def _space_overrides(train: Mapping[str, Any], vs: VariantSpec, variant: str) ->
 
 
 def _space_error_path(e: SpaceError, train: Mapping[str, Any], vs: VariantSpec, variant: str) -> str:
-    if e.param in train and e.param not in vs.space and e.param not in vs.fixed:
+    if e.param is not None and e.param in train and e.param not in vs.space and e.param not in vs.fixed:
         return _join("train", e.param)  # the fixed value came from train
     return _join("variants", variant, e.section, e.param or "")
 
@@ -621,6 +629,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | None = None, *, preset: s
     elif isinstance(source, Mapping):
         origin, data = "<mapping>", copy.deepcopy(dict(source))
     else:
+        assert source is not None  # exactly one of source and preset
         path = Path(source).expanduser()
         origin = str(path)
         if not path.is_file():

@@ -325,6 +325,7 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
                 raise UserError(f"plugins: {p!r} is not a file; allowed: a Python file or module that "
                                 "calls study.variants.register_variant")
             spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec is not None and spec.loader is not None  # a .py file has a source loader
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
             try:

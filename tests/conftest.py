@@ -156,6 +156,9 @@ TINY_SPEC = {
     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
     "resources": {"cpu": 1, "gpu": 0},
     "max_concurrent": 2,
+    # every claim's arms at both seeds and the sweeps at seed 0 (two seeds settle nothing: the
+    # designed experiments run through the real backend, the verdicts are the hand-played tests')
+    "design": {"max_seeds": 2, "sweeps": {"levels": 2, "seeds": 1}},
 }
 
 

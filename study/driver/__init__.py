@@ -12,12 +12,17 @@
 - lifecycle: storage, spec fingerprint, signals and stopping
 - runner: StudyRunner, run_study, resume_study
 
-`import study.driver` stays light (no Ray): the names below load on first use.
+`import study.driver` stays light (no Ray): it sets Ray's switches (see
+environment), and the names below load on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from study.driver.environment import set_switches
+
+set_switches()  # before any driver module imports ray
 
 _EXPORTS = {
     "run_study": "study.driver.runner", "resume_study": "study.driver.runner", "StudyRunner": "study.driver.runner",

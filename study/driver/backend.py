@@ -13,16 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from study.driver import environment  # noqa: F401  (Ray's switches, before ray is imported)
+import ray
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
-from ray.tune.search import Searcher  # noqa: E402
-
-from study.driver.context import Context  # noqa: E402
-from study.searcher import METRIC, Rungs  # noqa: E402
-from study.trainable import trainable  # noqa: E402
+from study.driver import environment
+from study.driver.context import Context
+from study.searcher import METRIC, Rungs
+from study.trainable import trainable
 
 TUNE_RUNS_PER_PHASE = 3  # Tune runs of one experiment before its unfinished trials count as failed
 

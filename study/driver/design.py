@@ -128,7 +128,8 @@ def _claim_entry(v: Variant, c: Claim, base: TrainConfig, which: str, refs: dict
     entry: dict[str, Any] = {"claim": key, "text": c.text, "kind": c.kind, "metric": c.metric, "margin": c.margin,
                              "gain_metric": c.gain_metric, "base": which, "compare": [], "configs": {}, "full": {},
                              "reuse": {}, "partner": {}, "skip": None,
-                             "source": v.published.source if which == "published" else None}
+                             # (published arms are planned only where the variant declares them)
+                             "source": v.published.source if which == "published" and v.published else None}
     prefix = "published " if which == "published" else ""
     if c.kind in ("twin", "noninferior"):
         twin = base.twin()
@@ -140,6 +141,7 @@ def _claim_entry(v: Variant, c: Claim, base: TrainConfig, which: str, refs: dict
         entry["partner"] = {b: a}
         entry["configs"] = {a: _published_values(v, base) if which == "published" else {}, b: _diff(base, twin)}
     elif c.kind == "level":
+        assert c.option is not None  # check_declarations: a level claim names an option the variant takes
         why = _inactive(v.name, c.option, base.to_dict())
         if why:
             return {**entry, "skip": why}
@@ -180,6 +182,7 @@ def published_config(spec: Any, variant: str, depth: int) -> dict[str, Any] | No
 
 
 def _published_values(v: Variant, cfg: TrainConfig) -> dict[str, Any]:
+    assert v.published is not None  # called for the published arms only
     names = [*v.published.options, *(v.published.values(cfg.to_dict()) if v.published.values else {})]
     return {name: cfg.get(name) for name in dict.fromkeys(names)}
 
@@ -308,7 +311,9 @@ def _stand_in(spec: Any, variant: str, depth: int) -> dict[str, Any]:
     vs = spec.variants[variant]
     for p in search_space_lib.space_params(variant, spec.space_overrides(variant), vs.fixed):
         if p.kind != "categorical":
-            mid = math.sqrt(p.low * p.high) if p.log else (p.low + p.high) / 2
+            low, high = p.low, p.high
+            assert low is not None and high is not None  # a numeric param declares its range
+            mid = math.sqrt(low * high) if p.log else (low + high) / 2
             values[p.name] = round(mid) if p.kind == "int" else float(f"{mid:.4g}")
     return TrainConfig.from_dict(values).to_dict()
 
@@ -344,8 +349,9 @@ _checked = check_declarations
 def _inactive(variant: str, option: str, values: Mapping[str, Any]) -> str | None:
     """Why `option` does nothing at `values` (its search condition is off), or None."""
     for p in search_space_lib.variant_params(variant):
-        if p.name == option and not p.is_active(values):
-            parent = p.parent()[0]
+        cond = p.parent()
+        if p.name == option and cond is not None and not p.is_active(values):  # active without a condition
+            parent = cond[0]
             return (f"{option} is used only when {p.condition}; the configuration has "
                     f"{parent} = {values.get(parent)!r}")
     return None

@@ -1,7 +1,9 @@
 """Ray's and Tune's environment, and the embedded Ray's start-up.
 
-Import this module before `ray`: the switches below are read when Ray is first
-imported. Nothing else in the driver sets process environment.
+The switches are set when the study.driver package is imported (its __init__
+calls `set_switches`), so before any driver module imports ray, which reads them
+once. Nothing else in the driver sets process environment. This module imports
+ray only inside its functions.
 """
 
 from __future__ import annotations
@@ -14,29 +16,33 @@ import sys
 import time
 from typing import Any
 
-if not os.environ.get("RAY_ADDRESS"):
-    # The embedded local Ray must listen on loopback only. On Linux Ray rewrites
-    # 127.0.0.1 to the machine's routable IP and binds its servers to every
-    # interface; this switch (read when ray is imported) keeps them on 127.0.0.1.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # Token auth, set before ray is imported: Ray's native side reads the mode once, and a
-    # mode set later by ray.init's default is not seen by a retried start in this process.
-    # Where ray was imported first, its native side has read the mode already: setting it
-    # now would start servers that want a token the driver never sends; ray.init's own
-    # default (token auth on) applies there.
-    SET_AUTH_MODE = "ray" not in sys.modules
-    if SET_AUTH_MODE:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-else:
-    SET_AUTH_MODE = False
-# resstudy keeps its own state: Tune's per-trial logger files and periodic experiment
-# snapshots are work the driver would pay for per report, and Tune's own SIGINT
-# handling would stop one phase only.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
-os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+SET_AUTH_MODE = False  # whether these switches set token auth (ray was not imported before them)
 
-import ray  # noqa: E402  (after the switches above)
+
+def set_switches() -> None:
+    """Ray's and Tune's switches, set when the study.driver package is imported: before any
+    of its modules imports ray, which reads them once."""
+    global SET_AUTH_MODE
+    if not os.environ.get("RAY_ADDRESS"):
+        # The embedded local Ray must listen on loopback only. On Linux Ray rewrites
+        # 127.0.0.1 to the machine's routable IP and binds its servers to every
+        # interface; this switch (read when ray is imported) keeps them on 127.0.0.1.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Token auth, set before ray is imported: Ray's native side reads the mode once, and a
+        # mode set later by ray.init's default is not seen by a retried start in this process.
+        # Where ray was imported first, its native side has read the mode already: setting it
+        # now would start servers that want a token the driver never sends; ray.init's own
+        # default (token auth on) applies there.
+        SET_AUTH_MODE = "ray" not in sys.modules
+        if SET_AUTH_MODE:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # resstudy keeps its own state: Tune's per-trial logger files and periodic experiment
+    # snapshots are work the driver would pay for per report, and Tune's own SIGINT
+    # handling would stop one phase only.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
 
 START_ATTEMPTS = 5
 _REAPER: subprocess.Popen | None = None
@@ -83,7 +89,7 @@ def ray_in_its_own_group() -> subprocess.Popen:
                                    process_group=0)
     reaper = _REAPER
     if not getattr(services.ConsolePopen, "in_ray_group", False):
-        class InRayGroup(services.ConsolePopen):  # type: ignore[misc, valid-type]
+        class InRayGroup(services.ConsolePopen):
             in_ray_group = True
 
             def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -133,6 +139,8 @@ def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS) -> None:
     (loopback only, no dashboard, token auth on). A busy machine can miss Ray's
     start-up window: a transient failure is retried after the failed start's
     processes are stopped."""
+    import ray
+
     if ray.is_initialized():
         return
     _quiet()

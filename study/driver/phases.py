@@ -267,7 +267,7 @@ class Phase:
         self.ctx.ledger.update(rec["rid"], status="interrupted")
         self.ctx.mlflow.interrupt_trial(rec["rid"])
         self.live.discard(rec["rid"])
-        self.ctx.progress.trial_finished(rec["rid"], "interrupted")
+        self.ctx.progress.trial_finished(rec["rid"], "interrupted", label=self.label, phase=self.phase)
 
     def finish(self, rec: dict[str, Any], outcome: str, result: dict[str, Any], error: str = "") -> None:
         """A trial's end: Optuna first, then the ledger (the study's truth), then MLflow."""
@@ -293,7 +293,8 @@ class Phase:
         ctx.ledger.update(rid, status=outcome, row=row, finished=time.time())
         ctx.mlflow.end_trial(rid, rec["variant"], outcome, row, result)
         self.live.discard(rid)
-        ctx.progress.trial_finished(rid, outcome, result.get("best_val_acc", result.get(METRIC)))
+        ctx.progress.trial_finished(rid, outcome, result.get("best_val_acc", result.get(METRIC)), label=self.label,
+                                    phase=self.phase)
 
 
 def matched_epochs(ctx: Context, rec: dict[str, Any], partner: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -198,6 +198,8 @@ class StudyRunner:
                 self.events.study_start()
                 self._run_experiments(ctx, backend)
                 self.events.study_end()
+                if self.stop.is_set():  # a stop after the last trial: the study ends interrupted all the same
+                    raise StudyInterrupted()
             except StudyInterrupted:
                 self._stopped(ctx, "interrupted", "KILLED")
                 raise

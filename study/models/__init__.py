@@ -27,10 +27,10 @@ from .resnet import (
 
 FEATURES = (_sgs.FEATURE,)
 BUILTINS = (resnet.VARIANT, quotient.VARIANT, epsilon.VARIANT, _sgs.variant())
-for _declared in FEATURES:
-    register_feature(_declared)
-for _declared in BUILTINS:
-    register_variant(_declared)
+for _feature in FEATURES:
+    register_feature(_feature)
+for _variant in BUILTINS:
+    register_variant(_variant)
 
 __all__ = [
     "BLOCKS",

@@ -61,6 +61,11 @@ class EpsilonBlock(nn.Module):
     device (no host sync per step); ``dead`` is set by ``end_epoch``.
     """
 
+    # registered buffers, declared for the type checker
+    discard_ema: torch.Tensor
+    ema_steps: torch.Tensor
+    dead: torch.Tensor
+
     def __init__(self, in_planes: int, planes: int, stride: int, shortcut: str, epsilon: float, preact: bool = True,
                  gate: bool = True, first: bool = False):
         super().__init__()
@@ -125,12 +130,16 @@ class EpsilonResNet(CifarResNet):
         super().__init__(*args, **kwargs)
         self.side_weight, self.epsilon = side_weight, epsilon
         self.side_index = self.blocks_per_stage // 2
-        c = self.layer2[0].conv2.out_channels
+        first = self.layer2[0]
+        assert isinstance(first, EpsilonBlock)  # make_block builds every block
+        c = first.conv2.out_channels
         self.side: nn.Module | None = nn.Sequential(
             nn.BatchNorm2d(c), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Linear(c, self.fc.out_features)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    # Widens CifarResNet.forward on purpose: in training the side logits travel with the
+    # logits to EpsilonHooks.loss, the one reader of the pair.
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x = self.layer1(self.stem(x))
         if not (self.training and self.side is not None):
             return self.head(self.layer3(self.layer2(x)))
@@ -139,6 +148,7 @@ class EpsilonResNet(CifarResNet):
             x = blk(x)
             if i == self.side_index:
                 side = self.side(x)
+        assert side is not None  # side_index = n // 2 < n blocks
         return self.head(self.layer3(x)), side
 
 
@@ -169,7 +179,7 @@ def epsilon_resnet(
     epsilon_gate = check_bool("epsilon_gate", epsilon_gate)
     preact = block == "pre"
     official_stem = preact and stem == "conv_bn_relu"
-    built = []
+    built: list[EpsilonBlock] = []
 
     def make_block(i: int, o: int, s: int) -> nn.Module:
         built.append(EpsilonBlock(i, o, s, shortcut, epsilon, preact, epsilon_gate, first=official_stem and not built))

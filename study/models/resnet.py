@@ -216,6 +216,12 @@ class CifarResNet(nn.Module):
     before pooling because pre-activation blocks end un-normalised.
     """
 
+    # set by name in __init__ (setattr); declared for the type checker
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    options: dict[str, object]  # the resolved build options, set by the variant's builder
+
     def __init__(
         self,
         make_block: MakeBlock,

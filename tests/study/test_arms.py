@@ -105,15 +105,24 @@ def test_each_claim_gets_arms_paired_by_seed_that_differ_from_the_best_in_what_t
                 assert differs <= {option}, (option, differs)
 
 
-def test_an_open_claim_gets_more_seeds_up_to_the_maximum_and_says_why_it_stopped(tmp_path, monkeypatch):
-    d = _run(tmp_path, monkeypatch, _effect(0.0))
-    claims = _state(d)["design"]["s-quotient-d8"]["claims"]
-    twin = claims["quotient_vs_twin"]
-    assert twin["stop"] in ("max_seeds", "cannot_settle"), twin["stop"]
-    assert all(look["verdict"] == "open" for look in twin["looks"])
+def test_an_open_claim_gets_more_seeds_one_round_at_a_time_until_settled(tmp_path, monkeypatch):
+    """A modest effect: open at the spec's 3 seeds, so the study adds paired seeds, one look per
+    round, until the rule settles it (here at the fifth)."""
+    d = _run(tmp_path, monkeypatch, _effect(0.015))
+    twin = _state(d)["design"]["s-quotient-d8"]["claims"]["quotient_vs_twin"]
+    assert twin["seeds"][:3] == [0, 1, 2] and len(twin["seeds"]) > 3, twin["seeds"]
+    assert len(set(twin["seeds"])) == len(twin["seeds"]) <= 5
     assert [look["n"] for look in twin["looks"]] == list(range(3, len(twin["seeds"]) + 1))
-    if twin["stop"] == "max_seeds":
-        assert len(twin["seeds"]) == 5 and twin["seeds"][:3] == [0, 1, 2] and len(set(twin["seeds"])) == 5
+    assert [look["verdict"] for look in twin["looks"]][:-1] == ["open"] * (len(twin["looks"]) - 1)
+    assert twin["stop"] == "settled" and twin["looks"][-1]["verdict"] == "supported", twin["looks"]
+    assert twin["looks"][-1]["lo"] > 0
+
+
+def test_a_claim_no_seed_count_could_settle_stops_early_and_says_so(tmp_path, monkeypatch):
+    d = _run(tmp_path, monkeypatch, _effect(0.0))
+    twin = _state(d)["design"]["s-quotient-d8"]["claims"]["quotient_vs_twin"]
+    assert twin["stop"] == "cannot_settle" and len(twin["seeds"]) == 3, (twin["stop"], twin["seeds"])
+    assert [look["verdict"] for look in twin["looks"]] == ["open"] and not twin["looks"][-1]["can_settle"]
 
 
 def test_the_budget_stops_extra_seeds(tmp_path, monkeypatch):
