@@ -296,12 +296,11 @@ def _from_study(source: str, variant: str | None, depth: int | None) -> tuple[di
             what = " ".join(f"{k} {v}" for k, v in (("variant", variant), ("depth", depth)) if v is not None)
             raise CliError(f"--from: study {study.name!r} has no completed search trial{' of ' + what if what else ''}"
                            " yet; allowed: a study with one, or STUDY:TRIAL")
-    config = {k: v for k, v in picked["config"].items() if not k.startswith("_")}
-    plugins = picked["config"].get("_plugins")
-    if plugins:
-        from study.variants import load_plugins
+    config = dict(picked["config"])
+    from study.variants import list_variants
 
-        load_plugins(plugins)
+    if config["variant"] not in list_variants():
+        study.spec()  # a plugin variant: validating the study's spec loads the plugin files it names
     return config, (f"trial {picked['trial']} of study {study.name}"
                     + (f" (val_acc {picked['val_acc']:.4f})" if isinstance(picked["val_acc"], float) else ""))
 

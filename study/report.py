@@ -116,11 +116,11 @@ def read_claims(study_dir: Path) -> pd.DataFrame | None:
 def _claims_basis(claims: pd.DataFrame) -> str:
     """What the intervals and p-values of a claims table are, as its rows were computed."""
     designed = claims["control"].astype(str).str.startswith("designed") if "control" in claims else None
-    parts = []
+    parts: list[str] = []
     if designed is not None and designed.any():
         parts.append("designed claims: 95% intervals valid under the looks taken after every round, each tested "
                      "at its Holm level")
-    if designed is None or not designed.all():
+    if designed is None or not designed.all() or not parts:
         parts.append("other claims: 95% Student-t intervals clipped to the metric's range, p Holm-adjusted")
     return "; ".join(parts)
 
@@ -161,10 +161,10 @@ def status_text(study_dir: Path, width: int | None = WIDTH) -> str:
     if claims is not None:
         lines += [f"Claims (from `resstudy analyze`; {_claims_basis(claims)}):", *claims_lines(claims), ""]
     lines.append(f"study {state.get('name', study_dir.name)} at {study_dir}")
+    lines.append("state: " + _state(study_dir, state))
     phases = state.get("phases", {})  # "<experiment>:<phase>": "done", as the driver records them
     if phases:
         lines.append("phases finished: " + ", ".join(sorted(k for k, v in phases.items() if v == "done")))
-    lines.append("state: " + _state(study_dir, state))
     df = load(study_dir)  # a damaged results file raises ResultsError naming it (exit 2)
     if df.empty:
         return _fit("\n".join(lines + ["no finished trials yet"]), width)
@@ -229,7 +229,8 @@ def export(study_dir: Path, out: str | Path | None = None) -> list[Path]:
                      f"[{_num(r['ci_lo'], '+.4f')}, {_num(r['ci_hi'], '+.4f')}]" if _num(r["ci_lo"]) else "",
                      _num(r["p_adj"], ".3g"), r["verdict"],
                      r["settle"] if isinstance(r["settle"], str) else ""] for _, r in claims.iterrows()]
-            parts += ["## Claims\n", _claims_basis(claims)[0].upper() + _claims_basis(claims)[1:] + ".\n",
+            basis = _claims_basis(claims)
+            parts += ["## Claims\n", basis[:1].upper() + basis[1:] + ".\n",
                       tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
                                               "what would settle it"], tablefmt="github",
                                disable_numparse=True) + "\n"]
