@@ -366,11 +366,17 @@ def _designed_line(r, results: pd.DataFrame) -> str:
     stopped = stop_words(r)
     if r["verdict"] != "inconclusive" or r["stop"] == "running":
         return f"{head}: {seen}; {stopped}."
+    return _to_settle(f"{head}: {seen}; {stopped}", r, results,
+                      lambda need: f"at least {MIN_N} seed pairs" if n < MIN_N else f"about {need} seed pairs in all")
+
+
+def _to_settle(text: str, r, results: pd.DataFrame, phrase) -> str:
+    """An open claim's sentence ended by what would settle it: `phrase(seeds needed)` and its cost,
+    or the claim's own words where no seed count can be given."""
     need = r.get("n_needed")
     if need is None or not np.isfinite(float(need)):
-        return f"{head}: {seen}; {stopped}. To settle: {_settle_words(r).rstrip('.')}."
-    why = f"at least {MIN_N} seed pairs" if n < MIN_N else f"about {int(need)} seed pairs in all"
-    return f"{head}: {seen}; {stopped}. To settle: {why} ({settle_cost(r, results)})."
+        return f"{text}. To settle: {_settle_words(r).rstrip('.')}."
+    return f"{text}. To settle: {phrase(int(need))} ({settle_cost(r, results)})."
 
 
 def _claim_line(r, results: pd.DataFrame) -> str:
@@ -394,11 +400,8 @@ def _claim_line(r, results: pd.DataFrame) -> str:
         seen = f"{_pts(r['estimate'])} points from {count}"
     if r["verdict"] != "inconclusive":
         return f"{head}: {seen}."
-    need = r.get("n_needed")
-    if need is None or not np.isfinite(float(need)):
-        return f"{head}: {seen}. To settle: {_settle_words(r).rstrip('.')}."
-    why = f"at least {MIN_N} {units}" if n < MIN_N else f"about {int(need)} {units} for 80% power at this difference"
-    return f"{head}: {seen}. To settle: {why} ({settle_cost(r, results)})."
+    return _to_settle(f"{head}: {seen}", r, results, lambda need: f"at least {MIN_N} {units}" if n < MIN_N
+                      else f"about {need} {units} for 80% power at this difference")
 
 
 def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, results: pd.DataFrame,

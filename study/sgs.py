@@ -1,4 +1,4 @@
-"""Spatial gradient scaling, SGS (Detkov et al., ICLR 2023; METHODS.md section 3).
+"""Spatial gradient scaling, SGS (Detkov et al., ICLR 2023; docs/methods.md).
 
 A training-time transform for any nn.Module: after ``loss.backward()`` (and
 optional grad clipping), each conv weight gradient with a kernel larger than

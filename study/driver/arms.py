@@ -23,6 +23,7 @@ from ray.tune.search import Searcher
 
 from study.driver import design
 from study.driver.context import Context
+from study import spaces
 from study.driver.phases import Phase, launch, matched_epochs
 from study.ledger import FINISHED
 from study.variants import get_variant
@@ -54,6 +55,8 @@ class Arms(Phase):
 
     def __init__(self, ctx: Context, variant: str, depth: int) -> None:
         super().__init__(ctx, variant, depth, PHASE)
+        # what each arm searched: the search's params active at the arm's own config
+        self.params = spaces.space_params(variant, ctx.spec.space_overrides(variant), ctx.spec.variants[variant].fixed)
         self.design: dict[str, Any] | None = ctx.ledger.state.get("design", {}).get(self.experiment)
         self._index: dict[str, str] | None = None
         if self.design is not None:  # resumed: the trials decided so far
@@ -89,14 +92,13 @@ class Arms(Phase):
                        for opt, e in sweeps.items()},
         }
         self.ctx.ledger.state.setdefault("design", {})[self.experiment] = self.design
-        searched = list(best["searched"])
         for key, c in self.design["claims"].items():
             if c["stop"] == "running":
-                self._add_seeds(key, list(spec.seeds), searched)
+                self._add_seeds(key, list(spec.seeds))
         for opt, e in sweeps.items():
             for _, arm, cfg in design.sweep_trials(e):
                 key = next(k for k, label in e["labels"].items() if label == arm)
-                self.design["sweeps"][opt]["levels"][key].append(self._trial(cfg, e["claim"], arm, searched))
+                self.design["sweeps"][opt]["levels"][key].append(self._trial(cfg, e["claim"], arm))
         self.ctx.ledger.save_state()
         self._replan()
         return True
@@ -106,26 +108,26 @@ class Arms(Phase):
         trials = self.ctx.ledger.trials.values()
         self.ctx.progress.replan(self.label, sum(1 for r in trials if r["experiment"] == self.experiment))
 
-    def _add_seeds(self, key: str, seeds: list[int], searched: list[str]) -> None:
+    def _add_seeds(self, key: str, seeds: list[int]) -> None:
         c = self.plan["claims"][key]
         entry = {"claim": key, "compare": c["compare"], "full": c["full"]}
         by_seed: dict[tuple[int, str], str] = {}
         for _, arm, cfg in design.arm_trials(entry, seeds):
             partner_arm = c["partner"].get(arm)
             partner = by_seed.get((cfg["seed"], partner_arm)) if partner_arm else None
-            rid = self._trial(cfg, key, arm, searched, partner)
+            rid = self._trial(cfg, key, arm, partner)
             by_seed[(cfg["seed"], arm)] = rid
             c["arms"][arm].append(rid)
         c["seeds"].extend(seeds)
 
-    def _trial(self, config: dict[str, Any], claim: str, arm: str, searched: list[str],
-               partner: str | None = None) -> str:
+    def _trial(self, config: dict[str, Any], claim: str, arm: str, partner: str | None = None) -> str:
         """The rid of the experiment's trial of this configuration, made where none exists."""
         if self._index is None:
             self._index = {_identity_key(r["config"]): r["rid"] for r in self.ctx.ledger.trials.values()
                            if r["experiment"] == self.experiment and r["phase"] != "search"}
         key = _identity_key(config)
         if key not in self._index:
+            searched = [p.name for p in self.params if p.name in config and p.is_active(config)]
             rec = self.new_record(config, variant=config["variant"], arm=arm, optuna_number=None,
                                   searched=searched, claim=claim)
             if partner is not None:
@@ -190,7 +192,6 @@ class Arms(Phase):
         family = claim_family(spec)
         added = False
         plan = self.plan
-        best = self.ctx.ledger.trials[plan["best_rid"]]
         for key, c in plan["claims"].items():
             if c["stop"] != "running":
                 continue
@@ -213,7 +214,7 @@ class Arms(Phase):
                     stop, c["why"] = "budget", why
                 else:
                     before = len(self._rids)
-                    self._add_seeds(key, more, list(best["searched"]))
+                    self._add_seeds(key, more)
                     plan["extra_trials"] += len(self._rids) - before
                     added = True
             if stop is not None:

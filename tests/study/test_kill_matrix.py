@@ -325,8 +325,11 @@ def test_a_stopped_trial_continues_from_its_latest_checkpoint_at_the_default_pol
     assert rc == (-signal.SIGKILL if sig == "SIGKILL" else 130), log.read_text()[-4000:]
     stopped = {rid: rec["status"] for rid, rec in ledger(study).items()}
     assert sorted(stopped.values()) == ["interrupted" if sig == "SIGINT" else "running"] * 2, stopped  # both trained
+    # after a SIGKILL a trial's worker outlives the driver for up to a few seconds (it ends with its raylet)
+    # and may checkpoint again, up to its last epoch: what the resume starts from is what is on disk then
+    time.sleep(10)
     held = {rid: checkpoint_epochs(str(study / "checkpoints" / rid)) for rid in stopped}
-    assert all(set(c) <= {2, 4} for c in held.values()), held  # the rung epochs only: not every epoch
+    assert all(set(c) <= {2, 4, 8} for c in held.values()), held  # the rung epochs and the last only
     assert 4 in held[f"{name}-resnet-d8-s0000"], held
     rc = wait(driver(["resume", str(study)], env, log, faults))
     assert rc == 0, log.read_text()[-4000:]
@@ -334,9 +337,12 @@ def test_a_stopped_trial_continues_from_its_latest_checkpoint_at_the_default_pol
         attempts: dict[int, list[int]] = {}
         for row in epoch_log(study, rid):
             attempts.setdefault(row["attempt"], []).append(row["epoch"])
+        assert ledger(study)[rid]["status"] == "completed", rid
+        if ckpts and max(ckpts) == 8:  # it finished on disk after the stop: the resume adopts it, trains nothing
+            assert [e for run in attempts.values() for e in run] == list(range(1, 9)), (rid, attempts)
+            continue
         resumed = attempts[max(attempts)]
-        assert resumed[0] == (max(ckpts) + 1 if ckpts else 1), (rid, ckpts, attempts)
-        assert resumed[-1] == 8 and ledger(study)[rid]["status"] == "completed", (rid, attempts)
+        assert resumed[0] == (max(ckpts) + 1 if ckpts else 1) and resumed[-1] == 8, (rid, ckpts, attempts)
     record_fault(f"{sig} while two trials train, the spec's own checkpoint policy",
                  "each stopped trial goes on from its newest checkpoint on disk",
                  f"{len(held)} trials stopped, each resumed right after its newest checkpoint ({held})")

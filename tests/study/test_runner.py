@@ -255,7 +255,8 @@ def test_the_designed_arms_ran_through_the_real_backend(tiny_study_dir, results)
     by_id = results.set_index("trial_id")
     ledger = {json.loads(line)["rid"]: json.loads(line) for line in
               (tiny_study_dir / "ledger.jsonl").read_text().splitlines()}
-    assert set(design) == {f"tiny-{v}-d8" for v in VARIANTS if v != "resnet"}, list(design)
+    assert set(design) == {f"tiny-{v}-d8" for v in VARIANTS}, list(design)
+    assert design["tiny-resnet-d8"]["claims"] == {}  # the baseline declares no claim
     for exp, d in design.items():
         best = ledger[d["best_rid"]]["config"]
         for key, c in d["claims"].items():
@@ -276,7 +277,7 @@ def test_the_designed_arms_ran_through_the_real_backend(tiny_study_dir, results)
                     assert differ == set(c["configs"][a]), (key, differ)
                     assert {k for k in ca if ca[k] != best.get(k) and k not in ("seed", "train_epochs")} \
                         <= set(c["configs"][a]), key
-        assert d["sweeps"], exp
+        assert bool(d["sweeps"]) == (exp != "tiny-resnet-d8"), exp  # every variant but the baseline sweeps
         for option, sw in d["sweeps"].items():
             if sw["skip"]:
                 continue

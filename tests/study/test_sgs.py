@@ -1,4 +1,4 @@
-"""Spatial gradient scaling (METHODS.md section 3)."""
+"""Spatial gradient scaling (docs/methods.md)."""
 
 from __future__ import annotations
 
