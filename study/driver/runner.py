@@ -26,7 +26,7 @@ from typing import Any
 
 from study import ledger as ledger_lib
 from study.driver.arms import PHASE, Arms
-from study.driver.context import Context, best_search_record, experiment_name
+from study.driver.context import Context, experiment_name
 from study.driver.lifecycle import (StorageError, Stopper, StudyInterrupted, check_spec, check_storage,
                                     end_runs_without_tracker, redacted)
 from study.driver.options import Events, RuntimeOptions
@@ -330,10 +330,6 @@ class StudyRunner:
             if (self.study_dir / name).exists():
                 pafs.copy_files(str(self.study_dir / name), f"{root}/{name}", source_filesystem=local,
                                 destination_filesystem=fs)
-
-    def best_search_record(self, experiment: str) -> dict[str, Any] | None:
-        assert self._ledger is not None
-        return best_search_record(self._ledger, experiment)
 
 
 def _finished_rows(ledger: Ledger) -> list[dict[str, Any]]:

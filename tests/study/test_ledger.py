@@ -683,6 +683,19 @@ def _kill_at(monkeypatch, what: str, rid: str, epoch: int) -> None:
 _current = [""]
 
 
+def _die_at(monkeypatch, what: str, driver, trial, epoch: int) -> None:
+    """`trial` reports `epoch` and the driver dies once it reached `what` ("log" or "mlflow");
+    its ledger and lock go as a killed process's would."""
+    runner, lock, phase = driver
+    rid = trial["control"]["rid"]
+    _kill_at(monkeypatch, what, rid, epoch)
+    with pytest.raises(_Killed):
+        _as(rid, _epochs, phase, trial, [epoch])
+    monkeypatch.undo()
+    runner.ctx.ledger.close()
+    lock.release()
+
+
 def _as(rid, fn, *a, **kw):
     _current[0] = rid
     try:
@@ -741,23 +754,13 @@ def test_every_epoch_reaches_every_store_once_through_kills_retries_and_retraini
     _epochs(phase, c, [1, 2], ckpt=False)  # no checkpoint yet (the policy's interval not reached)
     _epochs(phase, b, [1])
     _epochs(phase, a, [1, 2])
-    _kill_at(monkeypatch, "log", a["control"]["rid"], 3)
-    with pytest.raises(_Killed):
-        _as(a["control"]["rid"], _epochs, phase, a, [3])
-    monkeypatch.undo()
-    runner.ctx.ledger.close()
-    lock.release()
+    _die_at(monkeypatch, "log", (runner, lock, phase), a, 3)
 
     # driver 2: a goes on from its epoch-3 checkpoint; killed after b's epoch 2 reached MLflow, before Optuna
     runner, lock, phase = driver()
     a, b, c = launch(phase, 3)
     phase.ended(a["control"]["rid"], _epochs(phase, a, [4], final="completed"), "")
-    _kill_at(monkeypatch, "mlflow", b["control"]["rid"], 2)
-    with pytest.raises(_Killed):
-        _as(b["control"]["rid"], _epochs, phase, b, [2])
-    monkeypatch.undo()
-    runner.ctx.ledger.close()
-    lock.release()
+    _die_at(monkeypatch, "mlflow", (runner, lock, phase), b, 2)
 
     # driver 3: c, never checkpointed, trains from epoch 1 again (other values: a repeat counts nowhere);
     # its worker dies after epoch 3 (no checkpoint of it), and Tune's retry reports 1-3 again
