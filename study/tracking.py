@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -27,6 +28,10 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 PARENT_TAG = "mlflow.parentRunId"
 LEVEL_TAG = "resstudy.level"
+# A token unique to one create call, set on the run it makes: a create whose answer was lost
+# (the client timed out while a busy server still made the run) is retried by looking for the
+# run with its token first, so a retry never makes a second run (left RUNNING for ever).
+CREATE_TAG = "resstudy.create"
 
 # The view `resstudy ui` links to. MLflow 3.17's UI (server/js, the experiment
 # page) reads `?viewStateShareKey=K` and applies the experiment tag
@@ -151,11 +156,12 @@ class Tracker:
     def create(self, key: str, parent: str | None, name: str, tags: dict[str, str],
                params: dict[str, Any] | None = None) -> None:
         """Open a run under `key` (or reopen the one a previous driver opened), with
-        its tags and params in the same request batch."""
-        if key in self.ids:
+        its tags and params in the same request batch. A key whose creation still waits in the
+        queue (MLflow down while a trial starts, fails and is retried) is reopened behind it."""
+        if self.known(key):
             self._submit("reopen", key, {})
         else:
-            self._submit("create", key, {"parent": parent, "name": name, "tags": tags})
+            self._submit("create", key, {"parent": parent, "name": name, "tags": tags, "token": uuid.uuid4().hex})
         if params:
             self.params(key, params)
 
@@ -262,6 +268,7 @@ class Tracker:
                     self._log(f"resstudy: MLflow refused {kind} for {key}: {_short(e)} (skipped)")
                     self._queue.popleft()
                     continue
+                payload["tried"] = True  # it may have reached the server: a create looks for its run first
                 if self._down_since is None:
                     self._down_since = time.monotonic()
                     self._log(f"resstudy: MLflow at {redact_uri(self.uri)} is unreachable; "
@@ -277,10 +284,12 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunTag
 
         if kind == "create":
-            tags = dict(p["tags"])
+            tags = {**p["tags"], CREATE_TAG: p["token"]}
             if p["parent"] is not None:
                 tags[PARENT_TAG] = self.ids[p["parent"]]
-            run = self.client.create_run(self.experiment_id, run_name=p["name"], tags=tags)
+            made = self.client.search_runs([self.experiment_id], f"tags.`{CREATE_TAG}` = '{p['token']}'",
+                                           max_results=1) if p.get("tried") else []
+            run = made[0] if made else self.client.create_run(self.experiment_id, run_name=p["name"], tags=tags)
             self.ids[key] = run.info.run_id
             self._on_ids_changed(key, run.info.run_id)
             return

@@ -136,8 +136,13 @@ def _tier_rule(request, monkeypatch):
                         f"without the marker(s) {missing}: mark it (@pytest.mark.{missing[0]}) so the fast tier "
                         "stays fast", pytrace=False)
 
+# the fifth variant a plugin file registers (tests/plugins/toy_variant.py): the tiny study runs it
+# beside the built-ins, so the plugin path is proved by the same study
+TOY_PLUGIN = ROOT / "tests" / "plugins" / "toy_variant.py"
+
 TINY_SPEC = {
     "name": "tiny",
+    "plugins": [str(TOY_PLUGIN)],
     "dataset": "digits",
     "image_size": 8,
     "depth": 8,
@@ -150,6 +155,7 @@ TINY_SPEC = {
         "quotient": {},
         "epsilon": {},
         "sgs": {"space": {"sgs_interval": {"low": 1, "high": 3}, "sgs_batches": {"low": 1, "high": 2}}},
+        "toy": {},
     },
     "train": {"batch_size": 64, "val_size": 0.15},
     "search": {"algorithm": "tpe", "seed": 0, "n_startup_trials": 2},
@@ -239,6 +245,23 @@ def tiny_study_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_study_dir(tiny_study_run) -> Path:
     return tiny_study_run[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_plugins():
+    """The tiny study's plugin variants registered in this process for one test module, and
+    unregistered after it, so that no other test sees a fifth variant."""
+    from study import variants
+
+    variants.list_variants()  # the built-ins first
+    saved, modules = dict(variants._VARIANTS), set(sys.modules)
+    variants.load_plugins(TINY_SPEC["plugins"])
+    yield
+    variants._VARIANTS.clear()
+    variants._VARIANTS.update(saved)
+    for name in set(sys.modules) - modules:
+        if name.startswith("resstudy_plugin_"):
+            del sys.modules[name]
 
 
 # read before any test runs: Inductor sets the variable itself at its first compile

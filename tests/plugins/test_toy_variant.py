@@ -1,49 +1,46 @@
 """A fifth variant registered from one file (toy_variant.py) runs through a real
-tiny study and `resstudy analyze` with no other file of resstudy changed: its
-options, search space, twin, hooks, metric and claim come from the registry."""
+study and `resstudy analyze` with no other file of resstudy changed: its options,
+search space, twin, hooks, metric and claim come from the registry. The study is
+the session's tiny one (tests/conftest.py), whose spec loads the plugin beside the
+four built-ins."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pandas as pd
 import pytest
-import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import TINY_SPEC, run_cli
 
-PLUGIN = Path(__file__).with_name("toy_variant.py")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_toy_variant_runs_through_a_study_and_the_analysis(tmp_path):
-    spec = {
-        "name": "toyrun", "plugins": [str(PLUGIN)], "dataset": "digits", "image_size": 8, "depth": 8, "epochs": 2,
-        "trials_per_variant": 2, "seeds": [0, 1, 2], "repeat_best": True, "variants": {"toy": {}},
-        "train": {"batch_size": 64, "val_size": 0.15, "precision": "fp32"},
-        "search": {"algorithm": "random", "seed": 0}, "scheduler": {"type": "none"},
-        "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 2, "storage_path": str(tmp_path / "runs"),
-    }
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    run_cli("run", str(path))
-    study = tmp_path / "runs" / "toyrun"
+def test_toy_variant_runs_through_a_study_and_the_analysis(tiny_study_dir):
+    study = tiny_study_dir
     results = pd.read_parquet(study / "results.parquet")
-    assert set(results["subject"]) == {"toy"}
-    by_phase = results.groupby("phase").size().to_dict()
-    assert by_phase == {"search": 2, "repeat": 3, "twin": 3}
-    twins = results[results["phase"] == "twin"]
+    toy = results[results["subject"] == "toy"]
+    seeds = TINY_SPEC["seeds"]
+    by_phase = toy.groupby("phase").size().to_dict()
+    # its claim's arms (toy and twin at the spec's seeds) are the repeat and twin runs themselves
+    assert by_phase == {"search": TINY_SPEC["trials_per_variant"], "repeat": len(seeds), "twin": len(seeds)}, by_phase
+    twins = toy[toy["phase"] == "twin"]
     assert set(twins["variant"]) == {"resnet"} and set(twins["arm"]) == {"twin"}
-    assert twins["gamma0"].isna().all() if "gamma0" in twins else True  # the twin has no toy option
-    repeat = results[results["phase"] == "repeat"]
-    assert repeat["gamma0"].nunique() == 1 and sorted(repeat["seed"]) == sorted(twins["seed"]) == [0, 1, 2]
+    assert twins["gamma0"].isna().all()  # the twin has no toy option
+    repeat = toy[toy["phase"] == "repeat"]
+    assert set(repeat["variant"]) == {"toy"}
+    assert repeat["gamma0"].nunique() == 1 and sorted(repeat["seed"]) == sorted(twins["seed"]) == seeds
     history = pd.read_parquet(study / "history.parquet")
     toy_rows = history[history["variant"] == "toy"]
-    assert toy_rows["gamma_mean"].notna().all() and len(toy_rows) > 0
+    assert len(toy_rows) and toy_rows["gamma_mean"].notna().all()  # its hook's metric, every epoch
     # the search varied the plugin's own option within its declared bounds
-    search = results[results["phase"] == "search"]
-    assert search["gamma0"].between(0.0, 1.0).all()
+    search = toy[toy["phase"] == "search"]
+    assert search["gamma0"].between(0.0, 1.0).all() and search["gamma0"].nunique() > 1
+    assert json.loads(search["searched"].iloc[0]).count("gamma0") == 1
+    # the study recorded the plugin it loaded, by content
+    manifest = json.loads((study / "study.json").read_text())["manifest"]
+    assert any("toy_variant" in str(k) for k in manifest["plugins"]), manifest["plugins"]
     run_cli("analyze", str(study), "--no-mlflow")
     claims = pd.read_parquet(study / "analysis" / "claims.parquet")
-    assert "the toy beats its twin" in set(claims["claim"])
+    row = claims[claims["claim"] == "the toy beats its twin"]
+    assert len(row) and set(row["subject"]) == {"toy"}, claims[["claim", "subject"]]

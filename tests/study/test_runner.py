@@ -13,9 +13,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from study.variants import get_variant
 from tests.conftest import TINY_SPEC, run_cli
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# the study runs the toy plugin's variant too: registered here while this module runs
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.usefixtures("tiny_plugins")]
 VARIANTS = set(TINY_SPEC["variants"])
 
 
@@ -101,8 +103,8 @@ def test_repeat_phase_reruns_best_config_over_seeds(results):
 # The switch that turns a variant's method off in its twin, where the twin is the same
 # variant (epsilon) or a variant that also takes the method's options (sgs: any ResNet takes
 # SGS's options, and scaling off is sgs_mode "off"); quotient's twin is another network, the
-# ResNet, whose config lacks the quotient options altogether.
-METHOD_OFF = {"epsilon": {"epsilon_gate": False}, "sgs": {"sgs_mode": "off"}, "quotient": {}}
+# ResNet, whose config lacks the quotient options altogether (and so is the plugin's toy's).
+METHOD_OFF = {"epsilon": {"epsilon_gate": False}, "sgs": {"sgs_mode": "off"}, "quotient": {}, "toy": {}}
 
 
 def _same(a, b) -> bool:
@@ -277,7 +279,8 @@ def test_the_designed_arms_ran_through_the_real_backend(tiny_study_dir, results)
                     assert differ == set(c["configs"][a]), (key, differ)
                     assert {k for k in ca if ca[k] != best.get(k) and k not in ("seed", "train_epochs")} \
                         <= set(c["configs"][a]), key
-        assert bool(d["sweeps"]) == (exp != "tiny-resnet-d8"), exp  # every variant but the baseline sweeps
+        variant = exp.removeprefix("tiny-").removesuffix("-d8")
+        assert bool(d["sweeps"]) == bool(get_variant(variant).sweeps), exp  # each variant its declared sweeps
         for option, sw in d["sweeps"].items():
             if sw["skip"]:
                 continue

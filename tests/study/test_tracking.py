@@ -35,6 +35,59 @@ def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
     assert run.info.status == "FINISHED" and run.data.metrics == {"val_acc": 0.5} and run.data.params == {"lr": "0.1"}
 
 
+def test_a_trial_opened_twice_while_mlflow_is_down_gets_one_run(tmp_path):
+    """A trial starts, errors and is retried while MLflow is down: its second open reopens the
+    run its first one queued, instead of queuing a second creation."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp", "study", tmp_path)
+    real_apply, down = tracker._apply, [True]
+
+    def apply(kind, key, payload):
+        if down[0]:
+            raise ConnectionError("Connection refused")
+        return real_apply(kind, key, payload)
+
+    tracker._apply = apply
+    for attempt, outcome in ((1, "failed"), (2, "completed")):
+        tracker.create("trial:a", "study", "a", {LEVEL_TAG: "trial"})
+        tracker.metrics("trial:a", {"val_acc": 0.5 + attempt / 10}, step=attempt)
+        if attempt == 2:
+            tracker.end("trial:a", outcome)
+    down[0] = False
+    assert tracker.flush()
+    trials = MlflowClient(uri).search_runs([tracker.experiment_id], f"tags.`{LEVEL_TAG}` = 'trial'")
+    assert [r.info.run_id for r in trials] == [tracker.run_id("trial:a")], [r.info.run_id for r in trials]
+    assert trials[0].info.status == "FINISHED"
+
+
+def test_a_create_whose_answer_was_lost_is_retried_without_a_second_run(tmp_path):
+    """A busy server makes the run but answers after the client's timeout: the retry adopts that
+    run (found by its create token) instead of making another one, left RUNNING for ever."""
+    import requests
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "exp", "study", tmp_path)
+    real_create, lost = tracker.client.create_run, [1]
+
+    def create_run(*args, **kwargs):
+        run = real_create(*args, **kwargs)  # the server made it ...
+        if lost[0]:
+            lost[0] -= 1
+            raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=10)")  # ... the answer was lost
+        return run
+
+    tracker.client.create_run = create_run
+    tracker.create("trial:a", "study", "a", {LEVEL_TAG: "trial"})
+    assert tracker.run_id("trial:a") is None and tracker.pending == 1
+    tracker.metrics("trial:a", {"val_acc": 0.5}, step=1)
+    tracker.end("trial:a", "completed")
+    assert tracker.flush() and tracker.pending == 0
+    client = MlflowClient(uri)
+    trials = client.search_runs([tracker.experiment_id], f"tags.`{LEVEL_TAG}` = 'trial'")
+    assert [r.info.run_id for r in trials] == [tracker.run_id("trial:a")]
+    assert trials[0].info.status == "FINISHED" and trials[0].data.metrics == {"val_acc": 0.5}
+
+
 def _study(tmp_path, name="exp"):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, name, "study", tmp_path)
