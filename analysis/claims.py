@@ -222,8 +222,27 @@ def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spe
             for c in cl:
                 if (s, int(depth), c.key) not in answered:
                     rows.append(_row(results, history, s, depth, c, rungs))
-    table = pd.DataFrame(drows + rows, columns=[*COLUMNS, "_sd"])  # the spread feeds "what would settle it"
+    # the spread, and what a gain needs, feed "what would settle it"
+    table = pd.DataFrame(drows + rows, columns=[*COLUMNS, "_sd", "_no_gain"])
     return finish(table, alpha), notes
+
+
+def _no_gain(subject: str, gain_metric: str) -> str:
+    """What would settle a noninferiority claim whose configuration gained nothing, from
+    the subject's declaration: the options it sweeps (which set the method's strength)
+    and the objectives a search may maximise beside val_acc."""
+    try:
+        from study.variants import get_variant
+
+        v = get_variant(subject)
+        knobs, objectives = [s.option for s in v.sweeps], list(v.objectives)
+    except Exception:  # a variant not registered here: the claim's own words only
+        knobs, objectives = [], []
+    ways = [f"search a wider range of {' or '.join(knobs)}"] if knobs else []
+    if objectives:
+        ways.append(f"with objectives [{', '.join(['val_acc', *objectives])}]")
+    said = f"the configuration tested has no {gain_metric.replace('_', ' ')} above 0"
+    return f"{said}: {', or '.join(ways)}" if ways else f"{said}: the claim was not exercised"
 
 
 def _row(df, history, subject, depth, c, rungs) -> dict:
@@ -249,6 +268,7 @@ def _row(df, history, subject, depth, c, rungs) -> dict:
         if c.kind == "noninferior" and c.gain_metric:
             col = f"v_{c.gain_metric}"
             row["gain"] = float(p[col].astype(float).mean()) if col in p.columns and len(p) else np.nan
+            row["_no_gain"] = _no_gain(subject, c.gain_metric)
         if counts["unpaired"] or counts["not_completed"]:
             row["basis"] += (f" ({counts['not_completed']} run(s) not completed, {counts['unpaired']} without "
                              "a partner: left out)")
@@ -275,6 +295,7 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     for c in ("_sd", "n_needed"):
         if c not in t.columns:
             t[c] = np.nan
+    t["_no_gain"] = t["_no_gain"].astype(object).fillna("") if "_no_gain" in t.columns else ""
     # designed rows carry the driver's verdicts and their own correction: never re-decided here
     designed = (t["control"] == DESIGNED) if "control" in t.columns else pd.Series(False, index=t.index)
     testable = (t["n"] >= MIN_N) & t["p_value"].notna() & ~designed
@@ -296,8 +317,7 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
             if np.isfinite(gain) and gain <= 0:
                 # the configuration tested discarded nothing: the claim was not exercised
                 verdict = "inconclusive"
-                t.at[i, "settle"] = ("the configuration tested discarded no block: search epsilon higher, or "
-                                     "with objectives [val_acc, param_reduction]")
+                t.at[i, "settle"] = r["_no_gain"] or "the configuration tested has no gain above 0"
             elif verdict == "supported" and not np.isfinite(gain):
                 verdict = "inconclusive"
                 t.at[i, "settle"] = "the runs report no gain metric"
@@ -307,7 +327,7 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
             t.at[i, "settle"], need = _settle(r["kind"], int(r["n"]), r["estimate"], r["_sd"], r["null"],
                                               m_tests, unit=unit)
             t.at[i, "n_needed"] = np.nan if need is None else need
-    return t.drop(columns=["_sd"]).reindex(columns=COLUMNS)
+    return t.drop(columns=["_sd", "_no_gain"]).reindex(columns=COLUMNS)
 
 
 # --- claims answered by designed arms ----------------------------------------------------------

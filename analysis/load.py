@@ -167,7 +167,7 @@ def manifest(study_dir: str | Path) -> dict[str, Any]:
 def _validated_spec(study_dir: str | Path):
     from study.spec import load_spec as load_study_spec
 
-    path = _file(study_dir, "spec.yaml")
+    path = _file(study_dir, SPEC_FILE)
     try:
         return load_study_spec(path)
     except (UserError, ImportError) as e:  # SpecError; a plugin that is gone or fails to import

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,11 @@ from plotly.subplots import make_subplots
 from .budget import best_label
 from .declared import level_rates
 from .labels import fidelity_label, metric_label, param_label
-from .sensitivity import Curve, EpsilonTradeoff, level_order
+from .sensitivity import Curve, level_order
 from .stats import zero_spread
+
+if TYPE_CHECKING:
+    from .tradeoffs import Tradeoff
 
 STATUS_COLORS = {"completed": "#1f77b4", "pruned": "#b0b0b0", "diverged": "#d62728", "failed": "#ff7f0e"}
 BAND = "rgba(31,119,180,0.2)"
@@ -125,67 +129,70 @@ def curve_plotly(c: Curve) -> go.Figure:
     return fig
 
 
-# --- epsilon trade-offs -------------------------------------------------------------------
+# --- a variant's declared trade-offs (analysis.tradeoffs) -----------------------------------
 
-def tradeoff_informative(t: EpsilonTradeoff) -> bool:
-    """Whether the trade-off figure would show one: some trial discarded something."""
-    pts = t.points
-    vals = pd.concat([pts["param_reduction"], pts["discarded_ratio"]]).astype(float)
-    return bool(len(pts) and (vals.fillna(0) != 0).any())
-
-
-def tradeoff_png(t: EpsilonTradeoff) -> Figure:
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
+def tradeoff_png(t: Tradeoff) -> Figure:
+    """One panel per declared gain against the knob, then accuracy against the size gain
+    with its Pareto front; every name from the variant's declaration (t.declared)."""
+    d = t.declared
+    n = len(d.gains) + 1
+    fig = Figure(figsize=(13 * n / 3, 4.2), layout="constrained")
+    axes = fig.subplots(1, n)
     pts, front = t.points, t.front()
-    eps = pts["epsilon"].astype(float)
-    for ax, curve, col in ((axes[0], t.discarded, "discarded_ratio"), (axes[1], t.reduction, "param_reduction")):
+    knob = pts[d.knob].astype(float)
+    for ax, col in zip(axes, d.gains):
+        curve = t.curves.get(col)
         if curve is not None:
             _mpl_curve(ax, curve, argmax=False)
             ax.legend(fontsize=7)
         else:
-            ax.scatter(eps, pts[col], s=12, color="k")
-            if eps.min() > 0 and eps.max() > eps.min():
-                _log_axis(ax, float(eps.min()), float(eps.max()))
-            ax.set_xlabel(param_label("epsilon"))
+            ax.scatter(knob, pts[col], s=12, color="k")
+            if knob.min() > 0 and knob.max() > knob.min():
+                _log_axis(ax, float(knob.min()), float(knob.max()))
+            ax.set_xlabel(param_label(d.knob))
             ax.set_ylabel(metric_label(col))
-        ax.set_title(_wrap(f"{metric_label(col)} vs epsilon", 4.2), fontsize=10)
-    ax = axes[2]
-    ax.scatter(pts["param_reduction"], pts["acc"], s=14, color="0.5", label="trials")
-    ax.plot(front["param_reduction"], front["acc"], "o-", color="C3", label="Pareto front")
-    ax.set_xlabel(metric_label("param_reduction"))
+        ax.set_title(_wrap(f"{metric_label(col)} vs {d.knob}", 4.2), fontsize=10)
+    ax = axes[-1]
+    ax.scatter(pts[d.size], pts["acc"], s=14, color="0.5", label="trials")
+    ax.plot(front[d.size], front["acc"], "o-", color="C3", label="Pareto front")
+    ax.set_xlabel(metric_label(d.size))
     ax.set_ylabel(metric_label(t.acc_col))
-    ax.set_title(_wrap(f"{metric_label(t.acc_col)} vs {metric_label('param_reduction')}", 4.2), fontsize=10)
+    ax.set_title(_wrap(f"{metric_label(t.acc_col)} vs {metric_label(d.size)}", 4.2), fontsize=10)
     ax.legend(fontsize=7)
-    fig.suptitle(f"{t.experiment}: epsilon trade-offs", fontsize=11)
+    fig.suptitle(f"{t.experiment}: {d.figure}", fontsize=11)
     return fig
 
 
-def tradeoff_plotly(t: EpsilonTradeoff) -> go.Figure:
+def tradeoff_plotly(t: Tradeoff) -> go.Figure:
+    d = t.declared
     pts, front = t.points, t.front()
-    fig = make_subplots(rows=1, cols=3, subplot_titles=(
-        f"{metric_label('discarded_ratio')} vs epsilon", f"{metric_label('param_reduction')} vs epsilon",
-        f"{metric_label(t.acc_col)} vs {metric_label('param_reduction')}"))
-    eps = pts["epsilon"].astype(float)
-    for col_i, (curve, col) in enumerate(((t.discarded, "discarded_ratio"), (t.reduction, "param_reduction")), 1):
+    last = len(d.gains) + 1
+    fig = make_subplots(rows=1, cols=last, subplot_titles=(
+        *(f"{metric_label(col)} vs {d.knob}" for col in d.gains),
+        f"{metric_label(t.acc_col)} vs {metric_label(d.size)}"))
+    knob = pts[d.knob].astype(float)
+    for col_i, col in enumerate(d.gains, 1):
+        curve = t.curves.get(col)
         if curve is not None:
             _plotly_curve(fig, curve, argmax=False, row=1, col=col_i)
         else:
-            fig.add_trace(go.Scatter(x=eps, y=pts[col], mode="markers", showlegend=False,
+            fig.add_trace(go.Scatter(x=knob, y=pts[col], mode="markers", showlegend=False,
                                      marker={"color": "black"}), row=1, col=col_i)
-        if eps.min() > 0 and eps.max() > eps.min():
-            _plotly_log_axis(fig, float(eps.min()), float(eps.max()), row=1, col=col_i)
-        fig.update_xaxes(title_text=param_label("epsilon"), row=1, col=col_i)
+        if knob.min() > 0 and knob.max() > knob.min():
+            _plotly_log_axis(fig, float(knob.min()), float(knob.max()), row=1, col=col_i)
+        fig.update_xaxes(title_text=param_label(d.knob), row=1, col=col_i)
         fig.update_yaxes(title_text=metric_label(col), row=1, col=col_i)
-    fig.add_trace(go.Scatter(x=pts["param_reduction"], y=pts["acc"], mode="markers", name="trials",
-                             text=pts["epsilon"].map(lambda e: f"epsilon={e:.3g}"), marker={"color": "gray"}),
-                  row=1, col=3)
-    fig.add_trace(go.Scatter(x=front["param_reduction"], y=front["acc"], mode="lines+markers", name="Pareto front",
-                             text=front["epsilon"].map(lambda e: f"epsilon={e:.3g}"),
-                             line={"color": "red"}), row=1, col=3)
-    fig.update_xaxes(title_text=metric_label("param_reduction"), row=1, col=3)
-    fig.update_yaxes(title_text=metric_label(t.acc_col), row=1, col=3)
-    fig.update_layout(title=f"{t.experiment}: epsilon trade-offs", template="plotly_white", height=430)
+
+    def hover(v: pd.Series) -> pd.Series:
+        return v.map(lambda e: f"{d.knob}={e:.3g}")
+
+    fig.add_trace(go.Scatter(x=pts[d.size], y=pts["acc"], mode="markers", name="trials",
+                             text=hover(pts[d.knob]), marker={"color": "gray"}), row=1, col=last)
+    fig.add_trace(go.Scatter(x=front[d.size], y=front["acc"], mode="lines+markers", name="Pareto front",
+                             text=hover(front[d.knob]), line={"color": "red"}), row=1, col=last)
+    fig.update_xaxes(title_text=metric_label(d.size), row=1, col=last)
+    fig.update_yaxes(title_text=metric_label(t.acc_col), row=1, col=last)
+    fig.update_layout(title=f"{t.experiment}: {d.figure}", template="plotly_white", height=430)
     return fig
 
 
@@ -604,7 +611,7 @@ def differences_plotly(claims: pd.DataFrame, tuned: pd.DataFrame) -> go.Figure |
     return fig
 
 
-__all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "tradeoff_informative", "levels_png",
+__all__ = ["curve_png", "curve_plotly", "tradeoff_png", "tradeoff_plotly", "levels_png",
            "levels_plotly", "levels_drawable", "importance_png", "importance_plotly", "comparison_png",
            "comparison_plotly", "learning_png", "learning_plotly", "STATUS_COLORS", "curves_png", "curves_plotly",
            "differences_png", "differences_plotly", "log_ticks"]

@@ -166,15 +166,22 @@ def trend_p(t: np.ndarray, y: np.ndarray) -> float:
     return p if np.isfinite(p) else 1.0
 
 
-UNIT_METRICS = frozenset({"val_acc", "test_acc", "train_acc", "best_val_acc", "test_acc_last",
-                          "compressed_test_acc", "discarded_ratio", "param_reduction"})
+UNIT_METRICS = frozenset({"val_acc", "test_acc", "train_acc", "best_val_acc", "test_acc_last"})
+
+
+def in_unit(metric: str) -> bool:
+    """Whether `metric` lives in [0, 1]: the trainer's accuracies, and any accuracy a
+    variant adds (named like one: "<what>_acc")."""
+    return metric in UNIT_METRICS or str(metric).endswith("_acc")
 
 
 def fit_curve(x, y, *, log: bool = False, n_boot: int = 200, grid_size: int = 120, seed: int = 0,
-              param: str = "x", metric: str = "y", experiment: str = "", variant: str = "") -> Curve:
+              param: str = "x", metric: str = "y", experiment: str = "", variant: str = "",
+              unit: bool | None = None) -> Curve:
     """GP fit of y against x with a bootstrap band and bootstrap argmax interval.
-    For a metric that lives in [0, 1] (accuracies, ratios) the fit and band are
-    clipped to it: a GP extrapolates happily past 1."""
+    For a metric that lives in [0, 1] (`unit`; None: an accuracy, in_unit) the fit
+    and band are clipped to it: a GP extrapolates happily past 1. A caller that
+    knows its metric is a share (a variant's declared gain) says unit=True."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if x.shape != y.shape:
@@ -206,7 +213,7 @@ def fit_curve(x, y, *, log: bool = False, n_boot: int = 200, grid_size: int = 12
         boots = draws = gp.predict(gu)[None, :]
     boots = boots * ys + ym
     lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
-    if metric in UNIT_METRICS:
+    if (in_unit(metric) if unit is None else unit):
         mean, lo, hi = np.clip(mean, 0, 1), np.clip(lo, 0, 1), np.clip(hi, 0, 1)
     arg_t = grid_t[np.argmax(draws, axis=1)]
     a_lo, a_hi = np.percentile(arg_t, [2.5, 97.5])
@@ -432,90 +439,9 @@ def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200,
     return SensitivityResult(curves, table, notes)
 
 
-# --- epsilon-ResNet trade-offs -------------------------------------------------------------
-
-def pareto_front(x, y) -> np.ndarray:
-    """Mask of the non-dominated points when maximising both x and y.
-
-    A point is dominated if another is >= in both and > in at least one;
-    exact ties are all kept. NaN points are never on the front.
-    """
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    front = np.zeros(x.size, dtype=bool)
-    idx = np.flatnonzero(ok)
-    for i in idx:
-        ge = (x[idx] >= x[i]) & (y[idx] >= y[i])
-        gt = (x[idx] > x[i]) | (y[idx] > y[i])
-        front[i] = not np.any(ge & gt)
-    return front
-
-
-@dataclass
-class EpsilonTradeoff:
-    experiment: str
-    acc_col: str
-    points: pd.DataFrame  # trial_id, epsilon, discarded_ratio, param_reduction, acc (val), pareto, pick, test_acc
-    discarded: Curve | None = None  # discarded_ratio vs epsilon
-    reduction: Curve | None = None  # param_reduction vs epsilon
-    notes: list[str] = field(default_factory=list)
-
-    def front(self) -> pd.DataFrame:
-        return self.points[self.points["pareto"]].sort_values("param_reduction")
-
-
-def epsilon_tradeoffs(df: pd.DataFrame, *, n_boot: int = 200, seed: int = 0,
-                      spec: dict | None = None) -> list[EpsilonTradeoff]:
-    """Per epsilon experiment: compression vs epsilon, and validation accuracy
-    vs parameter reduction over every completed search trial, with its Pareto
-    front (works whether the study searched one objective or both: every
-    results row carries val_acc and param_reduction).
-
-    The front is drawn on val_acc: choosing among trials on test_acc would
-    make the test set part of the selection. test_acc appears only for the
-    final pick (`pick`): the front's trial with the best val_acc.
-    """
-    out = []
-    for exp, variant, g in _experiments(df):
-        if variant != "epsilon" or "param_reduction" not in g.columns:
-            continue
-        ok = usable(g)
-        acc = "val_acc"
-        pts = pd.DataFrame({
-            "trial_id": ok["trial_id"].to_numpy(), "epsilon": ok["epsilon"].astype(float).to_numpy(),
-            "discarded_ratio": (ok["discarded_ratio"].astype(float).to_numpy() if "discarded_ratio" in ok
-                                else np.full(len(ok), np.nan)),
-            "param_reduction": ok["param_reduction"].astype(float).to_numpy(),
-            "acc": ok[acc].astype(float).to_numpy()})
-        pts["pareto"] = pareto_front(pts["param_reduction"], pts["acc"])
-        pts["pick"] = False
-        pts["test_acc"] = np.nan
-        if pts["pareto"].any():
-            i = pts.loc[pts["pareto"], "acc"].idxmax()
-            pts.loc[i, "pick"] = True
-            if "test_acc" in ok.columns:
-                pts.loc[i, "test_acc"] = float(ok["test_acc"].iloc[i])
-        res = EpsilonTradeoff(exp, acc, pts)
-        log = param_info(variant, "epsilon", g["epsilon"], spec).log
-        if len(pts) < MIN_POINTS:
-            res.notes.append(f"{exp}: {len(pts)} completed search trial(s): too few for epsilon trade-off "
-                             f"curves (need {MIN_POINTS})")
-            out.append(res)
-            continue
-        for attr, col in (("discarded", "discarded_ratio"), ("reduction", "param_reduction")):
-            try:
-                setattr(res, attr, fit_curve(pts["epsilon"], pts[col], log=log, n_boot=n_boot, seed=seed,
-                                             param="epsilon", metric=col, experiment=exp, variant=variant))
-            except InsufficientDataError as e:
-                res.notes.append(f"{exp}: no {col} curve for {e}")
-        out.append(res)
-    return out
-
-
-__all__ = ["Curve", "fit_curve", "trend_p", "level_order", "usable", "split_params", "SensitivityResult",
-           "numeric_curves", "categorical_levels", "sensitivity", "pareto_front", "EpsilonTradeoff",
-           "epsilon_tradeoffs", "MIN_POINTS", "MIN_UNIQUE"]
+__all__ = ["Curve", "fit_curve", "in_unit", "trend_p", "level_order", "usable", "split_params",
+           "SensitivityResult", "numeric_curves", "categorical_levels", "sensitivity", "subject_of", "MIN_POINTS",
+           "MIN_UNIQUE"]
 
 
 # --- designed sweeps: one option set to each level around the best configuration, at every seed --
@@ -637,7 +563,7 @@ def sweeps(results: pd.DataFrame, design: dict | None, *, metric: str = "val_acc
                 per_seed = ok.groupby("seed").tail(1).set_index("seed")[m].astype(float) if len(ok) else \
                     pd.Series(dtype=float)
                 mean, lo, hi, n = mean_ci(per_seed.to_numpy())
-                if m in UNIT_METRICS:
+                if in_unit(m):
                     lo, hi = clip(lo, hi, (0.0, 1.0))
                 rows.append({"experiment": exp, "variant": subject_of(here) if len(here) else "", "param": param,
                              "level": _level_text(value), "value": value, "metric": m, "n": n, "mean": mean,

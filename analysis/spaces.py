@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# Fallback when study.spaces cannot say (a variant this code lacks): params searched on a log scale.
-LOG_PARAMS = frozenset({"lr", "weight_decay", "epsilon", "sgs_k"})
+# The trainer's options searched on a log scale (see log_params).
+CORE_LOG_PARAMS = frozenset({"lr", "weight_decay"})
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,21 @@ def _default_space(variant: str) -> tuple[dict[str, Any], ...]:
         return ()
 
 
+def log_params() -> frozenset[str]:
+    """Fallback when study.spaces cannot say (a variant this code lacks): the params
+    searched on a log scale, as the trainer's and every registered variant's default
+    space searches them (continuous ones only: an integer option inferred from its
+    values keeps its levels)."""
+    try:
+        from study.variants import list_variants
+
+        names = list_variants()
+    except Exception:  # no registry here: the trainer's own
+        names = []
+    return CORE_LOG_PARAMS | {e["name"] for v in names for e in _default_space(v)
+                              if e.get("log") and e["kind"] == "float"}
+
+
 def recorded_space(variant: str, spec: dict | None) -> list[dict[str, Any]] | None:
     """The searched parameters of `variant` as the study's manifest recorded them
     (spaces do not depend on the depth: the first experiment of the variant); None
@@ -86,8 +101,9 @@ def infer_info(name: str, values: pd.Series) -> ParamInfo:
         choices = tuple(sorted(v.unique(), key=str))
         return ParamInfo(name, "categorical", choices=choices)
     is_int = pd.api.types.is_integer_dtype(v) or bool(np.all(np.asarray(v, float) == np.round(np.asarray(v, float))))
-    log = name in LOG_PARAMS and float(v.min()) > 0
-    return ParamInfo(name, "int" if is_int and name not in LOG_PARAMS else "float",
+    logs = log_params()
+    log = name in logs and float(v.min()) > 0
+    return ParamInfo(name, "int" if is_int and name not in logs else "float",
                      float(v.min()), float(v.max()), log)
 
 
@@ -97,8 +113,8 @@ def param_info(variant: str, name: str, values: pd.Series | None = None, spec: d
     if info is not None:
         return info
     if values is None:
-        return ParamInfo(name, "float", log=name in LOG_PARAMS)
+        return ParamInfo(name, "float", log=name in log_params())
     return infer_info(name, values)
 
 
-__all__ = ["ParamInfo", "LOG_PARAMS", "recorded_space", "space_info", "infer_info", "param_info"]
+__all__ = ["ParamInfo", "CORE_LOG_PARAMS", "log_params", "recorded_space", "space_info", "infer_info", "param_info"]

@@ -92,7 +92,9 @@ def _study_meta(study_dir: Path) -> tuple[str | None, str | None]:
     """(tracking URI from the saved spec, MLflow experiment name)."""
     import yaml
 
-    spec_file = study_dir / "spec.yaml"
+    from study.ledger import SPEC_FILE
+
+    spec_file = study_dir / SPEC_FILE
     if not spec_file.is_file():
         return None, study_dir.name
     try:

@@ -349,10 +349,21 @@ def _twin(values: dict) -> dict:
     return {**values, "epsilon_gate": False}
 
 
-def _tradeoff_section(report) -> None:
-    from analysis.tradeoffs import epsilon_section  # the analysis' libraries, only when a report is written
+def tradeoff():
+    """epsilon's trade-off (analysis.tradeoffs.Declared): the discarded share and the
+    parameter reduction against epsilon, and accuracy against parameter reduction."""
+    from analysis.tradeoffs import Declared  # the analysis' libraries, only when a report is written
 
-    epsilon_section(report)
+    return Declared(variant=VARIANT.name, knob="epsilon", gains=("discarded_ratio", "param_reduction"),
+                    size="param_reduction", title="epsilon-ResNet trade-offs", what="Compression",
+                    figure="epsilon trade-offs", name="epsilon", nothing="discarded a block", toward="higher",
+                    objectives=VARIANT.objectives)
+
+
+def _tradeoff_section(report) -> None:
+    from analysis.tradeoffs import section
+
+    section(report, tradeoff())
 
 
 def _artifacts(info: dict, result: dict, out):

@@ -6,8 +6,8 @@ import pytest
 from scipy import stats
 
 from analysis.load import InsufficientDataError
-from analysis.sensitivity import (at_epoch, categorical_levels, epsilon_tradeoffs, fit_curve, numeric_curves,
-                                  pareto_front, rung_epochs, sensitivity, split_params)
+from analysis.sensitivity import (at_epoch, categorical_levels, fit_curve, numeric_curves, rung_epochs, sensitivity,
+                                  split_params)
 
 
 def test_planted_epsilon_optimum_found_with_interval(planted_epsilon):
@@ -56,28 +56,6 @@ def test_fit_curve_linear_scale_recovers_peak():
     assert not c.log and abs(c.argmax - 2.5) < 0.3 and c.argmax_lo <= 2.5 <= c.argmax_hi
 
 
-def test_pareto_front_hand_made():
-    # (reduction, acc)
-    pts = np.array([[0.10, 0.90], [0.20, 0.85], [0.15, 0.80], [0.30, 0.70], [0.30, 0.60], [0.05, 0.90],
-                    [0.20, 0.85], [np.nan, 1.0], [0.0, 0.95]])
-    got = pareto_front(pts[:, 0], pts[:, 1])
-    #            kept   kept  dom    kept   dom    dom(0.1,.9) tie-kept nan  kept
-    expected = [True, True, False, True, False, False, True, False, True]
-    assert got.tolist() == expected
-
-
-def test_pareto_front_definition_on_random_points():
-    rng = np.random.default_rng(0)
-    x, y = rng.random(60), rng.random(60)
-    f = pareto_front(x, y)
-    for i in range(60):
-        dominated = np.any((x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i])))
-        assert f[i] == (not dominated)
-    # the front is a decreasing staircase: more reduction costs accuracy
-    order = np.argsort(x[f])
-    assert np.all(np.diff(y[f][order]) < 0)
-
-
 def _cat_frame():
     rows = []
     for i, (lvl, st, acc, dead, stem) in enumerate([
@@ -112,24 +90,6 @@ def test_split_params_few_values_become_levels(planted_epsilon):
     df["searched"] = json.dumps(["epsilon", "side_weight", "sgs_interval", "adaptive_lr"])
     num, cat = split_params(df, "epsilon")
     assert num == ["epsilon", "side_weight"] and cat == ["sgs_interval", "adaptive_lr"]
-
-
-def test_epsilon_tradeoffs(planted_epsilon):
-    (t,) = epsilon_tradeoffs(planted_epsilon, n_boot=50)
-    # the front is chosen on validation numbers; test_acc only for the final pick
-    assert t.acc_col == "val_acc" and len(t.points) == 40
-    assert np.allclose(t.points["acc"], planted_epsilon["val_acc"])
-    pick = t.points[t.points["pick"]]
-    assert len(pick) == 1 and bool(pick["pareto"].iloc[0])
-    assert pick["acc"].iloc[0] == t.front()["acc"].max()
-    assert pick["test_acc"].iloc[0] == pytest.approx(pick["acc"].iloc[0] - 0.005)
-    assert t.points.loc[~t.points["pick"], "test_acc"].isna().all()
-    assert t.discarded is not None and t.reduction is not None
-    # planted: reduction grows with epsilon
-    assert t.reduction.mean[-1] > t.reduction.mean[0] + 0.3
-    front = t.front()
-    assert 1 <= len(front) < 40
-    assert np.array_equal(pareto_front(t.points["param_reduction"], t.points["acc"]), t.points["pareto"].to_numpy())
 
 
 def _sgs_frame(n=30, seed=0):
