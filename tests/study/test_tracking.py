@@ -13,7 +13,9 @@ from study.tracking import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, LEVEL_TAG, VIE
                             ensure_view, view_query)
 
 
-def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
+def _down(tmp_path) -> tuple[str, Tracker, list[bool]]:
+    """A tracker on a SQLite store whose every MLflow call fails as a stopped server's does
+    while down[0] is True (it starts True)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "exp", "study", tmp_path)
     real_apply, down = tracker._apply, [True]
@@ -24,6 +26,11 @@ def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
         return real_apply(kind, key, payload)
 
     tracker._apply = apply
+    return uri, tracker, down
+
+
+def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
+    uri, tracker, down = _down(tmp_path)
     tracker.create("trial:a", "study", "a", {"resstudy.level": "trial"}, params={"lr": 0.1})
     assert tracker.run_id("trial:a") is None and tracker.known("trial:a") and not tracker.known("trial:b")
     tracker.metrics("trial:a", {"val_acc": 0.5}, step=1)
@@ -38,16 +45,7 @@ def test_a_run_created_while_mlflow_is_down_still_ends_finished(tmp_path):
 def test_a_trial_opened_twice_while_mlflow_is_down_gets_one_run(tmp_path):
     """A trial starts, errors and is retried while MLflow is down: its second open reopens the
     run its first one queued, instead of queuing a second creation."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri, "exp", "study", tmp_path)
-    real_apply, down = tracker._apply, [True]
-
-    def apply(kind, key, payload):
-        if down[0]:
-            raise ConnectionError("Connection refused")
-        return real_apply(kind, key, payload)
-
-    tracker._apply = apply
+    uri, tracker, down = _down(tmp_path)
     for attempt, outcome in ((1, "failed"), (2, "completed")):
         tracker.create("trial:a", "study", "a", {LEVEL_TAG: "trial"})
         tracker.metrics("trial:a", {"val_acc": 0.5 + attempt / 10}, step=attempt)
