@@ -231,12 +231,12 @@ def _no_gain(subject: str, gain_metric: str) -> str:
     """What would settle a noninferiority claim whose configuration gained nothing, from
     the subject's declaration: the options it sweeps (which set the method's strength)
     and the objectives a search may maximise beside val_acc."""
-    try:
-        from study.variants import get_variant
+    from study.variants import UnknownVariantError, get_variant
 
+    try:
         v = get_variant(subject)
         knobs, objectives = [s.option for s in v.sweeps], list(v.objectives)
-    except Exception:  # a variant not registered here: the claim's own words only
+    except UnknownVariantError:  # a plugin's variant not registered here: the claim's own words only
         knobs, objectives = [], []
     ways = [f"search a wider range of {' or '.join(knobs)}"] if knobs else []
     if objectives:
