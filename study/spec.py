@@ -77,10 +77,14 @@ def check_study_name(value: Any, field: str = "name") -> str:
 
 
 # A problem: (path, message). The path is relative to the value being validated
-# (pydantic prefixes its location) unless it starts with ABSOLUTE, a character no
-# field name has (user keys such as a variant named '/0' stay relative).
+# (pydantic prefixes its location) unless it is an Absolute: marked by its type, not
+# by a character, since a user's key may hold any character (a variant named
+# '\x000' or '/0' stays relative).
 Problem = tuple[str, str]
-ABSOLUTE = "\x00"
+
+
+class Absolute(str):
+    """A problem's path from the top of the spec."""
 
 
 def _fail(path: str, message: str) -> NoReturn:
@@ -90,7 +94,8 @@ def _fail(path: str, message: str) -> NoReturn:
 def _fail_all(problems: list[Problem]) -> NoReturn:
     # One validator reports every problem it found in one error; the messages go
     # through the context so braces in user values are not read as template fields.
-    raise PydanticCustomError("spec", "{spec_msg}", {"spec_items": [list(p) for p in problems],
+    items = [[str(p), m, isinstance(p, Absolute)] for p, m in problems]
+    raise PydanticCustomError("spec", "{spec_msg}", {"spec_items": items,
                                                      "spec_msg": "; ".join(m for _, m in problems)})
 
 
@@ -307,15 +312,15 @@ class StudySpec(_Model):
             out = handler(v)
         except ValidationError as e:
             out = None
-            problems += [(ABSOLUTE + path, msg) for err in e.errors()
+            problems += [(Absolute(path), msg) for err in e.errors()
                          for path, msg in _error_items({**err, "loc": ("variants", *err["loc"])})]
         seen = {path for path, _ in problems}
         for name, raw in v.items() if isinstance(v, Mapping) else ():
             fixed = raw.get("fixed") if isinstance(raw, Mapping) else None
             if isinstance(fixed, Mapping):
-                problems += [(ABSOLUTE + _join("variants", path), msg) for path, msg in
+                problems += [(Absolute(_join("variants", path)), msg) for path, msg in
                              _check_fields(fixed, f"variants.{name}.fixed", [name], prefix=f"{name}.fixed")
-                             if ABSOLUTE + _join("variants", path) not in seen]
+                             if _join("variants", path) not in seen]
             if out is not None:
                 problems += _objective_problems(name, out[name].objectives)
         if problems:
@@ -335,7 +340,7 @@ class StudySpec(_Model):
             try:
                 spaces.build_space(name, _space_overrides(v, vs, name), vs.fixed)
             except SpaceError as e:
-                problems.append((ABSOLUTE + _space_error_path(e, v, vs, name), str(e)))
+                problems.append((Absolute(_space_error_path(e, v, vs, name)), str(e)))
         if problems:
             _fail_all(problems)
         return v
@@ -683,8 +688,7 @@ def _error_items(err: Mapping[str, Any]) -> list[Problem]:
     loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]]
     ctx = err.get("ctx") or {}
     if err["type"] == "spec":
-        items = [(loc + [path] if not path.startswith(ABSOLUTE) else [path[1:]], msg)
-                 for path, msg in ctx["spec_items"]]
+        items = [([path] if absolute else loc + [path], msg) for path, msg, absolute in ctx["spec_items"]]
     elif err["type"] in ("extra_forbidden", "invalid_key") or err["loc"][-1:] == ("[key]",):
         raw = err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"]  # a key of a free mapping
         key = str(raw[-1])  # quoted unless a plain name, so ' ' or 'a: b' stay readable

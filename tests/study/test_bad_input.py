@@ -124,6 +124,7 @@ def test_errors_found_by_fuzzing_name_the_field():
         "search.grid_points": {"search": {"algorithm": "grid", "grid_points": 10**8}},
         "train.label_smoothing": {"train": {"label_smoothing": math.nan}},
         "variants./0": {"variants": {"/0": {}}},  # a key that looked like the marker of an absolute path
+        "variants.\\x000": {"variants": {"\x000": {}}},  # a key starting with the NUL that marked one later
     }
     for field, change in cases.items():
         with pytest.raises(SpecError) as info:
