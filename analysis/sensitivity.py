@@ -247,7 +247,8 @@ def subject_of(g: pd.DataFrame) -> str:
     return str(g[col].dropna().iloc[0])
 
 
-def _experiments(df: pd.DataFrame):
+def experiments(df: pd.DataFrame):
+    """(experiment, its subject, its rows) for each experiment of `df`, by name."""
     for exp, g in df.groupby("experiment", sort=True):
         yield str(exp), subject_of(g), g
 
@@ -297,7 +298,7 @@ def numeric_curves(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 2
     `epoch` labels a rung fit (df then holds the trials' values at that epoch)."""
     curves, notes = [], []
     at = "final" if epoch is None else f"epoch {epoch}"
-    for exp, variant, g in _experiments(df):
+    for exp, variant, g in experiments(df):
         num, _ = split_params(g, variant, spec)
         ok = usable(g, metric)
         if len(ok) < MIN_POINTS:
@@ -353,7 +354,7 @@ def categorical_levels(df: pd.DataFrame, *, metric: str = "val_acc",
     search = df[df["phase"] == "search"] if "phase" in df.columns else df
     fidelity = "final" if epoch is None else f"epoch {epoch}"
     columns = level_columns()
-    for exp, variant, g in _experiments(search):
+    for exp, variant, g in experiments(search):
         rates = level_rates([variant])
         names = params.get(exp, []) if params is not None else split_params(g, variant, spec)[1]
         for p in names:
@@ -440,8 +441,8 @@ def sensitivity(df: pd.DataFrame, *, metric: str = "val_acc", n_boot: int = 200,
 
 
 __all__ = ["Curve", "fit_curve", "in_unit", "trend_p", "level_order", "usable", "split_params",
-           "SensitivityResult", "numeric_curves", "categorical_levels", "sensitivity", "subject_of", "MIN_POINTS",
-           "MIN_UNIQUE"]
+           "SensitivityResult", "numeric_curves", "categorical_levels", "sensitivity", "experiments", "subject_of",
+           "MIN_POINTS", "MIN_UNIQUE"]
 
 
 # --- designed sweeps: one option set to each level around the best configuration, at every seed --

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .labels import metric_label
 from .load import InsufficientDataError
-from .sensitivity import MIN_POINTS, Curve, fit_curve, subject_of, usable
+from .sensitivity import MIN_POINTS, Curve, experiments, fit_curve, usable
 from .spaces import param_info
 
 ACC = "val_acc"
@@ -108,8 +108,7 @@ def tradeoffs(df: pd.DataFrame, declared: Declared, *, n_boot: int = 200, seed: 
     over every completed search trial (whether the study searched one objective or
     several: every results row carries val_acc and the gains)."""
     d, out = declared, []
-    for exp, g in df.groupby("experiment", sort=True):
-        exp, subject = str(exp), subject_of(g)
+    for exp, subject, g in experiments(df):
         if subject != d.variant or d.size not in g.columns:
             continue
         ok = usable(g, ACC)
