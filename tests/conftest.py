@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,12 @@ TINY_SPEC = {
 }
 
 
+def importable(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH: a child process, and the Ray workers it
+    starts, import tests.* (a faults object they unpickle) and this tree's packages from here."""
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 900,
             check: bool = True, faults: Path | None = None) -> subprocess.CompletedProcess:
     """`resstudy ARGS` in a process of its own; `faults`: a faults file plugged into its
@@ -180,7 +187,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
         command = faulty(faults, *args)
         # the trials unpickle the faults object: they import tests.study.faultplug from here
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+        full_env = importable(full_env)
     proc = subprocess.run(command, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"resstudy {' '.join(args)} exited {proc.returncode}\n"

@@ -24,7 +24,7 @@ from study.config import all_option_names
 from study.results import ResultsError, read_table, write_table
 from study.spec import SpecError, StudySpec, load_spec
 from study.train import CheckpointError, load_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import importable
 
 VALID = {"name": "p", "dataset": "digits", "depth": 8, "epochs": 2, "trials_per_variant": 1}
 SCHEMA = set(StudySpec.model_fields)
@@ -332,8 +332,7 @@ def test_cli_entry_point_on_a_junk_spec_prints_one_error_and_no_traceback(tmp_pa
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))}
+    return importable({k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
 
 
 # ---------------------------------------------------------------- damaged files

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, record_fault
+from tests.conftest import ROOT, importable, record_fault
 
 pytestmark = [pytest.mark.ray, pytest.mark.server, pytest.mark.slow]
 SECRET = "hunter2"
@@ -92,9 +92,8 @@ def fault_study(tmp_path_factory) -> FaultStudy:
     faults = faults_file(tmp_path, [{"variant": "resnet", "index": 0, "epoch": 2, "times": 1},
                                     {"variant": "quotient", "epoch": 1, "times": 3}])
     study = tmp_path / "runs" / "faults"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RESSTUDY_MLFLOW_FLUSH_WAIT": "120",
-           # the trials unpickle the faults object: they import tests.study.faultplug from here
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # the trials unpickle the faults object: they import tests.study.faultplug from here
+    env = importable({**os.environ, "PYTHONUNBUFFERED": "1", "RESSTUDY_MLFLOW_FLUSH_WAIT": "120"})
     env.pop("RAY_ADDRESS", None)
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as log:

@@ -44,7 +44,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, record_fault
+from tests.conftest import ROOT, importable, record_fault
 from study.trainable import checkpoint_epochs
 from tests.study.faultplug import command
 
@@ -244,8 +244,7 @@ def test_kill_matrix(tmp_path, sig):
     rules = points(name, sig)
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps([rule for _, rule in rules]))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = importable({**os.environ, "PYTHONUNBUFFERED": "1"})
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
     marker = tmp_path / "pwned"
@@ -317,8 +316,7 @@ def test_a_stopped_trial_continues_from_its_latest_checkpoint_at_the_default_pol
     faults.write_text(json.dumps({"checkpoint_every_s": None, "rules": [
         {"at": "trial", "variant": "resnet", "phase": "search", "index": 0, "epoch": 4, "action": "kill_driver",
          "signal": sig}]}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = importable({**os.environ, "PYTHONUNBUFFERED": "1"})
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
     rc = wait(driver(["run", str(spec_path)], env, log, faults))

@@ -23,7 +23,7 @@ from study import ledger as ledger_lib
 from study.ledger import Ledger, SpecChanged, StateError, StudyLock, StudyLocked, spec_diff
 from study.searcher import Rungs
 from study.trainable import CheckpointPolicy, _write_checkpoint, checkpoint_epochs, read_reports
-from tests.conftest import ROOT
+from tests.conftest import ROOT, importable
 
 # ---------------------------------------------------------------- the ledger
 
@@ -889,7 +889,7 @@ def test_a_stopped_study_leaves_nothing_running_even_when_ray_hangs_and_resumes_
 
     from tests.study.handplayed import PLANNED, SPEC, build
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = importable(os.environ)
     proc = subprocess.run([sys.executable, "-c", _HUNG_ON_RAY, str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     study_dir = tmp_path / SPEC["name"]

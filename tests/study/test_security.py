@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from study.spec import SpecError, load_spec
 from study.tracking import Tracker, TrackingError, redact_text, redact_uri
 from study.train import CheckpointError, load_checkpoint
-from tests.conftest import ROOT
+from tests.conftest import importable
 
 SECRET = "hunter2"
 
@@ -35,8 +35,7 @@ def closed_port() -> int:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return {**env, **extra}
+    return {**importable(env), **extra}
 
 
 # ---------------------------------------------------------------- redaction
