@@ -6,8 +6,8 @@ report that opens on the claims.
 
 Entry point: ``analysis.report.analyze(study_dir, out_dir=None, log_to_mlflow=True,
 tracking_uri=None)`` (also ``analysis.analyze``). Modules: load (read or find
-a study dir), spaces (the study's own search space), stats, sequential (the
-stopping rule for designed claims), claims,
+a study dir), spaces (the study's own search space), claims (statistics from
+study.stats, which the driver shares),
 sensitivity, importance, compare, plots, report.
 """
 

@@ -39,8 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .sequential import DIFF_RANGE, MIN_N, p_beats, seeds_to_settle
-from .stats import ALPHA, holm, n_for_power, one_sample, paired_bootstrap, two_sample, zero_spread
+from study.stats.sequential import DIFF_RANGE, MIN_N, p_beats, seeds_to_settle
+from study.stats.intervals import ALPHA, holm, n_for_power, one_sample, paired_bootstrap, two_sample, zero_spread
 
 # n_needed: the n "what would settle it" names (pairs, or trials per level), for costing it.
 # Designed rows (control == DESIGNED) also fill: ci_lo/ci_hi, the interval valid under repeated

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .stats import clip, diff_test, holm, mean_ci
+from study.stats.intervals import clip, diff_test, holm, mean_ci
 
 METRICS = ("val_acc", "test_acc")
 COLUMNS = ["depth", "variant", "metric", "source", "n", "mean", "ci_lo", "ci_hi", "std", "n_diverged",

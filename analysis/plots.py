@@ -28,7 +28,7 @@ from .budget import best_label
 from .declared import level_rates
 from .labels import fidelity_label, metric_label, param_label
 from .sensitivity import Curve, level_order
-from .stats import zero_spread
+from study.stats.intervals import zero_spread
 
 if TYPE_CHECKING:
     from .tradeoffs import Tradeoff

@@ -39,7 +39,7 @@ from .labels import METRICS, column_label, fidelity_label, metric_label, param_l
 from .load import (STATUSES, StudyDirError, load_history, load_results, load_spec, load_study_meta, sqlite_path,
                    tracking_uri as study_tracking_uri)
 from .sensitivity import SWEEP_COLUMNS, level_order, rung_epochs, sensitivity, sweeps
-from .stats import zero_spread
+from study.stats.intervals import zero_spread
 
 REPORT_NAME = "report.html"
 CONCLUSION_NAME = "conclusion.md"

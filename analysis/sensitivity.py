@@ -46,7 +46,7 @@ from threadpoolctl import threadpool_limits
 from .declared import level_rates
 from .load import InsufficientDataError, searched_list
 from .spaces import param_info
-from .stats import ALPHA, clip, mean_ci
+from study.stats.intervals import ALPHA, clip, mean_ci
 
 MIN_POINTS = 5  # fewer completed trials than this: no curve, a note instead
 MIN_UNIQUE = 5  # a numeric param with fewer distinct values is shown as levels

@@ -183,7 +183,7 @@ class Arms(Phase):
 
     def _next_round(self) -> bool:
         """Look at every open claim; True when trials were added for another round."""
-        from analysis import sequential
+        from study.stats import sequential
 
         spec = self.ctx.spec
         design_spec = spec.design

@@ -1,7 +1,7 @@
 """A synthetic study with designed arms: results rows in the study output schema
 (phase "arms", a `claim` column, free-text arm labels) and the study.json
 "design" record the driver keeps, its looks made by the real stopping rule
-round by round (analysis.sequential), as the driver makes them. No training, no Ray.
+round by round (study.stats.sequential), as the driver makes them. No training, no Ray.
 
 Planted: quotient beats its twin by 2 points as tuned (settles), not at all as
 published (stops unsettled); the paper rule beats unshifted by 1 point; epsilon
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.sequential import claim_alpha, look
+from study.stats.sequential import claim_alpha, look
 
 from .conftest import SPEC_YAML, _row, synthetic_history, synthetic_results, write_optuna_db
 

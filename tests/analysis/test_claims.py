@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.claims import COLUMNS, claims_markdown, claims_table, declared_claims, finish, tuned_vs_tuned
-from analysis.stats import holm, n_for_power
+from study.stats.intervals import holm, n_for_power
 from study.variants import Claim
 
 from .conftest import RUNGS, SPEC_YAML, _row, builtin_claims, synthetic_history, synthetic_results, twin_pairs

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from analysis.compare import best_runs, compare_variants
-from analysis.stats import diff_test, mean_ci
+from study.stats.intervals import diff_test, mean_ci
 
 
 def _runs(effect: float, *, seeds=range(5), noise=0.004, rng_seed=0, phase="repeat", variant_seeds=None):

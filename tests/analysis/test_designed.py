@@ -18,8 +18,8 @@ from analysis.claims import (DESIGNED, NOT_CONTROLLED, claims_table, designed_ro
 from analysis.load import StudyFileError
 from analysis.report import _claims_html, _side_by_side, conclusion, settle_cost
 from analysis.sensitivity import level_effect, sweeps
-from analysis.sequential import look
-from analysis.stats import paired_bootstrap
+from study.stats.sequential import look
+from study.stats.intervals import paired_bootstrap
 
 from .conftest import SPEC_YAML, _row, builtin_claims
 from .designed import SECONDS, designed_study, make_designed_study_dir

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from analysis.stats import holm, n_for_power
+from study.stats.intervals import holm, n_for_power
 
 
 def hand_holm(p) -> np.ndarray:

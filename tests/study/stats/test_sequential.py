@@ -1,4 +1,4 @@
-"""The stopping rule (analysis/sequential.py) over many simulated studies that
+"""The stopping rule (study/stats/sequential.py) over many simulated studies that
 look after every seed from 3 to 10, as the driver does: under no effect the
 share of false verdicts stays at or under the nominal rate (Gaussian, heavy-
 tailed and skewed differences), with a planted effect the claim is supported
@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from analysis import sequential as seq
-from analysis.sequential import ALPHA, claim_alpha, look, p_beats, seeds_to_settle
+from study.stats import sequential as seq
+from study.stats.sequential import ALPHA, claim_alpha, look, p_beats, seeds_to_settle
 
 N_MAX = 10
 SD = 0.005  # half an accuracy point between seeds: differences in accuracy units, inside [-1, 1]
