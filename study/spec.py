@@ -39,7 +39,7 @@ from study.config import (CORE, DATASETS, DEPTH_RULE, FILE_DATASETS, TrainConfig
                           owners, variant_options)
 from study.errors import UserError
 from study.spaces import ALGORITHMS, SpaceError
-from study.variants import list_variants, load_plugins
+from study.variants import SMALLEST_EFFECT, list_variants, load_plugins
 
 # Set at the top level of the spec (or by the search), never under train/fixed.
 TOP_LEVEL_FIELDS = ("variant", "seed", "depth", "dataset", "epochs", "data_root", "image_size")
@@ -228,7 +228,10 @@ class DesignSpec(_Model):
 
     max_seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] | None = None  # per claim; null: len(seeds), no extra seeds
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
-    alpha: Annotated[float, Field(gt=0, le=0.5)] = 0.05  # error rate of a claim's verdict, over all its looks
+    alpha: Annotated[float, Field(gt=0, le=0.5)] = 0.05  # chance of any wrong verdict, over all claims and looks
+    # The line "smaller than reported" is drawn at for a claim whose paper reports no figure:
+    # the smallest difference (metric units; 0.01 is one accuracy point) worth finding.
+    smallest_effect: Annotated[float, Field(gt=0, le=1)] = SMALLEST_EFFECT
     published: bool = True  # the paper's own configuration against its twin, for claims about the method
     sweeps: SweepsSpec = Field(default_factory=SweepsSpec)
 

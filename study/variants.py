@@ -75,6 +75,40 @@ ArtifactFn = Callable[[dict, dict, Path], list]
 BUILD_ARGS = ("depth", "num_classes", "in_channels")
 
 
+SMALLEST_EFFECT = 0.01  # design.smallest_effect's default: one accuracy point
+
+
+@dataclass(frozen=True)
+class Reported:
+    """An effect a claim's paper reports: `value`, the claimed arm minus the other in the
+    claim's metric units (accuracy 0.0026 is 0.26 points), measured on `dataset` at
+    `depth` (None: the paper's network is no CIFAR ResNet of a depth), from `source`
+    (paper and table or figure). `arms`: the two numbers it is the difference of."""
+
+    value: float
+    dataset: str
+    depth: int | None
+    source: str
+    arms: str = ""
+    metric: str = "test accuracy"
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """How a study checks that a claim was exercised at all: `metric` of the claimed
+    arm's runs (arm A: the variant, or the better level) averages above `above`;
+    `text` says what that means ("blocks discarded"). Where it does not, the design may
+    move `knob` toward `toward` ("high" or "low") within its searched range, at most
+    `steps` times, re-running the arms there; the record says what it did."""
+
+    metric: str
+    text: str
+    above: float = 0.0
+    knob: str | None = None
+    toward: str = "high"
+    steps: int = 2
+
+
 @dataclass(frozen=True)
 class Claim:
     """A claim of the variant's paper that a study can test.
@@ -86,7 +120,12 @@ class Claim:
     `where(values)`: for a level claim, whether its two levels are different
     networks at a trial's option values (quotient's `paper` and `unshifted` are one
     function at alpha = 2); trials where it is False are left out, and the claims
-    table says so in `where_text`'s words."""
+    table says so in `where_text`'s words.
+    `reported`: the effects its paper reports (one per dataset and depth it gives);
+    a study judges the claim against the one nearest its own dataset and depth
+    (study.driver.design.reported_for). Empty: the paper gives no figure, and the study's
+    design.smallest_effect stands in. `exercised`: the check that the claim's arms
+    differed in what it is about (Exercise), None where the arms' options do."""
 
     key: str
     text: str
@@ -102,6 +141,45 @@ class Claim:
     # about the paper's method as a whole: a study also runs the variant's `published`
     # configuration against its own twin, beside the tuned comparison
     published: bool = False
+    reported: tuple[Reported, ...] = ()
+    exercised: Exercise | None = None
+
+    def reported_at(self, dataset: str, depth: int) -> tuple[Reported | None, str]:
+        """(the reported effect nearest a study's dataset and depth, how near it is in
+        words); (None, "") where the paper reports none. Same dataset first (nearest
+        depth), else the first dataset the claim lists."""
+        if not self.reported:
+            return None, ""
+        same = [r for r in self.reported if r.dataset == dataset]
+        pool = same or [r for r in self.reported if r.dataset == self.reported[0].dataset]
+        r = min(pool, key=lambda x: abs((x.depth if x.depth is not None else depth) - depth))
+        if same and r.depth in (None, depth):
+            return r, "the study's dataset and depth"
+        if same:
+            return r, f"the study's dataset, the nearest depth the paper reports ({r.depth}; the study's is {depth})"
+        at = f" at depth {r.depth}" if r.depth is not None else ""
+        return r, f"another dataset ({r.dataset}{at}): the paper reports none for {dataset}"
+
+    def judged_against(self, dataset: str, depth: int, smallest_effect: float = SMALLEST_EFFECT) -> dict[str, Any]:
+        """The line "smaller than reported" is drawn at in a study of `dataset` at `depth`,
+        as plain data: the reported effect nearest them (reported_at), or where the
+        paper reports none `smallest_effect` (for a non-inferiority claim: the margin
+        less that, capped at no loss).
+
+            {"value": 0.0026, "kind": "reported" | "smallest effect", "source": ..., "dataset": ...,
+             "depth": ..., "arms": "93.10 vs 92.84", "metric": ..., "match": how near it is, in words}"""
+        r, match = self.reported_at(dataset, depth)
+        null = -float(self.margin or 0.0) if self.kind == "noninferior" else 0.0
+        if r is not None:
+            if not r.value > null:
+                raise DeclarationError(f"claim {self.key!r}: reported effect {r.value:g} ({r.source}) is not above "
+                                       f"the claim's null {null:g}; allowed: a value above it")
+            return {"value": float(r.value), "kind": "reported", "source": r.source, "dataset": r.dataset,
+                    "depth": r.depth, "arms": r.arms, "metric": r.metric, "match": match}
+        value = min(0.0, null + smallest_effect) if self.kind == "noninferior" else smallest_effect
+        return {"value": float(value), "kind": "smallest effect", "dataset": None, "depth": None, "arms": "",
+                "metric": self.metric, "match": "",
+                "source": f"no published figure: the spec's design.smallest_effect ({smallest_effect:g})"}
 
 
 @dataclass(frozen=True)
@@ -341,7 +419,7 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 
 
 __all__ = [
-    "BUILD_ARGS", "Claim", "DeclarationError", "Feature", "Hooks", "LevelRate", "Published", "Sweep",
-    "UnknownVariantError", "Variant", "features", "get_variant", "list_variants", "load_plugins", "register_feature",
-    "register_variant",
+    "BUILD_ARGS", "SMALLEST_EFFECT", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate",
+    "Published", "Reported", "Sweep", "UnknownVariantError", "Variant", "features", "get_variant", "list_variants",
+    "load_plugins", "register_feature", "register_variant",
 ]

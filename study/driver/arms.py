@@ -1,12 +1,17 @@
 """The designed experiments of one experiment, run after its search: each claim's
 arms paired by seed, the variant's sensitivity sweeps, and more seeds, round by
 round, for the claims still open (study/driver/design.py plans them; the
-stopping rule is analysis/sequential.py's).
+stopping rule is study/stats/sequential.py's). Before a claim is judged, its
+claimed arm must show that it was exercised (Claim.exercised: epsilon's arms
+discarded a block, SGS's scalings moved off ones); where it was not, the design
+moves the declared knob along its searched range and runs the arms again there,
+and records what it did.
 
 What the driver decided is recorded once, in study.json under
 ``design[experiment]``: each claim's arms and the trial ids of every arm at
-every seed, every look (n, interval, verdict, the alpha it was tested at) and
-why the claim stopped; each sweep's levels and their trials. The analysis reads
+every seed, every look (n, interval, verdicts, the alpha it was tested at, the
+reported effect it was judged against), what was done to exercise it, and why
+the claim stopped; each sweep's levels and their trials. The analysis reads
 it and never decides again. A trial whose configuration another trial of the
 experiment already runs (the repeat, the twin, an arm of another claim) is that
 trial: each configuration trains once.
@@ -21,9 +26,10 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from study import spaces
+from study.config import TrainConfig
 from study.driver import design
 from study.driver.context import Context
-from study import spaces
 from study.driver.phases import Phase, launch, matched_epochs
 from study.ledger import FINISHED
 from study.variants import get_variant
@@ -38,9 +44,10 @@ def _identity_key(config: dict[str, Any]) -> str:
 
 
 def claim_family(spec: Any) -> int:
-    """The study's claims tested for a verdict (Holm's family): every claim of every
-    experiment, and each claim's as-published comparison where the design runs one.
-    Claims a study cannot test (skipped) stay in it, which only makes Holm stricter."""
+    """The study's claims tested for a verdict (the Bonferroni family): every claim of
+    every experiment, and each claim's as-published comparison where the design runs
+    one. Claims a study cannot test (not exercised) stay in it, which only makes the
+    correction stricter."""
     n = 0
     for variant, _ in spec.experiments():
         v = get_variant(variant)
@@ -83,9 +90,11 @@ class Arms(Phase):
         self.design = {
             "best_rid": best["rid"], "started": time.time(), "extra_trials": 0,
             "claims": {key: {**{k: e[k] for k in ("text", "kind", "metric", "margin", "gain_metric", "base",
-                                                  "compare", "configs", "partner", "full")},
-                             "arms": {arm: [] for arm in e["compare"]}, "seeds": [], "looks": [],
-                             "stop": "running" if e["skip"] is None else "skipped", "why": e["skip"] or ""}
+                                                  "compare", "configs", "partner", "full", "reported",
+                                                  "exercise")},
+                             "arms": {arm: [] for arm in e["compare"]}, "seeds": [], "looks": [], "acted": [],
+                             "exercised": None if e["exercise"] else e["skip"] is None,
+                             "stop": "running" if e["skip"] is None else "not_exercised", "why": e["skip"] or ""}
                        for key, e in claims.items()},
             "sweeps": {opt: {"option": opt, "levels": {k: [] for k in e["full"]}, "labels": e["labels"],
                              "best_value": e["best_value"], "seeds": e["seeds"], "skip": e["skip"]}
@@ -165,8 +174,9 @@ class Arms(Phase):
     def _answered(self) -> bool:
         """Every trial the open claims hold (theirs, the repeat's, the twin's) has ended."""
         trials = self.ctx.ledger.trials
-        return all(trials[rid]["status"] in FINISHED for c in self.plan["claims"].values()
-                   if c["stop"] == "running" for rids in c["arms"].values() for rid in rids)
+        running = [c for c in self.plan["claims"].values() if c["stop"] == "running"]
+        return all(self._answered_probe(c) for c in running) and all(
+            trials[rid]["status"] in FINISHED for c in running for rids in c["arms"].values() for rid in rids)
 
     # ------------------------------------------------------------ after each round: look, stop or add seeds
 
@@ -189,16 +199,22 @@ class Arms(Phase):
         design_spec = spec.design
         assert design_spec is not None
         n_max = design.max_seeds(spec)
-        family = claim_family(spec)
+        alpha = sequential.claim_alpha(claim_family(spec), design_spec.alpha)
         added = False
         plan = self.plan
         for key, c in plan["claims"].items():
             if c["stop"] != "running":
                 continue
+            if c.get("exercised") is False or c.get("exercised") is None and c.get("exercise"):
+                acted = self._exercise(key, c)
+                added |= acted
+                if acted or c["stop"] != "running":
+                    continue
             diffs = self._diffs(c)
-            alpha = sequential.claim_alpha(family, min(_settled(self.ctx), family - 1), design_spec.alpha)
+            reported = (c.get("reported") or {}).get("value")
             look = sequential.look(diffs, max(n_max, sequential.MIN_N), alpha=alpha,
-                                   margin=float(c["margin"] or 0.0), prior_looks=[x["n"] for x in c["looks"]])
+                                   margin=float(c["margin"] or 0.0), reported=reported,
+                                   prior_looks=[x["n"] for x in c["looks"]])
             c["looks"].append({**look.record(), "time": time.time(), "seeds": len(c["seeds"])})
             stop = look.stop
             if stop is None and len(diffs) < sequential.MIN_N and len(c["seeds"]) >= n_max:
@@ -224,11 +240,85 @@ class Arms(Phase):
             self._replan()
         return added
 
+    # ------------------------------------------------------------ was the claim exercised at all?
 
-def _settled(ctx: Context) -> int:
-    """Claims of the whole study settled so far (their alpha passes to the others: Holm)."""
-    return sum(1 for exp in ctx.ledger.state.get("design", {}).values() for c in exp["claims"].values()
-               if c["stop"] == "settled")
+    def _exercise(self, key: str, c: dict[str, Any]) -> bool:
+        """Check that the claimed arm's runs show the claim at work (its Exercise metric
+        averaging above its line). Where they do not, move the knob one step along its
+        searched range and probe it with one run of the claimed arm; once a probe shows
+        the claim at work, plan every arm there at every seed (True: trials were added).
+        With no step left, stop the claim as not exercised, saying why."""
+        ex = c["exercise"]
+        arm = ex["arm"]
+        trials = self.ctx.ledger.trials
+        probe = c.get("probe")
+        rids = [probe["rid"]] if probe else c["arms"][arm]
+        values = [v for v in (_value(trials[r], ex["metric"]) for r in rids) if v is not None]
+        seen = sum(values) / len(values) if values else None
+        if seen is not None and seen > ex["above"]:
+            c["exercised"], c["probe"] = True, None
+            if not probe:
+                return False
+            before = len(self._rids)
+            self._add_seeds(key, list(self.ctx.spec.seeds))  # the probe is arm A's trial at the first seed
+            self.plan["extra_trials"] += len(self._rids) - before
+            return True
+        knob = ex.get("knob")
+        now = (probe["full"] if probe else c["full"])[arm].get(knob) if knob else None
+        said = (f"{ex['text']} did not happen: {ex['metric']} averaged "
+                f"{'nothing (no completed run)' if seen is None else format(seen, '.3g')} over "
+                f"{_plural(len(rids), 'run')} of the {arm!r} arm")
+        if knob:
+            said += f" at {knob} = {now!r}"
+        if probe:
+            c["acted"][-1]["outcome"] = said
+        tried = [x["to"] for x in c["acted"]]
+        steps_left = int(ex.get("steps") or 0) - len(tried)
+        levels = [] if not knob or steps_left <= 0 else design.exercise_levels(
+            self.ctx.spec, self.subject, knob, now, ex.get("toward", "high"), steps_left)
+        first = c["acted"][0]["why"] if c["acted"] else said
+        if not levels:
+            moved = f"; then tried {knob} = {', '.join(map(repr, tried))}, with the same result" if tried else ""
+            end = "" if not knob else (f"; {knob} is at the end of its searched range" if steps_left > 0
+                                       else f"; the {ex.get('steps')} step(s) the claim allows are spent")
+            c["exercised"], c["probe"] = False, None
+            c["stop"], c["why"] = "not_exercised", first + moved + end
+            return False
+        hours = (time.time() - self.plan["started"]) / 3600
+        over = design.budget_stop(self.ctx.spec, trials_used=self.plan["extra_trials"], hours_used=hours,
+                                  next_trials=1 + len(c["compare"]) * len(self.ctx.spec.seeds))
+        if over:
+            c["exercised"], c["probe"] = False, None
+            c["stop"], c["why"] = "not_exercised", f"{first}; moving {knob} would pass the {over}"
+            return False
+        new = levels[0]
+        full = {a: TrainConfig.from_dict(c["full"][a]).replace(**{knob: new})
+                for a in c["compare"] if a not in c["partner"]}
+        for twin_arm, of in c["partner"].items():
+            twin = full[of].twin()
+            assert twin is not None  # the arm was planned as a twin
+            full[twin_arm] = twin
+        if not c["acted"]:
+            c["before_acting"] = {"full": c["full"], "arms": c["arms"], "seeds": c["seeds"]}
+        c["acted"].append({"option": knob, "from": now, "to": new, "why": said, "time": time.time()})
+        c["full"] = {a: cfg.to_dict() for a, cfg in full.items()}
+        for a in c["configs"]:
+            if a not in c["partner"]:
+                c["configs"][a] = {**c["configs"][a], knob: new}
+        c["arms"], c["seeds"], c["looks"], c["exercised"] = {a: [] for a in c["compare"]}, [], [], None
+        seed = self.ctx.spec.seeds[0]
+        rid = self._trial(TrainConfig.from_dict(c["full"][arm]).replace(seed=seed).to_dict(), key, arm)
+        c["probe"] = {"rid": rid, "full": c["full"], "seed": seed}
+        self.plan["extra_trials"] += 1
+        return True
+
+    def _answered_probe(self, c: dict[str, Any]) -> bool:
+        probe = c.get("probe")
+        return probe is None or self.ctx.ledger.trials[probe["rid"]]["status"] in FINISHED
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _value(rec: dict[str, Any], metric: str) -> float | None:

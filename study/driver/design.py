@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 from study import spaces as search_space_lib
 from study.config import TrainConfig, variant_options
-from study.variants import Claim, DeclarationError, Variant, get_variant
+from study.variants import SMALLEST_EFFECT, Claim, DeclarationError, Variant, get_variant
 
 Trial = tuple[str, str, dict[str, Any]]
 PUBLISHED = "@published"
@@ -103,7 +103,9 @@ def claims_plan(spec: Any, variant: str, depth: int, best_config: Mapping[str, A
          "reuse": {arm: "repeat" | "twin"},  # arms that are the repeat's or the twin's trials
          "partner": {arm: arm},              # a twin arm and the arm it is the twin of
          "skip": None | why the claim cannot be tested here (then no arms),
-         "source": None | where the paper states its configuration (published entries)}
+         "source": None | where the paper states its configuration (published entries),
+         "reported": the line "smaller than reported" is drawn at (reported_line),
+         "exercise": None | how the study checks the claim was exercised (Claim.exercised)}
     """
     v = _checked(variant)
     best = _config(best_config)
@@ -115,7 +117,45 @@ def claims_plan(spec: Any, variant: str, depth: int, best_config: Mapping[str, A
         for c in v.claims:
             if c.published:
                 out[c.key + PUBLISHED] = _claim_entry(v, c, _config(pub), "published", refs)
+    for c in v.claims:
+        for key in (c.key, c.key + PUBLISHED):
+            if key in out:
+                out[key]["reported"] = reported_line(spec, c, depth)
+                out[key]["exercise"] = _exercise(c, out[key])
     return out
+
+
+def reported_line(spec: Any, claim: Claim, depth: int) -> dict[str, Any]:
+    """The effect a claim is judged against in this study (Claim.judged_against)."""
+    sesoi = spec.design.smallest_effect if spec.design is not None else SMALLEST_EFFECT
+    return claim.judged_against(spec.dataset, depth, sesoi)
+
+
+def _exercise(c: Claim, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    e = c.exercised
+    if e is None or entry["skip"] is not None:
+        return None
+    return {"metric": e.metric, "text": e.text, "above": e.above, "knob": e.knob, "toward": e.toward,
+            "steps": e.steps, "arm": entry["compare"][0]}
+
+
+def exercise_levels(spec: Any, variant: str, knob: str, now: Any, toward: str, steps: int) -> list[Any]:
+    """The values the design tries for `knob` when a claim was not exercised at `now`:
+    `steps` points from `now` to the end of its searched range (the spec's, else the
+    variant's default space; log-spaced where the search is, else even), the range's
+    end last. [] where `now` is at that end already or the knob has no range."""
+    p = _search_param(spec, variant, knob)
+    opt = variant_options(variant)[knob]
+    low, high, log = (p.low, p.high, p.log) if p is not None and p.kind != "categorical" else (opt.low, opt.high, False)
+    end = high if toward == "high" else low
+    if end is None or now is None or (end <= now if toward == "high" else end >= now):
+        return []
+    if log and now > 0 and end > 0:
+        pts = [math.exp(math.log(now) + (math.log(end) - math.log(now)) * (i + 1) / steps) for i in range(steps)]
+    else:
+        pts = [now + (end - now) * (i + 1) / steps for i in range(steps)]
+    out = [float(f"{x:.4g}") for x in pts[:-1]] + [end]
+    return [round(x) if opt.kind is int else x for x in out]
 
 
 def arm_trials(entry: Mapping[str, Any], seeds: Iterable[int]) -> list[Trial]:
@@ -330,6 +370,16 @@ def check_declarations(variant: str) -> Variant:
         if c.kind == "level" and c.option not in options:
             raise DeclarationError(f"{where}: claim {c.key!r} is about option {c.option!r}, which it does not take; "
                                    f"allowed: {', '.join(options)}")
+        ex = c.exercised
+        if ex is not None and ex.knob is not None and ex.knob not in options:
+            raise DeclarationError(f"{where}: claim {c.key!r} is exercised by moving {ex.knob!r}, which it does not "
+                                   f"take; allowed: {', '.join(options)}")
+        if ex is not None and ex.toward not in ("high", "low"):
+            raise DeclarationError(f"{where}: claim {c.key!r}: Exercise.toward is {ex.toward!r}; allowed: high, low")
+        for r in c.reported:
+            if not (isinstance(r.value, (int, float)) and math.isfinite(r.value) and r.source):
+                raise DeclarationError(f"{where}: claim {c.key!r}: a reported effect needs a finite value and its "
+                                       f"source; got {r.value!r} from {r.source!r}")
     for s in v.sweeps:
         if s.option not in options:
             raise DeclarationError(f"{where}: sweep of {s.option!r}, which it does not take; allowed: "
@@ -394,6 +444,6 @@ def _label(option: str, value: Any) -> str:
 
 __all__ = [
     "PUBLISHED", "SWEEP", "Trial", "arm_trials", "budget_stop", "check_declarations", "claims_plan", "count_new",
-    "designed_trials", "extra_seeds", "max_seeds", "published_config", "seed_sequence", "sweep_seeds", "sweep_trials",
-    "sweeps_plan",
+    "designed_trials", "exercise_levels", "extra_seeds", "max_seeds", "published_config", "reported_line",
+    "seed_sequence", "sweep_seeds", "sweep_trials", "sweeps_plan",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from study.errors import OptionError
 from study.options import Option
-from study.variants import Claim, Hooks, Published, Sweep, Variant
+from study.variants import Claim, Exercise, Hooks, Published, Sweep, Variant
 
 from .resnet import (
     CifarResNet,
@@ -373,6 +373,10 @@ def _artifacts(info: dict, result: dict, out):
     return [] if dead is None else block_map(dead, result, out)
 
 
+# epsilon is in absolute units of the conv output: where a network's outputs are larger than
+# the paper's, nothing is discarded at its values, and the design raises epsilon to find out.
+DISCARDS = Exercise("discarded_ratio", "a discarded block", knob="epsilon", toward="high")
+
 VARIANT = Variant(
     name="epsilon",
     build=epsilon_resnet,
@@ -391,9 +395,10 @@ VARIANT = Variant(
         # discarded ratio, both at the last epoch (the twin's compressed net is the net itself)
         Claim("epsilon_discards", "epsilon-ResNet discards a share of blocks at little accuracy cost (<= 1 point)",
               "noninferior", metric="compressed_test_acc", margin=0.01, gain_metric="discarded_ratio",
-              published=True),
+              published=True, exercised=DISCARDS),
         Claim("epsilon_restart", "the adaptive restart matters: adaptive_lr on beats off", "level",
-              metric="val_acc", option="adaptive_lr", better=True, worse=False),
+              metric="val_acc", option="adaptive_lr", better=True, worse=False,
+              exercised=Exercise("lr_restarts", "a learning-rate restart", knob="epsilon", toward="high")),
     ),
     sweeps=(Sweep("epsilon"),),
     # the variant's defaults are the official CIFAR code's (TRAIN_DEFAULTS for its recipe), and

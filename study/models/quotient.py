@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from study.options import Option
-from study.variants import Claim, Hooks, LevelRate, Published, Sweep, Variant
+from study.variants import Claim, Hooks, LevelRate, Published, Reported, Sweep, Variant
 
 from .resnet import (
     CifarResNet,
@@ -314,6 +314,14 @@ def _artifacts(info: dict, result: dict, out):
     return [path]
 
 
+# Hui et al. 2024, Table 1 (test accuracy, quotient / ResNet, mean of runs; docs/methods.md):
+# the quotient net's gain over its twin per dataset and depth.
+_TABLE1 = {("cifar10", 44): (92.78, 92.61), ("cifar10", 56): (93.10, 92.84), ("cifar10", 110): (93.44, 93.02),
+           ("cifar100", 44): (73.25, 72.66), ("cifar100", 56): (73.53, 73.07), ("cifar100", 110): (73.00, 72.34),
+           ("svhn", 44): (96.17, 95.98), ("svhn", 56): (96.20, 95.96), ("svhn", 110): (96.12, 96.03)}
+REPORTED_VS_TWIN = tuple(Reported(round((q - r) / 100, 6), dataset, depth, "Hui et al. 2024, Table 1",
+                                  f"{q:.2f} vs {r:.2f}") for (dataset, depth), (q, r) in _TABLE1.items())
+
 VARIANT = Variant(
     name="quotient",
     build=quotient,
@@ -329,7 +337,7 @@ VARIANT = Variant(
                            "share of trials whose final share of quotient elements < 1e-3 exceeds 0.5"),),
     claims=(
         Claim("quotient_vs_twin", "the quotient net beats its ResNet twin at equal parameters", "twin",
-              published=True),
+              published=True, reported=REPORTED_VS_TWIN),
         Claim("quotient_rule", "the quotient rules matter: paper beats unshifted", "level",
               metric="val_acc", option="quotient_rule", better="paper", worse="unshifted",
               where=lambda v: rules_differ(v.get("alpha")), where_text=RULES_DIFFER_TEXT),

@@ -28,6 +28,8 @@ class Play:
     finished = 0
     # the accuracies a trial reports at an epoch, by its config (default: the seed's mark only)
     accuracy: Callable[[dict[str, Any], int], float] | None = None
+    # the variant's own metrics a trial reports at an epoch, by its config (discarded_ratio, ...)
+    metrics: Callable[[dict[str, Any], int], dict[str, Any]] | None = None
 
 
 class HandBackend:
@@ -74,7 +76,8 @@ def _play_trial(ctx, phase, trial: dict[str, Any], play: type[Play]) -> None:
                 "val_acc": acc if acc is not None else 0.5 + 0.01 * e + 0.001 * cfg["seed"],
                 "test_acc": acc if acc is not None else 0.5 + 0.01 * e, "val_loss": 1.0 / e,
                 "train_loss": 1.0 / e, "best_val_acc": 0.5 + 0.01 * e,
-                **({"q_mean_stage1": 0.9, "q_dead_frac": 0.0} if cfg["variant"] == "quotient" else {})}
+                **({"q_mean_stage1": 0.9, "q_dead_frac": 0.0} if cfg["variant"] == "quotient" else {}),
+                **(play.metrics(cfg, e) if play.metrics is not None else {})}
         reports.append(last)
         _write_checkpoint(root, e, lambda d: Path(d, "state.pt").write_text("weights"), list(reports))
         phase.result(rid, last)

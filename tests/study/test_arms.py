@@ -25,12 +25,13 @@ def _effect(twin_gain: float):
     return accuracy
 
 
-def _run(tmp_path, monkeypatch, accuracy, stop_after=None, **spec):
+def _run(tmp_path, monkeypatch, accuracy, stop_after=None, metrics=None, **spec):
     from study.driver import run_study
     from study.spec import load_spec
 
     play = hand_played(monkeypatch)
     play.accuracy = accuracy
+    play.metrics = metrics
     play.stop_after = stop_after
     s = load_spec({**DESIGNED, **spec, "storage_path": str(tmp_path)})
     try:
@@ -59,7 +60,7 @@ def test_each_claim_gets_arms_paired_by_seed_that_differ_from_the_best_in_what_t
     claims = design["claims"]
     assert {"quotient_vs_twin", "quotient_rule", "quotient_vs_twin@published"} <= set(claims), list(claims)
     for key, c in claims.items():
-        if c["stop"] == "skipped":
+        if c["stop"] == "not_exercised":
             continue
         a, b = c["compare"]
         seeds = [[trials[r]["seed"] for r in c["arms"][arm]] for arm in (a, b)]
@@ -83,7 +84,7 @@ def test_each_claim_gets_arms_paired_by_seed_that_differ_from_the_best_in_what_t
     assert len(configs) == len(set(configs)), "a configuration trained twice"
     # a large effect with little noise: supported, at an interval inside the difference's range
     last = twin["looks"][-1]
-    assert twin["stop"] == "settled" and last["verdict"] == "supported", twin["looks"]
+    assert twin["stop"] == "settled" and last["verdict"] == "reproduced", twin["looks"]
     assert 0 < last["lo"] <= 0.05 <= last["hi"] <= 1.0
     pub = claims["quotient_vs_twin@published"]
     assert pub["base"] == "published" and pub["stop"] == "settled"
@@ -114,7 +115,7 @@ def test_an_open_claim_gets_more_seeds_one_round_at_a_time_until_settled(tmp_pat
     assert len(set(twin["seeds"])) == len(twin["seeds"]) <= 5
     assert [look["n"] for look in twin["looks"]] == list(range(3, len(twin["seeds"]) + 1))
     assert [look["verdict"] for look in twin["looks"]][:-1] == ["open"] * (len(twin["looks"]) - 1)
-    assert twin["stop"] == "settled" and twin["looks"][-1]["verdict"] == "supported", twin["looks"]
+    assert twin["stop"] == "settled" and twin["looks"][-1]["verdict"] == "reproduced", twin["looks"]
     assert twin["looks"][-1]["lo"] > 0
 
 
@@ -128,9 +129,9 @@ def test_a_claim_no_seed_count_could_settle_stops_early_and_says_so(tmp_path, mo
 def test_the_budget_stops_extra_seeds(tmp_path, monkeypatch):
     d = _run(tmp_path, monkeypatch, _effect(0.0), design={"max_seeds": 6, "budget": {"trials": 0}})
     claims = _state(d)["design"]["s-quotient-d8"]["claims"]
-    assert {c["stop"] for c in claims.values() if c["stop"] != "skipped"} <= {"budget", "cannot_settle"}
+    assert {c["stop"] for c in claims.values() if c["stop"] != "not_exercised"} <= {"budget", "cannot_settle"}
     assert any(c["stop"] == "budget" and "design.budget.trials" in c["why"] for c in claims.values())
-    assert all(len(c["seeds"]) == 3 for c in claims.values() if c["stop"] != "skipped")
+    assert all(len(c["seeds"]) == 3 for c in claims.values() if c["stop"] != "not_exercised")
 
 
 def test_an_interrupted_design_resumes_with_its_plan_and_trains_no_configuration_twice(tmp_path, monkeypatch):
@@ -158,4 +159,58 @@ def test_a_study_without_extra_seeds_runs_round_one_only(tmp_path, monkeypatch, 
         assert "design" not in state
         return
     for c in state["design"]["s-quotient-d8"]["claims"].values():
-        assert c["stop"] in ("max_seeds", "skipped", "settled", "cannot_settle") and len(c["seeds"]) <= 3
+        assert c["stop"] in ("max_seeds", "not_exercised", "settled", "cannot_settle") and len(c["seeds"]) <= 3
+
+
+# epsilon alone: a non-inferiority claim exercised by discarding blocks, and a level claim by restarts
+EPSILON = {"variants": ["epsilon"], "trials_per_variant": 2, "seeds": [0, 1, 2],
+           "design": {"max_seeds": 3, "published": False, "sweeps": {"enabled": False}, "budget": {"trials": 40}},
+           "space": None}
+
+
+def _discards_above(threshold: float):
+    """epsilon's metrics: a block discarded (and so a restart) only above `threshold`."""
+    def metrics(cfg, epoch):
+        if cfg["variant"] != "epsilon" or not cfg.get("epsilon_gate", True):
+            return {}
+        gone = cfg["epsilon"] > threshold
+        return {"discarded_ratio": 1 / 3 if gone else 0.0, "compressed_test_acc": 0.6 + 0.01 * epoch,
+                "lr_restarts": 1 if gone and cfg.get("adaptive_lr") else 0}
+    return metrics
+
+
+def _epsilon_claims(tmp_path, monkeypatch, threshold):
+    d = _run(tmp_path, monkeypatch, _effect(0.0), metrics=_discards_above(threshold),
+             **{k: v for k, v in EPSILON.items() if k != "space"})
+    state = _state(d)
+    trials = {json.loads(line)["rid"]: json.loads(line) for line in (d / "ledger.jsonl").read_text().splitlines()}
+    return state["design"]["s-epsilon-d8"]["claims"], trials
+
+
+def test_a_claim_not_exercised_moves_its_knob_up_its_range_and_runs_its_arms_there(tmp_path, monkeypatch):
+    """Nothing is discarded at the searched epsilon: the design raises epsilon along its
+    searched range (a probe run first), and judges the claim on arms that discarded."""
+    claims, trials = _epsilon_claims(tmp_path, monkeypatch, threshold=4.9)
+    c = claims["epsilon_discards"]
+    assert c["acted"], c
+    assert all(a["option"] == "epsilon" and a["to"] > a["from"] for a in c["acted"])
+    assert c["acted"][-1]["to"] == 5.0  # the searched range's top (search_spaces/epsilon.py)
+    assert "discarded block did not happen" in c["acted"][0]["why"]
+    assert c["exercised"] is True and c["stop"] != "not_exercised", c["why"]
+    for arm in c["compare"]:  # every arm ran at the raised epsilon, at every seed
+        assert [trials[r]["config"]["seed"] for r in c["arms"][arm]] == [0, 1, 2]
+        assert {trials[r]["config"]["epsilon"] for r in c["arms"][arm]} == {5.0}
+    assert all(trials[r]["row"]["discarded_ratio"] > 0 for r in c["arms"]["variant"])
+    assert c["looks"] and c["looks"][-1]["reported"] is not None
+    # the level claim is exercised the same way, both levels moved
+    r = claims["epsilon_restart"]
+    assert r["acted"] and r["exercised"] is True
+    assert {trials[x]["config"]["epsilon"] for arm in r["compare"] for x in r["arms"][arm]} == {5.0}
+
+
+def test_a_claim_that_cannot_be_exercised_is_not_judged_and_says_why(tmp_path, monkeypatch):
+    claims, trials = _epsilon_claims(tmp_path, monkeypatch, threshold=100.0)
+    c = claims["epsilon_discards"]
+    assert c["stop"] == "not_exercised" and c["exercised"] is False and not c["looks"]
+    assert "discarded_ratio averaged 0" in c["why"] and "epsilon" in c["why"], c["why"]
+    assert len(c["acted"]) == 2  # the declared steps, each probed by one run

@@ -333,7 +333,7 @@ def spec_error(data: dict) -> str:
                                              "(got -1)"),
     ({"design": {"sweeps": {"levels": 1}}}, "design.sweeps.levels: Input should be greater than or equal to 2"),
     ({"design": {"max_seed": 4}}, "design.max_seed: unknown key 'max_seed'; allowed keys: max_seeds, budget, alpha, "
-                                  "published, sweeps"),
+                                  "smallest_effect, published, sweeps"),
     ({"design": {"sweeps": {"level": 4}}}, "design.sweeps.level: unknown key 'level'; allowed keys: enabled, levels, "
                                            "seeds"),
 ])
