@@ -15,10 +15,15 @@ Kinds (see Claim):
   the `basis` column names the epoch.
 
 Intervals: Student t, clipped to the metric's range ([-1, 1] for differences
-of accuracies). Verdicts: n < 3 (pairs, or trials on the smaller side) is
-always "inconclusive"; otherwise Holm-Bonferroni adjusted p < 0.05 across the
-whole table decides "supported" (estimate on the claimed side) or
-"contradicted" (the other side). Inconclusive rows say what would settle it.
+of accuracies). Every claim is judged against the effect its paper reports
+nearest the study's dataset and depth (Claim.judged_against; the spec's
+design.smallest_effect where the paper gives none). Verdicts: n < 3 (pairs, or
+trials on the smaller side) is always "open"; otherwise Holm across the
+table's tests (each row's test against the null and its one-sided test
+against the reported effect) at 0.05 decides "reproduced" (the claimed side of
+the null), "contradicted" (the other side) and "smaller than reported" (below
+the reported effect); a row can be reproduced and smaller than reported at
+once. Open rows say what would settle it.
 These rows are labelled "not controlled" (column `control`): a level claim
 over search trials compares trials that differ in other options too, and the
 twin pairs ran at a fixed number of seeds.
@@ -26,7 +31,7 @@ twin pairs ran at a fixed number of seeds.
 A study whose study.json holds "design" (the driver's record of designed
 arms: see `designed_rows`) answers its claims with arms that differ only in
 what the claim names, paired by seed and given seeds until the stopping rule
-(analysis/sequential.py) settles them. Those rows are read from the driver's
+(study/stats/sequential.py) settles them (analysis/designed_claims.py). Those rows are read from the driver's
 recorded looks (verdict and interval valid under repeated looks, never
 re-decided here); the statistics beside them (t and bootstrap intervals, the
 chance of beating the other arm on a new seed) are recomputed for display.
@@ -39,8 +44,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from study.stats.sequential import DIFF_RANGE, MIN_N, p_beats, seeds_to_settle
-from study.stats.intervals import ALPHA, holm, n_for_power, one_sample, paired_bootstrap, two_sample, zero_spread
+from study.stats.intervals import ALPHA, holm, n_for_power, one_sample, two_sample, zero_spread
+from study.stats.sequential import CONTRADICTED, DIFF_RANGE, MIN_N, NOT_EXERCISED, OPEN, REPRODUCED, SMALLER
+from study.variants import SMALLEST_EFFECT
+
+from .designed_claims import (DESIGNED, NOT_CONTROLLED, PUBLISHED, ROW_VERDICTS, STOP_WORDS, base_key,
+                              designed_rows, is_designed, load_design, plural, points, stop_words, subject_col,
+                              variance_sources, verdict_sentence)
 
 # n_needed: the n "what would settle it" names (pairs, or trials per level), for costing it.
 # Designed rows (control == DESIGNED) also fill: ci_lo/ci_hi, the interval valid under repeated
@@ -50,15 +60,18 @@ from study.stats.intervals import ALPHA, holm, n_for_power, one_sample, paired_b
 # stopped; n_max; seconds_per_seed, median seconds of one run of each arm, for costing.
 COLUMNS = ["claim", "subject", "key", "setting", "control", "kind", "depth", "metric", "basis", "n", "estimate",
            "ci_lo", "ci_hi", "t_lo", "t_hi", "boot_lo", "boot_hi", "p_beat", "p_value", "p_adj", "verdict", "settle",
-           "stop", "null", "gain", "test", "sources", "correction", "alpha", "n_max", "n_needed", "seconds_per_seed"]
+           "stop", "null", "gain", "test", "sources", "correction", "alpha", "n_max", "n_needed", "seconds_per_seed",
+           "verdicts", "reported", "reported_kind", "reported_source", "reported_at", "reported_match",
+           "reported_arms", "acted"]
+# reported..reported_arms: the effect each claim is judged against (value in the metric's units,
+# "reported" or "smallest effect", where it comes from, its dataset and depth, how near the study
+# that is, the paper's two numbers); verdicts: every verdict the row gives; acted: what the design
+# moved to exercise the claim.
 TUNED_COLUMNS = ["subject", "depth", "metric", "baseline", "test", "n", "n_baseline", "mean", "baseline_mean",
                  "diff", "ci_lo", "ci_hi", "p_value", "p_adj", "verdict"]
 
 
-def _subject_col(df: pd.DataFrame) -> pd.Series:
-    if "subject" in df.columns:
-        return df["subject"].fillna(df["variant"])
-    return df["variant"]
+_subject_col = subject_col
 
 
 def _arm(df: pd.DataFrame) -> pd.Series:
@@ -213,7 +226,7 @@ def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spe
     depths = sorted(results["depth"].dropna().unique()) if "depth" in results.columns else []
     drows, dnotes = designed_rows(results, design or {}, claims)
     notes += dnotes
-    answered = {(r["subject"], r["depth"], _base_key(r["key"])) for r in drows}
+    answered = {(r["subject"], r["depth"], base_key(r["key"])) for r in drows}
     rows = []
     for s, cl in claims.items():
         for depth in depths:
@@ -221,10 +234,34 @@ def claims_table(results: pd.DataFrame, history: pd.DataFrame | None = None, spe
                 continue
             for c in cl:
                 if (s, int(depth), c.key) not in answered:
-                    rows.append(_row(results, history, s, depth, c, rungs))
+                    row = _row(results, history, s, depth, c, rungs)
+                    _line(row, c, spec, int(depth))
+                    rows.append(row)
     # the spread, and what a gain needs, feed "what would settle it"
-    table = pd.DataFrame(drows + rows, columns=[*COLUMNS, "_sd", "_no_gain"])
+    table = pd.DataFrame(drows + rows, columns=[*COLUMNS, "_sd", "_no_gain", "_p_small"])
     return finish(table, alpha), notes
+
+
+def _line(row: dict, c: Any, spec: Mapping, depth: int) -> None:
+    """The reported effect a row not answered by designed arms is judged against, and the
+    one-sided p-value of "no smaller than it" (H0: difference >= reported)."""
+    smallest = float(((spec.get("design") or {}).get("smallest_effect")) or SMALLEST_EFFECT)
+    try:
+        line = c.judged_against(str(spec.get("dataset") or ""), depth, smallest)
+    except AttributeError:  # a claim object of an older declaration: no reported line
+        return
+    row.update(reported=line["value"], reported_kind=line["kind"], reported_source=line["source"],
+               reported_match=line["match"], reported_arms=line["arms"],
+               reported_at=", ".join([str(line["dataset"])] * bool(line["dataset"])
+                                     + [f"depth {line['depth']}"] * (line["depth"] is not None)))
+    n, est, sd = row["n"], row["estimate"], row["_sd"]
+    if n >= MIN_N and np.isfinite(est) and np.isfinite(sd) and sd > 0:
+        # the row's own t test moved to the reported line (Welch's se from the pooled spread and the
+        # smaller group: a little conservative)
+        from scipy import stats
+
+        se = sd * np.sqrt((2 if row["kind"] == "level" else 1) / n)
+        row["_p_small"] = float(stats.t.cdf((est - line["value"]) / se, n - 1))
 
 
 def _no_gain(subject: str, gain_metric: str) -> str:
@@ -249,8 +286,8 @@ def _row(df, history, subject, depth, c, rungs) -> dict:
     row = {"claim": c.text, "subject": subject, "key": c.key, "setting": "", "control": NOT_CONTROLLED,
            "kind": c.kind, "depth": int(depth),
            "metric": c.metric, "basis": "", "n": 0, "estimate": np.nan, "ci_lo": np.nan, "ci_hi": np.nan,
-           "p_value": np.nan, "p_adj": np.nan, "verdict": "inconclusive", "settle": "", "null": 0.0,
-           "gain": np.nan, "test": "", "_sd": np.nan}
+           "p_value": np.nan, "p_adj": np.nan, "verdict": OPEN, "settle": "", "null": 0.0,
+           "gain": np.nan, "test": "", "_sd": np.nan, "_p_small": np.nan}
     if c.kind in ("twin", "noninferior"):
         if c.metric not in df.columns:
             row["settle"] = f"the results have no {c.metric} column"
@@ -289,219 +326,61 @@ def _row(df, history, subject, depth, c, rungs) -> dict:
 
 
 def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """Holm-adjust the table's p-values (one family: every row with n >= 3 and
-    a p-value) and set verdicts and the "what would settle it" text."""
+    """Holm-adjust the table's tests (one family: every row with n >= 3 and a p-value,
+    its test against the null and its one-sided test against the reported effect) and
+    set verdicts and the "what would settle it" text. Designed rows keep the driver's."""
     t = table.copy()
-    for c in ("_sd", "n_needed"):
+    for c in ("_sd", "n_needed", "_p_small", "reported"):
         if c not in t.columns:
             t[c] = np.nan
+    for c in ("verdicts", "reported_kind", "reported_source", "reported_at", "reported_match", "reported_arms",
+              "acted"):
+        t[c] = t[c].astype(object).fillna("") if c in t.columns else ""
     t["_no_gain"] = t["_no_gain"].astype(object).fillna("") if "_no_gain" in t.columns else ""
     # designed rows carry the driver's verdicts and their own correction: never re-decided here
     designed = (t["control"] == DESIGNED) if "control" in t.columns else pd.Series(False, index=t.index)
     testable = (t["n"] >= MIN_N) & t["p_value"].notna() & ~designed
+    small = testable & t["_p_small"].notna()
     t["p_adj"] = np.nan
     t.loc[~designed, "n_needed"] = np.nan
-    t.loc[testable, "p_adj"] = holm(t.loc[testable, "p_value"].to_numpy())
-    m_tests = int(testable.sum())
+    p_small_adj = pd.Series(np.nan, index=t.index)
+    family = np.concatenate([t.loc[testable, "p_value"].to_numpy(float), t.loc[small, "_p_small"].to_numpy(float)])
+    if family.size:
+        adj = holm(family)
+        t.loc[testable, "p_adj"] = adj[: int(testable.sum())]
+        p_small_adj.loc[small] = adj[int(testable.sum()):]
+    m_tests = int(family.size)
     if m_tests:
         t["correction"] = t["correction"].astype(object) if "correction" in t.columns else None
-        t.loc[testable, "correction"] = f"Holm across the {_plural(m_tests, 'test')} of this table"
+        t.loc[testable, "correction"] = f"Holm across the {plural(m_tests, 'test')} of this table"
     for i, r in t.iterrows():
-        if designed[i] or r["verdict"] != "inconclusive" or (r["settle"] and not np.isfinite(r["estimate"])):
+        if designed[i]:
             continue
-        verdict = "inconclusive"
+        if r["verdict"] != OPEN or (r["settle"] and not np.isfinite(r["estimate"])):
+            t.at[i, "verdicts"] = t.at[i, "verdicts"] or r["verdict"]
+            continue
+        said = []
         if testable[i] and r["p_adj"] < alpha:
-            verdict = "supported" if r["estimate"] > r["null"] else "contradicted"
+            said.append(REPRODUCED if r["estimate"] > r["null"] else CONTRADICTED)
+        if CONTRADICTED not in said and p_small_adj[i] < alpha:
+            said.append(SMALLER)
         if r["kind"] == "noninferior" and testable[i]:
             gain = r["gain"]
             if np.isfinite(gain) and gain <= 0:
                 # the configuration tested discarded nothing: the claim was not exercised
-                verdict = "inconclusive"
+                said = [NOT_EXERCISED]
                 t.at[i, "settle"] = r["_no_gain"] or "the configuration tested has no gain above 0"
-            elif verdict == "supported" and not np.isfinite(gain):
-                verdict = "inconclusive"
+            elif said and not np.isfinite(gain):
+                said = [OPEN]
                 t.at[i, "settle"] = "the runs report no gain metric"
-        t.at[i, "verdict"] = verdict
-        if verdict == "inconclusive" and not t.at[i, "settle"]:
+        said = said or [OPEN]
+        t.at[i, "verdict"], t.at[i, "verdicts"] = said[0], "; ".join(said)
+        if said == [OPEN] and not t.at[i, "settle"]:
             unit = "trials per level" if r["kind"] == "level" else "paired seeds"
             t.at[i, "settle"], need = _settle(r["kind"], int(r["n"]), r["estimate"], r["_sd"], r["null"],
                                               m_tests, unit=unit)
             t.at[i, "n_needed"] = np.nan if need is None else need
-    return t.drop(columns=["_sd", "_no_gain"]).reindex(columns=COLUMNS)
-
-
-# --- claims answered by designed arms ----------------------------------------------------------
-
-DESIGNED = "designed arms, paired by seed"
-NOT_CONTROLLED = "not controlled"
-PUBLISHED = "@published"  # a design key "<claim>@published": the paper's own configuration against its twin
-SEQUENTIAL_TEST = "group-sequential paired t, O'Brien-Fleming-type alpha spending"
-STOP_WORDS = {"settled": "settled", "max_seeds": "reached its maximum, {seeds}",
-              "budget": "the study's budget ran out", "no_data": "no paired runs",
-              "cannot_settle": "stopped early: {seeds} could not plausibly settle it", "running": "still running"}
-# What a trial's seed draws (study/train.py seeds torch's init and the batch generator with it;
-# study/data.py takes the held-out split, and the digits test set, from constants).
-SEED_DRAWS = ("weight init", "data order")
-AUGMENT_WORDS = {"crop_flip": "crop, flip", "crop": "crop"}
-SEED_FIXES = "the train/validation split and the test set are the same at every seed"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _base_key(key: str) -> str:
-    return key[: -len(PUBLISHED)] if key.endswith(PUBLISHED) else key
-
-
-def load_design(study_dir) -> dict[str, Any] | None:
-    """study.json's "design" (the driver's record of designed arms), or None
-    for a study without one (older studies, or no study.json)."""
-    from .load import StudyFileError, load_study_meta
-
-    try:
-        meta = load_study_meta(study_dir)
-    except FileNotFoundError:
-        return None
-    design = meta.get("design")
-    if design is not None and not isinstance(design, dict):
-        raise StudyFileError(f"study.json in {str(study_dir)!r}: 'design' holds {type(design).__name__}, "
-                             "expected an object keyed by experiment")
-    return design or None
-
-
-def variance_sources(rows: pd.DataFrame) -> str:
-    """What differs between the seeds of a designed comparison, in words, from
-    the runs' resolved options (augmentation only where it was on)."""
-    parts = list(SEED_DRAWS)
-    aug = sorted({str(a) for a in rows["augment"].dropna()} - {"none"}) if "augment" in rows.columns else []
-    cut = "cutout" in rows.columns and (rows["cutout"].astype(float).fillna(0) > 0).any()
-    what = [w for a in aug for w in AUGMENT_WORDS.get(a, a).split(", ")] + (["cutout"] if cut else [])
-    if what:
-        parts.append(f"augmentation ({', '.join(dict.fromkeys(what))})")
-    return f"{', '.join(parts)}; {SEED_FIXES}"
-
-
-def _per_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
-    """One value per seed (a retried run keeps its last record), completed runs only."""
-    if metric not in rows.columns:
-        return pd.Series(dtype=float)
-    ok = rows[(rows["status"] == "completed") & np.isfinite(rows[metric].astype(float))]
-    return ok.groupby("seed").tail(1).set_index("seed")[metric].astype(float)
-
-
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else np.nan
-
-
-def designed_rows(results: pd.DataFrame, design: Mapping[str, Any],
-                  claims: Mapping[str, Sequence[Any]] | None = None) -> tuple[list[dict], list[str]]:
-    """(rows, notes): one claims-table row per claim the design records, its
-    "<key>@published" twin comparison included (setting "as published").
-
-    The verdict, the interval valid under repeated looks and the level come
-    from the driver's last recorded look; n, the estimate, the t and
-    bootstrap intervals and the chance of winning on a new seed are computed
-    from the arms' runs, paired by seed."""
-    rows: list[dict] = []
-    notes: list[str] = []
-    if not design:
-        return rows, notes
-    family = sum(len((x or {}).get("claims") or {}) for x in design.values())
-    texts = {(s, c.key): c.text for s, cl in (claims or {}).items() for c in cl}
-    by_id = results.drop_duplicates("trial_id", keep="last").set_index("trial_id", drop=False)
-    for exp, x in design.items():
-        here = results[results["experiment"] == exp]
-        if here.empty:
-            notes.append(f"claims: the design names experiment {exp!r}, which has no finished trial yet")
-            continue
-        subject = str(_subject_col(here).iloc[0])
-        depth = int(here["depth"].iloc[0])
-        for key, entry in ((x or {}).get("claims") or {}).items():
-            text = texts.get((subject, _base_key(key)), _base_key(key).replace("_", " "))
-            rows.append(_designed_row(by_id, subject, depth, key, text, entry, family))
-    order = {"as tuned": 0, "as published": 1}
-    rows.sort(key=lambda r: (r["subject"], r["depth"], _base_key(r["key"]), order[r["setting"]]))
-    return rows, notes
-
-
-def _designed_row(by_id: pd.DataFrame, subject: str, depth: int, key: str, text: str, entry: Mapping,
-                  family: int) -> dict:
-    kind = str(entry.get("kind") or "twin")
-    metric = str(entry.get("metric") or "test_acc")
-    margin = _num(entry.get("margin"))
-    null = -margin if kind == "noninferior" and np.isfinite(margin) else 0.0
-    a, b = (list(entry.get("compare") or []) + ["", ""])[:2]
-    arms = entry.get("arms") or {}
-    rows_of = {arm: by_id.loc[by_id.index.intersection([str(r) for r in arms.get(arm) or []])] for arm in (a, b)}
-    va, vb = _per_seed(rows_of[a], metric), _per_seed(rows_of[b], metric)
-    seeds = sorted(set(va.index) & set(vb.index))
-    d = (va.loc[seeds] - vb.loc[seeds]).to_numpy(dtype=float)
-    looks = list(entry.get("looks") or [])
-    last = looks[-1] if looks else {}
-    row: dict[str, Any]
-    row = {"claim": text, "subject": subject, "key": key, "depth": depth, "kind": kind, "metric": metric,
-           "setting": "as published" if key.endswith(PUBLISHED) else "as tuned", "control": DESIGNED,
-           "basis": f"{metric}: {a} minus {b}, paired by seed", "null": null, "test": SEQUENTIAL_TEST,
-           "p_value": np.nan, "p_adj": np.nan, "gain": np.nan, "settle": "", "n_needed": np.nan,
-           "stop": str(entry.get("stop") or "running"), "n_max": _num(last.get("n_max"))}
-    both = pd.concat([rows_of[a], rows_of[b]])
-    row["sources"] = variance_sources(both)
-    row["seconds_per_seed"] = sum(float(rows_of[arm].loc[rows_of[arm]["status"] == "completed", "seconds"]
-                                        .astype(float).median()) if "seconds" in rows_of[arm].columns
-                                  else np.nan for arm in (a, b))
-    level = _num(last.get("alpha"))
-    row["alpha"] = level
-    # the level each claim was tested at is its own column (alpha); NaN: the driver did not record it
-    row["correction"] = (f"Holm across the study's {_plural(family, 'designed claim')}, sequentially: a settled "
-                         "claim passes its level on to the open ones")
-    t = one_sample(d, null=null, bounds=DIFF_RANGE)
-    row.update(n=t.n, estimate=t.estimate, t_lo=t.lo, t_hi=t.hi, p_beat=p_beats(d), _sd=t.sd)
-    row["boot_lo"], row["boot_hi"] = paired_bootstrap(d, bounds=DIFF_RANGE)
-    row["ci_lo"], row["ci_hi"] = _num(last.get("lo")), _num(last.get("hi"))
-    unpaired = sum(len(v) for v in (va, vb)) - 2 * len(seeds)
-    if unpaired:
-        row["basis"] += f" ({unpaired} run(s) without a partner at their seed: left out)"
-    if last and int(last.get("n") or 0) != t.n:
-        row["basis"] += f"; the last look saw {_plural(int(last.get('n') or 0), 'pair')}"
-    verdict = {"supported": "supported", "contradicted": "contradicted"}.get(str(last.get("verdict")),
-                                                                              "inconclusive")
-    if verdict != "inconclusive" and t.n < MIN_N:  # a verdict from fewer than MIN_N pairs is no verdict
-        verdict = "inconclusive"
-        row["basis"] += f"; the recorded verdict from {t.n} pair(s) is not taken"
-    gain_metric = entry.get("gain_metric")
-    if kind == "noninferior" and gain_metric:
-        g = rows_of[a][rows_of[a]["status"] == "completed"]
-        row["gain"] = float(g[gain_metric].astype(float).mean()) if gain_metric in g.columns and len(g) else np.nan
-        if verdict == "supported" and not (np.isfinite(row["gain"]) and row["gain"] > 0):
-            verdict = "inconclusive"  # the method was not exercised: it gave up nothing to gain nothing
-            row["settle"] = (f"the configuration tested has no {gain_metric.replace('_', ' ')} above 0: the claim "
-                             "was not exercised")
-    row["verdict"] = verdict
-    if verdict == "inconclusive" and not row["settle"]:
-        row["settle"], row["n_needed"] = _designed_settle(row, level if np.isfinite(level) else ALPHA / family)
-    return row
-
-
-def _designed_settle(row: Mapping, level: float) -> tuple[str, float]:
-    """What would settle an open designed claim: the seeds a sequential design
-    needs for an 80% chance at the difference and spread seen (n_needed, or
-    NaN where none would)."""
-    n, sd = int(row["n"]), float(row["_sd"]) if np.isfinite(row["_sd"]) else np.nan
-    if row["stop"] == "running":
-        return "still running: the study adds seeds while the claim is open", np.nan
-    if n < MIN_N:
-        return f"needs >= {MIN_N} paired seeds (has {n})", float(MIN_N)
-    if sd == 0:
-        return (f"every one of the {n} seeds gave the same difference: no spread to judge it against; more "
-                "seeds would show one"), float(n + 1)
-    need = seeds_to_settle(row["estimate"] - row["null"], sd, alpha=level)
-    if need is None:
-        return ("no realistic number of seeds would settle it: the difference seen is tiny against the spread "
-                "between seeds"), np.nan
-    need = max(need, n + 1)
-    return (f"about {need} paired seeds ({need - n} more) for an 80% chance to settle it at the difference and "
-            f"spread seen so far (level {level:.3g}, a look after every seed)"), float(need)
+    return t.drop(columns=["_sd", "_no_gain", "_p_small"]).reindex(columns=COLUMNS)
 
 
 def tuned_vs_tuned(results: pd.DataFrame, *, baseline: str = "resnet", metric: str = "test_acc",
@@ -562,38 +441,39 @@ def _p_text(r) -> str:
     return _fmt(r["p_adj"], ".3g")
 
 
+def reported_text(r) -> str:
+    """The reported effect a row is judged against, with its source, in points."""
+    rep = r.get("reported")
+    if not isinstance(rep, (int, float)) or not np.isfinite(rep):
+        return ""
+    kind = "" if r.get("reported_kind") == "reported" else "smallest effect "
+    where = f"; {r['reported_at']}" if r.get("reported_at") else ""
+    return f"{kind}{points(rep)} ({r.get('reported_source')}{where})"
+
+
 def claims_markdown(table: pd.DataFrame) -> str:
     """The claims as a Markdown table (what `resstudy status` and claims.md show)."""
     from tabulate import tabulate
 
     if table.empty:
         return "_No claims could be tested: no variant in this study declares one._\n"
+
+    def said(r) -> str:
+        return str(r.get("verdicts") or r["verdict"])
+
     if not is_designed(table).any():
-        rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r), _p_text(r), r["verdict"],
-                 r["settle"]] for _, r in table.iterrows()]
-        return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "p (Holm)", "verdict",
-                                       "what would settle it"], tablefmt="github", disable_numparse=True) + "\n"
+        rows = [[r["claim"], r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r), reported_text(r),
+                 _p_text(r), said(r), r["settle"]] for _, r in table.iterrows()]
+        return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI", "reported (points)", "p (Holm)",
+                                       "verdict", "what would settle it"], tablefmt="github",
+                        disable_numparse=True) + "\n"
     rows = [[r["claim"] + (f" ({r['setting']})" if isinstance(r["setting"], str) and r["setting"] else ""),
-             r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r),
-             f"level {_fmt(r['alpha'], '.3g')}" if d else _p_text(r), r["verdict"],
+             r["depth"], r["n"], _fmt(r["estimate"], "+.4f"), _ci_text(r), reported_text(r),
+             f"level {_fmt(r['alpha'], '.3g')}" if d else _p_text(r), said(r),
              stop_words(r) if d else "", r["settle"]] for d, (_, r) in zip(is_designed(table), table.iterrows())]
     return tabulate(rows, headers=["claim", "depth", "n", "estimate", "95% CI (repeated looks where designed)",
-                                   "p (Holm) or level", "verdict", "stopped", "what would settle it"],
-                    tablefmt="github", disable_numparse=True) + "\n"
-
-
-def is_designed(table: pd.DataFrame) -> pd.Series:
-    """Which rows come from designed arms (the others are not controlled)."""
-    if "control" not in table.columns:
-        return pd.Series(False, index=table.index)
-    return table["control"] == DESIGNED
-
-
-def stop_words(r) -> str:
-    """Why a designed claim stopped, in words."""
-    n_max = _num(r.get("n_max"))
-    seeds = f"{int(n_max)} seeds" if np.isfinite(n_max) else "the seeds allowed"
-    return STOP_WORDS.get(str(r.get("stop")), str(r.get("stop"))).format(seeds=seeds)
+                                   "reported (points)", "p (Holm) or level", "verdict", "stopped",
+                                   "what would settle it"], tablefmt="github", disable_numparse=True) + "\n"
 
 
 def write_claims(table: pd.DataFrame, out_dir) -> list:
@@ -606,11 +486,15 @@ def write_claims(table: pd.DataFrame, out_dir) -> list:
     table.to_parquet(paths[0], index=False)
     table.to_csv(paths[1], index=False)
     designed = ("Designed rows: arms that differ only in what the claim names, paired by seed, given seeds "
-                "until a group-sequential paired t test settles them; their 95% interval stays valid under "
-                "the looks taken after every round; Holm across the designed claims, sequentially (each row "
-                "names its level). " if is_designed(table).any() else "")
+                "until a group-sequential paired t test reaches a verdict; their 95% interval stays valid under "
+                "the looks taken after every round; Bonferroni across the designed claims (each row names its "
+                "level). " if is_designed(table).any() else "")
     paths[2].write_text(
-        "# Claims\n\nEstimate: mean difference (variant minus twin, or better minus worse level). " + designed
+        "# Claims\n\nEstimate: mean difference (variant minus twin, or better minus worse level). Verdicts: "
+        "reproduced (the interval above 0, or above minus the margin of a non-inferiority claim), smaller than "
+        "reported (below the effect the paper reports, or the spec's smallest effect of interest), "
+        "contradicted (below 0, or below minus the margin), open; not exercised: the arms did not differ in "
+        "what the claim is about, so it was not judged. " + designed
         + "Rows not controlled: 95% Student-t interval clipped to [-1, 1]; p-values Holm-Bonferroni adjusted "
         f"across those rows. n < {MIN_N} is never a verdict.\n\n" + claims_markdown(table), encoding="utf-8")
     return paths
@@ -618,4 +502,5 @@ def write_claims(table: pd.DataFrame, out_dir) -> list:
 
 __all__ = ["claims_table", "declared_claims", "pairs", "finish", "tuned_vs_tuned", "claims_markdown",
            "write_claims", "COLUMNS", "TUNED_COLUMNS", "MIN_N", "ALPHA", "designed_rows", "load_design",
-           "variance_sources", "is_designed", "stop_words", "DESIGNED", "NOT_CONTROLLED", "PUBLISHED"]
+           "variance_sources", "is_designed", "stop_words", "DESIGNED", "NOT_CONTROLLED", "PUBLISHED",
+           "ROW_VERDICTS", "STOP_WORDS", "points", "verdict_sentence", "reported_text"]

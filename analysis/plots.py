@@ -536,6 +536,7 @@ def _diff_rows(claims: pd.DataFrame, tuned: pd.DataFrame) -> list[tuple[str, pd.
                       for f, (_, r) in zip(flat, c.iterrows())],
             "est": c["estimate"].astype(float) * POINTS, "lo": c["ci_lo"].astype(float) * POINTS,
             "hi": c["ci_hi"].astype(float) * POINTS, "ref": c["null"].astype(float) * POINTS,
+            "reported": (c["reported"].astype(float) if "reported" in c.columns else np.nan) * POINTS,
             "verdict": c["verdict"], "flat": flat})))
     t = tuned[np.isfinite(tuned["diff"].astype(float))] if len(tuned) else tuned
     if len(t):
@@ -546,12 +547,14 @@ def _diff_rows(claims: pd.DataFrame, tuned: pd.DataFrame) -> list[tuple[str, pd.
                                     + ("; identical at every seed, no spread)" if f else ")"), 48)
                       for f, (_, r) in zip(flat, t.iterrows())],
             "est": t["diff"].astype(float) * POINTS, "lo": t["ci_lo"].astype(float) * POINTS,
-            "hi": t["ci_hi"].astype(float) * POINTS, "ref": 0.0, "verdict": t["verdict"], "flat": flat})))
+            "hi": t["ci_hi"].astype(float) * POINTS, "ref": 0.0, "reported": np.nan, "verdict": t["verdict"],
+            "flat": flat})))
     return panels
 
 
-VERDICT_COLORS = {"supported": "#2ca02c", "better": "#2ca02c", "contradicted": "#d62728", "worse": "#d62728",
-                  "inconclusive": "#7f7f7f"}
+VERDICT_COLORS = {"reproduced": "#2ca02c", "better": "#2ca02c", "contradicted": "#d62728", "worse": "#d62728",
+                  "smaller than reported": "#ff7f0e", "open": "#7f7f7f", "inconclusive": "#7f7f7f",
+                  "not exercised": "#bbbbbb"}
 
 
 def differences_png(claims: pd.DataFrame, tuned: pd.DataFrame) -> Figure | None:
@@ -571,13 +574,16 @@ def differences_png(claims: pd.DataFrame, tuned: pd.DataFrame) -> Figure | None:
                         mfc="white" if r["flat"] else color)
             if r["ref"] != 0:
                 ax.plot([r["ref"]] * 2, [y - 0.35, y + 0.35], color="C1", lw=1.5)
+            if np.isfinite(r["reported"]):
+                ax.plot([r["reported"]], [y], marker="D", ms=6, color="C4", mfc="none", ls="none")
         ax.axvline(0, color="k", lw=1)
         ax.set_yticks(ys, p["label"], fontsize=7)
         ax.set_ylim(len(p) - 0.5, -0.5)
         ax.set_title(_wrap(title, 6), fontsize=9)
         margin = bool((p["ref"] != 0).any())
-        ax.set_xlabel("difference in accuracy points, 95% CI" + ("; orange: non-inferiority margin" if margin else ""),
-                      fontsize=8)
+        reported = bool(np.isfinite(p["reported"].astype(float)).any())
+        ax.set_xlabel("difference in accuracy points, 95% CI" + ("; orange: non-inferiority margin" if margin else "")
+                      + ("; purple diamond: the effect the paper reports" if reported else ""), fontsize=8)
     return fig
 
 
@@ -602,11 +608,17 @@ def differences_plotly(claims: pd.DataFrame, tuned: pd.DataFrame) -> go.Figure |
             fig.add_trace(go.Scatter(x=margins["ref"], y=labels[margins.index], mode="markers", name="margin",
                                      marker={"symbol": "line-ns-open", "size": 18, "color": "orange"},
                                      showlegend=False), row=i, col=1)
+        rep = p[np.isfinite(p["reported"].astype(float))]
+        if len(rep):
+            fig.add_trace(go.Scatter(x=rep["reported"], y=labels[rep.index], mode="markers", name="reported",
+                                     marker={"symbol": "diamond-open", "size": 11, "color": "purple"},
+                                     text=[f"reported {x:+.2f} points" for x in rep["reported"]],
+                                     showlegend=False), row=i, col=1)
         fig.add_vline(x=0, line={"color": "black", "width": 1}, row=i, col=1)
         fig.update_yaxes(type="category", autorange="reversed", row=i, col=1)
         fig.update_xaxes(title_text="difference in accuracy points (95% CI)", row=i, col=1)
-    fig.update_layout(title="Differences from the twin / baseline (green supported, red contradicted, "
-                            "grey inconclusive)", template="plotly_white",
+    fig.update_layout(title="Differences from the twin / baseline (green reproduced, orange smaller than "
+                            "reported, red contradicted, grey open)", template="plotly_white",
                       height=180 + 48 * sum(len(p) for _, p in panels) + 60 * len(panels))
     return fig
 

@@ -30,7 +30,8 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .budget import budget_table
-from .claims import (DESIGNED, MIN_N, PUBLISHED, claims_table, is_designed, load_design, stop_words, tuned_vs_tuned,
+from .claims import (DESIGNED, MIN_N, PUBLISHED, ROW_VERDICTS, claims_table, is_designed, load_design, reported_text,
+                     stop_words, tuned_vs_tuned, verdict_sentence,
                      write_claims)
 from .compare import compare_variants, spec_top_k
 from .declared import level_rates, rate_owners, report_sections
@@ -193,17 +194,25 @@ def _claims_html(table: pd.DataFrame) -> str:
         rows.append({"claim": r["claim"], "variant": r["subject"], "depth": r["depth"], "n": r["n"],
                      "estimate (points)": _pts(r["estimate"]),
                      "95% CI (points)": "none: no spread" if flat else _ci(r["ci_lo"], r["ci_hi"]),
-                     "p (Holm)": "no test" if flat else _p(r["p_adj"]), "verdict": r["verdict"],
+                     "reported (points)": reported_text(r),
+                     "p (Holm)": "no test" if flat else _p(r["p_adj"]), "verdict": _said(r),
                      "what would settle it": _settle_words(r), "basis": _metric_words(r["basis"])})
-    out = pd.DataFrame(rows).to_html(index=False, classes="tbl claims", border=0, na_rep="", escape=True)
-    for v in ("supported", "contradicted", "inconclusive"):
-        out = out.replace(f"<td>{v}</td>", f'<td class="{v}">{v}</td>')
-    return out
+    return _verdict_cells(pd.DataFrame(rows).to_html(index=False, classes="tbl claims", border=0, na_rep="",
+                                                     escape=True))
+
+
+def _said(r) -> str:
+    """Every verdict a row gives ("reproduced; smaller than reported")."""
+    return str(r.get("verdicts") or r["verdict"])
+
+
+def verdict_class(v: str) -> str:
+    return v.replace(" ", "-")
 
 
 def _verdict_cells(out: str) -> str:
-    for v in ("supported", "contradicted", "inconclusive"):
-        out = out.replace(f"<td>{v}</td>", f'<td class="{v}">{v}</td>')
+    for v in sorted({*ROW_VERDICTS, "; ".join(ROW_VERDICTS[:2])}, key=len, reverse=True):
+        out = out.replace(f"<td>{v}</td>", f'<td class="{verdict_class(v.split("; ")[0])}">{v}</td>')
     return out
 
 
@@ -229,7 +238,8 @@ def _designed_html(table: pd.DataFrame) -> str:
                      "t interval (points)": _ci(r["t_lo"], r["t_hi"]),
                      "bootstrap interval (points)": _ci(r["boot_lo"], r["boot_hi"]),
                      "wins on a new seed": _share(r["p_beat"]), "level": _num(r["alpha"], ".3g"),
-                     "verdict": r["verdict"], "stopped": stop_words(r), "what would settle it": _settle_words(r),
+                     "reported (points)": reported_text(r),
+                     "verdict": _said(r), "stopped": stop_words(r), "what would settle it": _settle_words(r),
                      "basis": _option_words(_metric_words(r["basis"]))})
     head = (_one_or_column(rows, table, "sources", "What a seed changes")
             + _one_or_column(rows, table, "correction", "Correction for several claims"))
@@ -259,7 +269,7 @@ def _side_by_side(table: pd.DataFrame) -> pd.DataFrame:
             row[f"{what}: estimate (points)"] = "" if r is None else _pts(r["estimate"])
             row[f"{what}: 95% CI (points)"] = "" if r is None else _ci(r["ci_lo"], r["ci_hi"])
             row[f"{what}: seeds"] = "" if r is None else r["n"]
-            row[f"{what}: verdict"] = "not run" if r is None else r["verdict"]
+            row[f"{what}: verdict"] = "not run" if r is None else _said(r)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -348,25 +358,22 @@ def _plural(n: int, word: str) -> str:
 
 
 def _designed_line(r, results: pd.DataFrame) -> str:
-    """A designed claim in a sentence or two: what the arms showed, why it stopped, and for an open
-    one how many seeds would settle it at what cost."""
-    head = f"\u201c{r['claim']}\u201d (depth {r['depth']}, {r['setting']})"
+    """A designed claim in a sentence or two: the reported effect, what the arms measured and
+    the verdict, why it stopped, and for an open one how many seeds would settle it at what cost."""
+    head = f"\u201c{r['claim']}\u201d ({r['subject']}, depth {r['depth']}, {r['setting']})"
     n = int(r["n"])
-    count = _plural(n, "seed pair")
+    if r["verdict"] == "not exercised":
+        return f"{head}: not exercised: {_settle_words(r).rstrip('.')}."
     if not np.isfinite(float(r["estimate"])):
         return f"{head}: not tested: {(_settle_words(r) or stop_words(r)).rstrip('.')}."
+    seen = f"{verdict_sentence(r)}; {_plural(n, 'seed pair')}, {stop_words(r)}"
+    if r.get("acted"):
+        seen += f"; to exercise it the design moved {r['acted']}"
     if zero_spread(r["ci_lo"], r["ci_hi"], r["n"]):  # no spread: no interval, no test, no seed count from it
-        return f"{head}: {_pts(r['estimate'])} points, {stop_words(r)}; {_settle_words(r).rstrip('.')}."
-    seen = f"{_pts(r['estimate'])} points over {count}"
-    if np.isfinite(float(r["ci_lo"])):
-        seen = f"{_pts(r['estimate'])} points (95% CI {_ci(r['ci_lo'], r['ci_hi'])}, valid under repeated looks) " \
-               f"over {count}"
-    if np.isfinite(float(r["p_beat"])):
-        seen += f"; it would come out ahead on a new seed with chance {_share(r['p_beat'])}"
-    stopped = stop_words(r)
-    if r["verdict"] != "inconclusive" or r["stop"] == "running":
-        return f"{head}: {seen}; {stopped}."
-    return _to_settle(f"{head}: {seen}; {stopped}", r, results,
+        return f"{head}: {seen}; {_settle_words(r).rstrip('.')}."
+    if r["verdict"] != "open" or r["stop"] == "running":
+        return f"{head}: {seen}."
+    return _to_settle(f"{head}: {seen}", r, results,
                       lambda need: f"at least {MIN_N} seed pairs" if n < MIN_N else f"about {need} seed pairs in all")
 
 
@@ -398,7 +405,9 @@ def _claim_line(r, results: pd.DataFrame) -> str:
             seen += f", Holm p {_p(r['p_adj'])}"
     else:
         seen = f"{_pts(r['estimate'])} points from {count}"
-    if r["verdict"] != "inconclusive":
+    if np.isfinite(float(r.get("reported", np.nan))):
+        seen = f"{verdict_sentence(r)}; {seen}"
+    if r["verdict"] != "open":
         return f"{head}: {seen}."
     return _to_settle(f"{head}: {seen}", r, results, lambda need: f"at least {MIN_N} {units}" if n < MIN_N
                       else f"about {need} {units} for 80% power at this difference")
@@ -408,8 +417,9 @@ def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, re
                      spec: dict, name: str, sweeps: list | tuple = ()
                      ) -> tuple[str, list[tuple[str, str | list[str]]]]:
     """(lead sentence, [(heading, sentence or one line per claim)]): the
-    report's opening, in plain text. What is supported, contradicted or open
-    (and what would settle each open claim at what cost), the tuned
+    report's opening, in plain text. Each claim against the effect its paper
+    reports: reproduced, smaller than reported, contradicted, open (and what
+    would settle it at what cost) or not exercised (and why), the tuned
     comparison, the designed sweeps and the sensitivity fits."""
     n_exp = results["experiment"].nunique() if "experiment" in results.columns else 0
     depths = sorted({int(d) for d in results["depth"].dropna()}) if "depth" in results.columns else []
@@ -418,19 +428,25 @@ def conclusion_items(ctable: pd.DataFrame, tuned: pd.DataFrame, curves: list, re
         f"depth {', '.join(map(str, depths))}" if depths else "",
         f"{spec.get('epochs')} epochs" if spec.get("epochs") else "",
         f"on {spec.get('dataset')}" if spec.get("dataset") else "") if x)
-    count = {v: int((ctable["verdict"] == v).sum()) if len(ctable) else 0
-             for v in ("supported", "contradicted", "inconclusive")}
-    lead = (f"Study {name} ({setup}): of {_plural(len(ctable), 'claim')}, {count['supported']} supported, "
-            f"{count['contradicted']} contradicted, {count['inconclusive']} open.")
+    said = ctable.get("verdicts", ctable["verdict"]).fillna("").astype(str) if len(ctable) else pd.Series(dtype=str)
+    holds = {v: said.str.split("; ").apply(lambda x, v=v: v in x) for v in ROW_VERDICTS} if len(ctable) else {}
+    count = {v: int(holds[v].sum()) if len(ctable) else 0 for v in ROW_VERDICTS}
+    lead = (f"Study {name} ({setup}): of {_plural(len(ctable), 'claim')}, "
+            + ", ".join(f"{count[v]} {v}" for v in ROW_VERDICTS) + ".")
+    both = int((holds["reproduced"] & holds["smaller than reported"]).sum()) if len(ctable) else 0
+    if both:
+        lead += f" {_plural(both, 'claim')} {'is' if both == 1 else 'are'} both reproduced and smaller than reported."
     designed = int(is_designed(ctable).sum()) if len(ctable) else 0
     if designed:
         lead += (f" {designed} of them {'was' if designed == 1 else 'were'} answered by designed arms that differ "
-                 "only in what the claim names, paired by seed and given seeds until settled (intervals valid "
-                 "under a look after every round, Holm across the designed claims).")
+                 "only in what the claim names, paired by seed and given seeds until a verdict (intervals valid "
+                 "under a look after every round, Bonferroni across the designed claims), each judged against "
+                 "the effect its paper reports.")
     items: list[tuple[str, str | list[str]]] = []
-    for verdict, title in (("supported", "Supported"), ("contradicted", "Contradicted"), ("inconclusive", "Open")):
+    for verdict in ROW_VERDICTS:
         rows = ctable[ctable["verdict"] == verdict] if len(ctable) else ctable
-        items.append((title, [_claim_line(r, results) for _, r in rows.iterrows()] if len(rows) else "none."))
+        items.append((verdict.capitalize(), [_claim_line(r, results) for _, r in rows.iterrows()] if len(rows)
+                      else "none."))
     if len(tuned):
         base = tuned["baseline"].iloc[0]
         decided = tuned[tuned["verdict"] != "inconclusive"]
@@ -478,7 +494,9 @@ h3{font-size:1.05em;margin-top:1.4em} .tbl{border-collapse:collapse;font-size:.8
 .figure{margin:.8em 0} .note{color:#8a4b00} nav a{margin-right:1em} img{max-width:100%}
 .claims td:nth-child(1),.claims td:nth-child(9),.claims td:nth-child(10){text-align:left}
 .claims.designed td{text-align:left}
-.supported{color:#1a7f1a;font-weight:600} .contradicted{color:#b00;font-weight:600} .inconclusive{color:#666}
+.reproduced,.better{color:#1a7f1a;font-weight:600} .contradicted,.worse{color:#b00;font-weight:600}
+.smaller-than-reported{color:#a15c00;font-weight:600} .open,.inconclusive{color:#666}
+.not-exercised{color:#666;font-style:italic}
 .conclusion{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.4em 1.2em;line-height:1.45}
 .conclusion .lead{font-size:1.08em} .conclusion li{margin:.25em 0} .generated{color:#666;font-size:.85em}
 """
@@ -808,34 +826,81 @@ def _redact(text: str) -> str:
     return redact_text(text)
 
 
+def _study_run(study_dir: str | Path, tracking_uri: str | None, warn):
+    """(client, run id, uri) of the study's MLflow parent run, or None after warn(why)."""
+    try:
+        meta = load_study_meta(study_dir)
+    except (FileNotFoundError, ValueError) as e:
+        return warn(str(e)) and None
+    run_id = meta.get("mlflow_parent_run_id")
+    if not (tracking_uri or meta.get("tracking_uri")) or not run_id:
+        return warn(f"study.json lacks tracking_uri or mlflow_parent_run_id (keys: {sorted(meta)})") and None
+    uri = tracking_uri or study_tracking_uri(study_dir, meta)
+    ok, why = _reachable(uri)
+    if not ok:
+        return warn(f"tracking server {uri} not reachable ({why})") and None
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri), run_id, uri
+
+
+def _claim_records(t: pd.DataFrame) -> tuple[list, list]:
+    """The claims as MLflow metrics (claim.<key>.d<depth>.estimate / .p_holm / .reported) and
+    tags (.verdict, .verdicts, .reported with its source)."""
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    metrics, tags = [], []
+    for _, r in t.iterrows():
+        k = _slug(f"claim.{r['key']}.d{r['depth']}")
+        for col, suffix in (("estimate", "estimate"), ("p_adj", "p_holm"), ("reported", "reported")):
+            if col in r and pd.notna(r[col]):
+                metrics.append(Metric(f"{k}.{suffix}", float(r[col]), now, 0))
+        tags.append(RunTag(f"{k}.verdict", str(r["verdict"])))
+        tags.append(RunTag(f"{k}.verdicts", str(r.get("verdicts") or r["verdict"])))
+        if pd.notna(r.get("reported")):
+            tags.append(RunTag(f"{k}.reported", reported_text(r)[:5000]))
+    return metrics, tags
+
+
+def log_claims(study_dir: str | Path, table: pd.DataFrame, tracking_uri: str | None = None) -> bool:
+    """The claims' verdicts and reported effects as metrics and tags of the study's MLflow
+    parent run (see _claim_records); a warning, not an error, when it cannot be reached.
+    Opens no run, so none is left RUNNING."""
+    def warn(msg: str) -> bool:
+        _say(_redact(f"WARNING: claims not logged to MLflow: {msg}"))
+        return False
+
+    found = _study_run(study_dir, tracking_uri, warn)
+    if not found:
+        return False
+    client, run_id, _ = found
+    try:
+        metrics, tags = _claim_records(table)
+        for i in range(0, max(len(tags), len(metrics)), 900):  # MLflow's batch limits: 1000 tags, 1000 metrics
+            client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags[i:i + 900])
+    except Exception as e:  # an MLflow failure must not fail the command that finished the study
+        return warn(f"{type(e).__name__}: {e}")
+    return True
+
+
 def log_artifacts(study_dir: str | Path, out_dir: str | Path, tracking_uri: str | None = None) -> bool:
     """Upload out_dir under "analysis/" to the study's MLflow parent run, and
-    the claims as that run's metrics (claim.<key>.d<depth>.estimate / .p_holm)
-    and tags (.verdict); warn (not raise) when study.json, the server or the
-    run is unavailable. Opens no run (it writes to the existing parent run by
-    id), so none is left RUNNING; URIs in messages have credentials masked."""
+    the claims as that run's metrics and tags (_claim_records); warn (not raise)
+    when study.json, the server or the run is unavailable. Opens no run (it
+    writes to the existing parent run by id), so none is left RUNNING; URIs in
+    messages have credentials masked."""
     def warn(msg: str) -> bool:
         msg = _redact(f"analysis not logged to MLflow: {msg}")
         warnings.warn(msg, stacklevel=3)
         _say(f"WARNING: {msg}")
         return False
 
+    found = _study_run(study_dir, tracking_uri, warn)
+    if not found:
+        return False
+    client, run_id, uri = found
     try:
-        meta = load_study_meta(study_dir)
-    except (FileNotFoundError, ValueError) as e:
-        return warn(str(e))
-    run_id = meta.get("mlflow_parent_run_id")
-    if not (tracking_uri or meta.get("tracking_uri")) or not run_id:
-        return warn(f"study.json lacks tracking_uri or mlflow_parent_run_id (keys: {sorted(meta)})")
-    uri = tracking_uri or study_tracking_uri(study_dir, meta)
-    ok, why = _reachable(uri)
-    if not ok:
-        return warn(f"tracking server {uri} not reachable ({why})")
-    import mlflow
-    from mlflow.entities import Metric, RunTag
-
-    try:
-        client = mlflow.MlflowClient(tracking_uri=uri)
         run = client.get_run(run_id)
         store = _local_artifact_root(run.info.artifact_uri, run_id)
         if store is not None and not store.parent.exists():
@@ -845,21 +910,14 @@ def log_artifacts(study_dir: str | Path, out_dir: str | Path, tracking_uri: str 
         client.log_artifacts(run_id, str(out_dir), artifact_path="analysis")
         claims = Path(out_dir) / "claims.parquet"
         if claims.is_file():
-            t = pd.read_parquet(claims)
-            now = int(time.time() * 1000)
-            metrics, tags = [], []
-            for _, r in t.iterrows():
-                k = _slug(f"claim.{r['key']}.d{r['depth']}")
-                for col, suffix in (("estimate", "estimate"), ("p_adj", "p_holm")):
-                    if pd.notna(r[col]):
-                        metrics.append(Metric(f"{k}.{suffix}", float(r[col]), now, 0))
-                tags.append(RunTag(f"{k}.verdict", str(r["verdict"])))
-            if metrics or tags:
-                client.log_batch(run_id, metrics=metrics, tags=tags)
+            metrics, tags = _claim_records(pd.read_parquet(claims))
+            for i in range(0, max(len(tags), len(metrics)), 900):
+                client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags[i:i + 900])
     except Exception as e:  # any MLflow/IO failure must not lose the report already on disk
         return warn(f"{type(e).__name__}: {e}")
     _say(_redact(f"logged {out_dir} to MLflow run {run_id} ({uri}) under analysis/"))
     return True
 
 
-__all__ = ["analyze", "conclusion", "settle_cost", "log_artifacts", "trial_counts", "REPORT_NAME", "CONCLUSION_NAME"]
+__all__ = ["analyze", "conclusion", "settle_cost", "log_artifacts", "log_claims", "trial_counts", "REPORT_NAME",
+           "CONCLUSION_NAME"]

@@ -771,12 +771,37 @@ def plan_lines(spec, plan: dict[tuple[str, int], dict[str, int]], times: dict[st
 def _where(d: Path | None) -> None:
     if d is None or not d.is_dir():
         return
+    _claims_at_end(d)
     typer.echo(f"study directory: {d}")
     for name, what in (("results.parquet", "one row per trial"), ("history.parquet", "one row per trial-epoch"),
                        ("optuna.db", "Optuna studies"), ("mlflow.db", "MLflow runs")):
         if (d / name).exists():
             typer.echo(f"  {name:<16} {what}")
     typer.echo(f"next: resstudy status {d.name} | resstudy analyze {d.name} | resstudy ui {d.name}")
+
+
+def _claims_at_end(d: Path) -> None:
+    """The claims as the driver left them: analysis/claims.{parquet,csv,md}, each claim in one
+    line, and the verdicts as tags of the study's MLflow run. A failure here is a warning:
+    the study's own record is complete without it."""
+    try:
+        from analysis.claims import verdict_sentence, write_claims
+        from study import api
+
+        table = api.Study(d).claims()
+        if table.empty:
+            return
+        write_claims(table, d / "analysis")
+        typer.echo("claims (analysis/claims.csv; `resstudy analyze` for the report):")
+        for _, r in table.iterrows():
+            setting = f", {r['setting']}" if isinstance(r.get("setting"), str) and r["setting"] else ""
+            typer.echo(f"  {r['subject']} d{r['depth']}{setting}: {r['claim']}: {verdict_sentence(r)}")
+        from analysis.report import log_claims
+
+        log_claims(d, table)
+    except Exception as e:  # the claims are re-made by `resstudy analyze`; the study is done
+        typer.echo(f"WARNING: claims table not written ({type(e).__name__}: {e}); `resstudy analyze` makes it",
+                   err=True)
 
 
 def _presets() -> list[str]:

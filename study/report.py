@@ -119,21 +119,22 @@ def _claims_basis(claims: pd.DataFrame) -> str:
     parts: list[str] = []
     if designed is not None and designed.any():
         parts.append("designed claims: 95% intervals valid under the looks taken after every round, each tested "
-                     "at its Holm level")
+                     "at its Bonferroni level against the effect its paper reports")
     if designed is None or not designed.all() or not parts:
         parts.append("other claims: 95% Student-t intervals clipped to the metric's range, p Holm-adjusted")
     return "; ".join(parts)
 
 
 def claims_lines(claims: pd.DataFrame) -> list[str]:
-    """The claims, two lines each: the verdict and the claim, then its numbers
-    (or, when inconclusive, also what would settle it)."""
+    """The claims, three lines each: the verdicts and the claim, its numbers (and, when
+    open or not exercised, what would settle it), the effect it is judged against."""
     if claims.empty:
         return ["  none tested (no studied variant declares a claim)"]
     out = []
     for _, r in claims.iterrows():
         setting = f" ({r['setting']})" if isinstance(r.get("setting"), str) and r["setting"] else ""
-        out.append(f"  {r['verdict']:<13} {'d' + str(r['depth']):<5}{r['claim']}{setting}")
+        said = r.get("verdicts") if isinstance(r.get("verdicts"), str) and r.get("verdicts") else r["verdict"]
+        out.append(f"  {said:<21} {'d' + str(r['depth']):<5}{r['claim']}{setting}")
         nums = f"n={int(r['n'])}"
         if _num(r["estimate"]):
             same = _num(r["ci_lo"]) and r["ci_lo"] == r["ci_hi"]  # every pair gave the same difference
@@ -144,8 +145,13 @@ def claims_lines(claims: pd.DataFrame) -> list[str]:
             nums += f", p Holm {_num(r['p_adj'], '.2g')}"
         if isinstance(r.get("stop"), str) and r["stop"]:
             nums += f", stopped: {r['stop'].replace('_', ' ')}"
-        settle = r["settle"] if r["verdict"] == "inconclusive" and isinstance(r["settle"], str) else ""
-        out.append(f"{'':21}{nums}" + (f"; -> {settle}" if settle else ""))
+        open_ = r["verdict"] in ("open", "not exercised", "inconclusive")
+        settle = r["settle"] if open_ and isinstance(r["settle"], str) else ""
+        out.append(f"{'':29}{nums}" + (f"; -> {settle}" if settle else ""))
+        if _num(r.get("reported")):
+            source = r.get("reported_source") if isinstance(r.get("reported_source"), str) else ""
+            where = r.get("reported_at") if isinstance(r.get("reported_at"), str) and r.get("reported_at") else ""
+            out.append(f"{'':29}reported {_num(r['reported'], '+.4f')} ({source}" + (f": {where})" if where else ")"))
     return out
 
 

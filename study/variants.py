@@ -179,7 +179,7 @@ class Claim:
         value = min(0.0, null + smallest_effect) if self.kind == "noninferior" else smallest_effect
         return {"value": float(value), "kind": "smallest effect", "dataset": None, "depth": None, "arms": "",
                 "metric": self.metric, "match": "",
-                "source": f"no published figure: the spec's design.smallest_effect ({smallest_effect:g})"}
+                "source": f"no published figure: design.smallest_effect {smallest_effect:g}"}
 
 
 @dataclass(frozen=True)

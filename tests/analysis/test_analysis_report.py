@@ -55,8 +55,8 @@ def test_claims_files_from_the_registry(analyzed):
     declared = {c.key for v in ("quotient", "epsilon", "sgs") for c in get_variant(v).claims}
     assert declared and set(claims["key"]) == declared  # every studied variant's claims, no others
     twin = claims[claims["kind"] == "twin"].set_index("subject")
-    assert twin.loc["quotient", "verdict"] == "supported"  # planted +0.02 over 3 seeds
-    assert twin.loc["sgs", "verdict"] == "inconclusive" and twin.loc["sgs", "n"] == 2
+    assert twin.loc["quotient", "verdict"] == "reproduced"  # planted +0.02 over 3 seeds
+    assert twin.loc["sgs", "verdict"] == "open" and twin.loc["sgs", "n"] == 2
     tested = claims["p_adj"].notna()
     assert (claims.loc[tested, "p_adj"] >= claims.loc[tested, "p_value"]).all()  # Holm never lowers a p
 
@@ -129,7 +129,8 @@ def test_mlflow_runs_and_artifact_logging(sparse_study_dir):
     assert report.is_file()
     # the claims land on the study run as tags (and metrics where estimated); no run left open
     run = client.get_run(run_id)
-    assert run.data.tags.get("claim.quotient_vs_twin.d8.verdict") == "inconclusive"
+    assert run.data.tags.get("claim.quotient_vs_twin.d8.verdict") == "open"
+    assert "Hui et al. 2024, Table 1" in run.data.tags.get("claim.quotient_vs_twin.d8.reported", "")
     import mlflow
 
     assert mlflow.active_run() is None

@@ -1,5 +1,5 @@
-"""The claims table on planted effects: a real gain is "supported" with an
-interval that covers it, a null gain is (almost) never "supported", n = 2 is
+"""The claims table on planted effects: a real gain is "reproduced" with an
+interval that covers it, a null gain is (almost) never "reproduced", n = 2 is
 never a verdict, intervals stay in range and Holm is applied."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from analysis.claims import COLUMNS, claims_markdown, claims_table, declared_claims, finish, tuned_vs_tuned
 from study.stats.intervals import holm, n_for_power
-from study.variants import Claim
+from study.variants import Claim, Reported
 
 from .conftest import RUNGS, SPEC_YAML, _row, builtin_claims, synthetic_history, synthetic_results, twin_pairs
 
@@ -26,9 +26,12 @@ def _one(rows, claims=TWIN, history=None, spec=SPEC) -> pd.Series:
 
 def test_planted_gain_is_supported_with_an_interval_covering_it():
     r = _one(twin_pairs("quotient", "resnet", 0.02, seeds=range(5), rng_seed=0))
-    assert r["verdict"] == "supported" and r["n"] == 5 and r["kind"] == "twin"
+    assert r["verdict"] == "reproduced" and r["n"] == 5 and r["kind"] == "twin"
     assert r["ci_lo"] <= 0.02 <= r["ci_hi"] and r["ci_lo"] > 0
-    assert r["p_adj"] == pytest.approx(r["p_value"])  # one row: Holm changes nothing
+    # one row, two tests (against 0 and against the 1-point smallest effect): Holm doubles at most
+    assert r["p_value"] <= r["p_adj"] <= 2 * r["p_value"]
+    assert r["reported"] == 0.01 and r["reported_kind"] == "smallest effect"
+    assert "design.smallest_effect" in r["reported_source"]
     assert "paired by seed" in r["basis"] and r["settle"] == ""
 
 
@@ -38,21 +41,23 @@ def test_planted_loss_is_contradicted():
 
 
 def test_null_gain_is_not_supported_over_repeated_studies():
-    """20 planted null studies (5 seeds each): "supported" needs p < 0.05 and
+    """20 planted null studies (5 seeds each): "reproduced" needs p < 0.05 and
     the claimed sign, so about 2.5% of them by chance; allow at most 2 of 20
     (P(>= 3) < 1.5% under the nominal rate), and the rest must not claim a
     gain either way more often than chance."""
     verdicts = [_one(twin_pairs("quotient", "resnet", 0.0, seeds=range(5), rng_seed=100 + i))["verdict"]
                 for i in range(20)]
-    assert verdicts.count("supported") <= 2, verdicts
-    assert verdicts.count("inconclusive") >= 16, verdicts
-    assert set(verdicts) <= {"supported", "contradicted", "inconclusive"}
+    assert verdicts.count("reproduced") <= 2, verdicts
+    assert verdicts.count("contradicted") <= 2, verdicts
+    # a null effect with little noise is ruled out at the 1-point smallest effect of interest
+    assert verdicts.count("smaller than reported") >= 14, verdicts
+    assert set(verdicts) <= {"reproduced", "contradicted", "open", "smaller than reported"}
 
 
 def test_two_pairs_are_never_a_verdict_however_large_the_gain():
     r = _one(twin_pairs("quotient", "resnet", 0.3, seeds=[0, 1], noise=1e-4, rng_seed=2))
     assert r["n"] == 2 and r["estimate"] > 0.29
-    assert r["verdict"] == "inconclusive" and np.isnan(r["p_adj"])
+    assert r["verdict"] == "open" and np.isnan(r["p_adj"])
     assert r["settle"] == "needs >= 3 paired seeds (has 2)"
 
 
@@ -64,21 +69,21 @@ def test_intervals_stay_inside_the_difference_range():
         rows.append(_row("resnet", f"t{s}", s, "completed", [], phase="twin", subject="quotient", arm="twin",
                          val_acc=t, test_acc=t))
     r = _one(rows)
-    assert r["ci_lo"] == -1.0 and r["ci_hi"] == 1.0 and r["verdict"] == "inconclusive"
+    assert r["ci_lo"] == -1.0 and r["ci_hi"] == 1.0 and r["verdict"] == "open"
 
 
 def test_holm_turns_a_lone_pass_into_inconclusive():
     """p = 0.03 passes at 0.05 alone, but with two more tests in the table Holm
     multiplies the smallest p by 3: 0.09, no verdict."""
     base = {c: None for c in COLUMNS}
-    rows = [{**base, "claim": f"c{i}", "kind": "twin", "n": 5, "estimate": e, "p_value": p, "verdict": "inconclusive",
+    rows = [{**base, "claim": f"c{i}", "kind": "twin", "n": 5, "estimate": e, "p_value": p, "verdict": "open",
              "settle": "", "null": 0.0, "_sd": 0.01} for i, (e, p) in enumerate([(0.02, 0.03), (0.001, 0.5),
                                                                                   (-0.001, 0.8)])]
     alone = finish(pd.DataFrame(rows[:1]))
-    assert alone["verdict"].iloc[0] == "supported" and alone["p_adj"].iloc[0] == pytest.approx(0.03)
+    assert alone["verdict"].iloc[0] == "reproduced" and alone["p_adj"].iloc[0] == pytest.approx(0.03)
     table = finish(pd.DataFrame(rows))
     assert table["p_adj"].tolist() == pytest.approx([0.09, 1.0, 1.0])
-    assert table["verdict"].tolist() == ["inconclusive"] * 3
+    assert table["verdict"].tolist() == ["open"] * 3
     assert "for 80% power" in table["settle"].iloc[0]
 
 
@@ -102,7 +107,7 @@ def test_noninferiority_verdicts():
                                gain_metric="discarded_ratio")]}
     ok = _one(twin_pairs("epsilon", "epsilon", -0.002, seeds=range(4), noise=0.001, discarded_ratio=0.3),
               claims=claim)
-    assert ok["verdict"] == "supported" and ok["ci_lo"] > -0.01 and ok["gain"] == pytest.approx(0.3)
+    assert ok["verdict"] == "reproduced" and ok["ci_lo"] > -0.01 and ok["gain"] == pytest.approx(0.3)
     assert ok["null"] == -0.01
     worse = _one(twin_pairs("epsilon", "epsilon", -0.05, seeds=range(4), noise=0.001, discarded_ratio=0.3),
                  claims=claim)
@@ -110,7 +115,7 @@ def test_noninferiority_verdicts():
     kept_all = _one(twin_pairs("epsilon", "epsilon", 0.0, seeds=range(4), noise=0.001, discarded_ratio=0.0),
                     claims=claim)
     # no block discarded: the claim was not exercised, whatever the accuracy says
-    assert kept_all["verdict"] == "inconclusive"
+    assert kept_all["verdict"] == "not exercised"
     # what would settle it, from epsilon's declaration: its gain, its swept knob, its objectives
     assert kept_all["settle"] == ("the configuration tested has no discarded ratio above 0: search a wider range of "
                                   "epsilon, or with objectives [val_acc, param_reduction]")
@@ -125,18 +130,18 @@ def test_level_claim_is_judged_at_a_rung_when_pruning_left_too_few_completed():
     mi = table[table["key"] == "sgs_mi"].iloc[0]
     # only 2 MI trials and no branch trial completed: judged at the highest rung with >= 3 a side
     assert mi["basis"].startswith("val_acc at epoch 2") and mi["n"] >= 3
-    assert mi["verdict"] == "supported" and 2 in RUNGS
+    assert mi["verdict"] == "reproduced" and 2 in RUNGS
     rule = table[table["key"] == "quotient_rule"].iloc[0]
-    assert rule["basis"].startswith("final val_acc") and rule["verdict"] == "supported"
+    assert rule["basis"].startswith("final val_acc") and rule["verdict"] == "reproduced"
     # an option the study never varied: no verdict, and it says what to search
     restart = table[table["key"] == "epsilon_restart"].iloc[0]
-    assert restart["verdict"] == "inconclusive" and restart["settle"].startswith("search adaptive_lr")
+    assert restart["verdict"] == "open" and restart["settle"].startswith("search adaptive_lr")
     # every interval in range, every verdict one of three, n = 2 never decided
     assert ((table["ci_lo"].dropna() >= -1) & (table["ci_hi"].dropna() <= 1)).all()
-    assert set(table["verdict"]) <= {"supported", "contradicted", "inconclusive"}
-    assert (table.loc[table["n"] < 3, "verdict"] == "inconclusive").all()
+    assert set(table["verdict"]) <= {"reproduced", "contradicted", "open", "smaller than reported", "not exercised"}
+    assert (table.loc[table["n"] < 3, "verdict"] == "open").all()
     md = claims_markdown(table)
-    assert md.splitlines()[1].startswith("|--") and "| supported" in md
+    assert md.splitlines()[1].startswith("|--") and "| reproduced" in md
 
 
 def test_default_twin_claim_for_a_variant_without_claims(monkeypatch):
@@ -187,7 +192,7 @@ def test_quotient_rule_claim_leaves_out_trials_where_the_rules_are_one_network()
     assert "6 trial(s) left out" in r["basis"] and "alpha" in r["basis"]
     assert r["estimate"] == pytest.approx(0.03, abs=0.005)
     only_two = _one(rows[:6], claims={"quotient": [claim]})
-    assert only_two["verdict"] == "inconclusive" and "left out" in only_two["settle"]
+    assert only_two["verdict"] == "open" and "left out" in only_two["settle"]
 
 
 # ---------------------------------------------------------------- Holm and n < 3 in every table with verdicts
@@ -220,8 +225,13 @@ def _twin_rows(subject: str, diffs) -> list[dict]:
     return rows
 
 
+# A reported effect of 50 points: its "smaller than reported" tests all pass at once and come
+# first in Holm's order, so the row tests are adjusted as if alone among themselves.
+FAR = (Reported(0.5, "digits", 8, "Far et al., Table 1"),)
+
+
 def _twin_claims(subjects) -> dict:
-    return {s: [Claim(f"{s}_vs_twin", f"{s} beats its twin", "twin")] for s in subjects}
+    return {s: [Claim(f"{s}_vs_twin", f"{s} beats its twin", "twin", reported=FAR)] for s in subjects}
 
 
 def test_tuned_vs_tuned_holm_over_several_subjects_turns_a_lone_pass_inconclusive():
@@ -259,14 +269,16 @@ def test_claims_table_holm_over_several_subjects_turns_a_lone_pass_inconclusive(
     claims = _twin_claims(["quotient", "sgs", "epsilon"])
     alone, _ = claims_table(pd.DataFrame(_twin_rows("quotient", CLOSE)), None, SPEC,
                             claims={"quotient": claims["quotient"]})
-    assert alone["p_value"].iloc[0] < 0.05 and alone["verdict"].iloc[0] == "supported"
+    assert alone["p_value"].iloc[0] < 0.05 and alone["verdict"].iloc[0] == "reproduced"
     rows = _twin_rows("quotient", CLOSE) + _twin_rows("sgs", STRONG) + _twin_rows("epsilon", NULL)
     t = claims_table(pd.DataFrame(rows), None, SPEC, claims=claims)[0].set_index("subject")
     assert (t["n"] == 4).all()
-    assert t["verdict"].to_dict() == {"quotient": "inconclusive", "sgs": "supported", "epsilon": "inconclusive"}
+    assert t["verdict"].to_dict() == {"quotient": "smaller than reported", "sgs": "reproduced",
+                                      "epsilon": "smaller than reported"}
+    assert t.loc["sgs", "verdicts"] == "reproduced; smaller than reported"
     assert t.loc["quotient", "p_adj"] == pytest.approx(2 * t.loc["quotient", "p_value"])
     assert t.loc["quotient", "p_adj"] > 0.05
-    assert "for 80% power" in t.loc["quotient", "settle"]
+    assert t.loc["quotient", "settle"] == ""  # a verdict (smaller than reported) needs no settling
 
 
 def test_claims_table_never_decides_on_two_pairs_among_several_subjects():
@@ -275,7 +287,7 @@ def test_claims_table_never_decides_on_two_pairs_among_several_subjects():
     t = claims_table(pd.DataFrame(rows), None, SPEC, claims=claims)[0].set_index("subject")
     q = t.loc["quotient"]
     assert q["n"] == 2 and q["estimate"] > 0.07 and q["p_value"] < 0.05
-    assert q["verdict"] == "inconclusive" and np.isnan(q["p_adj"]) and q["settle"] == "needs >= 3 paired seeds (has 2)"
+    assert q["verdict"] == "open" and np.isnan(q["p_adj"]) and q["settle"] == "needs >= 3 paired seeds (has 2)"
     # the two-pair row is not in Holm's family: sgs is adjusted over the two rows with n >= 3
-    assert t.loc["sgs", "verdict"] == "supported"
+    assert t.loc["sgs", "verdict"] == "reproduced"
     assert t.loc["sgs", "p_adj"] == pytest.approx(2 * t.loc["sgs", "p_value"])

@@ -51,7 +51,7 @@ def test_designed_rows_carry_the_drivers_verdicts_and_what_a_row_reports(study, 
     assert sorted(d["key"]) == sorted(keys)
     for key in keys:
         r, last = d.loc[key], _entry(design, key)["looks"][-1]
-        want = {"open": "inconclusive"}.get(last["verdict"], last["verdict"])
+        want = last["verdict"]
         assert r["verdict"] == want and r["stop"] == _entry(design, key)["stop"]
         assert (r["ci_lo"], r["ci_hi"], r["alpha"]) == (pytest.approx(last["lo"]), pytest.approx(last["hi"]),
                                                         last["alpha"])
@@ -61,14 +61,20 @@ def test_designed_rows_carry_the_drivers_verdicts_and_what_a_row_reports(study, 
         assert 0 < r["p_beat"] < 1
         assert r["sources"] == ("weight init, data order, augmentation (crop, flip); the train/validation split "
                                 "and the test set are the same at every seed")
-        assert "Holm across the study's 5 designed claims" in r["correction"]
+        assert "Bonferroni across the study's 5 designed claims" in r["correction"]
         assert r["basis"].endswith("paired by seed") and r["test"].startswith("group-sequential")
-    # the planted effects: quotient's gain and the rule settle, epsilon is within its margin, sgs stays open
-    assert d.loc["quotient_twin", "verdict"] == "supported" and d.loc["quotient_twin", "ci_lo"] > 0
-    assert d.loc["quotient_rule", "verdict"] == "supported"
-    assert d.loc["epsilon_discard", "verdict"] == "supported" and d.loc["epsilon_discard", "ci_lo"] > -0.01
+        # the reported effect it was judged against, with its source, and every verdict it gave
+        assert r["reported"] == pytest.approx(_entry(design, key)["reported"]["value"])
+        assert r["reported_source"].startswith("Synthetic et al., Table") and r["reported_kind"] == "reported"
+        assert r["verdicts"] == "; ".join(last["verdicts"])
+    # the planted effects: quotient's gain and the rule reproduce, epsilon is within its margin, sgs stays
+    # open, quotient as published is ruled out at the 1 point its "paper" reports
+    assert d.loc["quotient_twin", "verdict"] == "reproduced" and d.loc["quotient_twin", "ci_lo"] > 0
+    assert d.loc["quotient_rule", "verdict"] == "reproduced"
+    assert d.loc["epsilon_discard", "verdict"] == "reproduced" and d.loc["epsilon_discard", "ci_lo"] > -0.01
     assert d.loc["epsilon_discard", "gain"] == pytest.approx(0.3)
-    assert d.loc["sgs_twin", "verdict"] == "inconclusive"
+    assert d.loc["sgs_twin", "verdict"] == "open"
+    assert d.loc["quotient_twin@published", "verdict"] == "smaller than reported"
     # a claim the design does not answer keeps the old basis, labelled as such; none is answered twice
     old = table[table["control"] == NOT_CONTROLLED]
     assert set(old["key"]) == {"epsilon_restart", "sgs_mi"}
@@ -106,23 +112,23 @@ def test_a_clear_fixed_n_result_is_not_a_verdict_the_looks_did_not_give():
     assert lk.verdict == "open"
     r = _designed(diffs, [lk.record()], "budget")
     assert r["t_lo"] > 0 and r["boot_lo"] > 0  # what re-deciding from the display statistics would call
-    assert r["verdict"] == "inconclusive" and r["ci_lo"] < 0 < r["ci_hi"]
+    assert r["verdict"] == "open" and r["ci_lo"] < 0 < r["ci_hi"]
     assert r["ci_lo"] == pytest.approx(lk.lo) and stop_words(r) == "the study's budget ran out"
 
 
 def test_a_recorded_verdict_from_two_pairs_is_not_taken():
     r = _designed([0.05, 0.051], [{"n": 2, "lo": 0.01, "hi": 0.09, "verdict": "supported", "alpha": 0.05}],
                   "settled")
-    assert r["n"] == 2 and r["verdict"] == "inconclusive" and "not taken" in r["basis"]
+    assert r["n"] == 2 and r["verdict"] == "open" and "not taken" in r["basis"]
     assert r["settle"] == "needs >= 3 paired seeds (has 2)"
 
 
 def test_noninferiority_needs_the_gain_it_trades_for():
     diffs = [-0.001, -0.002, -0.0015, -0.001]
     lk = look(diffs, 4, margin=0.01)
-    assert lk.verdict == "supported"
+    assert lk.verdict == "reproduced"
     r = _designed(diffs, [lk.record()], "settled", kind="noninferior", n_max=4, gain=0.0)
-    assert r["verdict"] == "inconclusive" and "not exercised" in r["settle"]
+    assert r["verdict"] == "not exercised" and "not exercised" in r["settle"]
 
 
 def test_published_and_tuned_sit_side_by_side(table):
@@ -132,7 +138,7 @@ def test_published_and_tuned_sit_side_by_side(table):
     assert list(table["setting"][at:at + 2]) == ["as tuned", "as published"]
     side = _side_by_side(table.reset_index(drop=True))
     (row,) = side.to_dict("records")
-    assert row["as tuned: verdict"] == "supported" and row["as published: verdict"] == "inconclusive"
+    assert row["as tuned: verdict"] == "reproduced" and row["as published: verdict"] == "smaller than reported"
     assert row["as published: seeds"] == table.loc["quotient_twin@published", "n"]
     html = _claims_html(table.reset_index(drop=True))
     assert "As published and as tuned" in html and "Claims not controlled" in html
@@ -158,11 +164,14 @@ def test_conclusion_opens_with_supported_contradicted_open_and_the_cost(table, s
     sws, _ = sweeps(results, design)
     _, md = conclusion(table.reset_index(drop=True), pd.DataFrame(), [], results, SPEC, "syn", sws)
     lead = md.split("\n\n")[1]
-    assert re.match(r"Study syn \(.*\): of 7 claims, 3 supported, 0 contradicted, 4 open\. 5 of them were answered "
-                    r"by designed arms", lead), lead
+    assert re.match(r"Study syn \(.*\): of 7 claims, 3 reproduced, 1 smaller than reported, 0 contradicted, 3 open, "
+                    r"0 not exercised\. 5 of them were answered by designed arms", lead), lead
+    smaller = md.split("**Smaller than reported**")[1].split("**Contradicted**")[0]
+    assert re.search(r"reported \+1\.00 points \(Synthetic et al\., Table 8: digits, depth 8\), measured [+-]\d\.\d\d "
+                     r"\[[+-]\d\.\d\d, [+-]\d\.\d\d\] points at this scale: smaller than reported", smaller), smaller
     open_part = md.split("**Open**")[1].split("**Sweeps**")[0]
     sgs = next(line for line in open_part.splitlines() if "sgs beats its twin" in line)
-    assert "as tuned" in sgs and "stopped early: 6 seeds could not plausibly settle it" in sgs
+    assert "as tuned" in sgs and "stopped early: no verdict was plausible within 6 seeds" in sgs
     assert re.search(r"To settle: about \d+ seed pairs in all \(\d+ more seeds, .* h of training", sgs), sgs
     assert "0.0" not in sgs.split("To settle")[0].replace("0.05", "")  # points, not fractions of one
     assert "no detectable effect in {false, true}" in md.split("**Sweeps**")[1]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis import plots
-from analysis.claims import claims_markdown, claims_table
+from analysis.claims import ROW_VERDICTS, claims_markdown, claims_table
 from analysis.labels import METRICS
 from analysis.report import _claims_html, analyze, settle_cost
 from analysis.sensitivity import categorical_levels, fit_curve
@@ -201,9 +201,9 @@ def test_the_report_opens_with_a_quotable_conclusion(analyzed_report):
     assert re.findall(r"<h2[^>]*>(.*?)</h2>", body)[0] == "Conclusion"
     assert body.index('class="conclusion"') < body.index("<table")
     claims = pd.read_parquet(out / "claims.parquet")
-    n = {v: int((claims["verdict"] == v).sum()) for v in ("supported", "contradicted", "inconclusive")}
-    lead = f"of {len(claims)} claims, {n['supported']} supported, {n['contradicted']} contradicted, " \
-           f"{n['inconclusive']} open."
+    said = claims["verdicts"].fillna("").str.split("; ")
+    n = {v: int(said.apply(lambda x, v=v: v in x).sum()) for v in ROW_VERDICTS}
+    lead = f"of {len(claims)} claims, " + ", ".join(f"{n[v]} {v}" for v in ROW_VERDICTS) + "."
     md = (out / "conclusion.md").read_text()
     assert lead in md and lead in body
     for _, r in claims.iterrows():  # every claim is in it, under its verdict

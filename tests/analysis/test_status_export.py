@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.claims import claims_table, write_claims
+from analysis.claims import ROW_VERDICTS, claims_table, write_claims
 from study.errors import UserError
 from study.report import export, status_text
 
@@ -39,12 +39,14 @@ def test_status_fits_100_columns_and_leads_with_claims_after_analysis(study):
     assert all(len(line) <= 100 for line in lines), max(lines, key=len)
     assert lines[0].startswith("Claims")
     # every claim row, in table order, above the trial table
-    claim_lines = [ln for ln in lines if ln.split()[:1] and ln.split()[0] in ("supported", "contradicted",
-                                                                           "inconclusive")]
-    assert [ln.split()[0] for ln in claim_lines] == table["verdict"].tolist()
-    assert after.index("inconclusive") < after.index("study syn")
+    claim_lines = [ln for ln in lines if ln.startswith("  ") and ln.strip().startswith(ROW_VERDICTS)]
+    assert [ln[2:23].strip() for ln in claim_lines] == table["verdicts"].str[:21].str.strip().tolist()
+    assert after.index(claim_lines[-1]) < after.index("study syn")
     assert "-> needs >= 3 paired seeds (has 2)" in after  # what would settle sgs's twin claim
-    assert "  supported     d8   quotient beats its twin" in lines
+    q = table.set_index("key").loc["quotient_twin"]
+    assert f"  {q['verdicts']:<21} d8   quotient beats its twin" in after
+    # the effect each claim is judged against, with its source (here no figure: the smallest effect)
+    assert f"reported {q['reported']:+.4f} (no published figure: design.smallest_effect 0.01)" in after
 
 
 def test_long_configs_are_cut_not_wrapped(study):
