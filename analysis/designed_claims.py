@@ -261,16 +261,22 @@ def points(v: Any, signed: bool = True) -> str:
 
 
 def verdict_sentence(r: Mapping[str, Any]) -> str:
-    """One claim for a person: "reported +0.26 points (Hui et al. 2024, Table 1: cifar10,
+    """One claim for a person: "reported +0.26 points (Hui et al. 2024, results table: cifar10,
     depth 56), measured +0.12 [-0.40, +0.64] points at this scale: open"."""
     rep = _num(r.get("reported"))
     kind = r.get("reported_kind") or "reported"
     where = f": {r['reported_at']}" if r.get("reported_at") else ""
-    if np.isfinite(rep):
-        head = (f"smallest effect of interest {points(rep)} points ({r.get('reported_source')})" if kind != "reported"
-                else f"reported {points(rep)} points ({r.get('reported_source')}{where})")
-    else:
+    null = _num(r.get("null"))
+    if not np.isfinite(rep):
         head = "no reported effect"
+    elif kind == "reported":
+        head = f"reported {points(rep)} points ({r.get('reported_source')}{where})"
+    elif r.get("kind") == "noninferior" and np.isfinite(null):
+        # its line is no loss, its null the margin: say both, not a "smallest effect" of 0
+        head = (f"no published figure: judged against no loss ({points(rep)} points) and the margin "
+                f"({points(null)} points)")
+    else:
+        head = f"no published figure: smallest effect of interest {points(rep)} points (design.smallest_effect)"
     lo, hi = _num(r.get("ci_lo")), _num(r.get("ci_hi"))
     if np.isfinite(lo) and np.isfinite(hi):
         measured = f"measured {points(r.get('estimate'))} [{points(lo)}, {points(hi)}] points at this scale"
@@ -279,4 +285,6 @@ def verdict_sentence(r: Mapping[str, Any]) -> str:
     else:
         measured = "not measured"
     said = str(r.get("verdicts") or r.get("verdict") or OPEN).replace("; ", " and ")
+    if said == NOT_EXERCISED and r.get("settle"):
+        said += f" ({r['settle']})"
     return f"{head}, {measured}: {said}"

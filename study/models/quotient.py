@@ -129,7 +129,7 @@ class QuotientBlock(nn.Module):
         return self.shortcut(x) * self.act(z)
 
 
-# The paper's alpha per depth: 1.8/1.7/1.5 at 44/56/110 (its Table 1 setting) and
+# The paper's alpha per depth: 1.8/1.7/1.5 at 44/56/110 (its results table setting) and
 # 2 for 20-layer nets (the appendix's best range, (0, 2)). Between listed depths
 # alpha is interpolated linearly in depth; outside them the nearest end holds.
 PAPER_ALPHA = {20: 2.0, 44: 1.8, 56: 1.7, 110: 1.5}
@@ -314,13 +314,15 @@ def _artifacts(info: dict, result: dict, out):
     return [path]
 
 
-# Hui et al. 2024, Table 1 (test accuracy, quotient / ResNet, mean of runs; docs/methods.md):
+# Hui et al. 2024, the CIFAR/SVHN results table, as the official README gives it (test
+# accuracy, quotient / ResNet, mean of runs; docs/methods.md):
 # the quotient net's gain over its twin per dataset and depth.
 _TABLE1 = {("cifar10", 44): (92.78, 92.61), ("cifar10", 56): (93.10, 92.84), ("cifar10", 110): (93.44, 93.02),
            ("cifar100", 44): (73.25, 72.66), ("cifar100", 56): (73.53, 73.07), ("cifar100", 110): (73.00, 72.34),
            ("svhn", 44): (96.17, 95.98), ("svhn", 56): (96.20, 95.96), ("svhn", 110): (96.12, 96.03)}
-REPORTED_VS_TWIN = tuple(Reported(round((q - r) / 100, 6), dataset, depth, "Hui et al. 2024, Table 1",
-                                  f"{q:.2f} vs {r:.2f}") for (dataset, depth), (q, r) in _TABLE1.items())
+_SOURCE = "Hui et al. 2024, results table (official README)"
+REPORTED_VS_TWIN = tuple(Reported(round((q - r) / 100, 6), dataset, depth, _SOURCE, f"{q:.2f} vs {r:.2f}")
+                         for (dataset, depth), (q, r) in _TABLE1.items())
 
 VARIANT = Variant(
     name="quotient",
@@ -348,7 +350,8 @@ VARIANT = Variant(
     published=Published(
         options=("block", "shortcut", "init", "quotient_rule", "alpha", "quotient_stem", "quotient_shortcut", "lr",
                  "weight_decay"),
-        source="Hui et al. 2024: Table 1's alpha per depth (2 at depth <= 20 from the appendix), the paper rule "
+        source="Hui et al. 2024: the alpha per depth of its results table (2 at depth <= 20 from the appendix), "
+               "the paper rule "
                "with f in the stem and the projection shortcuts, lr 0.1 and weight decay 1e-4; the authors' code's "
                "post-order blocks, conv3x3 shortcuts and PyTorch's default init"),
 )

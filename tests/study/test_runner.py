@@ -262,9 +262,12 @@ def test_the_designed_arms_ran_through_the_real_backend(tiny_study_dir, results)
     for exp, d in design.items():
         best = ledger[d["best_rid"]]["config"]
         for key, c in d["claims"].items():
-            assert c["stop"] in ("max_seeds", "skipped"), (key, c["stop"])  # 2 seeds: no verdict, no more seeds
-            if c["stop"] == "skipped":
+            # 2 seeds: no verdict, no more seeds; a claim whose arms did not differ in what it is about
+            # stops as not exercised, with the reason and each move of its knob the design made
+            assert c["stop"] in ("max_seeds", "skipped", "not_exercised"), (key, c["stop"])
+            if c["stop"] in ("skipped", "not_exercised"):
                 assert c["why"], key
+                assert all({"option", "from", "to", "why"} <= set(a) for a in c["acted"]), key
                 continue
             assert c["seeds"] == TINY_SPEC["seeds"] and len(c["looks"]) == 1 and c["looks"][0]["verdict"] == "open"
             a, b = c["compare"]
