@@ -52,9 +52,12 @@ def load_history(study_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(read_table(Path(study_dir) / HISTORY_FILE))
 
 
-def _variant_arm(g: pd.DataFrame) -> pd.DataFrame:
-    # the twin arm runs another model (quotient's twin is a resnet): never its "best"
-    return g[g["arm"] != "twin"] if "arm" in g.columns else g
+def _variant_arm(g: pd.DataFrame, subject: str) -> pd.DataFrame:
+    # a twin runs another model (quotient's twin is a resnet), in the twin phase or as a designed
+    # arm ("published twin"): never the experiment's "best"
+    if "arm" in g.columns:
+        g = g[g["arm"] != "twin"]
+    return g[g["variant"] == subject] if "variant" in g.columns else g
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -65,7 +68,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             else g["variant"].iloc[0]
         row = {"experiment": exp, "variant": subject, "trials": len(g)}
         row.update({s: int((g["status"] == s).sum()) for s in FINISHED})
-        done = _variant_arm(g)
+        done = _variant_arm(g, subject)
         done = done[(done["status"] == "completed") & done["val_acc"].notna()]
         if len(done):
             best = done.loc[done["val_acc"].astype(float).idxmax()]

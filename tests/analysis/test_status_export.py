@@ -79,3 +79,18 @@ def test_not_a_study_dir_is_a_user_error_naming_it(tmp_path):
         for fn in (status_text, export):
             with pytest.raises(UserError, match=str(bad)):
                 fn(bad)
+
+
+def test_the_best_configuration_is_never_a_twins(study):
+    """A twin runs another model, in the twin phase or as a designed arm ("published twin"):
+    the experiment's best is its own variant's, however well the twin scored."""
+    from study.report import summary
+
+    res = pd.read_parquet(study / "results.parquet")
+    exp = "syn-quotient-d8"
+    own = res[(res.experiment == exp) & (res.variant == "quotient") & (res.status == "completed")]
+    twin = own.iloc[[0]].copy()
+    twin["trial_id"], twin["variant"], twin["phase"], twin["arm"] = "syn-tw", "resnet", "arms", "published twin"
+    twin["val_acc"] = 1.0
+    row = summary(pd.concat([res, twin], ignore_index=True)).set_index("experiment").loc[exp]
+    assert row["best_trial"] != "syn-tw" and row["best_val_acc"] == own["val_acc"].max()
