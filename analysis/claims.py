@@ -50,7 +50,7 @@ from study.variants import SMALLEST_EFFECT
 
 from .designed_claims import (DESIGNED, NOT_CONTROLLED, PUBLISHED, ROW_VERDICTS, STOP_WORDS, base_key,
                               designed_rows, is_designed, load_design, plural, points, stop_words, subject_col,
-                              variance_sources, verdict_sentence)
+                              variance_sources, verdict_reason, verdict_sentence)
 
 # n_needed: the n "what would settle it" names (pairs, or trials per level), for costing it.
 # Designed rows (control == DESIGNED) also fill: ci_lo/ci_hi, the interval valid under repeated
@@ -61,12 +61,12 @@ from .designed_claims import (DESIGNED, NOT_CONTROLLED, PUBLISHED, ROW_VERDICTS,
 COLUMNS = ["claim", "subject", "key", "setting", "control", "kind", "depth", "metric", "basis", "n", "estimate",
            "ci_lo", "ci_hi", "t_lo", "t_hi", "boot_lo", "boot_hi", "p_beat", "p_value", "p_adj", "verdict", "settle",
            "stop", "null", "gain", "test", "sources", "correction", "alpha", "n_max", "n_needed", "seconds_per_seed",
-           "verdicts", "reported", "reported_kind", "reported_source", "reported_at", "reported_match",
+           "verdicts", "reason", "reported", "reported_kind", "reported_source", "reported_at", "reported_match",
            "reported_arms", "acted"]
 # reported..reported_arms: the effect each claim is judged against (value in the metric's units,
 # "reported" or "smallest effect", where it comes from, its dataset and depth, how near the study
-# that is, the paper's two numbers); verdicts: every verdict the row gives; acted: what the design
-# moved to exercise the claim.
+# that is, the paper's two numbers); verdicts: every verdict the row gives; reason: why, in one
+# sentence (verdict_reason); acted: what the design moved to exercise the claim.
 TUNED_COLUMNS = ["subject", "depth", "metric", "baseline", "test", "n", "n_baseline", "mean", "baseline_mean",
                  "diff", "ci_lo", "ci_hi", "p_value", "p_adj", "verdict"]
 
@@ -380,6 +380,7 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
             t.at[i, "settle"], need = _settle(r["kind"], int(r["n"]), r["estimate"], r["_sd"], r["null"],
                                               m_tests, unit=unit)
             t.at[i, "n_needed"] = np.nan if need is None else need
+    t["reason"] = [verdict_reason(r) for _, r in t.iterrows()]
     return t.drop(columns=["_sd", "_no_gain", "_p_small"]).reindex(columns=COLUMNS)
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from study.stats.intervals import ALPHA, one_sample, paired_bootstrap
-from study.stats.sequential import (DIFF_RANGE, MIN_N, NOT_EXERCISED, OPEN, REPRODUCED, VERDICTS, p_beats,
-                                    seeds_for_a_verdict, seeds_to_settle)
+from study.stats.sequential import (CONTRADICTED, DIFF_RANGE, MIN_N, NOT_EXERCISED, OPEN, REPRODUCED, SMALLER,
+                                    VERDICTS, p_beats, seeds_for_a_verdict, seeds_to_settle)
 
 DESIGNED = "designed arms, paired by seed"
 NOT_CONTROLLED = "not controlled"
@@ -258,6 +258,40 @@ def points(v: Any, signed: bool = True) -> str:
     """An accuracy (difference) in points: 0.0026 -> "+0.26"."""
     x = _num(v)
     return "" if not np.isfinite(x) else format(100 * x, "+.2f" if signed else ".2f")
+
+
+def verdict_reason(r: Mapping[str, Any]) -> str:
+    """Why a row says what it says, in one sentence: the interval against the null and the
+    reported line (designed rows), the adjusted tests (the others), or why it was not judged."""
+    said = [v for v in str(r.get("verdicts") or r.get("verdict") or OPEN).split("; ") if v]
+    if said == [NOT_EXERCISED]:
+        return f"not exercised: {r.get('settle') or 'the arms did not differ in what the claim is about'}"
+    lo, hi, null, rep = (_num(r.get(k)) for k in ("ci_lo", "ci_hi", "null", "reported"))
+    null = null if np.isfinite(null) else 0.0
+    line = f"the reported {points(rep)}" if r.get("reported_kind") == "reported" else (
+        f"the line {points(rep)}" if np.isfinite(rep) else "no reported line")
+    if r.get("control") != DESIGNED:
+        p, n = _num(r.get("p_adj")), _num(r.get("n"))
+        if said == [OPEN]:
+            why = (f"{int(n)} run(s), too few to test" if np.isfinite(n) and n < MIN_N else
+                   f"no adjusted test below alpha (p_adj {p:.3g})" if np.isfinite(p) else "no test")
+            return f"open: {why}; {r.get('settle') or ''}".rstrip("; ")
+        return f"{' and '.join(said)}: adjusted tests against the null {points(null)} and {line} (p_adj {p:.3g})"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"open: no interval yet; {stop_words(r)}"
+    iv = f"interval [{points(lo)}, {points(hi)}]"
+    parts = []
+    for v in said:
+        if v == REPRODUCED:
+            parts.append(f"reproduced: its lower end is above the null {points(null)}")
+        elif v == SMALLER:
+            parts.append(f"smaller than reported: its upper end is below {line}")
+        elif v == CONTRADICTED:
+            parts.append(f"contradicted: its upper end is below the null {points(null)}")
+        else:
+            parts.append(f"open: it holds the null {points(null)}" + (f" and {line}" if np.isfinite(rep) else "")
+                         + f"; {stop_words(r)}")
+    return f"{iv} points; " + "; ".join(parts)
 
 
 def verdict_sentence(r: Mapping[str, Any]) -> str:

@@ -67,6 +67,13 @@ def test_designed_rows_carry_the_drivers_verdicts_and_what_a_row_reports(study, 
         assert r["reported"] == pytest.approx(_entry(design, key)["reported"]["value"])
         assert r["reported_source"].startswith("Synthetic et al., Table") and r["reported_kind"] == "reported"
         assert r["verdicts"] == "; ".join(last["verdicts"])
+        # and why, in one sentence: each verdict's end of the interval against its line
+        assert r["reason"].startswith(f"interval [{100 * r['ci_lo']:+.2f}, {100 * r['ci_hi']:+.2f}] points"), key
+        for v in last["verdicts"]:
+            assert {"reproduced": "reproduced: its lower end is above the null",
+                    "smaller than reported": "smaller than reported: its upper end is below the reported",
+                    "contradicted": "contradicted: its upper end is below the null",
+                    "open": "open: it holds the null"}[v] in r["reason"], (key, r["reason"])
     # the planted effects: quotient's gain and the rule reproduce, epsilon is within its margin, sgs stays
     # open, quotient as published is ruled out at the 1 point its "paper" reports
     assert d.loc["quotient_twin", "verdict"] == "reproduced" and d.loc["quotient_twin", "ci_lo"] > 0
@@ -129,6 +136,7 @@ def test_noninferiority_needs_the_gain_it_trades_for():
     assert lk.verdict == "reproduced"
     r = _designed(diffs, [lk.record()], "settled", kind="noninferior", n_max=4, gain=0.0)
     assert r["verdict"] == "not exercised" and "not exercised" in r["settle"]
+    assert r["reason"] == f"not exercised: {r['settle']}" and "discarded ratio above 0" in r["reason"]
 
 
 def test_published_and_tuned_sit_side_by_side(table):
