@@ -82,6 +82,10 @@ def _per_seed(rows: pd.DataFrame, metric: str) -> pd.Series:
     return ok.groupby("seed").tail(1).set_index("seed")[metric].astype(float)
 
 
+def _shown(v: Any) -> str:
+    return format(v, ".4g") if isinstance(v, float) else repr(v)
+
+
 def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) else np.nan
 
@@ -148,7 +152,7 @@ def _designed_row(by_id: pd.DataFrame, subject: str, depth: int, key: str, text:
     row["correction"] = f"Bonferroni across the study's {plural(family, 'designed claim')}"
     _reported(row, entry.get("reported"), last)
     acted = entry.get("acted") or []
-    row["acted"] = "; ".join(f"{x['option']} {x['from']!r} -> {x['to']!r}" for x in acted)
+    row["acted"] = "; ".join(f"{x['option']} {_shown(x['from'])} -> {_shown(x['to'])}" for x in acted)
     if acted:
         row["basis"] += f"; {row['acted']} (the claim was not exercised before: {acted[0]['why']})"
     t = one_sample(d, null=null, bounds=DIFF_RANGE)

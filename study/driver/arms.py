@@ -269,7 +269,7 @@ class Arms(Phase):
                 f"{'nothing (no completed run)' if seen is None else format(seen, '.3g')} over "
                 f"{_plural(len(rids), 'run')} of the {arm!r} arm")
         if knob:
-            said += f" at {knob} = {now!r}"
+            said += f" at {knob} = {_shown(now)}"
         if probe:
             c["acted"][-1]["outcome"] = said
         tried = [x["to"] for x in c["acted"]]
@@ -278,7 +278,7 @@ class Arms(Phase):
             self.ctx.spec, self.subject, knob, now, ex.get("toward", "high"), steps_left)
         first = c["acted"][0]["why"] if c["acted"] else said
         if not levels:
-            moved = f"; then tried {knob} = {', '.join(map(repr, tried))}, with the same result" if tried else ""
+            moved = f"; then tried {knob} = {', '.join(map(_shown, tried))}, with the same result" if tried else ""
             end = "" if not knob else (f"; {knob} is at the end of its searched range" if steps_left > 0
                                        else f"; the {ex.get('steps')} step(s) the claim allows are spent")
             c["exercised"], c["probe"] = False, None
@@ -315,6 +315,12 @@ class Arms(Phase):
     def _answered_probe(self, c: dict[str, Any]) -> bool:
         probe = c.get("probe")
         return probe is None or self.ctx.ledger.trials[probe["rid"]]["status"] in FINISHED
+
+
+def _shown(v: Any) -> str:
+    """A knob's value for a person: a float to 4 significant digits (the searched one is a
+    long binary fraction), anything else as Python writes it."""
+    return format(v, ".4g") if isinstance(v, float) else repr(v)
 
 
 def _plural(n: int, word: str) -> str:
