@@ -650,7 +650,9 @@ def check(
     """Check a spec as `run` would and plan it (trials per experiment and arm, time); starts nothing."""
     s = _load_spec(spec, preset, storage_path, tracking_uri, sets)
     _preflight(s)
-    plan = s.plan()
+    from study.driver.plan import plan as trials_plan
+
+    plan = trials_plan(s)
     times = estimate_times(s, plan) if calibrate else None
     typer.echo("\n".join(plan_lines(s, plan, times)))
 

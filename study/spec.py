@@ -35,7 +35,7 @@ from pydantic_core import PydanticCustomError
 
 from study import spaces
 from study.presets import list_presets, presets_dir  # noqa: F401  (list_presets: part of this module's API)
-from study.config import (CORE, DATASETS, DEPTH_RULE, FILE_DATASETS, TrainConfig, all_option_names, depth_blocks,
+from study.config import (CORE, DATASETS, DEPTH_RULE, FILE_DATASETS, all_option_names, depth_blocks,
                           owners, variant_options)
 from study.errors import UserError
 from study.spaces import ALGORITHMS, SpaceError
@@ -430,29 +430,6 @@ class StudySpec(_Model):
     def experiments(self) -> list[tuple[str, int]]:
         """(variant, depth) pairs, depth-major: each is one search."""
         return [(v, d) for d in self.depth for v in self.variants]
-
-    def plan(self) -> dict[tuple[str, int], dict[str, int]]:
-        """Trials per experiment (variant, depth) and arm: `search` (trials_per_variant,
-        at most the grid's size), then with repeat_best the best searched configuration
-        at every seed (`repeat`) and its twin at every seed (`twin`, 0 where the variant
-        has none); with a `design`, the first round of its other trials (`arms`: an
-        estimate until the search has found its best configuration; extra seeds come
-        on top as the study decides them)."""
-        from study.driver.design import count_new
-
-        out = {}
-        for variant, depth in self.experiments():
-            size = getattr(self.make_sampler(variant), "size", self.trials_per_variant)
-            fixed = len(self.seeds) if self.repeat_best else 0
-            out[(variant, depth)] = {"search": min(self.trials_per_variant, size), "repeat": fixed,
-                                     "twin": fixed if fixed and self._has_twin(variant, depth) else 0}
-            if self.design is not None:
-                out[(variant, depth)]["arms"] = count_new(self, variant, depth)
-        return out
-
-    def _has_twin(self, variant: str, depth: int) -> bool:
-        base = {k: v for k, v in self.trial_base_config(variant, depth).items() if not k.startswith("_")}
-        return TrainConfig.from_dict(base).twin() is not None
 
     def _check_experiment(self, variant: str, depth: int | None = None) -> None:
         if variant not in self.variants:

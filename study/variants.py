@@ -365,10 +365,30 @@ def _check_metrics(v: Variant) -> None:
                                        f"{', '.join(sorted(reported)) or 'none (it declares no metrics)'}")
 
 
+# The registry never imports the variants it holds: the built-ins are loaded by the function
+# the package root passes in (study/__init__.py: it imports study.models, which registers them
+# in its BUILTINS order), once, at the first lookup, so `import study.config` stays free of torch.
+_builtins: Callable[[], None] | None = None
+_loaded = False
+
+
+def set_builtins(loader: Callable[[], None]) -> None:
+    """The function that registers the built-in variants, called once before the first
+    lookup or registration."""
+    global _builtins
+    _builtins = loader
+
+
 def _ensure_builtins() -> None:
-    # study.models registers the built-ins, in its BUILTINS order, when first imported (while it
-    # does, this import finds it in sys.modules and returns at once)
-    import study.models  # noqa: F401
+    global _loaded
+    if _loaded or _builtins is None:
+        return
+    _loaded = True  # first: the loader's own registrations come back here
+    try:
+        _builtins()
+    except BaseException:
+        _loaded = False
+        raise
 
 
 def get_variant(name: Any) -> Variant:
@@ -421,5 +441,5 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 __all__ = [
     "BUILD_ARGS", "SMALLEST_EFFECT", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate",
     "Published", "Reported", "Sweep", "UnknownVariantError", "Variant", "features", "get_variant", "list_variants",
-    "load_plugins", "register_feature", "register_variant",
+    "load_plugins", "register_feature", "register_variant", "set_builtins",
 ]
