@@ -226,6 +226,24 @@ class LevelRate:
 
 
 @dataclass(frozen=True)
+class StepSchedule:
+    """A learning-rate schedule of steps that a variant declares under its own name, a
+    value of the trainer's `schedule` option beside step and cosine. `steps`: (fraction
+    of the schedule's length, lr factor), each from its fraction on (a fraction above 1
+    applies once a restart extended training). A restart (hooks call
+    `schedule.restart(epoch)`) runs the steps again from that epoch at `restart_length` x
+    the length; with `extends`, training then runs on to the restart + the full length,
+    at most max_epochs (null: `cap` x epochs). `help` says what it is, for the option."""
+
+    name: str
+    steps: tuple[tuple[float, float], ...]
+    help: str = ""
+    restart_length: float = 0.5
+    extends: bool = False
+    cap: int = 1
+
+
+@dataclass(frozen=True)
 class Variant:
     """One registered variant.
 
@@ -265,6 +283,7 @@ class Variant:
     report_sections: tuple[Callable[[Any], None], ...] = ()
     sweeps: tuple[Sweep, ...] = ()  # the designed experiments' sensitivity sweeps
     published: Published | None = None  # the paper's configuration (None: no "as published" arms)
+    schedules: tuple[StepSchedule, ...] = ()  # lr schedules it brings (any variant may then train with them)
 
     @property
     def option_map(self) -> dict[str, Option]:
@@ -309,6 +328,7 @@ def register_variant(variant: Variant) -> Variant:
         raise DeclarationError(f"variant {variant.name!r} is already registered; allowed: another name")
     _check_builder(variant)
     _check_metrics(variant)
+    _check_schedules(variant)
     _VARIANTS[variant.name] = variant
     return variant
 
@@ -379,6 +399,20 @@ def set_builtins(loader: Callable[[], None]) -> None:
     _builtins = loader
 
 
+def _check_schedules(v: Variant) -> None:
+    taken = {s.name: o.name for o in _VARIANTS.values() if o.name != v.name for s in o.schedules}
+    for sched in v.schedules:
+        if sched.name in taken:
+            raise DeclarationError(f"variant {v.name!r}: schedule {sched.name!r} is already declared by variant "
+                                   f"{taken[sched.name]!r}; allowed: another name")
+
+
+def declared_schedules() -> dict[str, StepSchedule]:
+    """The lr schedules the registered variants declare, by name."""
+    _ensure_builtins()
+    return {s.name: s for v in _VARIANTS.values() for s in v.schedules}
+
+
 def _ensure_builtins() -> None:
     global _loaded
     if _loaded or _builtins is None:
@@ -439,7 +473,7 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 
 
 __all__ = [
-    "BUILD_ARGS", "SMALLEST_EFFECT", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate",
-    "Published", "Reported", "Sweep", "UnknownVariantError", "Variant", "features", "get_variant", "list_variants",
-    "load_plugins", "register_feature", "register_variant", "set_builtins",
+    "BUILD_ARGS", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate", "Published", "Reported",
+    "SMALLEST_EFFECT", "StepSchedule", "Sweep", "UnknownVariantError", "Variant", "declared_schedules", "features",
+    "get_variant", "list_variants", "load_plugins", "register_feature", "register_variant", "set_builtins",
 ]
