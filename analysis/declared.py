@@ -18,6 +18,13 @@ def _variant(name: str) -> Any | None:
         return None
 
 
+def baseline() -> str:
+    """The variant the others are compared with (the one the registry's declarations name)."""
+    from study.variants import baseline_variant
+
+    return baseline_variant()
+
+
 def _registered() -> list[str]:
     from study.variants import list_variants
 

@@ -325,7 +325,7 @@ def _train(**kw: Any) -> None:
         config, origin = _from_study(source, variant, given.get("depth"))
         variant = config.pop("variant")
         given = {**config, **given}
-    cfg = TrainConfig(variant or "resnet", **given)  # every check happens before anything is printed
+    cfg = TrainConfig(variant or None, **given)  # every check happens before anything is printed
     problem = None if cfg.get("download") else data_problem(cfg.dataset, cfg.data_root)
     if checkpoint_dir is not None:
         problem = problem or writable_dir_problem(checkpoint_dir, "--checkpoint-dir")

@@ -162,9 +162,10 @@ class TrainConfig:
 
     __slots__ = ("_values",)
 
-    def __init__(self, variant: str = "resnet", **values: Any) -> None:
-        from study.variants import get_variant
+    def __init__(self, variant: str | None = None, **values: Any) -> None:
+        from study.variants import baseline_variant, get_variant
 
+        variant = baseline_variant() if variant is None else variant  # no variant named: the baseline
         v = get_variant(variant)
         allowed = variant_options(variant)
         unknown = [k for k in values if k not in allowed]
@@ -236,7 +237,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         values = dict(values)
-        return cls(values.pop("variant", "resnet"), **values)
+        return cls(values.pop("variant", None), **values)
 
     def twin(self) -> "TrainConfig | None":
         """The matched twin: the same network, recipe and seed with the method off."""

@@ -674,7 +674,9 @@ FEATURE = Feature(
 
 def _twin(values: dict) -> dict:
     # The same ResNet, recipe and seed with scaling off.
-    return {**values, "variant": "resnet", "sgs_mode": "off"}
+    from study.models.resnet import VARIANT as RESNET
+
+    return {**values, "variant": RESNET.name, "sgs_mode": "off"}
 
 
 # Detkov et al. 2023, CIFAR-100 (test accuracy, SGS / baseline): ResNet-18 is the paper's

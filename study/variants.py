@@ -284,6 +284,8 @@ class Variant:
     sweeps: tuple[Sweep, ...] = ()  # the designed experiments' sensitivity sweeps
     published: Published | None = None  # the paper's configuration (None: no "as published" arms)
     schedules: tuple[StepSchedule, ...] = ()  # lr schedules it brings (any variant may then train with them)
+    # the variant the others are compared with, and the one a config that names none trains
+    baseline: bool = False
 
     @property
     def option_map(self) -> dict[str, Option]:
@@ -432,6 +434,12 @@ def get_variant(name: Any) -> Variant:
     return _VARIANTS[name]
 
 
+def baseline_variant() -> str:
+    """The name of the variant declared the baseline (the first so declared), else the first registered."""
+    _ensure_builtins()
+    return next((v.name for v in _VARIANTS.values() if v.baseline), next(iter(_VARIANTS), ""))
+
+
 def list_variants() -> list[str]:
     """Registered variant names, built-ins first in registration order."""
     _ensure_builtins()
@@ -474,6 +482,7 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 
 __all__ = [
     "BUILD_ARGS", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate", "Published", "Reported",
-    "SMALLEST_EFFECT", "StepSchedule", "Sweep", "UnknownVariantError", "Variant", "declared_schedules", "features",
-    "get_variant", "list_variants", "load_plugins", "register_feature", "register_variant", "set_builtins",
+    "SMALLEST_EFFECT", "StepSchedule", "Sweep", "UnknownVariantError", "Variant", "baseline_variant",
+    "declared_schedules", "features", "get_variant", "list_variants", "load_plugins", "register_feature",
+    "register_variant", "set_builtins",
 ]
