@@ -226,6 +226,41 @@ class LevelRate:
 
 
 @dataclass(frozen=True)
+class DeclaredTradeoff:
+    """What a variant's method costs in accuracy for what it gains, as its declaration
+    states it: the analysis draws it as one report section (analysis.tradeoffs).
+
+    variant: whose experiments (the subject of an experiment's rows).
+    knob: the searched option that turns the method up; gains: the metrics it
+    gains, one curve each against the knob, in the figure's order (each a share
+    in [0, 1] when `shares`); size: the gain on the Pareto front's x axis (an
+    experiment whose results lack it has no trade-off).
+    title: the report section's title; what: the gains in a word, to open the
+    section ("Compression"); figure: the figures' title after the experiment
+    ("epsilon trade-offs") and name: the figure and table file names' stem.
+    nothing: what a trial with no gain did not do ("discarded a block");
+    toward: which way to search the knob for a gain ("higher"); objectives: the
+    search objectives that also maximise a gain (the variant's own)."""
+
+    variant: str
+    knob: str
+    gains: tuple[str, ...]
+    size: str
+    title: str
+    what: str
+    figure: str
+    name: str
+    nothing: str
+    toward: str = "higher"
+    objectives: tuple[str, ...] = ()
+    shares: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size not in self.gains:
+            raise ValueError(f"size: {self.size!r} is not one of the gains {list(self.gains)}")
+
+
+@dataclass(frozen=True)
 class StepSchedule:
     """A learning-rate schedule of steps that a variant declares under its own name, a
     value of the trainer's `schedule` option beside step and cosine. `steps`: (fraction
@@ -284,6 +319,7 @@ class Variant:
     sweeps: tuple[Sweep, ...] = ()  # the designed experiments' sensitivity sweeps
     published: Published | None = None  # the paper's configuration (None: no "as published" arms)
     schedules: tuple[StepSchedule, ...] = ()  # lr schedules it brings (any variant may then train with them)
+    tradeoffs: tuple[DeclaredTradeoff, ...] = ()  # drawn by the analysis as report sections
     # the variant the others are compared with, and the one a config that names none trains
     baseline: bool = False
 
@@ -481,8 +517,8 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 
 
 __all__ = [
-    "BUILD_ARGS", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate", "Published", "Reported",
-    "SMALLEST_EFFECT", "StepSchedule", "Sweep", "UnknownVariantError", "Variant", "baseline_variant",
-    "declared_schedules", "features", "get_variant", "list_variants", "load_plugins", "register_feature",
-    "register_variant", "set_builtins",
+    "BUILD_ARGS", "Claim", "DeclarationError", "DeclaredTradeoff", "Exercise", "Feature", "Hooks", "LevelRate",
+    "Published", "Reported", "SMALLEST_EFFECT", "StepSchedule", "Sweep", "UnknownVariantError", "Variant",
+    "baseline_variant", "declared_schedules", "features", "get_variant", "list_variants", "load_plugins",
+    "register_feature", "register_variant", "set_builtins",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 
 from study.errors import OptionError
 from study.options import Option
-from study.variants import Claim, Exercise, Hooks, Published, StepSchedule, Sweep, Variant
+from study.variants import Claim, DeclaredTradeoff, Exercise, Hooks, Published, StepSchedule, Sweep, Variant
 
 from .resnet import (
     CifarResNet,
@@ -357,21 +357,18 @@ def _twin(values: dict) -> dict:
     return {**values, "epsilon_gate": False}
 
 
-def tradeoff():
-    """epsilon's trade-off (analysis.tradeoffs.Declared): the discarded share and the
-    parameter reduction against epsilon, and accuracy against parameter reduction."""
-    from analysis.tradeoffs import Declared  # the analysis' libraries, only when a report is written
-
-    return Declared(variant=VARIANT.name, knob="epsilon", gains=("discarded_ratio", "param_reduction"),
-                    size="param_reduction", title="epsilon-ResNet trade-offs", what="Compression",
-                    figure="epsilon trade-offs", name="epsilon", nothing="discarded a block", toward="higher",
-                    objectives=VARIANT.objectives)
+OBJECTIVES = ("param_reduction",)  # a search may maximise the compression beside val_acc
+# epsilon's trade-off, drawn by the analysis: the discarded share and the parameter
+# reduction against epsilon, and accuracy against parameter reduction
+TRADEOFF = DeclaredTradeoff(
+    variant="epsilon", knob="epsilon", gains=("discarded_ratio", "param_reduction"), size="param_reduction",
+    title="epsilon-ResNet trade-offs", what="Compression", figure="epsilon trade-offs", name="epsilon",
+    nothing="discarded a block", toward="higher", objectives=OBJECTIVES)
 
 
-def _tradeoff_section(report) -> None:
-    from analysis.tradeoffs import section
-
-    section(report, tradeoff())
+def tradeoff() -> DeclaredTradeoff:
+    """epsilon's declared trade-off (the report's section draws it)."""
+    return TRADEOFF
 
 
 def _artifacts(info: dict, result: dict, out):
@@ -394,8 +391,8 @@ VARIANT = Variant(
     twin=_twin,
     metrics=METRICS,
     final_metrics=("compressed_test_acc",),
-    objectives=("param_reduction",),  # a search may maximise the compression beside val_acc
-    report_sections=(_tradeoff_section,),
+    objectives=OBJECTIVES,
+    tradeoffs=(TRADEOFF,),
     artifacts=_artifacts,
     defaults=TRAIN_DEFAULTS,
     schedules=(SCHEDULE,),
