@@ -82,8 +82,8 @@ CORE_OPTIONS: tuple[Option, ...] = (
            "(conv and linear weights only: not BN, not biases)", choices=DECAY_SCOPES),
     # its choices and help grow by the schedules the variants declare (schedule_option)
     Option("schedule", str, "step", "lr schedule: step (/10 at 50% and 75%), cosine", choices=SCHEDULES),
-    Option("max_epochs", int, None, "cap on the epochs a restart of a schedule that extends training extends it to "
-           "(null: the schedule's own cap x epochs)", low=1, nullable=True),
+    Option("max_epochs", int, None, "cap on the epochs a restart extends training to, under a schedule whose "
+           "restarts extend it (null: the schedule's cap x epochs)", low=1, nullable=True),
     Option("train_epochs", int, None, "train exactly this many epochs, the lr schedule still spanning `epochs` "
            "(null: as the schedule decides; a matched twin gets the epochs its variant trained)", low=1,
            nullable=True),
