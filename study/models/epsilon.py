@@ -306,7 +306,8 @@ METRICS = ("discarded_blocks", "discarded_ratio", "discarded_count", "params", "
 SCHEDULE = StepSchedule(
     "epsilon", ((0.5, 0.1), (0.75, 0.01), (300 / 164, 0.002)), restart_length=0.5, extends=True, cap=6,
     help="epsilon-ResNet's official steps: /10 at 50% and 75%, /500 at 183%; a restart runs them at half length "
-         "and training extends until the restarted schedule ends, up to max_epochs")
+         "and training extends until the restarted schedule ends, up to max_epochs (null: 6 x epochs, the official "
+         "open-ended run's MAX_EPOCH of 1000 against 164)")
 # The official CIFAR recipe's trainer defaults (docs/methods.md): weight decay 2e-4 on conv
 # and linear weights only, the official step schedule with restarts extending training.
 TRAIN_DEFAULTS = {"weight_decay": 2e-4, "weight_decay_scope": "conv_fc", "schedule": SCHEDULE.name}
