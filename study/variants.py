@@ -10,8 +10,10 @@ order); a plugin file anywhere ends with one registration::
 
 and nothing else in resstudy names it: TrainConfig fields, CLI flags, spec
 validation (objectives included), search-space limits, result columns,
-artifacts, analysis axes, the claims table and the variant's own report
-sections and level rates are derived from the registry. Registration checks
+artifacts, analysis axes, the claims table, the lr schedules it brings and the
+variant's own report sections and level rates are derived from the registry.
+The registry imports no variant: the built-ins are loaded by the function the
+package root hands it (set_builtins), at the first lookup. Registration checks
 the declaration against the builder (DeclarationError): every option with
 target="model" must be a keyword of the builder, and every keyword of the
 builder an option with target="model". A *feature* (SGS) is a group of
@@ -298,6 +300,11 @@ class Variant:
     report_sections: ``fn(report)`` each, called by `resstudy analyze` for a study
       that ran the variant, to add the variant's own sections (analysis.report.Sections);
       they import what they draw with when called, so the trainer never does.
+    tradeoffs: what the method costs for what it gains (DeclaredTradeoff), as data the
+      report draws as a section of its own.
+    schedules: lr schedules the variant brings (StepSchedule), by name a value of the
+      trainer's `schedule` option for any variant.
+    baseline: the variant the others are compared with (and a config naming none trains).
     """
 
     name: str
