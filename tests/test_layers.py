@@ -2,8 +2,9 @@
 arrow points down the layers (or sideways within one layer).
 
 The graph is read with `ast`, imports inside functions included (a lazy import
-is still a dependency: it runs the module it names), relative imports resolved
-and `from pkg import submodule` counted as an arrow to the submodule. Run this
+is still a dependency: it runs the module it names), relative imports resolved,
+`from pkg import submodule` counted as an arrow to the submodule and
+`importlib.import_module("a.b")` as an import of a.b. Run this
 file directly (`python tests/test_layers.py`) to print the graph's circles, its
 upward arrows and the longest files.
 """
@@ -84,6 +85,9 @@ def imports(mod: str, path: Path, known: set[str]) -> dict[str, int]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 add(sub if sub in known else base, node.lineno)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            add(node.args[0].value, node.lineno)  # importlib.import_module("a.b") imports a.b all the same
     return found
 
 
@@ -153,6 +157,19 @@ def long_files(limit: int = MAX_LINES) -> list[str]:
     files = module_files()
     return [f"{m}: {n} lines" for m, p in sorted(files.items())
             if (n := len(p.read_text().splitlines())) > limit]
+
+
+def test_the_reader_sees_lazy_relative_submodule_and_importlib_imports(tmp_path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("from . import b\n")
+    (tmp_path / "pkg" / "a.py").write_text("def f():\n    from .b import g\n    import importlib\n"
+                                           "    importlib.import_module('pkg.c')\n")
+    (tmp_path / "pkg" / "b.py").write_text("from pkg import a\n")
+    known = {"pkg", "pkg.a", "pkg.b", "pkg.c"}
+    g = {m: imports(m, tmp_path / f, known) for m, f in
+         (("pkg", "pkg/__init__.py"), ("pkg.a", "pkg/a.py"), ("pkg.b", "pkg/b.py"))}
+    assert g == {"pkg": {"pkg.b": 1}, "pkg.a": {"pkg.b": 2, "pkg.c": 4}, "pkg.b": {"pkg.a": 1}}
+    assert cycles(g) == [["pkg.a", "pkg.b"]]
 
 
 def test_every_module_has_a_layer() -> None:
