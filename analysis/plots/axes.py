@@ -3,7 +3,6 @@ labelled at 1-2-5 steps only."""
 
 from __future__ import annotations
 
-
 import math
 import textwrap
 from typing import TYPE_CHECKING

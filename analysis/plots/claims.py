@@ -3,7 +3,6 @@ vs tuned at a stated budget, and each variant's best against the baseline."""
 
 from __future__ import annotations
 
-
 import textwrap
 from typing import TYPE_CHECKING
 
@@ -14,9 +13,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from plotly.subplots import make_subplots
 
+from study.stats.intervals import zero_spread
+
 from ..budget import best_label
 from ..labels import metric_label
-from study.stats.intervals import zero_spread
 from .axes import _wrap
 
 if TYPE_CHECKING:

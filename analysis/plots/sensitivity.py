@@ -3,7 +3,6 @@ parameter's levels and a designed sweep."""
 
 from __future__ import annotations
 
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -3,7 +3,6 @@ and accuracy against the size gain with the Pareto front and the pick."""
 
 from __future__ import annotations
 
-
 from typing import TYPE_CHECKING
 
 import pandas as pd

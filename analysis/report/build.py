@@ -11,7 +11,6 @@ would carry no information is not drawn, and the report says why instead."""
 
 from __future__ import annotations
 
-
 import html
 import os
 import time
@@ -20,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import plots
-from ..budget import budget_table
-from ..claims import (MIN_N, claims_table, is_designed, load_design, tuned_vs_tuned, write_claims)
-from ..compare import compare_variants, spec_top_k
 from study.variants import DeclaredTradeoff
 
+from .. import plots
+from ..budget import budget_table
+from ..claims import MIN_N, claims_table, is_designed, load_design, tuned_vs_tuned, write_claims
+from ..compare import compare_variants, spec_top_k
 from ..declared import level_rates, rate_owners, report_sections
 from ..importance import MIN_TRIALS, importance_frame, importances_by_rung, study_importances
 from ..labels import fidelity_label, metric_label, param_label
-from ..load import (STATUSES, StudyDirError, load_history, load_results, load_spec)
+from ..load import STATUSES, StudyDirError, load_history, load_results, load_spec
 from ..sensitivity import SWEEP_COLUMNS, level_order, rung_epochs, sensitivity, sweeps
 from .claims_html import _claims_html, _tuned_html
 from .conclusion import conclusion

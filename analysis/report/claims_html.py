@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-
 import html
 import re
 
 import numpy as np
 import pandas as pd
 
+from study.stats.intervals import zero_spread
+
 from ..claims import (PUBLISHED, ROW_VERDICTS, is_designed, reported_text,
                      stop_words)
 from ..labels import METRICS, metric_label, param_label
-from study.stats.intervals import zero_spread
 from .page import _ci, _num, _p, _pts, _table_html
 
 

@@ -3,15 +3,15 @@ open claim what would settle it and what that costs at this study's pace."""
 
 from __future__ import annotations
 
-
 import html
 
 import numpy as np
 import pandas as pd
 
-from ..claims import (DESIGNED, MIN_N, ROW_VERDICTS, is_designed, stop_words, verdict_sentence)
-from ..labels import metric_label, param_label
 from study.stats.intervals import zero_spread
+
+from ..claims import DESIGNED, MIN_N, ROW_VERDICTS, is_designed, stop_words, verdict_sentence
+from ..labels import metric_label, param_label
 from .claims_html import _settle_words
 from .page import _ci, _p, _pts
 

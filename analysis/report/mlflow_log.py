@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import time
 import urllib.error
 import urllib.parse
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..claims import (reported_text)
+from ..claims import reported_text
 from ..load import (load_study_meta, sqlite_path,
                    tracking_uri as study_tracking_uri)
 from .page import _say, _slug

@@ -3,7 +3,6 @@ in words, the numbers' wording, and what a variant's own section is handed (Sect
 
 from __future__ import annotations
 
-
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ import plotly.offline
 from matplotlib.figure import Figure
 
 from ..labels import column_label, metric_label, param_label
-from ..load import (STATUSES)
+from ..load import STATUSES
 
 
 REPORT_NAME = "report.html"

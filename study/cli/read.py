@@ -9,7 +9,6 @@ import typer
 import typer.core
 
 from study.errors import UserError
-
 from study.cli.app import app
 from study.cli.base import STATE, CliError, Json, StoragePath, TrackingUri, _json, output_width, study_dir
 

@@ -11,7 +11,6 @@ from typing import Annotated, Any, Optional
 import typer
 import typer.core
 
-
 from study.cli.app import app
 from study.cli.base import (STATE, CliError, Preset, Sets, SpecFile, StoragePath, TrackingUri, output_width,
                             study_dir)

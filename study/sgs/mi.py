@@ -3,7 +3,6 @@ of each conv's input, over a few training batches (`mi_scalings`), and when to r
 
 from __future__ import annotations
 
-
 import math
 import warnings
 from collections.abc import Iterable

@@ -5,7 +5,6 @@ applies to, and the transform that multiplies each conv weight gradient by its S
 
 from __future__ import annotations
 
-
 from collections.abc import Mapping, Sequence
 
 import torch

@@ -4,13 +4,12 @@ and pydantic's errors alike."""
 
 from __future__ import annotations
 
-
 import re
 import types
 import typing
 from typing import Any, Mapping, NoReturn
 
-from pydantic import (BaseModel)
+from pydantic import BaseModel
 from pydantic_core import PydanticCustomError
 
 from study.errors import UserError

@@ -3,14 +3,13 @@ validated into a StudySpec; every problem at once, in one SpecError."""
 
 from __future__ import annotations
 
-
 import copy
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import (ValidationError)
+from pydantic import ValidationError
 
 from study.presets import list_presets, presets_dir
 from study.spec.errors import SpecError, _describe

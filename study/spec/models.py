@@ -9,7 +9,6 @@ the variant overrides it under `variants.<name>.space`."""
 
 from __future__ import annotations
 
-
 import copy
 import math
 import re
