@@ -4,4 +4,5 @@ import sys
 
 from study.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing it (a walk over the package's modules) runs nothing
+    sys.exit(main())
