@@ -45,6 +45,7 @@ class M(NamedTuple):
 
 LEDGER, RUNNER, CLAIMS = "study/ledger.py", "study/driver/runner.py", "analysis/claims.py"
 EPS, VARIANTS, DECL = "study/models/epsilon.py", "study/variants.py", "tests/study/test_declared_once.py"
+SGS, CLI = "study/sgs/feature.py", "study/cli/app.py"
 SECURITY = ("tests/study/test_security.py::"
             "test_a_tracking_password_reaches_no_file_no_mlflow_param_or_tag_and_no_console")
 CONCURRENT = "tests/study/test_ledger.py::test_two_concurrent_resumes_cannot_both_run"
@@ -94,9 +95,9 @@ MUTATIONS = [
       f"{DEFAULTS}[epsilon]"),
     M("epsilon's side weight 0.1 -> 0.5", EPS, 'Option("side_weight", float, 0.1,',
       'Option("side_weight", float, 0.5,', f"{DEFAULTS}[epsilon]"),
-    M("SGS's k 5 -> 2", "study/sgs.py", 'Option("sgs_k", float, 5.0,', 'Option("sgs_k", float, 2.0,',
+    M("SGS's k 5 -> 2", SGS, 'Option("sgs_k", float, 5.0,', 'Option("sgs_k", float, 2.0,',
       f"{DEFAULTS}[sgs]"),
-    M("SGS's interval 30 -> 10", "study/sgs.py", 'Option("sgs_interval", int, 30,', 'Option("sgs_interval", int, 10,',
+    M("SGS's interval 30 -> 10", SGS, 'Option("sgs_interval", int, 30,', 'Option("sgs_interval", int, 10,',
       f"{DEFAULTS}[sgs]"),
     M("epsilon: training gates each image on its own, eval the batch (`EpsilonBlock.forward`)", EPS,
       "out = self.shortcut(x) + gate * f",
@@ -124,7 +125,7 @@ MUTATIONS = [
     M("`JobError` derived from `ValueError` only, outside the one root (`study/jobs.py`)", "study/jobs.py",
       "class JobError(UserError, ValueError):", "class JobError(ValueError):", ERRORS,
       "the CLI used to find such classes by name in `sys.modules`"),
-    M("the CLI re-raises the analysis' user errors (`study/cli.py::main`)", "study/cli.py",
+    M("the CLI re-raises the analysis' user errors (`study/cli/app.py::main`)", CLI,
       "    except UserError as e:  # anything else is a bug: it keeps its whole traceback (exit 1)\n",
       "    except UserError as e:  # anything else is a bug: it keeps its whole traceback (exit 1)\n"
       '        if type(e).__module__.startswith("analysis."):\n            raise\n', ERRORS,
@@ -157,8 +158,8 @@ MUTATIONS = [
     M("the trainer reads `cfg.sgs_batches` again (`study/train.py::TrialContext.probe_batches`)", "study/train.py",
       "limit=limit)", "limit=cfg.sgs_batches)",
       f"{DECL}::test_the_trainer_spec_and_analysis_name_no_variant[study/train.py]"),
-    M("the SGS hooks ask for 20 probe batches whatever `sgs_batches` says (`study/sgs.py::SGSHooks`)",
-      "study/sgs.py", "self.ctx.probe_batches(epoch, cfg.sgs_batches)", "self.ctx.probe_batches(epoch, 20)",
+    M("the SGS hooks ask for 20 probe batches whatever `sgs_batches` says (`study/sgs/feature.py::SGSHooks`)",
+      SGS, "self.ctx.probe_batches(epoch, cfg.sgs_batches)", "self.ctx.probe_batches(epoch, 20)",
       "tests/study/test_sgs.py::test_recompute_replaces_every_scaling_and_a_nan_conv_goes_back_to_ones"),
     M("`search_spaces/shared.py` imports `study.options`", "search_spaces/shared.py",
       "from typing import Any, Mapping\n", "from typing import Any, Mapping\n\nimport study.options  # noqa: F401\n",

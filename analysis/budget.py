@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .declared import baseline as declared_baseline
+
 COLUMNS = ["subject", "depth", "metric", "baseline", "budget", "expected_best", "baseline_expected_best", "diff"]
 
 
@@ -75,10 +77,11 @@ def _search_values(results: pd.DataFrame, subject: str, depth, metric: str) -> n
     return values.dropna().to_numpy()
 
 
-def budget_table(results: pd.DataFrame, *, baseline: str = "resnet", metric: str = "best_val_acc"
+def budget_table(results: pd.DataFrame, *, baseline: str | None = None, metric: str = "best_val_acc"
                  ) -> tuple[pd.DataFrame, list[str]]:
     """(one row per subject, depth and budget n up to the smaller search; notes
     saying where each subject's curve crosses the baseline's)."""
+    baseline = baseline or declared_baseline()
     rows, notes = [], []
     subj = results["subject"].fillna(results["variant"]) if "subject" in results.columns else results["variant"]
     for depth in sorted(results["depth"].dropna().unique()):

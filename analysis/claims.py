@@ -48,6 +48,7 @@ from study.stats.intervals import ALPHA, holm, n_for_power, one_sample, two_samp
 from study.stats.sequential import CONTRADICTED, DIFF_RANGE, MIN_N, NOT_EXERCISED, OPEN, REPRODUCED, SMALLER
 from study.variants import SMALLEST_EFFECT
 
+from .declared import baseline as declared_baseline
 from .designed_claims import (DESIGNED, NOT_CONTROLLED, PUBLISHED, ROW_VERDICTS, STOP_WORDS, base_key,
                               designed_rows, is_designed, load_design, plural, points, stop_words, subject_col,
                               variance_sources, verdict_reason, verdict_sentence)
@@ -384,12 +385,13 @@ def finish(table: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     return t.drop(columns=["_sd", "_no_gain", "_p_small"]).reindex(columns=COLUMNS)
 
 
-def tuned_vs_tuned(results: pd.DataFrame, *, baseline: str = "resnet", metric: str = "test_acc",
+def tuned_vs_tuned(results: pd.DataFrame, *, baseline: str | None = None, metric: str = "test_acc",
                    alpha: float = ALPHA) -> pd.DataFrame:
     """Each subject's repeat runs (its own best config) against the baseline's
     repeat runs at the same depth: paired t by seed when both ran the same
     seeds, Welch's t otherwise; t intervals clipped to [-1, 1]; Holm over this
     table (its own family)."""
+    baseline = baseline or declared_baseline()
     subj, arm = _subject_col(results), _arm(results)
     phase = results["phase"] if "phase" in results.columns else pd.Series("search", index=results.index)
     rep = results[(phase == "repeat") & (arm == "variant") & (results["status"] == "completed")]

@@ -14,6 +14,8 @@ import pandas as pd
 
 from study.stats.intervals import clip, diff_test, holm, mean_ci
 
+from .declared import baseline as declared_baseline
+
 METRICS = ("val_acc", "test_acc")
 COLUMNS = ["depth", "variant", "metric", "source", "n", "mean", "ci_lo", "ci_hi", "std", "n_diverged",
            "baseline", "diff", "diff_lo", "diff_hi", "test", "p_value", "p_adj", "seeds"]
@@ -38,13 +40,14 @@ def _by_seed(runs: pd.DataFrame, metric: str) -> pd.Series | None:
     return s if s.index.is_unique else None
 
 
-def compare_variants(df: pd.DataFrame, *, baseline: str = "resnet", metrics=METRICS, top_k: int = 5,
+def compare_variants(df: pd.DataFrame, *, baseline: str | None = None, metrics=METRICS, top_k: int = 5,
                      conf: float = 0.95) -> pd.DataFrame:
     """One row per (depth, variant, metric): mean with its t interval (clipped
     to [0, 1]) over seeds, and the difference from the baseline at the same
     depth with its interval (clipped to [-1, 1]), two-sided p-value and p_adj
     (Holm within each metric). Paired t-test (by seed) when both sides ran
     exactly the same seeds, Welch's t-test otherwise; NaN with n < 2."""
+    baseline = baseline or declared_baseline()
     rows = []
     for depth, dg in df.groupby("depth", sort=True):
         # by the variant under study: a twin arm's rows (variant "resnet" for

@@ -6,7 +6,7 @@ declares nothing, and its study is analysed without those parts."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 
 def _variant(name: str) -> Any | None:
@@ -16,6 +16,13 @@ def _variant(name: str) -> Any | None:
         return get_variant(name)
     except UnknownVariantError:
         return None
+
+
+def baseline() -> str:
+    """The variant the others are compared with (the one the registry's declarations name)."""
+    from study.variants import baseline_variant
+
+    return baseline_variant()
 
 
 def _registered() -> list[str]:
@@ -41,14 +48,17 @@ def level_rates(variants: Iterable[str] | None = None) -> list[Any]:
     return [rate for _, rate in rate_owners(variants)]
 
 
-def report_sections(variants: Iterable[str]) -> list[tuple[str, Callable[[Any], None]]]:
-    """(variant, fn) for every report section the studied `variants` declare, in
-    registry order."""
+def report_sections(variants: Iterable[str]) -> list[tuple[str, Any]]:
+    """(variant, section) for every report section the studied `variants` declare, in
+    registry order: each declared trade-off (a DeclaredTradeoff, which the report draws),
+    then each of its own section functions (`fn(report)`)."""
     studied = {str(v) for v in variants}
-    out = []
+    out: list[tuple[str, Any]] = []
     for name in _registered():
         v = _variant(name) if name in studied else None
-        out += [(name, fn) for fn in (v.report_sections if v is not None else ())]
+        if v is not None:
+            out += [(name, t) for t in v.tradeoffs]
+            out += [(name, fn) for fn in v.report_sections]
     return out
 
 

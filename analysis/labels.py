@@ -26,7 +26,7 @@ COLUMNS = {
     "p_adj": "p (Holm)", "verdict": "verdict", "settle": "what would settle it", "basis": "basis",
     "claim": "claim", "test": "test", "seeds": "seeds", "divergence_rate": "divergence rate",
     "completed": "completed", "pruned": "pruned", "diverged": "diverged",
-    "failed": "failed", "best_val_acc": "best validation accuracy", "trial_id": "trial", "epsilon": "epsilon",
+    "failed": "failed", "best_val_acc": "best validation accuracy", "trial_id": "trial",
     "discarded_ratio": "share of blocks discarded", "param_reduction": "parameter reduction",
     "acc": "validation accuracy", "val_acc": "validation accuracy", "test_acc": "test accuracy",
     "pareto": "on the front", "pick": "picked", "result": "result", "trend_p": "trend p",

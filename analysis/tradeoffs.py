@@ -12,53 +12,18 @@ trial with the best val_acc."""
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .labels import metric_label
+from study.variants import DeclaredTradeoff as Declared
+
 from .load import InsufficientDataError
 from .sensitivity import MIN_POINTS, Curve, experiments, fit_curve, usable
 from .spaces import param_info
 
 ACC = "val_acc"
-
-
-@dataclass(frozen=True)
-class Declared:
-    """A variant's trade-off, as its declaration states it.
-
-    variant: whose experiments (the subject of an experiment's rows).
-    knob: the searched option that turns the method up; gains: the metrics it
-    gains, one curve each against the knob, in the figure's order (each a share
-    in [0, 1] when `shares`); size: the gain on the Pareto front's x axis (an
-    experiment whose results lack it has no trade-off).
-    title: the report section's title; what: the gains in a word, to open the
-    section ("Compression"); figure: the figures' title after the experiment
-    ("epsilon trade-offs") and name: the figure and table file names' stem.
-    nothing: what a trial with no gain did not do ("discarded a block");
-    toward: which way to search the knob for a gain ("higher"); objectives: the
-    search objectives that also maximise a gain (the variant's own)."""
-
-    variant: str
-    knob: str
-    gains: tuple[str, ...]
-    size: str
-    title: str
-    what: str
-    figure: str
-    name: str
-    nothing: str
-    toward: str = "higher"
-    objectives: tuple[str, ...] = ()
-    shares: bool = True
-
-    def __post_init__(self) -> None:
-        if self.size not in self.gains:
-            raise ValueError(f"size: {self.size!r} is not one of the gains {list(self.gains)}")
 
 
 def pareto_front(x, y) -> np.ndarray:
@@ -142,41 +107,4 @@ def tradeoffs(df: pd.DataFrame, declared: Declared, *, n_boot: int = 200, seed: 
     return out
 
 
-def section(report: Any, declared: Declared) -> None:
-    """The declared trade-off of every experiment of the variant as one report
-    section, its figures and one table; `report` is an analysis.report.Sections.
-    Nothing when the study has no such experiment."""
-    from . import plots  # the figures' libraries, only when a report is written
-
-    d = declared
-    trades = tradeoffs(report.results, d, n_boot=report.n_boot, seed=report.seed, spec=report.spec)
-    if not trades:
-        return
-    sec = report.section(d.title)
-    sec.append(f"<p>{html.escape(d.what)} against {html.escape(d.knob)}, and {metric_label(ACC)} against "
-               f"{metric_label(d.size)} over every completed search trial. The Pareto front holds the trials no "
-               "other beats on both; it is drawn on validation accuracy so the test set plays no part in choosing. "
-               "Test accuracy is shown only for the final pick (the front's best validation accuracy).</p>")
-    pts = []
-    for t in trades:
-        for note in t.notes:
-            report.note(note)
-        if not len(t.points):
-            sec.append(f'<p class="note">{html.escape(t.experiment)}: no completed search trial: no '
-                       "trade-off to draw.</p>")
-        elif not t.informative():
-            k = t.points[d.knob].astype(float)
-            also = f", or with objectives [{', '.join([ACC, *d.objectives])}]" if d.objectives else ""
-            sec.append(f'<p class="note">{html.escape(t.experiment)}: none of the {len(t.points)} completed '
-                       f"search trials ({html.escape(d.knob)} {k.min():.3g} to {k.max():.3g}) "
-                       f"{html.escape(d.nothing)}: {metric_label(d.size)} is 0 throughout, so there is no "
-                       f"trade-off to draw. Search {html.escape(d.toward)} {html.escape(d.knob)}{also}.</p>")
-        else:
-            report.figure(sec, f"{d.name}-{t.experiment}", plots.tradeoff_png(t), plots.tradeoff_plotly(t))
-            front = report.html_table(t.front(), ["trial_id", d.knob, *d.gains, "acc", "test_acc"])
-            sec.append(f"<h3>{html.escape(t.experiment)}: Pareto front</h3>" + front)
-        pts.append(t.points.assign(experiment=t.experiment, acc_col=t.acc_col))
-    report.table(pd.concat(pts, ignore_index=True), f"{d.name}_tradeoff")
-
-
-__all__ = ["Declared", "Tradeoff", "tradeoffs", "section", "pareto_front"]
+__all__ = ["Declared", "Tradeoff", "tradeoffs", "pareto_front"]

@@ -148,10 +148,12 @@ class Study:
         return load_spec(self.path / SPEC_FILE)
 
     def plan(self) -> dict[tuple[str, int], dict[str, int]] | None:
-        """Trials planned per (variant, depth) and arm (StudySpec.plan); None when
+        """Trials planned per (variant, depth) and arm (study.driver.plan); None when
         the saved spec no longer loads (a plugin moved, an older version)."""
         try:
-            return self.spec().plan()
+            from study.driver.plan import plan
+
+            return plan(self.spec())
         except UserError:
             return None
 

@@ -50,13 +50,10 @@ DATASET_INFO: dict[str, DatasetInfo] = {
 DATASETS = tuple(DATASET_INFO)
 FILE_DATASETS = tuple(name for name, info in DATASET_INFO.items() if info.files)  # read from data_root
 DEPTH_RULE = "6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
-SCHEDULES = ("step", "cosine", "epsilon")
+SCHEDULES = ("step", "cosine")  # the trainer's own; variants declare more (study.variants.StepSchedule)
 DECAY_SCOPES = ("all", "conv_fc")
 PRECISIONS = ("fp32", "bf16", "auto")
 COMPILE_MODES = ("off", "on", "auto")
-# The official epsilon-ResNet run is open-ended (MAX_EPOCH 1000, about 6x the 164-epoch
-# recipe): the default cap on epochs a restart of the epsilon schedule extends training to.
-EXTEND_CAP = 6
 
 CORE_OPTIONS: tuple[Option, ...] = (
     # what is trained
@@ -83,11 +80,10 @@ CORE_OPTIONS: tuple[Option, ...] = (
     Option("weight_decay", float, 1e-4, "coupled L2 weight decay", low=0.0),
     Option("weight_decay_scope", str, "all", "what weight decay applies to: all (every parameter) or conv_fc "
            "(conv and linear weights only: not BN, not biases)", choices=DECAY_SCOPES),
-    Option("schedule", str, "step", "lr schedule: step (/10 at 50% and 75%), cosine, or epsilon (epsilon-ResNet's "
-           "official steps: /10 at 50% and 75%, /500 at 183%; a restart runs them at half length and training "
-           "extends until the restarted schedule ends, up to max_epochs)", choices=SCHEDULES),
-    Option("max_epochs", int, None, "cap on the epochs a restart of the epsilon schedule extends training to "
-           "(null: 6 x epochs, the official open-ended run's MAX_EPOCH of 1000 against 164)", low=1, nullable=True),
+    # its choices and help grow by the schedules the variants declare (schedule_option)
+    Option("schedule", str, "step", "lr schedule: step (/10 at 50% and 75%), cosine", choices=SCHEDULES),
+    Option("max_epochs", int, None, "cap on the epochs a restart extends training to, under a schedule whose "
+           "restarts extend it (null: the schedule's cap x epochs)", low=1, nullable=True),
     Option("train_epochs", int, None, "train exactly this many epochs, the lr schedule still spanning `epochs` "
            "(null: as the schedule decides; a matched twin gets the epochs its variant trained)", low=1,
            nullable=True),
@@ -112,6 +108,18 @@ CORE = {o.name: o for o in CORE_OPTIONS}
 VARIANT_HELP = "the variant to train"
 
 
+def schedule_option() -> Option:
+    """The `schedule` option with the schedules the registered variants declare."""
+    from study.variants import declared_schedules
+
+    core = CORE["schedule"]
+    declared = declared_schedules()
+    if not declared:
+        return core
+    return core.replace(choices=(*SCHEDULES, *declared),
+                        help=core.help + "".join(f", or {s.name} ({s.help})" for s in declared.values()))
+
+
 def variant_options(variant: str) -> dict[str, Option]:
     """Every option a config of `variant` takes: the trainer's, the variant's own
     (with its defaults), and the features' (with the variant's defaults for them)."""
@@ -120,7 +128,7 @@ def variant_options(variant: str) -> dict[str, Option]:
     v = get_variant(variant)
     out = {o.name: o for o in v.options}
     for o in CORE_OPTIONS:
-        out.setdefault(o.name, o)
+        out.setdefault(o.name, schedule_option() if o.name == "schedule" else o)
     for f in features():
         for o in f.options:
             out.setdefault(o.name, o)
@@ -154,9 +162,10 @@ class TrainConfig:
 
     __slots__ = ("_values",)
 
-    def __init__(self, variant: str = "resnet", **values: Any) -> None:
-        from study.variants import get_variant
+    def __init__(self, variant: str | None = None, **values: Any) -> None:
+        from study.variants import baseline_variant, get_variant
 
+        variant = baseline_variant() if variant is None else variant  # no variant named: the baseline
         v = get_variant(variant)
         allowed = variant_options(variant)
         unknown = [k for k in values if k not in allowed]
@@ -206,14 +215,17 @@ class TrainConfig:
         return TrainConfig(**values)
 
     def epoch_limit(self) -> int:
-        """The most epochs this config can train: `train_epochs` where set; under the
-        epsilon schedule (restarts extend training) `max_epochs`, null meaning
-        EXTEND_CAP x epochs; else `epochs`."""
+        """The most epochs this config can train: `train_epochs` where set; under a
+        declared schedule whose restarts extend training `max_epochs`, null meaning
+        its cap x epochs; else `epochs`."""
+        from study.variants import declared_schedules
+
         v = self._values
         if v["train_epochs"] is not None:
             return v["train_epochs"]
-        if v["schedule"] == "epsilon":
-            return v["max_epochs"] or EXTEND_CAP * v["epochs"]
+        declared = declared_schedules().get(v["schedule"])
+        if declared is not None and declared.extends:
+            return v["max_epochs"] or declared.cap * v["epochs"]
         return v["epochs"]
 
     def model_options(self) -> dict[str, Any]:
@@ -225,7 +237,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         values = dict(values)
-        return cls(values.pop("variant", "resnet"), **values)
+        return cls(values.pop("variant", None), **values)
 
     def twin(self) -> "TrainConfig | None":
         """The matched twin: the same network, recipe and seed with the method off."""

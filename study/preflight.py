@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 from study.config import DATASET_INFO, depth_blocks
 from study.errors import UserError
+from study.variants import baseline_variant
 
 GiB = 1024**3
 # Optimistic sustained training throughput, FLOP/s: one CPU core, one whole GPU.
@@ -217,7 +218,7 @@ def config_problems(cfg: Mapping[str, Any], *, budget: float | None, how: str, s
     what = (f"depth {cfg.get('depth', 20)}, width {cfg.get('width') or 16}, "
             + (f"image_size {side}" if side else f"image side {native}")
             + f", batch {cfg.get('batch_size', 128)}")
-    variant = cfg.get("variant", "resnet")
+    variant = cfg.get("variant") or baseline_variant()
     epochs = int(cfg.get("epochs", 1))
 
     def largest_side(fits) -> str:

@@ -23,7 +23,7 @@ from study.config import CORE, TrainConfig
 from study.data import resolve_device
 from study.errors import UserError
 from study.models import create_model
-from study.variants import features, get_variant
+from study.variants import StepSchedule, declared_schedules, features, get_variant
 
 CHECKPOINT_FILE = "state.pt"
 ReportFn = Callable[[dict[str, Any], dict[str, Any], Callable[[str | Path], None]], None]
@@ -60,23 +60,17 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 # ---------------------------------------------------------------- schedule
 
 
-# epsilon-ResNet's official CIFAR steps, [(0, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)],
-# as (fraction of the schedule's length, lr factor) with 82 = half the 164-epoch recipe.
-EPSILON_STEPS = ((0.5, 0.1), (0.75, 0.01), (300 / 164, 0.002))
-
-
 @dataclass
 class Schedule:
-    """Per-step learning rate: warm-up, then step (/10 at 50% and 75%), cosine, or
-    epsilon (epsilon-ResNet's official steps, EPSILON_STEPS).
+    """Per-step learning rate: warm-up, then step (/10 at 50% and 75%), cosine, or the
+    steps a variant declares (study.variants.StepSchedule, by its name in `kind`).
 
-    epsilon-ResNet's adaptive restart moves `origin` to the restart epoch and sets
-    `length` to half the run's length: lr jumps back to its initial value on the
-    half-length schedule. Every restart uses that same half-length schedule (the
-    official code's; it does not halve again). Under `epsilon` a restart at epoch N
-    also extends training to N + the full length (`end`): the half-length steps, then
-    the fourth step (lr x 0.002 from 150/164 of the length after N), as the official
-    open-ended run does; under step and cosine training stops at the length.
+    A restart (a variant's hooks decide it) moves `origin` to the restart epoch and
+    sets `length` to the declared fraction of the run's length (half for step and
+    cosine): lr jumps back to its initial value on the shorter schedule. Every restart
+    uses that same length (it does not shorten again). Where the declared schedule
+    `extends`, a restart at epoch N also extends training to N + the full length
+    (`end`), the steps past the length included; otherwise training stops at the length.
     """
 
     base_lr: float
@@ -88,14 +82,15 @@ class Schedule:
 
     def __post_init__(self) -> None:
         self.full_length = self.length
+        self.declared: StepSchedule | None = declared_schedules().get(self.kind)
 
     def lr(self, epoch_float: float) -> float:
         if self.restarts == 0 and epoch_float < self.warmup:
             return self.base_lr * (epoch_float + 1e-3) / self.warmup
         p = max((epoch_float - self.origin) / self.length, 0.0)
-        if self.kind == "epsilon":
+        if self.declared is not None:
             factor = 1.0
-            for at, f in EPSILON_STEPS:
+            for at, f in self.declared.steps:
                 if p >= at:
                     factor = f
             return self.base_lr * factor
@@ -106,14 +101,15 @@ class Schedule:
 
     def restart(self, epoch: int) -> None:
         self.origin = float(epoch)
-        self.length = max(self.full_length / 2.0, 1.0)
+        fraction = self.declared.restart_length if self.declared is not None else 0.5
+        self.length = max(self.full_length * fraction, 1.0)
         self.restarts += 1
 
     def end(self, cap: int) -> int:
-        """The epochs training runs: the length, or under `epsilon` after a restart at
-        N, N + the length, at most `cap`."""
+        """The epochs training runs: the length, or where the declared schedule extends,
+        after a restart at N, N + the length, at most `cap`."""
         base = int(round(self.full_length))
-        if self.kind != "epsilon" or self.restarts == 0:
+        if self.declared is None or not self.declared.extends or self.restarts == 0:
             return base
         return max(base, min(int(math.ceil(self.origin + self.full_length)), cap))
 

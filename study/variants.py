@@ -10,8 +10,10 @@ order); a plugin file anywhere ends with one registration::
 
 and nothing else in resstudy names it: TrainConfig fields, CLI flags, spec
 validation (objectives included), search-space limits, result columns,
-artifacts, analysis axes, the claims table and the variant's own report
-sections and level rates are derived from the registry. Registration checks
+artifacts, analysis axes, the claims table, the lr schedules it brings and the
+variant's own report sections and level rates are derived from the registry.
+The registry imports no variant: the built-ins are loaded by the function the
+package root hands it (set_builtins), at the first lookup. Registration checks
 the declaration against the builder (DeclarationError): every option with
 target="model" must be a keyword of the builder, and every keyword of the
 builder an option with target="model". A *feature* (SGS) is a group of
@@ -226,6 +228,59 @@ class LevelRate:
 
 
 @dataclass(frozen=True)
+class DeclaredTradeoff:
+    """What a variant's method costs in accuracy for what it gains, as its declaration
+    states it: the analysis draws it as one report section (analysis.tradeoffs).
+
+    variant: whose experiments (the subject of an experiment's rows).
+    knob: the searched option that turns the method up; gains: the metrics it
+    gains, one curve each against the knob, in the figure's order (each a share
+    in [0, 1] when `shares`); size: the gain on the Pareto front's x axis (an
+    experiment whose results lack it has no trade-off).
+    title: the report section's title; what: the gains in a word, to open the
+    section ("Compression"); figure: the figures' title after the experiment
+    ("epsilon trade-offs") and name: the figure and table file names' stem.
+    nothing: what a trial with no gain did not do ("discarded a block");
+    toward: which way to search the knob for a gain ("higher"); objectives: the
+    search objectives that also maximise a gain (the variant's own)."""
+
+    variant: str
+    knob: str
+    gains: tuple[str, ...]
+    size: str
+    title: str
+    what: str
+    figure: str
+    name: str
+    nothing: str
+    toward: str = "higher"
+    objectives: tuple[str, ...] = ()
+    shares: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size not in self.gains:
+            raise ValueError(f"size: {self.size!r} is not one of the gains {list(self.gains)}")
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """A learning-rate schedule of steps that a variant declares under its own name, a
+    value of the trainer's `schedule` option beside step and cosine. `steps`: (fraction
+    of the schedule's length, lr factor), each from its fraction on (a fraction above 1
+    applies once a restart extended training). A restart (hooks call
+    `schedule.restart(epoch)`) runs the steps again from that epoch at `restart_length` x
+    the length; with `extends`, training then runs on to the restart + the full length,
+    at most max_epochs (null: `cap` x epochs). `help` says what it is, for the option."""
+
+    name: str
+    steps: tuple[tuple[float, float], ...]
+    help: str = ""
+    restart_length: float = 0.5
+    extends: bool = False
+    cap: int = 1
+
+
+@dataclass(frozen=True)
 class Variant:
     """One registered variant.
 
@@ -245,6 +300,11 @@ class Variant:
     report_sections: ``fn(report)`` each, called by `resstudy analyze` for a study
       that ran the variant, to add the variant's own sections (analysis.report.Sections);
       they import what they draw with when called, so the trainer never does.
+    tradeoffs: what the method costs for what it gains (DeclaredTradeoff), as data the
+      report draws as a section of its own.
+    schedules: lr schedules the variant brings (StepSchedule), by name a value of the
+      trainer's `schedule` option for any variant.
+    baseline: the variant the others are compared with (and a config naming none trains).
     """
 
     name: str
@@ -265,6 +325,10 @@ class Variant:
     report_sections: tuple[Callable[[Any], None], ...] = ()
     sweeps: tuple[Sweep, ...] = ()  # the designed experiments' sensitivity sweeps
     published: Published | None = None  # the paper's configuration (None: no "as published" arms)
+    schedules: tuple[StepSchedule, ...] = ()  # lr schedules it brings (any variant may then train with them)
+    tradeoffs: tuple[DeclaredTradeoff, ...] = ()  # drawn by the analysis as report sections
+    # the variant the others are compared with, and the one a config that names none trains
+    baseline: bool = False
 
     @property
     def option_map(self) -> dict[str, Option]:
@@ -309,6 +373,7 @@ def register_variant(variant: Variant) -> Variant:
         raise DeclarationError(f"variant {variant.name!r} is already registered; allowed: another name")
     _check_builder(variant)
     _check_metrics(variant)
+    _check_schedules(variant)
     _VARIANTS[variant.name] = variant
     return variant
 
@@ -365,10 +430,44 @@ def _check_metrics(v: Variant) -> None:
                                        f"{', '.join(sorted(reported)) or 'none (it declares no metrics)'}")
 
 
+# The registry never imports the variants it holds: the built-ins are loaded by the function
+# the package root passes in (study/__init__.py: it imports study.models, which registers them
+# in its BUILTINS order), once, at the first lookup, so `import study.config` stays free of torch.
+_builtins: Callable[[], None] | None = None
+_loaded = False
+
+
+def set_builtins(loader: Callable[[], None]) -> None:
+    """The function that registers the built-in variants, called once before the first
+    lookup or registration."""
+    global _builtins
+    _builtins = loader
+
+
+def _check_schedules(v: Variant) -> None:
+    taken = {s.name: o.name for o in _VARIANTS.values() if o.name != v.name for s in o.schedules}
+    for sched in v.schedules:
+        if sched.name in taken:
+            raise DeclarationError(f"variant {v.name!r}: schedule {sched.name!r} is already declared by variant "
+                                   f"{taken[sched.name]!r}; allowed: another name")
+
+
+def declared_schedules() -> dict[str, StepSchedule]:
+    """The lr schedules the registered variants declare, by name."""
+    _ensure_builtins()
+    return {s.name: s for v in _VARIANTS.values() for s in v.schedules}
+
+
 def _ensure_builtins() -> None:
-    # study.models registers the built-ins, in its BUILTINS order, when first imported (while it
-    # does, this import finds it in sys.modules and returns at once)
-    import study.models  # noqa: F401
+    global _loaded
+    if _loaded or _builtins is None:
+        return
+    _loaded = True  # first: the loader's own registrations come back here
+    try:
+        _builtins()
+    except BaseException:
+        _loaded = False
+        raise
 
 
 def get_variant(name: Any) -> Variant:
@@ -376,6 +475,12 @@ def get_variant(name: Any) -> Variant:
     if not isinstance(name, str) or name not in _VARIANTS:
         raise UnknownVariantError(f"variant: {name!r} is not allowed; allowed: {', '.join(list_variants())}")
     return _VARIANTS[name]
+
+
+def baseline_variant() -> str:
+    """The name of the variant declared the baseline (the first so declared), else the first registered."""
+    _ensure_builtins()
+    return next((v.name for v in _VARIANTS.values() if v.baseline), next(iter(_VARIANTS), ""))
 
 
 def list_variants() -> list[str]:
@@ -419,7 +524,8 @@ def load_plugins(paths: Iterable[str | Path]) -> None:
 
 
 __all__ = [
-    "BUILD_ARGS", "SMALLEST_EFFECT", "Claim", "DeclarationError", "Exercise", "Feature", "Hooks", "LevelRate",
-    "Published", "Reported", "Sweep", "UnknownVariantError", "Variant", "features", "get_variant", "list_variants",
-    "load_plugins", "register_feature", "register_variant",
+    "BUILD_ARGS", "Claim", "DeclarationError", "DeclaredTradeoff", "Exercise", "Feature", "Hooks", "LevelRate",
+    "Published", "Reported", "SMALLEST_EFFECT", "StepSchedule", "Sweep", "UnknownVariantError", "Variant",
+    "baseline_variant", "declared_schedules", "features", "get_variant", "list_variants", "load_plugins",
+    "register_feature", "register_variant", "set_builtins",
 ]

@@ -102,9 +102,10 @@ def resolve(spec: Any) -> dict[str, Any]:
     from study import spaces
     from study.config import TrainConfig
     from study.driver.context import experiment_name
+    from study.driver.plan import plan as trials_plan
     from study.variants import get_variant
 
-    plan = spec.plan()
+    plan = trials_plan(spec)
     experiments = {}
     for variant, depth in spec.experiments():
         vs = spec.variants[variant]

@@ -32,6 +32,7 @@ from study.driver.lifecycle import (StorageError, Stopper, StudyInterrupted, che
 from study.driver.options import Events, RuntimeOptions
 from study.driver.experiment import Phases
 from study.driver.phases import FIXED_PHASES, Phase
+from study.driver.plan import plan
 from study.driver.stores import MlflowRuns
 from study.ledger import FINISHED, Ledger, StateError, StudyLock
 from study.results import EpochLog, compact
@@ -241,7 +242,7 @@ class StudyRunner:
         ledger.save_state()
 
     def _plan(self) -> dict[str, int]:
-        return {f"{variant} d{depth}": sum(arms.values()) for (variant, depth), arms in self.spec.plan().items()}
+        return {f"{variant} d{depth}": sum(arms.values()) for (variant, depth), arms in plan(self.spec).items()}
 
     def _phase_names(self) -> list[str]:
         later = FIXED_PHASES if self.spec.repeat_best and self.spec.seeds else ()

@@ -5,7 +5,7 @@
 Each variant lives in one module that declares its model, options, hooks, twin
 and claims as one Variant (study.variants): ``resnet`` here, ``quotient`` and
 ``epsilon`` beside it, ``sgs`` (a training feature plus the ResNet) in
-study/sgs.py. They are registered here, in the order of BUILTINS: the order
+study/sgs/. They are registered here, in the order of BUILTINS: the order
 of `list_variants()`, the CLI's choices and every table.
 """
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from study.errors import OptionError
 from study.options import Option
-from study.variants import Claim, Exercise, Hooks, Published, Sweep, Variant
+from study.variants import Claim, DeclaredTradeoff, Exercise, Hooks, Published, StepSchedule, Sweep, Variant
 
 from .resnet import (
     CifarResNet,
@@ -299,9 +299,18 @@ OPTIONS: tuple[Option, ...] = (
 )
 METRICS = ("discarded_blocks", "discarded_ratio", "discarded_count", "params", "params_compressed",
            "param_reduction", "lr_restarts")
+# The official CIFAR steps, [(0, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)], as (fraction
+# of the schedule's length, lr factor) with 82 = half the 164-epoch recipe. The official run
+# is open-ended (MAX_EPOCH 1000, about 6x the recipe): a restart runs the steps at half length
+# and training extends until they end, by default up to 6 x epochs.
+SCHEDULE = StepSchedule(
+    "epsilon", ((0.5, 0.1), (0.75, 0.01), (300 / 164, 0.002)), restart_length=0.5, extends=True, cap=6,
+    help="epsilon-ResNet's official steps: /10 at 50% and 75%, /500 at 183%; a restart runs them at half length "
+         "and training extends until the restarted schedule ends, up to max_epochs (null: 6 x epochs, the official "
+         "open-ended run's MAX_EPOCH of 1000 against 164)")
 # The official CIFAR recipe's trainer defaults (docs/methods.md): weight decay 2e-4 on conv
 # and linear weights only, the official step schedule with restarts extending training.
-TRAIN_DEFAULTS = {"weight_decay": 2e-4, "weight_decay_scope": "conv_fc", "schedule": "epsilon"}
+TRAIN_DEFAULTS = {"weight_decay": 2e-4, "weight_decay_scope": "conv_fc", "schedule": SCHEDULE.name}
 
 
 class EpsilonHooks(Hooks):
@@ -349,21 +358,18 @@ def _twin(values: dict) -> dict:
     return {**values, "epsilon_gate": False}
 
 
-def tradeoff():
-    """epsilon's trade-off (analysis.tradeoffs.Declared): the discarded share and the
-    parameter reduction against epsilon, and accuracy against parameter reduction."""
-    from analysis.tradeoffs import Declared  # the analysis' libraries, only when a report is written
-
-    return Declared(variant=VARIANT.name, knob="epsilon", gains=("discarded_ratio", "param_reduction"),
-                    size="param_reduction", title="epsilon-ResNet trade-offs", what="Compression",
-                    figure="epsilon trade-offs", name="epsilon", nothing="discarded a block", toward="higher",
-                    objectives=VARIANT.objectives)
+OBJECTIVES = ("param_reduction",)  # a search may maximise the compression beside val_acc
+# epsilon's trade-off, drawn by the analysis: the discarded share and the parameter
+# reduction against epsilon, and accuracy against parameter reduction
+TRADEOFF = DeclaredTradeoff(
+    variant="epsilon", knob="epsilon", gains=("discarded_ratio", "param_reduction"), size="param_reduction",
+    title="epsilon-ResNet trade-offs", what="Compression", figure="epsilon trade-offs", name="epsilon",
+    nothing="discarded a block", toward="higher", objectives=OBJECTIVES)
 
 
-def _tradeoff_section(report) -> None:
-    from analysis.tradeoffs import section
-
-    section(report, tradeoff())
+def tradeoff() -> DeclaredTradeoff:
+    """epsilon's declared trade-off (the report's section draws it)."""
+    return TRADEOFF
 
 
 def _artifacts(info: dict, result: dict, out):
@@ -386,10 +392,11 @@ VARIANT = Variant(
     twin=_twin,
     metrics=METRICS,
     final_metrics=("compressed_test_acc",),
-    objectives=("param_reduction",),  # a search may maximise the compression beside val_acc
-    report_sections=(_tradeoff_section,),
+    objectives=OBJECTIVES,
+    tradeoffs=(TRADEOFF,),
     artifacts=_artifacts,
     defaults=TRAIN_DEFAULTS,
+    schedules=(SCHEDULE,),
     claims=(
         # judged as the official code does: the compressed network's test accuracy and the
         # discarded ratio, both at the last epoch (the twin's compressed net is the net itself)

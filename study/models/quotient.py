@@ -12,6 +12,7 @@ from torch import nn
 from study.options import Option
 from study.variants import Claim, Hooks, LevelRate, Published, Reported, Sweep, Variant
 
+from .resnet import VARIANT as RESNET
 from .resnet import (
     CifarResNet,
     backbone_options,
@@ -292,7 +293,7 @@ def _twin(values: dict) -> dict:
     # The authors' baseline: the same ResNet (block order, projection shortcut,
     # width, init) with additive blocks and ReLUs; equal parameter count.
     drop = {o.name for o in OPTIONS} - {"block", "shortcut", "width", "init"}
-    return {**{k: v for k, v in values.items() if k not in drop}, "variant": "resnet"}
+    return {**{k: v for k, v in values.items() if k not in drop}, "variant": RESNET.name}
 
 
 class QuotientHooks(Hooks):

@@ -321,4 +321,5 @@ VARIANT = Variant(
     build=resnet,
     options=backbone_options(),
     description="the CIFAR ResNet baseline (He et al. 2016)",
+    baseline=True,
 )

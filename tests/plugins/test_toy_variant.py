@@ -1,12 +1,15 @@
 """A fifth variant registered from one file (toy_variant.py) runs through a real
 study and `resstudy analyze` with no other file of resstudy changed: its options,
-search space, twin, hooks, metric and claim come from the registry. The study is
+search space, twin, hooks, metric, claim and report section come from the registry. The study is
 the session's tiny one (tests/conftest.py), whose spec loads the plugin beside the
 four built-ins."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,6 +17,8 @@ import pytest
 from tests.conftest import TINY_SPEC, run_cli
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+# read, not imported: importing the plugin would register the toy in this process
+SECTION = re.search(r'^SECTION = "(.*)"$', (Path(__file__).with_name("toy_variant.py")).read_text(), re.M).group(1)
 
 
 def test_toy_variant_runs_through_a_study_and_the_analysis(tiny_study_dir):
@@ -44,3 +49,6 @@ def test_toy_variant_runs_through_a_study_and_the_analysis(tiny_study_dir):
     claims = pd.read_parquet(study / "analysis" / "claims.parquet")
     row = claims[claims["claim"] == "the toy beats its twin"]
     assert len(row) and set(row["subject"]) == {"toy"}, claims[["claim", "subject"]]
+    # its own report section, declared in its file, is one of the report's sections
+    heads = re.findall(r"<h2[^>]*>(.*?)</h2>", (study / "analysis" / "report.html").read_text())
+    assert html.escape(SECTION) in heads, heads

@@ -2,8 +2,8 @@
 scale initialised to `gamma0` (0: every block starts as the identity).
 
 Loaded by a spec's `plugins: [tests/plugins/toy_variant.py]`; nothing else in
-resstudy names it: options, search space, twin, hooks, metrics and claims
-all come from this registration.
+resstudy names it: options, search space, twin, hooks, metrics, claims and its
+own report section all come from this registration.
 """
 
 from __future__ import annotations
@@ -31,6 +31,17 @@ class ToyHooks(Hooks):
         metrics["gamma_mean"] = float(torch.stack(gammas).mean())
 
 
+def toy_section(report) -> None:
+    """The toy's own report section (`resstudy analyze` calls it for a study that ran the
+    toy; `report` is an analysis.report.Sections): its blocks' scale at the end."""
+    rows = report.results[report.results["variant"] == "toy"]
+    sec = report.section(SECTION)
+    mean = rows["gamma_mean"].mean() if "gamma_mean" in rows.columns else float("nan")
+    sec.append(f"<p>mean |gamma| of the residual branches' last BN after {len(rows)} toy trials: {mean:.3g}</p>")
+
+
+SECTION = "Toy: the residual branches' scale"
+
 register_variant(Variant(
     name="toy",
     build=toy,
@@ -42,4 +53,5 @@ register_variant(Variant(
     metrics=("gamma_mean",),
     search=(Param("gamma0", 0.0, 1.0),),
     claims=(Claim("toy_vs_twin", "the toy beats its twin", "twin"),),
+    report_sections=(toy_section,),
 ))

@@ -260,8 +260,8 @@ def test_a_refused_train_flag_reads_the_cached_flag_table_without_torch(tmp_path
 @pytest.fixture
 def fresh_table(tmp_path, monkeypatch):
     """flag_table() with an empty in-process table and a cache file under tmp_path."""
-    monkeypatch.setattr(cli, "_TABLE", {})
-    monkeypatch.setattr(cli, "flag_cache_file", lambda: tmp_path / "flags.json")
+    monkeypatch.setattr(cli.flags, "_TABLE", {})
+    monkeypatch.setattr(cli.flags, "flag_cache_file", lambda: tmp_path / "flags.json")
     return tmp_path / "flags.json"
 
 
@@ -273,11 +273,11 @@ def test_the_flag_cache_is_used_only_for_the_sources_it_was_derived_from(fresh_t
     cached = json.loads(fresh_table.read_text())
     cached["table"]["options"][0]["help"] = "from the cache"
     fresh_table.write_text(json.dumps(cached))
-    monkeypatch.setattr(cli, "_TABLE", {})
+    monkeypatch.setattr(cli.flags, "_TABLE", {})
     assert cli.flag_table()["options"][0]["help"] == "from the cache"  # the same sources: read, not derived
     cached["key"] = "sources that changed since"
     fresh_table.write_text(json.dumps(cached))
-    monkeypatch.setattr(cli, "_TABLE", {})
+    monkeypatch.setattr(cli.flags, "_TABLE", {})
     assert cli.flag_table() == real  # stale: derived again from the registry
     assert json.loads(fresh_table.read_text())["key"] == cli._source_key()
 

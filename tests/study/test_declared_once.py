@@ -147,8 +147,9 @@ def _scanned() -> list[str]:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    analysis = sorted(str(p.relative_to(root)) for p in (root / "analysis").glob("*.py"))
-    return ["study/train.py", "study/spec.py", *(m for m in analysis if NAMING_ALLOWED.get(m, ()) is not None)]
+    analysis = sorted(str(p.relative_to(root)) for p in (root / "analysis").rglob("*.py"))
+    spec = sorted(str(p.relative_to(root)) for p in (root / "study" / "spec").glob("*.py"))
+    return ["study/train.py", *spec, *(m for m in analysis if NAMING_ALLOWED.get(m, ()) is not None)]
 
 
 @pytest.mark.parametrize("rel", _scanned())
@@ -169,10 +170,9 @@ def test_the_trainer_spec_and_analysis_name_no_variant(rel):
     for f in FEATURES:
         names |= {*f.metrics, *(o.name for o in f.options)}
     names -= {*CORE, *(o.name for o in backbone_options())}
-    # one-word names (epsilon, alpha) are also plain words and core values (the epsilon schedule)
+    # one-word names (epsilon, alpha) are also plain words
     names = {n for n in names if "_" in n}
-    if rel.startswith("analysis/"):  # the trainer runs the epsilon schedule by that name
-        names |= {v.name for v in BUILTINS if v.twin is not None}
+    names |= {v.name for v in BUILTINS if v.twin is not None}  # the schedules a variant declares are its own
     names -= NAMING_ALLOWED.get(rel) or set()
     text = _code(Path(__file__).resolve().parents[2] / rel)
     assert sorted(n for n in names if re.search(rf"\b{n}\b", text)) == [], rel

@@ -13,6 +13,7 @@ import pytest
 from study import variants as registry
 from study.config import TrainConfig
 from study.driver import design
+from study.driver.plan import plan
 from study.models import create_model
 from study.spec import SpecError, load_spec, validate_spec
 from study.variants import DeclarationError, Sweep, get_variant
@@ -260,8 +261,8 @@ def test_round_one_counts_the_distinct_trials_beyond_the_repeat_and_twin(spec):
     assert design.claims_plan(spec, "quotient", 8, best)["quotient_vs_twin@published"]["reuse"] == \
         {"published twin": "twin"}
     assert design.count_new(validate_spec({**SPEC, "design": None}), "quotient", 8, best) == 0
-    assert spec.plan()[("quotient", 8)]["arms"] == design.count_new(spec, "quotient", 8)  # the estimate
-    assert spec.plan()[("resnet", 8)]["arms"] == 0  # the baseline declares nothing
+    assert plan(spec)[("quotient", 8)]["arms"] == design.count_new(spec, "quotient", 8)  # the estimate
+    assert plan(spec)[("resnet", 8)]["arms"] == 0  # the baseline declares nothing
 
 
 def test_a_plugin_variant_that_declares_nothing_still_plans():
@@ -344,7 +345,7 @@ def test_a_bad_design_names_the_field_the_value_and_what_is_allowed(change, expe
 def test_every_preset_designs_within_its_stated_size():
     quick = load_spec(preset="quick")
     assert design.max_seeds(quick) <= 5 and quick.design.budget.trials is not None
-    extra = sum(a["arms"] for a in quick.plan().values()) + quick.design.budget.trials
+    extra = sum(a["arms"] for a in plan(quick).values()) + quick.design.budget.trials
     assert extra <= 60  # what the demo's 5 minutes on 2 cores leave for designed trials
     for name in ("cifar10", "cifar100", "svhn", "sgs-cifar10", "sgs-cifar100"):
         s = load_spec(preset=name)

@@ -40,6 +40,7 @@ def every(cls):
         yield from every(sub)
 
 import study.cli as cli
+import study.cli.read as read_commands
 
 caught = []
 for cls in dict.fromkeys(every(UserError)):
@@ -50,7 +51,7 @@ for cls in dict.fromkeys(every(UserError)):
     def refuse(*args, **kwargs):
         raise error
 
-    cli.study_dir = refuse
+    read_commands.study_dir = refuse  # where `status` finds the study
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["status", "somewhere"])

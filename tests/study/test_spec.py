@@ -10,6 +10,7 @@ import pytest
 
 from study.config import TrainConfig
 from study.driver.design import count_new
+from study.driver.plan import plan
 from study.spec import SpecError, StudySpec, list_presets, load_spec, parse_overrides, validate_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -269,14 +270,14 @@ def test_a_key_that_is_not_text_is_named_once():
 
 def test_plan_counts_trials_per_experiment_and_arm():
     spec = load_spec(preset="quick")
-    plan = spec.plan()
+    planned = plan(spec)
     # what the README says the quick study runs before its designed arms
-    assert sum(arms["search"] + arms["repeat"] + arms["twin"] for arms in plan.values()) == 45
-    assert plan[("resnet", 8)] == {"search": 6, "repeat": 3, "twin": 0, "arms": 0}  # the baseline has no claims
-    assert plan[("quotient", 8)] == {"search": 6, "repeat": 3, "twin": 3, "arms": count_new(spec, "quotient", 8)}
-    assert plan[("quotient", 8)]["arms"] > 0
-    assert "arms" not in load_spec(preset="quick", overrides={"design": None}).plan()[("quotient", 8)]
-    grid = validate_spec({**BASE, "variants": ["resnet"], "trials_per_variant": 1000,
-                          "search": {"algorithm": "grid", "grid_points": 2}}).plan()
+    assert sum(arms["search"] + arms["repeat"] + arms["twin"] for arms in planned.values()) == 45
+    assert planned[("resnet", 8)] == {"search": 6, "repeat": 3, "twin": 0, "arms": 0}  # the baseline has no claims
+    assert planned[("quotient", 8)] == {"search": 6, "repeat": 3, "twin": 3, "arms": count_new(spec, "quotient", 8)}
+    assert planned[("quotient", 8)]["arms"] > 0
+    assert "arms" not in plan(load_spec(preset="quick", overrides={"design": None}))[("quotient", 8)]
+    grid = plan(validate_spec({**BASE, "variants": ["resnet"], "trials_per_variant": 1000,
+                               "search": {"algorithm": "grid", "grid_points": 2}}))
     assert grid[("resnet", 8)]["search"] == 4  # two searched knobs at two points: the grid, not 1000
-    assert validate_spec({**BASE, "depth": [8, 14]}).plan()[("sgs", 14)] == {"search": 8, "repeat": 0, "twin": 0}
+    assert plan(validate_spec({**BASE, "depth": [8, 14]}))[("sgs", 14)] == {"search": 8, "repeat": 0, "twin": 0}

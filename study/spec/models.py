@@ -1,55 +1,38 @@
-"""The study spec: one YAML file that says what a study trains, what it searches,
-how it schedules trials and where results go.
-
-    spec = load_spec("my_study.yaml")            # or load_spec(preset="quick")
-    for variant, depth in spec.experiments():
-        base = spec.trial_base_config(variant, depth)   # fixed TrainConfig fields
-        space = spec.build_space(variant)               # optuna define-by-run space
-        sampler = spec.make_sampler(variant)
-
-Every problem of a spec, at every level, comes in one SpecError, one line
-each naming the field path (`scheduler.grace_period`), the bad value and what
-is allowed; rules across fields run once the fields themselves are valid. Search-space
-overrides are checked by building the spaces, so a bad range fails at load
-time, not inside a trial on a remote node.
+"""The study spec's fields: what a study trains, what it searches, how it schedules trials and
+where results go (StudySpec and its sections), each checked where it is declared; rules across
+fields run once the fields themselves are valid. Search-space overrides are checked by building
+the spaces, so a bad range fails at load time, not inside a trial on a remote node.
 
 `train` holds TrainConfig fields fixed for every trial. A `train` field that a
 variant searches (say `weight_decay`) is fixed for that variant too, unless
-the variant overrides it under `variants.<name>.space`.
-"""
+the variant overrides it under `variants.<name>.space`."""
 
 from __future__ import annotations
 
 import copy
 import math
 import re
-import types
-import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
-from pydantic_core import PydanticCustomError
 
 from study import spaces
-from study.presets import list_presets, presets_dir  # noqa: F401  (list_presets: part of this module's API)
-from study.config import (CORE, DATASETS, DEPTH_RULE, FILE_DATASETS, TrainConfig, all_option_names, depth_blocks,
+from study.config import (CORE, DATASETS, DEPTH_RULE, FILE_DATASETS, all_option_names, depth_blocks,
                           owners, variant_options)
 from study.errors import UserError
 from study.spaces import ALGORITHMS, SpaceError
 from study.variants import SMALLEST_EFFECT, list_variants, load_plugins
+from study.spec.errors import Absolute, Problem, SpecError, _error_items, _fail, _fail_all, _join
+
 
 # Set at the top level of the spec (or by the search), never under train/fixed.
 TOP_LEVEL_FIELDS = ("variant", "seed", "depth", "dataset", "epochs", "data_root", "image_size")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # GridSampler materialises the whole product of its grid at construction.
 MAX_GRID_POINTS, MAX_GRID_SIZE = 100, 100_000
-
-
-class SpecError(UserError, ValueError):
-    """An invalid study spec; the message names the field path, value and what is allowed."""
 
 
 # The allowed values, derived from their declarations: known at run time, where
@@ -74,33 +57,6 @@ def check_study_name(value: Any, field: str = "name") -> str:
         return TypeAdapter(StudyName).validate_python(value, strict=True)
     except ValidationError:
         raise SpecError(f"{field}: {value!r} is not a study name; allowed: {STUDY_NAME_RULE}") from None
-
-
-# A problem: (path, message). The path is relative to the value being validated
-# (pydantic prefixes its location) unless it is an Absolute: marked by its type, not
-# by a character, since a user's key may hold any character (a variant named
-# '\x000' or '/0' stays relative).
-Problem = tuple[str, str]
-
-
-class Absolute(str):
-    """A problem's path from the top of the spec."""
-
-
-def _fail(path: str, message: str) -> NoReturn:
-    _fail_all([(path, message)])
-
-
-def _fail_all(problems: list[Problem]) -> NoReturn:
-    # One validator reports every problem it found in one error; the messages go
-    # through the context so braces in user values are not read as template fields.
-    items = [[str(p), m, isinstance(p, Absolute)] for p, m in problems]
-    raise PydanticCustomError("spec", "{spec_msg}", {"spec_items": items,
-                                                     "spec_msg": "; ".join(m for _, m in problems)})
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
 
 
 def _check_fields(values: Mapping[str, Any], where: str, variants: list[str] | None = None,
@@ -316,7 +272,7 @@ class StudySpec(_Model):
         except ValidationError as e:
             out = None
             problems += [(Absolute(path), msg) for err in e.errors()
-                         for path, msg in _error_items({**err, "loc": ("variants", *err["loc"])})]
+                         for path, msg in _error_items({**err, "loc": ("variants", *err["loc"])}, StudySpec)]
         seen = {path for path, _ in problems}
         for name, raw in v.items() if isinstance(v, Mapping) else ():
             fixed = raw.get("fixed") if isinstance(raw, Mapping) else None
@@ -431,29 +387,6 @@ class StudySpec(_Model):
         """(variant, depth) pairs, depth-major: each is one search."""
         return [(v, d) for d in self.depth for v in self.variants]
 
-    def plan(self) -> dict[tuple[str, int], dict[str, int]]:
-        """Trials per experiment (variant, depth) and arm: `search` (trials_per_variant,
-        at most the grid's size), then with repeat_best the best searched configuration
-        at every seed (`repeat`) and its twin at every seed (`twin`, 0 where the variant
-        has none); with a `design`, the first round of its other trials (`arms`: an
-        estimate until the search has found its best configuration; extra seeds come
-        on top as the study decides them)."""
-        from study.driver.design import count_new
-
-        out = {}
-        for variant, depth in self.experiments():
-            size = getattr(self.make_sampler(variant), "size", self.trials_per_variant)
-            fixed = len(self.seeds) if self.repeat_best else 0
-            out[(variant, depth)] = {"search": min(self.trials_per_variant, size), "repeat": fixed,
-                                     "twin": fixed if fixed and self._has_twin(variant, depth) else 0}
-            if self.design is not None:
-                out[(variant, depth)]["arms"] = count_new(self, variant, depth)
-        return out
-
-    def _has_twin(self, variant: str, depth: int) -> bool:
-        base = {k: v for k, v in self.trial_base_config(variant, depth).items() if not k.startswith("_")}
-        return TrainConfig.from_dict(base).twin() is not None
-
     def _check_experiment(self, variant: str, depth: int | None = None) -> None:
         if variant not in self.variants:
             raise ValueError(f"variant {variant!r} is not in this study; allowed: {', '.join(self.variants)}")
@@ -546,175 +479,6 @@ def _space_error_path(e: SpaceError, train: Mapping[str, Any], vs: VariantSpec, 
     return _join("variants", variant, e.section, e.param or "")
 
 
-# ------------------------------------------------------------------ loading
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-4 as a float (YAML 1.1 wants 1.0e-4) and
-    refuses duplicate keys instead of keeping the last one."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (list, dict, set)):  # unhashable: `? [a]` or `{[1]: 2}`
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found a {type(key).__name__} as a key; allowed: a plain name", key_node.start_mark)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"found duplicate key {key!r}", key_node.start_mark)
-            seen[key] = True
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def _parse_yaml(text: str, origin: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{origin}, line {mark.line + 1}, column {mark.column + 1}" if mark else origin
-        raise SpecError(f"invalid YAML in {where}: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"invalid YAML in {origin}: {e}") from None
-    except Exception as e:  # PyYAML's constructors raise plain errors: bad !!timestamp or 0x_, deep nesting
-        raise SpecError(f"invalid YAML in {origin}: {type(e).__name__}: {e}") from None
-
-
-
-
-def _merge(base: dict, overrides: Mapping[str, Any]) -> dict:
-    """Deep-merge `overrides` into `base`; a dotted key ("scheduler.grace_period")
-    addresses a nested field. Mappings merge; anything else replaces."""
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        parts = str(key).split(".")
-        node = out
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        leaf = parts[-1]
-        if isinstance(value, Mapping) and isinstance(node.get(leaf), dict):
-            node[leaf] = _merge(node[leaf], value)
-        else:
-            node[leaf] = copy.deepcopy(value)
-    return out
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["epochs=2", "scheduler.grace_period=1", "depth=[8, 14]"] -> overrides
-    for load_spec; values are read as YAML."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--set: {item!r} is not KEY=VALUE (e.g. scheduler.grace_period=2)")
-        out[key.strip()] = _parse_yaml(raw, f"--set {item!r}")
-    return out
-
-
-def load_spec(source: str | Path | Mapping[str, Any] | None = None, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None) -> StudySpec:
-    """Load and validate a spec from a YAML file, a mapping, or a named preset,
-    with optional `overrides` merged in first. Raises SpecError."""
-    if (source is None) == (preset is None):
-        raise SpecError("give exactly one of a spec file (source) or a preset name "
-                        f"(presets: {', '.join(list_presets())})")
-    if preset is not None:
-        if preset not in list_presets():
-            raise SpecError(f"unknown preset {preset!r}; allowed: {', '.join(list_presets())}")
-        origin = f"preset {preset!r}"
-        data = _parse_yaml(presets_dir().joinpath(f"{preset}.yaml").read_text(), origin)
-    elif isinstance(source, Mapping):
-        origin, data = "<mapping>", copy.deepcopy(dict(source))
-    else:
-        assert source is not None  # exactly one of source and preset
-        path = Path(source).expanduser()
-        origin = str(path)
-        if not path.is_file():
-            raise SpecError(f"spec file not found: {path}"
-                            + (" (a directory)" if path.is_dir() else "")
-                            + f"; presets: {', '.join(list_presets())}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise SpecError(f"spec file {path} cannot be read as UTF-8 text: {e}") from None
-        data = _parse_yaml(text, origin)
-    if not isinstance(data, dict):
-        raise SpecError(f"{origin}: the top level of a spec must be a mapping of fields "
-                        f"({', '.join(StudySpec.model_fields)}), got {type(data).__name__}")
-    if overrides:
-        data = _merge(data, overrides)
-    return validate_spec(data, origin)
-
-
-def validate_spec(data: Mapping[str, Any], origin: str = "<mapping>") -> StudySpec:
-    """StudySpec from a mapping, with pydantic's errors turned into one SpecError
-    listing every problem, one per line."""
-    try:
-        return StudySpec.model_validate(data)
-    except ValidationError as e:
-        lines = [line for err in e.errors() for line in _describe(err)]
-        raise SpecError(f"invalid study spec {origin}:\n  " + "\n  ".join(lines)) from None
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The keys allowed in the mapping at `loc` (the path of a key inside it)."""
-    model: type[BaseModel] = StudySpec
-    parts = list(loc[:-1])
-    while parts:
-        field = model.model_fields.get(parts.pop(0))
-        ann = field.annotation if field is not None else None
-        if typing.get_origin(ann) in (typing.Union, types.UnionType):  # design: DesignSpec | None
-            ann = next((a for a in typing.get_args(ann) if a is not type(None)), None)
-        if typing.get_origin(ann) is dict:  # variants: {name: VariantSpec}
-            ann = typing.get_args(ann)[1]
-            parts = parts[1:]
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
-
-
-def _error_items(err: Mapping[str, Any]) -> list[Problem]:
-    """(field path, problem) for one pydantic error: one per problem a validator
-    of ours found."""
-    loc = [str(p) if not isinstance(p, int) else f"[{p}]" for p in err["loc"]]
-    ctx = err.get("ctx") or {}
-    if err["type"] == "spec":
-        items = [([path] if absolute else loc + [path], msg) for path, msg, absolute in ctx["spec_items"]]
-    elif err["type"] in ("extra_forbidden", "invalid_key") or err["loc"][-1:] == ("[key]",):
-        raw = err["loc"][:-1] if err["loc"][-1:] == ("[key]",) else err["loc"]  # a key of a free mapping
-        key = str(raw[-1])  # quoted unless a plain name, so ' ' or 'a: b' stay readable
-        shown = key if re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_+-]*", key) else repr(key)
-        allowed = _allowed_keys(tuple(raw))
-        items = [(loc[:len(raw) - 1] + [shown], f"unknown key {key!r}" + (f"; allowed keys: {', '.join(allowed)}"
-                                                                             if allowed else "; allowed: a name"))]
-    elif err["type"] == "missing":
-        items = [(loc, "required field is missing")]
-    elif err["type"] == "value_error":
-        items = [(loc, err["msg"].removeprefix("Value error, "))]
-    else:
-        items = [(loc, f"{err['msg']} (got {err['input']!r})")]
-    return [(".".join(p for p in parts if p).replace(".[", "["), msg) for parts, msg in items]
-
-
-def _describe(err: Mapping[str, Any]) -> list[str]:
-    # user keys and values are quoted into the text: escape control characters so
-    # each error stays on its one line
-    return ["".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{path or '<top level>'}: {msg}")
-            for path, msg in _error_items(err)]
-
-
 def _objective_problems(variant: str, objectives: list[str]) -> list[Problem]:
     """What is wrong with a variant's `objectives`: val_acc first, then only metrics the
     variant declares as objectives, each once."""
@@ -726,9 +490,3 @@ def _objective_problems(variant: str, objectives: list[str]) -> list[Problem]:
     allowed = (f"val_acc first (ASHA stops on it), then any of {', '.join(extra)}, each once" if extra
                else f"[val_acc] (variant {variant!r} declares no other objective)")
     return [(f"{variant}.objectives", f"{objectives!r} is not allowed; allowed: {allowed}")]
-
-
-__all__ = [
-    "DATASETS", "SpecError", "StudySpec", "VariantSpec", "list_presets", "load_spec",
-    "parse_overrides", "validate_spec",
-]
