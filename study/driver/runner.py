@@ -37,6 +37,7 @@ from study.ledger import FINISHED, Ledger, StateError, StudyLock
 from study.results import EpochLog, compact
 from study.searcher import METRIC, park
 from study.spec import StudySpec
+from study.timeline import mark
 from study.tracking import Tracker, redact_uri
 
 STATE_FILE = ledger_lib.STATE_FILE
@@ -168,6 +169,10 @@ class StudyRunner:
         else:
             self.study_dir.mkdir(parents=True, exist_ok=True)
         lock = StudyLock(self.study_dir).acquire()
+        if self.backend is None:  # the embedded Ray starts while the driver prepares
+            from study.driver import environment
+
+            environment.prestart(self.options.verbose)
         try:
             resumed = Path(self.study_dir / ledger_lib.LEDGER_FILE).exists()
             if not self.prepare():
@@ -177,6 +182,7 @@ class StudyRunner:
                 return self.study_dir
             ctx = self.ctx
             assert ctx is not None
+            mark("driver: prepared (ledger, spec check, MLflow, Optuna)")
             print(f"resstudy: study {spec.name} -> {self.study_dir}" + (" (resuming)" if resumed else ""), flush=True)
             print(f"resstudy: browse it with: resstudy ui {self.study_dir}", flush=True)
             self.stopper.install()  # a stop while Ray starts is a stop too
@@ -368,6 +374,7 @@ def run_study(spec: StudySpec, *, new_name: str | None = None, options: RuntimeO
         from study.spec import check_study_name
 
         spec = spec.model_copy(update={"name": check_study_name(new_name, "--new-name")})
+    mark("driver: run_study (driver modules imported)")
     return _run(StudyRunner(spec, options=options, events=events, backend=backend))
 
 
