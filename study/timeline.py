@@ -52,3 +52,4 @@ def read(path: str | os.PathLike) -> list[tuple[float, int, str]]:
 
 
 __all__ = ["ENV", "enabled", "mark", "read"]
+

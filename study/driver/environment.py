@@ -171,7 +171,7 @@ def lean_start() -> Iterator[None]:
     node_cls.start_api_server = no_api_server  # type: ignore[method-assign]
     node_cls.start_monitor = lambda self: None  # type: ignore[method-assign]
     node_cls.start_log_monitor = lambda self: None  # type: ignore[method-assign]
-    utils.get_dashboard_dependency_error = lambda: ImportError(MINIMAL)  # type: ignore[assignment]
+    utils.get_dashboard_dependency_error = lambda: ImportError(MINIMAL)
     try:
         yield
     finally:
