@@ -24,7 +24,7 @@ from study.driver.environment import set_switches
 from study.timeline import mark as _mark
 
 set_switches()  # before any driver module imports ray
-_mark("driver: spec loaded and checked, driver package imported")
+_mark("driver: package imported (spec loaded and checked)")
 
 _EXPORTS = {
     "run_study": "study.driver.runner", "resume_study": "study.driver.runner", "StudyRunner": "study.driver.runner",

@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Any, Iterator
 
+from study.timeline import mark
+
 SET_AUTH_MODE = False  # whether these switches set token auth (ray was not imported before them)
 
 
@@ -44,6 +46,9 @@ def set_switches() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # The driver checks no IRI formats either: `import ray` (through jsonschema) skips
+    # rfc3987-syntax's grammar build here too (see raypath/rfc3987_syntax).
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
 START_ATTEMPTS = 5
@@ -137,6 +142,7 @@ def stop_failed_start() -> list[int]:
 
 
 MINIMAL = "resstudy's embedded Ray starts no dashboard: its agents run minimal"
+RAY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "raypath")
 
 
 @contextlib.contextmanager
@@ -153,7 +159,11 @@ def lean_start() -> Iterator[None]:
     - the log monitor: the driver runs with log_to_driver=False, nothing reads it;
     - the dashboard agent's full mode: it runs minimal (no HTTP server, no metrics
       modules), the way it runs where the dashboard's packages are not installed;
-      the raylet waits for its agents before it registers, so their start is Ray's.
+      the raylet waits for its agents before it registers, so their start is Ray's;
+    - rfc3987-syntax in Ray's Python processes (agents, workers: every trial), which
+      `import ray` loads through jsonschema and which builds a grammar at import (2-3 s
+      on a busy 2-core machine): RAY_PATH leads their PYTHONPATH (see its package's
+      docstring). The driver's own PYTHONPATH is put back once Ray is up.
 
     What stays: the GCS, the raylet (with its object store), the runtime-env agent
     and a minimal dashboard agent, all on 127.0.0.1, with token auth as before.
@@ -168,6 +178,8 @@ def lean_start() -> Iterator[None]:
     def no_api_server(self: Any, *, include_dashboard: Any = None, raise_on_failure: Any = None) -> None:
         self._webui_url = None
 
+    pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RAY_PATH, pythonpath]))  # read by Ray's children
     node_cls.start_api_server = no_api_server  # type: ignore[method-assign]
     node_cls.start_monitor = lambda self: None  # type: ignore[method-assign]
     node_cls.start_log_monitor = lambda self: None  # type: ignore[method-assign]
@@ -178,6 +190,10 @@ def lean_start() -> Iterator[None]:
         for name, fn in saved.items():
             setattr(node_cls, name, fn)
         utils.get_dashboard_dependency_error = saved_dep
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
 
 
 class _NoSigtermNote(logging.Filter):
@@ -205,8 +221,10 @@ def prestart(verbose: bool = False) -> threading.Thread | None:
     def start() -> None:
         with _START_LOCK:
             started.set()
+            mark("ray: early start begun, on its own thread")
             try:
                 _init_ray(verbose, 1)
+                mark("ray: early start done")
             except Exception:  # init_ray in the driver's thread tries again and reports it
                 logging.getLogger("study.driver").debug("early Ray start failed", exc_info=True)
         # Ray's processes die with the THREAD that started them (PR_SET_PDEATHSIG fires at

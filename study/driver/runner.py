@@ -169,7 +169,9 @@ class StudyRunner:
         else:
             self.study_dir.mkdir(parents=True, exist_ok=True)
         lock = StudyLock(self.study_dir).acquire()
-        if self.backend is None:  # the embedded Ray starts while the driver prepares
+        if self.backend is None and _reachable(self.tracking_uri()):
+            # the embedded Ray starts while the driver prepares; where the tracking server does
+            # not answer, the study fails in prepare before any Ray starts
             from study.driver import environment
 
             environment.prestart(self.options.verbose)
@@ -354,6 +356,22 @@ def _tracking_log(message: str) -> None:
     # resume ends them.
     if ledger_lib.disk_full(sys.exc_info()[1]) is None:
         print(message, file=sys.stderr, flush=True)
+
+
+def _reachable(uri: str, timeout_s: float = 1.0) -> bool:
+    """Whether a tracking server at `uri` accepts a connection (a local store always does)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return True
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _first_line(e: BaseException) -> str:
