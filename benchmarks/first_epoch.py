@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--preset", default=None, help="run this preset instead of the one-trial study")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a spec override (resstudy run --set)")
+    p.add_argument("--raw", action="store_true", help="also print every mark of every run (time, pid, event)")
     args = p.parse_args()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -129,6 +130,11 @@ def main() -> None:
             bare.append(bare_first_epoch(spec, env))  # interleaved: both see the same machine
             print(f"run {i + 1}: first epoch {runs[-1][0]:6.2f} s after the command (study wall {runs[-1][1]:.1f} s); "
                   f"bare: imports {bare[-1][0]:.2f} s, first epoch {bare[-1][1]:.2f} s", flush=True)
+    if args.raw:
+        for i, (_, _, marks) in enumerate(runs):
+            print(f"\nrun {i + 1}, every mark:")
+            for t, pid, event in marks:
+                print(f"  {t:7.2f}  {pid:>7}  {event}")
     per_run = [dict(steps(marks)) for _, _, marks in runs]
     order = [e for e, _ in steps(runs[0][2])]
     print(f"\ntimeline, command start to the first epoch (median of {len(runs)} run(s); seconds):")
