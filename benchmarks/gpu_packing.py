@@ -20,6 +20,10 @@ import time
 
 
 def _worker(rank: int, args: argparse.Namespace, barrier, out) -> None:
+    import resource
+
+    import torch
+
     import study.data as data_lib
     from study.config import TrainConfig
     from study.train import train
@@ -31,16 +35,23 @@ def _worker(rank: int, args: argparse.Namespace, barrier, out) -> None:
         return original(*a, **k)
 
     data_lib.load_data = load
+    device = getattr(args, "device", "cuda")
     cfg = TrainConfig(variant="resnet", dataset="synthetic", depth=args.depth, epochs=args.epochs,
-                      batch_size=args.batch_size, device="cuda", precision=args.precision, compile=args.compile,
-                      val_size=512, image_size=32, seed=rank)
+                      batch_size=args.batch_size, device=device, precision=args.precision, compile=args.compile,
+                      val_size=512, image_size=getattr(args, "image_size", 32), seed=rank,
+                      threads=1 if device == "cpu" else None)
     rates: list[float] = []
     barrier.wait()  # everyone starts (data, model, compile) together
     train(cfg, lambda m, info, save: rates.append(m["images_per_s"]))
-    out.put((rank, rates))
+    if device.startswith("cuda"):
+        memory = torch.cuda.max_memory_reserved()  # what this trainer holds of the GPU at its peak
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak RSS (Linux: KiB)
+    out.put((rank, rates, memory))
 
 
-def run(k: int, args: argparse.Namespace) -> list[list[float]]:
+def run_with_memory(k: int, args: argparse.Namespace) -> tuple[list[list[float]], list[int]]:
+    """K trainers at once: (each one's epoch images/s, each one's peak memory in bytes)."""
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
     barrier, out = ctx.Barrier(k), ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(r, args, barrier, out)) for r in range(k)]
@@ -51,7 +62,17 @@ def run(k: int, args: argparse.Namespace) -> list[list[float]]:
         p.join()
         if p.exitcode:
             sys.exit(f"a trainer exited with {p.exitcode} at K={k}")
-    return [rates for _, rates in sorted(results)]
+    results.sort()
+    return [rates for _, rates, _ in results], [memory for _, _, memory in results]
+
+
+def run(k: int, args: argparse.Namespace) -> list[list[float]]:
+    return run_with_memory(k, args)[0]
+
+
+def steady_rate(rates: list[float]) -> float:
+    """The steady state: the first two epochs left out (compile, cache warm-up, staggered starts)."""
+    return statistics.median(rates[2:] if len(rates) > 2 else rates)
 
 
 def main() -> None:
@@ -77,13 +98,13 @@ def main() -> None:
     base = None
     for k in counts:
         t0 = time.perf_counter()
-        per = run(k, args)
-        # steady state: skip the first two epochs (compile, cache warm-up, staggered starts)
-        steady = [statistics.median(r[2:] if len(r) > 2 else r) for r in per]
-        total = sum(steady)
+        per, memory = run_with_memory(k, args)
+        total = sum(steady_rate(r) for r in per)
         base = base or total
         print(f"K={k:<2} total {total:9.0f} images/s  ({total / base:4.2f}x K=1)   per trainer "
-              f"{statistics.median(steady):8.0f} images/s   wall {time.perf_counter() - t0:5.0f} s", flush=True)
+              f"{statistics.median(steady_rate(r) for r in per):8.0f} images/s   GPU memory per trainer "
+              f"{max(memory) / 2**30:5.2f} GiB, all {sum(memory) / 2**30:5.2f} GiB   "
+              f"wall {time.perf_counter() - t0:5.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,15 @@ prints two ratios:
   training (reports, checkpoints, Optuna, MLflow, launching the next trial);
 - whole: the study's wall time, Ray and MLflow start-up included, against the
   bare sum (the one-off start-up is printed apart; it does not grow with N).
-Trial length is calibrated to --trial-seconds first.
+Trial length is calibrated to --trial-seconds first. With --long the same run
+then measures a second study of --long-trials trials of 5 minutes each
+(--long-seconds) the same way, and one table at the end gives both.
 
     python benchmarks/study_overhead.py [--trials 6] [--trial-seconds 30]
-    python benchmarks/study_overhead.py --trials 3 --trial-seconds 300   # 5-minute trials
+    python benchmarks/study_overhead.py --long [--long-trials 3]   # and the 5-minute trials (~40 min)
 
-Targets (issue 12): <= 3% at 30-s trials, <= 1% at 5-minute trials.
+Targets (issue 31): whole (start-up included) <= 1.05x at 6 ResNet-20 trials,
+<= 1.02x at 5-minute trials.
 """
 
 from __future__ import annotations
@@ -44,14 +47,8 @@ def bare_seconds(cfg: TrainConfig) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--trial-seconds", type=float, default=30.0)
-    p.add_argument("--variant", default="resnet")
-    p.add_argument("--depth", type=int, default=20,
-                   help="ResNet depth (20: epochs of a few seconds, as in real studies)")
-    args = p.parse_args()
+def measure(args: argparse.Namespace, trials: int, trial_seconds: float) -> dict[str, float]:
+    """One study of `trials` trials of about `trial_seconds` each, then the same trials bare."""
     cpus = os.cpu_count() or 1
     base = dict(variant=args.variant, dataset="digits", depth=args.depth, image_size=32, batch_size=64, val_size=0.15,
                 threads=cpus)
@@ -60,13 +57,14 @@ def main() -> None:
     seconds: list[float] = []
     train(TrainConfig(epochs=3, **base), lambda m, info, save: seconds.append(m["epoch_seconds"]))
     probe = sum(seconds[1:]) / len(seconds[1:])
-    epochs = max(2, math.ceil(args.trial_seconds / probe))
-    print(f"calibration: {probe:.1f} s/epoch -> {epochs} epochs per trial (~{epochs * probe:.0f} s)", flush=True)
+    epochs = max(2, math.ceil(trial_seconds / probe))
+    print(f"calibration: {probe:.1f} s/epoch -> {epochs} epochs per trial (~{epochs * probe:.0f} s), "
+          f"{trials} trials", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="resstudy-overhead-") as tmp:
         spec = {
             "name": "overhead", "dataset": "digits", "image_size": 32, "depth": args.depth, "epochs": epochs,
-            "trials_per_variant": args.trials, "variants": {args.variant: {}},
+            "trials_per_variant": trials, "variants": {args.variant: {}},
             "train": {"batch_size": 64, "val_size": 0.15},
             "search": {"algorithm": "random", "seed": 0}, "scheduler": {"type": "none"},
             "resources": {"cpu": cpus, "gpu": 0}, "max_concurrent": 1, "storage_path": tmp,
@@ -91,14 +89,39 @@ def main() -> None:
         bare_each.append(bare_seconds(cfg))
     bare = sum(bare_each)
     window = results._end.iloc[-1] - results._end.iloc[0]
-    startup = min(starts.values()) - t_wall0 if starts else float("nan")
-    print(f"{'study (resstudy run: Ray Tune + Optuna + MLflow)':<52} {study_s:8.1f} s")
-    print(f"{'the same trials bare, in one process':<52} {bare:8.1f} s")
-    print(f"{'one-off start-up (driver start -> first trial asked)':<52} {startup:8.1f} s")
-    steady = window / sum(bare_each[1:])
-    print(f"{'steady overhead (trials 2..N: study / bare)':<52} {steady:8.3f}x  ({100 * (steady - 1):+.1f}%)")
-    print(f"{'whole overhead (study / bare, start-up included)':<52} {study_s / bare:8.3f}x  "
-          f"({100 * (study_s / bare - 1):+.1f}%)")
+    out = {"trials": float(trials), "trial_s": bare / max(len(bare_each), 1), "study_s": study_s, "bare_s": bare,
+           "startup_s": min(starts.values()) - t_wall0 if starts else float("nan"),
+           "steady": window / sum(bare_each[1:]) if len(bare_each) > 1 else float("nan"),
+           "whole": study_s / bare}
+    print(f"  study {study_s:.1f} s, bare {bare:.1f} s, start-up {out['startup_s']:.1f} s, "
+          f"steady {out['steady']:.3f}x, whole {out['whole']:.3f}x", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=6)
+    p.add_argument("--trial-seconds", type=float, default=30.0)
+    p.add_argument("--long", action="store_true", help="then a study of 5-minute trials too, in the same run")
+    p.add_argument("--long-trials", type=int, default=3)
+    p.add_argument("--long-seconds", type=float, default=300.0)
+    p.add_argument("--variant", default="resnet")
+    p.add_argument("--depth", type=int, default=20,
+                   help="ResNet depth (20: epochs of a few seconds, as in real studies)")
+    args = p.parse_args()
+    runs = [("short", args.trials, args.trial_seconds, 1.05)]
+    if args.long:
+        runs.append(("long", args.long_trials, args.long_seconds, 1.02))
+    rows = [(name, target, measure(args, trials, seconds)) for name, trials, seconds, target in runs]
+    print(f"\nResNet-{args.depth}, one trial at a time, {os.cpu_count()} CPUs "
+          f"(study: resstudy run, Ray Tune + Optuna + MLflow; bare: study.train in one process)")
+    print(f"{'':<6} {'trials':>6} {'trial s':>8} {'study s':>8} {'bare s':>8} {'start-up s':>10} "
+          f"{'steady':>8} {'whole':>8} {'target':>8}")
+    for name, target, r in rows:
+        verdict = "met" if r["whole"] <= target else "not met"
+        print(f"{name:<6} {r['trials']:6.0f} {r['trial_s']:8.1f} {r['study_s']:8.1f} {r['bare_s']:8.1f} "
+              f"{r['startup_s']:10.1f} {r['steady']:7.3f}x {r['whole']:7.3f}x  <={target:.2f}x {verdict}")
+    print("steady: trials 2..N, study / bare; whole: the study's wall time (start-up included) / bare sum")
 
 
 if __name__ == "__main__":

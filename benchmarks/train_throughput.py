@@ -37,16 +37,17 @@ from study.train import resolve_precision, train
 class BareStep:
     """fwd + loss + bwd + SGD step on one pre-made batch already on the device: the limit."""
 
-    def __init__(self, device: str, precision: str, compiled: bool, batch: int = 128) -> None:
+    def __init__(self, device: str, precision: str, compiled: bool, batch: int = 128, depth: int = 20,
+                 image_size: int = 32) -> None:
         dev = self.device = torch.device(device)
         amp = torch.bfloat16 if precision == "bf16" else None
         torch.manual_seed(0)
-        model = create_model("resnet", depth=20, num_classes=10).to(dev)
+        model = create_model("resnet", depth=depth, num_classes=10).to(dev)
         channels_last = dev.type == "cuda"
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        self.x = torch.randn(batch, 3, 32, 32, device=dev)
+        self.x = torch.randn(batch, 3, image_size, image_size, device=dev)
         if channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (batch,), device=dev)
@@ -99,18 +100,19 @@ def limit_section(device: str, images: int, epochs: int, precisions: list[str]) 
     return rows
 
 
-def trainer_images_per_s(device: str, images: int, epochs: int, between=None, **options) -> float:
+def trainer_images_per_s(device: str, images: int, epochs: int, between=None, *, depth: int = 20,
+                         image_size: int = 32, batch_size: int = 128, **options) -> float:
     """Median images/s over the epochs after the first (the first warms caches);
     `between(metrics)` runs after each epoch."""
-    cfg = TrainConfig(dataset="synthetic", depth=20, epochs=epochs, batch_size=128, device=device, val_size=256,
-                      image_size=32, **options)
+    cfg = TrainConfig(dataset="synthetic", depth=depth, epochs=epochs, batch_size=batch_size, device=device,
+                      val_size=min(256, max(images // 4, 32)), image_size=image_size, **options)
     rates: list[float] = []
     import study.data as data_lib
 
     original = data_lib.load_data
 
     def load(*a, **k):
-        k["synthetic_size"] = images + 256
+        k["synthetic_size"] = images + int(cfg.val_size)
         return original(*a, **k)
 
     data_lib.load_data = load

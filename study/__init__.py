@@ -6,7 +6,11 @@ function that loads them and calls it at its first lookup. It is the one place
 the built-ins are loaded from; the registry never imports the models.
 """
 
-from study import variants as _variants
+from study.timeline import mark as _mark
+
+_mark("python: up, study package imported")
+
+from study import variants as _variants  # noqa: E402  (after the mark: the timeline starts here)
 
 
 def _load_builtins() -> None:

@@ -251,7 +251,49 @@ def _resize_gray(images: np.ndarray, size: int) -> Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8).repeat(1, 3, 1, 1).contiguous()
 
 
-def _read_digits(image_size: int) -> _Arrays:
+# ---------------------------------------------------------------- a cache on disk, once per machine
+
+
+def cache_dir() -> str:
+    """Where arrays computed once per machine are kept: $XDG_CACHE_HOME/resstudy (~/.cache)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "resstudy")
+
+
+def _sklearn_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scikit-learn")
+    except PackageNotFoundError:
+        return "?"
+
+
+def _on_disk(name: str, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`compute()`'s arrays, computed once per machine and kept in the cache directory
+    (an .npz named by a hash of `key`, no pickles); where it cannot be read or written
+    they are computed here. It keeps scikit-learn's imports (its datasets and
+    model_selection, seconds of a trial's start on a busy machine) off every trial's
+    start after the first: the arrays are scikit-learn's own, keyed by its version."""
+    digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:20]
+    path = os.path.join(cache_dir(), f"{name}-{digest}.npz")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    arrays = compute()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)  # whole or not at all: trials starting at once may race here
+    except OSError:
+        pass
+    return arrays
+
+
+def _digits_arrays() -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -260,7 +302,13 @@ def _read_digits(image_size: int) -> _Arrays:
     y = digits.target.astype(np.int64)
     pool, test = train_test_split(np.arange(len(y)), test_size=DIGITS_TEST_FRACTION, stratify=y,
                                   random_state=DIGITS_TEST_SEED)
-    pool, test = np.sort(pool), np.sort(test)
+    return {"images": images, "y": y, "pool": np.sort(pool), "test": np.sort(test)}
+
+
+def _read_digits(image_size: int) -> _Arrays:
+    d = _on_disk("digits", {"sklearn": _sklearn_version(), "seed": DIGITS_TEST_SEED,
+                            "fraction": DIGITS_TEST_FRACTION}, _digits_arrays)
+    images, y, pool, test = d["images"], d["y"], d["pool"], d["test"]
     x = _resize_gray(images, image_size)
     return _Arrays(x[pool], torch.from_numpy(y[pool]), x[test], torch.from_numpy(y[test]))
 
@@ -335,7 +383,15 @@ def _val_count(val_size: int | float, n: int) -> int:
 
 
 def _split(y: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed split: stratified by class when every class can give one image to each side."""
+    """Fixed split: stratified by class when every class can give one image to each side
+    (scikit-learn's, kept on disk once computed: `_on_disk`)."""
+    key = {"sklearn": _sklearn_version(), "y": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
+           "dtype": str(y.dtype), "n": len(y), "n_val": int(n_val), "seed": int(seed)}
+    d = _on_disk("split", key, lambda: dict(zip(("train", "val"), _split_now(y, n_val, seed))))
+    return d["train"], d["val"]
+
+
+def _split_now(y: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))

@@ -23,6 +23,7 @@ from study.config import CORE, TrainConfig
 from study.data import resolve_device
 from study.errors import UserError
 from study.models import create_model
+from study.timeline import mark
 from study.variants import StepSchedule, declared_schedules, features, get_variant
 
 CHECKPOINT_FILE = "state.pt"
@@ -275,6 +276,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
                               val_size=int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size,
                               image_size=cfg.image_size, device=device, augment=cfg.augment,
                               cutout=cfg.cutout, normalization=cfg.normalization)
+    mark("train: data loaded")
     model = create_model(cfg.variant, depth=cfg.depth, num_classes=data.num_classes,
                          in_channels=data.in_channels, **cfg.model_options()).to(device)
     if channels_last:
@@ -282,6 +284,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
     optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.weight_decay_scope), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     schedule = Schedule(cfg.lr, cfg.schedule, float(cfg.epochs), float(cfg.warmup_epochs))
+    mark("train: model built")
     ctx = TrialContext(cfg, data, device, amp, channels_last)
     hooks = make_hooks(cfg, model, ctx)
     ce = _ce(cfg.label_smoothing)
@@ -362,6 +365,7 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t_steady, timed_from = time.perf_counter(), seen
+                mark("train: first step" + (" (compiled)" if step_fn.compiled else ""))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t_end = time.perf_counter()

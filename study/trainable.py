@@ -235,6 +235,9 @@ def trainable(trial: dict[str, Any], events: Any = None) -> None:
     """Run one trial: `trial` is {"config": the TrainConfig dict, "control": the driver's
     data (rid: trial id, ckpt: checkpoint root, ckpt_epochs, ckpt_every_s, plugins, phase)};
     `events` the driver's events object (after_epoch is called after each report)."""
+    from study.timeline import mark
+
+    mark(f"trial: trainable called ({trial['control']['rid']})")
     import ray
     from ray import tune
 
@@ -242,6 +245,7 @@ def trainable(trial: dict[str, Any], events: Any = None) -> None:
     from study.train import train
     from study.variants import load_plugins
 
+    mark("trial: imports (torch, study.train)")
     config, control = trial["config"], trial["control"]
     load_plugins(control.get("plugins", ()))  # variants a spec's plugin files register
     rid, ckpt_root = control["rid"], control["ckpt"]
@@ -258,6 +262,8 @@ def trainable(trial: dict[str, Any], events: Any = None) -> None:
 
     def report(metrics: dict[str, Any], info: dict[str, Any], save) -> None:
         epoch = int(metrics["epoch"])
+        if epoch == start_epoch + 1:
+            mark("trial: first epoch trained and evaluated")
         reporter.check()  # stopped or failed since the last epoch: no checkpoint, no report
         result = dict(metrics, rid=rid, node=node, start_epoch=start_epoch,
                       info_json=json.dumps(info) if info else "")

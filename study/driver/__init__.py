@@ -21,8 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from study.driver.environment import set_switches
+from study.timeline import mark as _mark
 
 set_switches()  # before any driver module imports ray
+_mark("driver: package imported (spec loaded and checked)")
 
 _EXPORTS = {
     "run_study": "study.driver.runner", "resume_study": "study.driver.runner", "StudyRunner": "study.driver.runner",

@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 from study.driver import environment
 from study.driver.context import Context
 from study.searcher import METRIC, Rungs
+from study.timeline import mark
 from study.trainable import trainable
 
 TUNE_RUNS_PER_PHASE = 3  # Tune runs of one experiment before its unfinished trials count as failed
@@ -99,6 +100,8 @@ class StudyCallback(_NotSaved, tune.Callback):
         self.last: dict[str, dict[str, Any]] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if not self.last:
+            mark(f"tune: trial started ({_rid(trial)})")
         self.phase.started(_rid(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
@@ -106,6 +109,8 @@ class StudyCallback(_NotSaved, tune.Callback):
         self.phase.retried(_rid(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if not self.last:
+            mark(f"driver: first epoch result received ({_rid(trial)})")
         self.last[_rid(trial)] = result
         self.phase.result(_rid(trial), result)
 
@@ -142,13 +147,16 @@ class TuneBackend:
         that every node sees the data)."""
         from study import preflight
 
+        mark("ray: start")
         environment.init_ray(ctx.options.verbose)
+        mark("ray: up (ray.init returned)")
         if ctx.stop.is_set():  # stopped while Ray started: ask it nothing
             return
         preflight.check_cluster(ctx.spec, ray.cluster_resources(),
                                 nodes=[n["Resources"] for n in ray.nodes() if n.get("Alive")])
         if os.environ.get("RAY_ADDRESS"):
             preflight.check_nodes(ctx.spec)
+        mark("ray: cluster checked")
 
     def run(self, ctx: Context, phase: Any) -> None:
         """Run `phase` (a Phase or Phases) until every trial it plans has ended; Tune
@@ -175,6 +183,7 @@ class TuneBackend:
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0)),
             )
+            mark(f"tune: fit ({phase.experiment} {phase.phase})")
             tuner.fit()
             if ctx.stop.is_set():
                 return

@@ -8,13 +8,17 @@ ray only inside its functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Iterator
+
+from study.timeline import mark
 
 SET_AUTH_MODE = False  # whether these switches set token auth (ray was not imported before them)
 
@@ -42,6 +46,9 @@ def set_switches() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # The driver checks no IRI formats either: `import ray` (through jsonschema) skips
+    # rfc3987-syntax's grammar build here too (see raypath/rfc3987_syntax).
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 
 START_ATTEMPTS = 5
@@ -134,11 +141,115 @@ def stop_failed_start() -> list[int]:
     return pids
 
 
+MINIMAL = "resstudy's embedded Ray starts no dashboard: its agents run minimal"
+RAY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "raypath")
+
+
+@contextlib.contextmanager
+def lean_start() -> Iterator[None]:
+    """The embedded single-node Ray without the processes a study never uses, while
+    ray.init starts it (Ray has no switch for these; its Node's methods are replaced
+    for the start only, then put back):
+
+    - the API server (dashboard head, started even with include_dashboard=False):
+      job submission, the state API and usage stats, none of which a study calls;
+      ray.init waited for it to register (seconds of a Python process importing
+      aiohttp on a busy machine) before it started the raylet;
+    - the autoscaler's monitor: one fixed node, nothing to scale;
+    - the log monitor: the driver runs with log_to_driver=False, nothing reads it;
+    - the dashboard agent's full mode: it runs minimal (no HTTP server, no metrics
+      modules), the way it runs where the dashboard's packages are not installed;
+      the raylet waits for its agents before it registers, so their start is Ray's;
+    - rfc3987-syntax in Ray's Python processes (agents, workers: every trial), which
+      `import ray` loads through jsonschema and which builds a grammar at import (2-3 s
+      on a busy 2-core machine): RAY_PATH leads their PYTHONPATH (see its package's
+      docstring). The driver's own PYTHONPATH is put back once Ray is up.
+
+    What stays: the GCS, the raylet (with its object store), the runtime-env agent
+    and a minimal dashboard agent, all on 127.0.0.1, with token auth as before.
+    Fewer idle processes also take less of the cores from the trials."""
+    from ray._private import node as node_mod
+    from ray._private import utils
+
+    node_cls = node_mod.Node
+    saved = {name: getattr(node_cls, name) for name in ("start_api_server", "start_monitor", "start_log_monitor")}
+    saved_dep = utils.get_dashboard_dependency_error
+
+    def no_api_server(self: Any, *, include_dashboard: Any = None, raise_on_failure: Any = None) -> None:
+        self._webui_url = None
+
+    pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RAY_PATH, pythonpath]))  # read by Ray's children
+    node_cls.start_api_server = no_api_server  # type: ignore[method-assign]
+    node_cls.start_monitor = lambda self: None  # type: ignore[method-assign]
+    node_cls.start_log_monitor = lambda self: None  # type: ignore[method-assign]
+    utils.get_dashboard_dependency_error = lambda: ImportError(MINIMAL)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(node_cls, name, fn)
+        utils.get_dashboard_dependency_error = saved_dep
+        if pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = pythonpath
+
+
+class _NoSigtermNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+_START_LOCK = threading.Lock()  # one start at a time: a start begun early is waited for, not repeated
+_PRESTART: threading.Thread | None = None
+
+
+def prestart(verbose: bool = False) -> threading.Thread | None:
+    """Start the embedded Ray on a thread of its own, now, while the driver goes on with
+    what does not need Ray (ledger, spec checks, MLflow, Optuna): Ray's local start is
+    mostly waiting for its processes, which no longer waits in line behind the driver's.
+    `init_ray` later waits for this start and returns (or starts Ray itself where this
+    one failed: its error is raised there). Nothing for a cluster (RAY_ADDRESS), or where
+    Ray is up. The thread is a daemon: a driver that stops before it needs Ray exits at
+    once, and the reaper (ray_in_its_own_group) takes Ray's processes with it."""
+    global _PRESTART
+    if os.environ.get("RAY_ADDRESS") or _START_LOCK.locked():
+        return None
+    started = threading.Event()
+
+    def start() -> None:
+        with _START_LOCK:
+            started.set()
+            mark("ray: early start begun, on its own thread")
+            try:
+                _init_ray(verbose, 1)
+                mark("ray: early start done")
+            except Exception:  # init_ray in the driver's thread tries again and reports it
+                logging.getLogger("study.driver").debug("early Ray start failed", exc_info=True)
+        # Ray's processes die with the THREAD that started them (PR_SET_PDEATHSIG fires at
+        # the thread's exit on Linux): this one stays, parked, as long as the process lives.
+        threading.Event().wait()
+
+    # ray.init sets its SIGTERM handler from the main thread only and says so; the driver
+    # installs its own handlers (lifecycle.Stopper) either way
+    logging.getLogger("ray._private.worker").addFilter(_NoSigtermNote())
+    _PRESTART = threading.Thread(target=start, name="resstudy-ray-start", daemon=True)
+    _PRESTART.start()
+    started.wait()  # holds the start lock: init_ray from here on waits for this start
+    return _PRESTART
+
+
 def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS) -> None:
     """Connect to the cluster RAY_ADDRESS names, or start an embedded single-node Ray
     (loopback only, no dashboard, token auth on). A busy machine can miss Ray's
     start-up window: a transient failure is retried after the failed start's
-    processes are stopped."""
+    processes are stopped. A start `prestart` began is waited for."""
+    with _START_LOCK:
+        _init_ray(verbose, attempts)
+
+
+def _init_ray(verbose: bool, attempts: int) -> None:
     import ray
 
     if ray.is_initialized():
@@ -160,8 +271,9 @@ def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS) -> None:
         if SET_AUTH_MODE:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
-            ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
-                     logging_level=_log_level(verbose))
+            with lean_start():
+                ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
+                         logging_level=_log_level(verbose))
             return
         except Exception as e:
             transient = any(s in str(e) for s in ("timed out during startup", "Failed to start GCS"))
@@ -175,4 +287,4 @@ def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS) -> None:
             time.sleep(wait)
 
 
-__all__ = ["init_ray", "ray_in_its_own_group", "stop_failed_start"]
+__all__ = ["init_ray", "prestart", "lean_start", "ray_in_its_own_group", "stop_failed_start"]

@@ -38,6 +38,7 @@ from study.ledger import FINISHED, Ledger, StateError, StudyLock
 from study.results import EpochLog, compact
 from study.searcher import METRIC, park
 from study.spec import StudySpec
+from study.timeline import mark
 from study.tracking import Tracker, redact_uri
 
 STATE_FILE = ledger_lib.STATE_FILE
@@ -169,6 +170,12 @@ class StudyRunner:
         else:
             self.study_dir.mkdir(parents=True, exist_ok=True)
         lock = StudyLock(self.study_dir).acquire()
+        if self.backend is None and _reachable(self.tracking_uri()):
+            # the embedded Ray starts while the driver prepares; where the tracking server does
+            # not answer, the study fails in prepare before any Ray starts
+            from study.driver import environment
+
+            environment.prestart(self.options.verbose)
         try:
             resumed = Path(self.study_dir / ledger_lib.LEDGER_FILE).exists()
             if not self.prepare():
@@ -178,6 +185,7 @@ class StudyRunner:
                 return self.study_dir
             ctx = self.ctx
             assert ctx is not None
+            mark("driver: prepared (ledger, spec check, MLflow, Optuna)")
             print(f"resstudy: study {spec.name} -> {self.study_dir}" + (" (resuming)" if resumed else ""), flush=True)
             print(f"resstudy: browse it with: resstudy ui {self.study_dir}", flush=True)
             self.stopper.install()  # a stop while Ray starts is a stop too
@@ -351,6 +359,22 @@ def _tracking_log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _reachable(uri: str, timeout_s: float = 1.0) -> bool:
+    """Whether a tracking server at `uri` accepts a connection (a local store always does)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return True
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def _first_line(e: BaseException) -> str:
     text = getattr(e, "strerror", None) or str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
@@ -369,6 +393,7 @@ def run_study(spec: StudySpec, *, new_name: str | None = None, options: RuntimeO
         from study.spec import check_study_name
 
         spec = spec.model_copy(update={"name": check_study_name(new_name, "--new-name")})
+    mark("driver: run_study (driver modules imported)")
     return _run(StudyRunner(spec, options=options, events=events, backend=backend))
 
 

@@ -532,3 +532,25 @@ def test_train_hands_the_data_options_to_load_data(monkeypatch):
     with pytest.raises(Seen):
         train_lib.train(TrainConfig(augment="none", cutout=8, normalization="imagenet", device="cpu"))
     assert (seen["augment"], seen["cutout"], seen["normalization"]) == ("none", 8, "imagenet")
+
+
+_CACHED_LOAD = r"""
+import sys
+from study import data
+d = data.load_data("digits", val_size=0.15, image_size=12, device="cpu")
+print(int("sklearn.model_selection" in sys.modules), int(d.val_y.sum()), int(d.test_y.sum()), int(d.train_x.sum()))
+"""
+
+
+def test_digits_and_their_splits_are_computed_once_per_machine_then_read_without_sklearn(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", _CACHED_LOAD], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120).stdout.split() for _ in range(2)]
+    assert runs[0][0] == "1" and runs[1][0] == "0", runs  # the second start imports no scikit-learn
+    assert runs[0][1:] == runs[1][1:], runs  # the very same images and splits
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "resstudy").iterdir()) == ["digits", "split"]

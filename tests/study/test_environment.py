@@ -3,10 +3,14 @@ none of its processes behind for the next attempt."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+from tests.study.test_security import clean_env
 
 _FAILED_START = """
 import os
@@ -63,3 +67,39 @@ def test_a_start_that_fails_for_good_is_stopped_too_and_raised(monkeypatch):
     with pytest.raises(ValueError, match="bad resources"):
         environment.init_ray()
     assert calls == ["stop"]
+
+
+_LEAN_START = r"""
+import json, time
+import psutil
+from study.driver import environment
+environment.prestart()  # on a thread of its own, as `resstudy run` starts it
+import ray
+environment.init_ray()  # waits for that start instead of starting a second Ray
+try:
+    assert ray.get(ray.remote(lambda: 7).remote()) == 7  # Ray outlives nothing it needs: the thread is parked
+    names = set()
+    for pid in environment._ray_group():
+        try:
+            proc = psutil.Process(pid)
+            names.add(proc.name() if "python" not in proc.name() else " ".join(proc.cmdline()[1:2]))
+        except psutil.Error:
+            pass
+    print("LEAN " + json.dumps(sorted(names)), flush=True)
+finally:
+    ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_the_embedded_ray_starts_early_and_lean():
+    """No API server, autoscaler monitor or log monitor; the dashboard agent minimal."""
+    out = subprocess.run([sys.executable, "-c", _LEAN_START], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                         env=clean_env())
+    lines = [line for line in out.stdout.splitlines() if line.startswith("LEAN ")]
+    assert out.returncode == 0 and lines, out.stdout[-2000:] + out.stderr[-3000:]
+    names = " ".join(json.loads(lines[-1][len("LEAN "):]))
+    assert "gcs_server" in names and "raylet" in names, names
+    for absent in ("dashboard/dashboard.py", "monitor.py", "log_monitor.py"):
+        assert absent not in names, names
+    assert "SIGTERM handler is not set" not in out.stderr

@@ -135,3 +135,20 @@ def test_an_experiment_made_before_the_view_gets_it(tmp_path):
     Tracker(uri, "again", "study", tmp_path)  # a resumed study's tracker sets them too
     assert VIEW_TAG in client.get_experiment(resumed).tags
     assert not ensure_view(f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}", "1")  # unwritable: the plain link
+
+
+def test_a_new_sqlite_store_is_a_copy_of_one_mlflow_made_once(tmp_path, monkeypatch):
+    from study.tracking import new_sqlite_store
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ids = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        assert new_sqlite_store(uri) and not new_sqlite_store(uri)  # an existing store is left alone
+        tracker = Tracker(uri, "exp", "study", tmp_path / name)
+        ids.append(tracker.experiment_id)
+        assert MlflowClient(uri).get_experiment(tracker.experiment_id).name == "exp"
+    assert ids[0] == ids[1]  # two empty stores alike
+    assert [p.name.split("-")[0] for p in (tmp_path / "cache" / "resstudy").iterdir()] == ["mlflow"]
+    assert not new_sqlite_store("http://127.0.0.1:5000") and not new_sqlite_store(f"sqlite:///{tmp_path}/none/x.db")
