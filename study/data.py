@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from study.cache import arrays_on_disk
 from study.config import CORE, DATASET_INFO, DATASETS
 from study.errors import OptionError, UserError
 
@@ -251,13 +252,7 @@ def _resize_gray(images: np.ndarray, size: int) -> Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8).repeat(1, 3, 1, 1).contiguous()
 
 
-# ---------------------------------------------------------------- a cache on disk, once per machine
-
-
-def cache_dir() -> str:
-    """Where arrays computed once per machine are kept: $XDG_CACHE_HOME/resstudy (~/.cache)."""
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                        "resstudy")
+# ---------------------------------------------------------------- scikit-learn's arrays, once per machine
 
 
 def _sklearn_version() -> str:
@@ -269,28 +264,9 @@ def _sklearn_version() -> str:
         return "?"
 
 
-def _on_disk(name: str, key: dict[str, Any], compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """`compute()`'s arrays, computed once per machine and kept in the cache directory
-    (an .npz named by a hash of `key`, no pickles); where it cannot be read or written
-    they are computed here. It keeps scikit-learn's imports (its datasets and
-    model_selection, seconds of a trial's start on a busy machine) off every trial's
-    start after the first: the arrays are scikit-learn's own, keyed by its version."""
-    digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:20]
-    path = os.path.join(cache_dir(), f"{name}-{digest}.npz")
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            return {k: saved[k] for k in saved.files}
-    except (OSError, ValueError, KeyError, EOFError):
-        pass
-    arrays = compute()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)  # whole or not at all: trials starting at once may race here
-    except OSError:
-        pass
-    return arrays
+# The digits and the fixed splits are scikit-learn's own arrays, kept in the per-machine cache
+# keyed by its version (study/cache.py): its datasets and model_selection imports took seconds
+# of every trial's start on a busy machine.
 
 
 def _digits_arrays() -> dict[str, np.ndarray]:
@@ -306,7 +282,7 @@ def _digits_arrays() -> dict[str, np.ndarray]:
 
 
 def _read_digits(image_size: int) -> _Arrays:
-    d = _on_disk("digits", {"sklearn": _sklearn_version(), "seed": DIGITS_TEST_SEED,
+    d = arrays_on_disk("digits", {"sklearn": _sklearn_version(), "seed": DIGITS_TEST_SEED,
                             "fraction": DIGITS_TEST_FRACTION}, _digits_arrays)
     images, y, pool, test = d["images"], d["y"], d["pool"], d["test"]
     x = _resize_gray(images, image_size)
@@ -384,10 +360,10 @@ def _val_count(val_size: int | float, n: int) -> int:
 
 def _split(y: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed split: stratified by class when every class can give one image to each side
-    (scikit-learn's, kept on disk once computed: `_on_disk`)."""
+    (scikit-learn's, kept in the per-machine cache once computed)."""
     key = {"sklearn": _sklearn_version(), "y": hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest(),
            "dtype": str(y.dtype), "n": len(y), "n_val": int(n_val), "seed": int(seed)}
-    d = _on_disk("split", key, lambda: dict(zip(("train", "val"), _split_now(y, n_val, seed))))
+    d = arrays_on_disk("split", key, lambda: dict(zip(("train", "val"), _split_now(y, n_val, seed))))
     return d["train"], d["val"]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from study.cache import cache_dir
 from study.errors import UserError
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -127,7 +128,7 @@ def _quiet_http_retries(uri: str) -> None:
 
 
 def _template_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "resstudy"
+    return cache_dir()
 
 
 def new_sqlite_store(tracking_uri: str) -> bool:

@@ -23,11 +23,11 @@ MAX_LINES = 600
 # A module's layer is the one of the longest prefix listed here (a package
 # stands for every module under it); every module must fall in one.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # the start-up timeline (standard library only), errors, options, the variant registry and
-    # its dataclasses, the configs a variant's declaration derives (TrainConfig, search spaces,
-    # the study spec) and the search ranges
-    ("core", ("study.timeline", "study.errors", "study.options", "study.variants", "study.presets", "study.config",
-              "study.spaces", "study.spec", "study.artifacts", "search_spaces")),
+    # the start-up timeline and the per-machine cache (no project imports), errors, options, the
+    # variant registry and its dataclasses, the configs a variant's declaration derives
+    # (TrainConfig, search spaces, the study spec) and the search ranges
+    ("core", ("study.timeline", "study.cache", "study.errors", "study.options", "study.variants", "study.presets",
+              "study.config", "study.spaces", "study.spec", "study.artifacts", "search_spaces")),
     ("models", ("study.models", "study.sgs")),
     ("training", ("study.data", "study.compile", "study.train")),
     ("trainable", ("study.trainable",)),

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 import typer.core
 
+from study.cache import cache_dir
 from study.cli.base import _NULL
 
 
@@ -68,11 +69,11 @@ def flag_cache_file() -> Path | None:
     """The cache of the train flag table ($XDG_CACHE_HOME, else ~/.cache), one per
     installed copy of the package; None without a home."""
     try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        base = cache_dir()
     except RuntimeError:
         return None
     where = hashlib.sha256(str(Path(__file__).resolve().parent).encode()).hexdigest()[:12]
-    return base / "resstudy" / f"train-flags-{where}.json"
+    return base / f"train-flags-{where}.json"
 
 
 def flag_table() -> dict[str, Any]:
