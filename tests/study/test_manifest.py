@@ -130,11 +130,11 @@ def test_plugin_hash_recorded_and_the_analysis_loads_no_plugin(tmp_path, monkeyp
     def refuse(paths):
         raise AssertionError(f"the analysis loaded plugins {paths}")
 
-    import study.spec
+    import study.spec.models
     import study.variants
 
     monkeypatch.setattr(study.variants, "load_plugins", refuse)
-    monkeypatch.setattr(study.spec, "load_plugins", refuse)
+    monkeypatch.setattr(study.spec.models, "load_plugins", refuse)  # where the spec's plugins field loads them
     assert analysis_load.load_spec(d)["manifest"]["plugins"] == m["plugins"]
     assert analysis_load.manifest(d) == m
 
