@@ -142,6 +142,11 @@ class StopAll(_NotSaved, tune.Stopper):
 class TuneBackend:
     """Ray Tune on the embedded Ray or the cluster RAY_ADDRESS names."""
 
+    def prestart(self, verbose: bool = False) -> None:
+        """Start the embedded Ray now, on a thread of its own, while the driver prepares
+        (environment.prestart); `start` then joins it."""
+        environment.prestart(verbose)
+
     def start(self, ctx: Context) -> None:
         """Start or join Ray, then check that a trial fits on one node (and, on a cluster,
         that every node sees the data)."""

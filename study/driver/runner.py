@@ -124,6 +124,12 @@ class StudyRunner:
             return False
         saved = redacted(spec)
         uri = self.tracking_uri()
+        prestart = getattr(self.backend, "prestart", None)
+        if prestart is not None and _reachable(uri):
+            # the spec passed its checks: a backend that can (Tune's) starts its Ray now, while
+            # the stores are set up; where the tracking server does not answer, nothing starts
+            # and the study fails below before any Ray
+            prestart(self.options.verbose)
         if uri == ledger_lib.own_tracking_uri(self.study_dir):
             ledger_lib.relocate_mlflow_artifacts(self.study_dir)  # a copied or moved study logs into itself
         if not self.options.verbose:
@@ -170,12 +176,10 @@ class StudyRunner:
         else:
             self.study_dir.mkdir(parents=True, exist_ok=True)
         lock = StudyLock(self.study_dir).acquire()
-        if self.backend is None and _reachable(self.tracking_uri()):
-            # the embedded Ray starts while the driver prepares; where the tracking server does
-            # not answer, the study fails in prepare before any Ray starts
-            from study.driver import environment
+        if self.backend is None:
+            from study.driver.backend import TuneBackend
 
-            environment.prestart(self.options.verbose)
+            self.backend = TuneBackend()
         try:
             resumed = Path(self.study_dir / ledger_lib.LEDGER_FILE).exists()
             if not self.prepare():
@@ -190,10 +194,6 @@ class StudyRunner:
             print(f"resstudy: browse it with: resstudy ui {self.study_dir}", flush=True)
             self.stopper.install()  # a stop while Ray starts is a stop too
             backend = self.backend
-            if backend is None:
-                from study.driver.backend import TuneBackend
-
-                backend = self.backend = TuneBackend()
             try:
                 try:
                     backend.start(ctx)

@@ -250,10 +250,20 @@ def _spec(tmp_path: Path, **overrides):
     return load_spec(data)
 
 
+class _Unused:
+    """A backend these tests must never reach: each stops the driver in its preparation,
+    before Ray or a trial starts (and it has no `prestart`, so no Ray starts early)."""
+
+    def start(self, ctx):
+        raise AssertionError("the driver went on to the backend")
+
+    run = start
+
+
 def _run(spec):
     from study.driver.runner import StudyRunner
 
-    return StudyRunner(spec).run()
+    return StudyRunner(spec, backend=_Unused()).run()
 
 
 def test_storage_that_is_a_file_or_not_a_study_is_refused(tmp_path):
