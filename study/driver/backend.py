@@ -97,10 +97,11 @@ class StudyCallback(_NotSaved, tune.Callback):
 
     def __init__(self, phase: Any) -> None:
         self.phase = phase
-        self.last: dict[str, dict[str, Any]] = {}
+        self.last: dict[str, dict[str, Any]] = {}  # each live trial's last result (dropped at its end)
+        self.seen = False  # a result has come in (the start-up timeline marks the first)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if not self.last:
+        if not self.seen:
             mark(f"tune: trial started ({_rid(trial)})")
         self.phase.started(_rid(trial))
 
@@ -109,21 +110,22 @@ class StudyCallback(_NotSaved, tune.Callback):
         self.phase.retried(_rid(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if not self.last:
+        if not self.seen:
+            self.seen = True
             mark(f"driver: first epoch result received ({_rid(trial)})")
         self.last[_rid(trial)] = result
         self.phase.result(_rid(trial), result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rid = _rid(trial)
-        self.phase.ended(rid, self.last.get(rid) or trial.last_result or {}, error="")
+        self.phase.ended(rid, self.last.pop(rid, None) or trial.last_result or {}, error="")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         rid = _rid(trial)
         error = ""
         if getattr(trial, "error_file", None) and Path(trial.error_file).exists():
             error = Path(trial.error_file).read_text(errors="replace")[-2000:]
-        self.phase.ended(rid, self.last.get(rid) or trial.last_result or {}, error=error or "error")
+        self.phase.ended(rid, self.last.pop(rid, None) or trial.last_result or {}, error=error or "error")
 
 
 class StopAll(_NotSaved, tune.Stopper):
