@@ -7,6 +7,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
+from typing import Any
 from pathlib import Path
 
 import pandas as pd
@@ -92,6 +93,12 @@ def _claim_records(t: pd.DataFrame) -> tuple[list, list]:
     return metrics, tags
 
 
+def _log_claim_records(client: Any, run_id: str, table: pd.DataFrame) -> None:
+    metrics, tags = _claim_records(table)
+    for i in range(0, max(len(tags), len(metrics)), 900):  # MLflow's batch limits: 1000 tags, 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags[i:i + 900])
+
+
 def log_claims(study_dir: str | Path, table: pd.DataFrame, tracking_uri: str | None = None) -> bool:
     """The claims' verdicts and reported effects as metrics and tags of the study's MLflow
     parent run (see _claim_records); a warning, not an error, when it cannot be reached.
@@ -105,9 +112,7 @@ def log_claims(study_dir: str | Path, table: pd.DataFrame, tracking_uri: str | N
         return False
     client, run_id, _ = found
     try:
-        metrics, tags = _claim_records(table)
-        for i in range(0, max(len(tags), len(metrics)), 900):  # MLflow's batch limits: 1000 tags, 1000 metrics
-            client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags[i:i + 900])
+        _log_claim_records(client, run_id, table)
     except Exception as e:  # an MLflow failure must not fail the command that finished the study
         return warn(f"{type(e).__name__}: {e}")
     return True
@@ -139,9 +144,7 @@ def log_artifacts(study_dir: str | Path, out_dir: str | Path, tracking_uri: str 
         client.log_artifacts(run_id, str(out_dir), artifact_path="analysis")
         claims = Path(out_dir) / "claims.parquet"
         if claims.is_file():
-            metrics, tags = _claim_records(pd.read_parquet(claims))
-            for i in range(0, max(len(tags), len(metrics)), 900):
-                client.log_batch(run_id, metrics=metrics[i:i + 900], tags=tags[i:i + 900])
+            _log_claim_records(client, run_id, pd.read_parquet(claims))
     except Exception as e:  # any MLflow/IO failure must not lose the report already on disk
         return warn(f"{type(e).__name__}: {e}")
     _say(_redact(f"logged {out_dir} to MLflow run {run_id} ({uri}) under analysis/"))
