@@ -231,6 +231,42 @@ class Reporter:
 # ---------------------------------------------------------------- the trainable
 
 
+PRELOAD = "study.trainable.preload"  # the embedded Ray's worker setup hook (study.driver.environment)
+_PRELOADING: threading.Thread | None = None
+
+
+def _preload() -> None:
+    try:
+        from study.timeline import mark
+
+        mark("trial: worker preload begun")
+        import torch
+
+        import study.train  # noqa: F401
+        from study.variants import list_variants
+
+        list_variants()  # loads the built-in variants
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # its first construction imports torch._dynamo
+        mark("trial: worker preloaded (torch, study.train, torch._dynamo)")
+    except Exception:  # noqa: BLE001  (what failed here fails again, with its trace, in the trial)
+        pass
+
+
+def preload() -> None:
+    """Ray's worker setup hook, in the embedded Ray: import what every trial imports
+    (torch, the trainer, the built-in variants, torch._dynamo, which the first optimizer's
+    construction imports: about 1 s) on a thread, as the worker starts. The raylet starts
+    workers as the driver connects, so the first trial's imports run while the driver
+    still sets up MLflow, Optuna and Tune. A thread, not the hook itself: a worker still
+    in its hook takes no task, and the raylet would start another one for the first trial.
+    The trainable waits for the thread before its own imports (two threads importing the
+    same modules could each hold a lock the other wants)."""
+    global _PRELOADING
+    if _PRELOADING is None:
+        _PRELOADING = threading.Thread(target=_preload, name="resstudy-preload", daemon=True)
+        _PRELOADING.start()
+
+
 def trainable(trial: dict[str, Any], events: Any = None) -> None:
     """Run one trial: `trial` is {"config": the TrainConfig dict, "control": the driver's
     data (rid: trial id, ckpt: checkpoint root, ckpt_epochs, ckpt_every_s, plugins, phase)};
@@ -238,6 +274,8 @@ def trainable(trial: dict[str, Any], events: Any = None) -> None:
     from study.timeline import mark
 
     mark(f"trial: trainable called ({trial['control']['rid']})")
+    if _PRELOADING is not None:
+        _PRELOADING.join()
     import ray
     from ray import tune
 

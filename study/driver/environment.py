@@ -165,11 +165,19 @@ def lean_start() -> Iterator[None]:
       on a busy 2-core machine): RAY_PATH leads their PYTHONPATH (see its package's
       docstring). The driver's own PYTHONPATH is put back once Ray is up.
 
+    The workers the raylet starts import what every trial imports as they start
+    (study.trainable.preload, through Ray's worker setup hook, which the raylet's
+    environment hands to every worker: the one it starts as the driver connects
+    included, which a runtime_env's hook would not start), so the first trial's
+    imports run while the driver sets up the study.
+
     What stays: the GCS, the raylet (with its object store), the runtime-env agent
     and a minimal dashboard agent, all on 127.0.0.1, with token auth as before.
     Fewer idle processes also take less of the cores from the trials."""
     from ray._private import node as node_mod
-    from ray._private import utils
+    from ray._private import ray_constants, utils
+
+    from study.trainable import PRELOAD
 
     node_cls = node_mod.Node
     saved = {name: getattr(node_cls, name) for name in ("start_api_server", "start_monitor", "start_log_monitor")}
@@ -180,6 +188,12 @@ def lean_start() -> Iterator[None]:
 
     pythonpath = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RAY_PATH, pythonpath]))  # read by Ray's children
+    _RAYLET_ENV.update(_tune_trial_env())  # what Tune would hand each trial actor, given to every worker
+    os.environ.update(_RAYLET_ENV)
+    hook = getattr(ray_constants, "WORKER_PROCESS_SETUP_HOOK_ENV_VAR", None)
+    hook_set = hook is not None and hook not in os.environ
+    if hook_set:
+        os.environ[hook] = PRELOAD  # read by every worker the raylet starts, the first one included
     node_cls.start_api_server = no_api_server  # type: ignore[method-assign]
     node_cls.start_monitor = lambda self: None  # type: ignore[method-assign]
     node_cls.start_log_monitor = lambda self: None  # type: ignore[method-assign]
@@ -190,10 +204,57 @@ def lean_start() -> Iterator[None]:
         for name, fn in saved.items():
             setattr(node_cls, name, fn)
         utils.get_dashboard_dependency_error = saved_dep
+        if hook_set:
+            os.environ.pop(hook, None)
         if pythonpath is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = pythonpath
+
+
+_RAYLET_ENV: dict[str, str] = {}  # Tune's trial-actor variables, as the embedded raylet got them
+
+
+def _tune_trial_env() -> dict[str, str]:
+    """The variables Tune puts in each trial actor's runtime_env: its defaults and those it
+    copies from the driver's environment (ray.tune.execution.class_cache)."""
+    from ray.tune.execution import class_cache
+
+    env = dict(class_cache.DEFAULT_ENV_VARS)
+    env.update({k: os.environ[k] for k in class_cache.ENV_VARS_TO_PROPAGATE if k in os.environ})
+    return env
+
+
+def trial_actors_on_started_workers() -> None:
+    """Tune's trial actors in the embedded Ray without a runtime_env of their own.
+
+    Tune gives each trial actor a runtime_env of environment variables (its defaults and
+    some copied from the driver's environment); an actor whose runtime_env differs from the
+    job's cannot take a worker the raylet started for the job, so the first trial waited
+    for a fresh worker (a Python process importing Ray, then torch) while the worker
+    started, and preloaded, as the driver connected sat idle. The embedded raylet's
+    environment already holds those variables (lean_start put them there), and every
+    worker inherits it: where they are still what Tune would send, a trial actor is
+    declared plain. Where the driver's environment changed since, Tune's own way stands.
+    On a cluster (RAY_ADDRESS) nothing changes."""
+    from ray.tune.execution import class_cache
+
+    cache = class_cache._ActorClassCache
+    if getattr(cache, "resstudy_plain", False) or not _RAYLET_ENV:
+        return
+    tune_get = cache.get
+
+    def get(self: Any, trainable_cls: Any) -> Any:
+        import ray
+
+        if _tune_trial_env() != _RAYLET_ENV:
+            return tune_get(self, trainable_cls)
+        if trainable_cls not in self._cache:
+            self._cache[trainable_cls] = ray.remote(trainable_cls)
+        return self._cache[trainable_cls]
+
+    cache.get = get  # type: ignore[method-assign]
+    cache.resstudy_plain = True  # type: ignore[attr-defined]
 
 
 class _NoSigtermNote(logging.Filter):
@@ -274,6 +335,7 @@ def _init_ray(verbose: bool, attempts: int) -> None:
             with lean_start():
                 ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
                          logging_level=_log_level(verbose))
+            trial_actors_on_started_workers()
             return
         except Exception as e:
             transient = any(s in str(e) for s in ("timed out during startup", "Failed to start GCS"))

@@ -70,7 +70,7 @@ def test_a_start_that_fails_for_good_is_stopped_too_and_raised(monkeypatch):
 
 
 _LEAN_START = r"""
-import json, time
+import json, os, time
 import psutil
 from study.driver import environment
 environment.prestart()  # on a thread of its own, as `resstudy run` starts it
@@ -86,6 +86,21 @@ try:
         except psutil.Error:
             pass
     print("LEAN " + json.dumps(sorted(names)), flush=True)
+
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    class Probe:  # a trial actor, declared the way Tune declares one
+        def where(self):
+            import sys
+            from study import trainable
+            trainable._PRELOADING.join()
+            return os.getpid(), "torch" in sys.modules and "torch._dynamo" in sys.modules
+
+    time.sleep(1.0)  # the raylet started its workers as the driver connected
+    raylet = next(psutil.Process(p) for p in environment._ray_group() if psutil.Process(p).name() == "raylet")
+    started = {c.pid for c in raylet.children()}
+    pid, preloaded = ray.get(_ActorClassCache().get(Probe).options(num_cpus=1).remote().where.remote())
+    print("PROBE " + json.dumps([pid in started, preloaded]), flush=True)
 finally:
     ray.shutdown()
 """
@@ -93,7 +108,8 @@ finally:
 
 @pytest.mark.ray
 def test_the_embedded_ray_starts_early_and_lean():
-    """No API server, autoscaler monitor or log monitor; the dashboard agent minimal."""
+    """No API server, autoscaler monitor or log monitor; the dashboard agent minimal; the
+    first trial on a worker started, and preloaded, before it was asked for."""
     out = subprocess.run([sys.executable, "-c", _LEAN_START], cwd=ROOT, capture_output=True, text=True, timeout=240,
                          env=clean_env())
     lines = [line for line in out.stdout.splitlines() if line.startswith("LEAN ")]
@@ -103,3 +119,7 @@ def test_the_embedded_ray_starts_early_and_lean():
     for absent in ("dashboard/dashboard.py", "monitor.py", "log_monitor.py"):
         assert absent not in names, names
     assert "SIGTERM handler is not set" not in out.stderr
+    # the first trial actor takes a worker the raylet started as the driver connected, which
+    # had imported torch, the trainer and torch._dynamo (study.trainable.preload) by then
+    probe = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
+    assert probe and json.loads(probe[-1][len("PROBE "):]) == [True, True], out.stdout[-2000:] + out.stderr[-3000:]
