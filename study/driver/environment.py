@@ -190,8 +190,8 @@ def lean_start() -> Iterator[None]:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RAY_PATH, pythonpath]))  # read by Ray's children
     _RAYLET_ENV.update(_tune_trial_env())  # what Tune would hand each trial actor, given to every worker
     os.environ.update(_RAYLET_ENV)
-    hook = getattr(ray_constants, "WORKER_PROCESS_SETUP_HOOK_ENV_VAR", None)
-    hook_set = hook is not None and hook not in os.environ
+    hook: str = getattr(ray_constants, "WORKER_PROCESS_SETUP_HOOK_ENV_VAR", "")
+    hook_set = bool(hook) and hook not in os.environ
     if hook_set:
         os.environ[hook] = PRELOAD  # read by every worker the raylet starts, the first one included
     node_cls.start_api_server = no_api_server  # type: ignore[method-assign]
