@@ -189,6 +189,7 @@ def lean_start() -> Iterator[None]:
     pythonpath = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RAY_PATH, pythonpath]))  # read by Ray's children
     _RAYLET_ENV.update(_tune_trial_env())  # what Tune would hand each trial actor, given to every worker
+    added = [k for k in _RAYLET_ENV if k not in os.environ]
     os.environ.update(_RAYLET_ENV)
     hook: str = getattr(ray_constants, "WORKER_PROCESS_SETUP_HOOK_ENV_VAR", "")
     hook_set = bool(hook) and hook not in os.environ
@@ -206,6 +207,8 @@ def lean_start() -> Iterator[None]:
         utils.get_dashboard_dependency_error = saved_dep
         if hook_set:
             os.environ.pop(hook, None)
+        for k in added:  # the raylet has them; the driver's environment is put back
+            os.environ.pop(k, None)
         if pythonpath is None:
             os.environ.pop("PYTHONPATH", None)
         else:
