@@ -144,10 +144,11 @@ class StopAll(_NotSaved, tune.Stopper):
 class TuneBackend:
     """Ray Tune on the embedded Ray or the cluster RAY_ADDRESS names."""
 
-    def prestart(self, verbose: bool = False) -> None:
+    def prestart(self, verbose: bool = False, workers: int | None = None) -> None:
         """Start the embedded Ray now, on a thread of its own, while the driver prepares
-        (environment.prestart); `start` then joins it."""
-        environment.prestart(verbose)
+        (environment.prestart, with `workers` started as the driver connects); `start`
+        then joins it."""
+        environment.prestart(verbose, workers)
 
     def start(self, ctx: Context) -> None:
         """Start or join Ray, then check that a trial fits on one node (and, on a cluster,
@@ -155,7 +156,7 @@ class TuneBackend:
         from study import preflight
 
         mark("ray: start")
-        environment.init_ray(ctx.options.verbose)
+        environment.init_ray(ctx.options.verbose, workers=ctx.spec.max_concurrent)
         mark("ray: up (ray.init returned)")
         if ctx.stop.is_set():  # stopped while Ray started: ask it nothing
             return

@@ -146,7 +146,7 @@ RAY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "raypath")
 
 
 @contextlib.contextmanager
-def lean_start() -> Iterator[None]:
+def lean_start(workers: int | None = None) -> Iterator[None]:
     """The embedded single-node Ray without the processes a study never uses, while
     ray.init starts it (Ray has no switch for these; its Node's methods are replaced
     for the start only, then put back):
@@ -169,19 +169,29 @@ def lean_start() -> Iterator[None]:
     (study.trainable.preload, through Ray's worker setup hook, which the raylet's
     environment hands to every worker: the one it starts as the driver connects
     included, which a runtime_env's hook would not start), so the first trial's
-    imports run while the driver sets up the study.
+    imports run while the driver sets up the study. `workers`: how many workers the raylet
+    starts as the driver connects (Ray's default: one per CPU), at most as many as the
+    study runs trials at once: the others would preload at the same time on the same
+    cores as the first trial's, and Ray starts more when they are asked for.
 
     What stays: the GCS, the raylet (with its object store), the runtime-env agent
     and a minimal dashboard agent, all on 127.0.0.1, with token auth as before.
     Fewer idle processes also take less of the cores from the trials."""
     from ray._private import node as node_mod
-    from ray._private import ray_constants, utils
+    from ray._private import ray_constants, services, utils
 
     from study.trainable import PRELOAD
 
     node_cls = node_mod.Node
     saved = {name: getattr(node_cls, name) for name in ("start_api_server", "start_monitor", "start_log_monitor")}
     saved_dep = utils.get_dashboard_dependency_error
+    saved_process = services.start_ray_process
+
+    def fewer_workers(command: list[str], process_type: str, *args: Any, **kwargs: Any) -> Any:
+        if process_type == ray_constants.PROCESS_TYPE_RAYLET and workers:
+            flag = "--num_prestart_python_workers="
+            command = [f"{flag}{min(workers, int(c[len(flag):]))}" if c.startswith(flag) else c for c in command]
+        return saved_process(command, process_type, *args, **kwargs)
 
     def no_api_server(self: Any, *, include_dashboard: Any = None, raise_on_failure: Any = None) -> None:
         self._webui_url = None
@@ -199,12 +209,14 @@ def lean_start() -> Iterator[None]:
     node_cls.start_monitor = lambda self: None  # type: ignore[method-assign]
     node_cls.start_log_monitor = lambda self: None  # type: ignore[method-assign]
     utils.get_dashboard_dependency_error = lambda: ImportError(MINIMAL)
+    services.start_ray_process = fewer_workers
     try:
         yield
     finally:
         for name, fn in saved.items():
             setattr(node_cls, name, fn)
         utils.get_dashboard_dependency_error = saved_dep
+        services.start_ray_process = saved_process
         if hook_set:
             os.environ.pop(hook, None)
         for k in added:  # the raylet has them; the driver's environment is put back
@@ -269,14 +281,15 @@ _START_LOCK = threading.Lock()  # one start at a time: a start begun early is wa
 _PRESTART: threading.Thread | None = None
 
 
-def prestart(verbose: bool = False) -> threading.Thread | None:
+def prestart(verbose: bool = False, workers: int | None = None) -> threading.Thread | None:
     """Start the embedded Ray on a thread of its own, now, while the driver goes on with
     what does not need Ray (ledger, spec checks, MLflow, Optuna): Ray's local start is
     mostly waiting for its processes, which no longer waits in line behind the driver's.
     `init_ray` later waits for this start and returns (or starts Ray itself where this
     one failed: its error is raised there). Nothing for a cluster (RAY_ADDRESS), or where
     Ray is up. The thread is a daemon: a driver that stops before it needs Ray exits at
-    once, and the reaper (ray_in_its_own_group) takes Ray's processes with it."""
+    once, and the reaper (ray_in_its_own_group) takes Ray's processes with it.
+    `workers`: as lean_start's."""
     global _PRESTART
     if os.environ.get("RAY_ADDRESS") or _START_LOCK.locked():
         return None
@@ -287,7 +300,7 @@ def prestart(verbose: bool = False) -> threading.Thread | None:
             started.set()
             mark("ray: early start begun, on its own thread")
             try:
-                _init_ray(verbose, 1)
+                _init_ray(verbose, 1, workers)
                 mark("ray: early start done")
             except Exception:  # init_ray in the driver's thread tries again and reports it
                 logging.getLogger("study.driver").debug("early Ray start failed", exc_info=True)
@@ -304,16 +317,17 @@ def prestart(verbose: bool = False) -> threading.Thread | None:
     return _PRESTART
 
 
-def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS) -> None:
+def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS, workers: int | None = None) -> None:
     """Connect to the cluster RAY_ADDRESS names, or start an embedded single-node Ray
     (loopback only, no dashboard, token auth on). A busy machine can miss Ray's
     start-up window: a transient failure is retried after the failed start's
-    processes are stopped. A start `prestart` began is waited for."""
+    processes are stopped. A start `prestart` began is waited for. `workers`: as
+    lean_start's."""
     with _START_LOCK:
-        _init_ray(verbose, attempts)
+        _init_ray(verbose, attempts, workers)
 
 
-def _init_ray(verbose: bool, attempts: int) -> None:
+def _init_ray(verbose: bool, attempts: int, workers: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -335,7 +349,7 @@ def _init_ray(verbose: bool, attempts: int) -> None:
         if SET_AUTH_MODE:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
-            with lean_start():
+            with lean_start(workers):
                 ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
                          logging_level=_log_level(verbose))
             trial_actors_on_started_workers()

@@ -129,7 +129,7 @@ class StudyRunner:
             # the spec passed its checks: a backend that can (Tune's) starts its Ray now, while
             # the stores are set up; where the tracking server does not answer, nothing starts
             # and the study fails below before any Ray
-            prestart(self.options.verbose)
+            prestart(self.options.verbose, spec.max_concurrent)
         if uri == ledger_lib.own_tracking_uri(self.study_dir):
             ledger_lib.relocate_mlflow_artifacts(self.study_dir)  # a copied or moved study logs into itself
         if not self.options.verbose:

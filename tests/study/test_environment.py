@@ -73,11 +73,10 @@ _LEAN_START = r"""
 import json, os, time
 import psutil
 from study.driver import environment
-environment.prestart()  # on a thread of its own, as `resstudy run` starts it
+environment.prestart(workers=1)  # on a thread of its own, as `resstudy run` starts it (max_concurrent 1)
 import ray
 environment.init_ray()  # waits for that start instead of starting a second Ray
 try:
-    assert ray.get(ray.remote(lambda: 7).remote()) == 7  # Ray outlives nothing it needs: the thread is parked
     names = set()
     for pid in environment._ray_group():
         try:
@@ -94,13 +93,17 @@ try:
             import sys
             from study import trainable
             trainable._PRELOADING.join()
-            return os.getpid(), "torch" in sys.modules and "torch._dynamo" in sys.modules
+            return os.getpid(), all(m in sys.modules for m in ("ray.tune.trainable.function_trainable", "torch",
+                                                               "torch._dynamo"))
 
     time.sleep(1.0)  # the raylet started its workers as the driver connected
     raylet = next(psutil.Process(p) for p in environment._ray_group() if psutil.Process(p).name() == "raylet")
-    started = {c.pid for c in raylet.children()}
+    started = {c.pid for c in raylet.children()  # its workers (retitled ray::IDLE once up), not its agents
+               if any(w in " ".join(c.cmdline()) for w in ("default_worker.py", "ray::IDLE"))}
     pid, preloaded = ray.get(_ActorClassCache().get(Probe).options(num_cpus=1).remote().where.remote())
-    print("PROBE " + json.dumps([pid in started, preloaded]), flush=True)
+    print("PROBE " + json.dumps([pid in started, preloaded, len(started)]), flush=True)
+    # after the probe, which the one worker started with Ray is for
+    assert ray.get(ray.remote(lambda: 7).remote()) == 7  # Ray outlives nothing it needs: the thread is parked
 finally:
     ray.shutdown()
 """
@@ -109,7 +112,8 @@ finally:
 @pytest.mark.ray
 def test_the_embedded_ray_starts_early_and_lean():
     """No API server, autoscaler monitor or log monitor; the dashboard agent minimal; the
-    first trial on a worker started, and preloaded, before it was asked for."""
+    first trial on a worker started, and preloaded, before it was asked for; only as many
+    workers started with Ray as the study runs trials at once."""
     out = subprocess.run([sys.executable, "-c", _LEAN_START], cwd=ROOT, capture_output=True, text=True, timeout=240,
                          env=clean_env())
     lines = [line for line in out.stdout.splitlines() if line.startswith("LEAN ")]
@@ -120,6 +124,7 @@ def test_the_embedded_ray_starts_early_and_lean():
         assert absent not in names, names
     assert "SIGTERM handler is not set" not in out.stderr
     # the first trial actor takes a worker the raylet started as the driver connected, which
-    # had imported torch, the trainer and torch._dynamo (study.trainable.preload) by then
+    # had imported Tune's trainable classes, torch, the trainer and torch._dynamo
+    # (study.trainable.preload) by then; one worker started with Ray, not one per CPU
     probe = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
-    assert probe and json.loads(probe[-1][len("PROBE "):]) == [True, True], out.stdout[-2000:] + out.stderr[-3000:]
+    assert probe and json.loads(probe[-1][len("PROBE "):]) == [True, True, 1], out.stdout[-2000:] + out.stderr[-3000:]
