@@ -260,10 +260,11 @@ def preload() -> None:
     (Tune's trainable classes, torch, the trainer, the built-in variants, torch._dynamo,
     which the first optimizer's construction imports: about 1 s) on a thread, as the
     worker starts. The raylet starts workers as the driver connects, so the first trial's
-    imports run while the driver still sets up MLflow, Optuna and Tune. A thread, not the hook itself: a worker still
-    in its hook takes no task, and the raylet would start another one for the first trial.
-    The trainable waits for the thread before its own imports (two threads importing the
-    same modules could each hold a lock the other wants)."""
+    imports run while the driver still sets up MLflow, Optuna and Tune. A thread, not the
+    hook itself: a worker still in its hook takes no task, and the raylet would start
+    another one for the first trial. The trainable waits for the thread before its own
+    imports (two threads importing the same modules could each hold a lock the other
+    wants)."""
     global _PRELOADING
     if _PRELOADING is None:
         _PRELOADING = threading.Thread(target=_preload, name="resstudy-preload", daemon=True)

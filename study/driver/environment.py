@@ -169,10 +169,10 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
     (study.trainable.preload, through Ray's worker setup hook, which the raylet's
     environment hands to every worker: the one it starts as the driver connects
     included, which a runtime_env's hook would not start), so the first trial's
-    imports run while the driver sets up the study. `workers`: how many workers the raylet
-    starts as the driver connects (Ray's default: one per CPU), at most as many as the
-    study runs trials at once: the others would preload at the same time on the same
-    cores as the first trial's, and Ray starts more when they are asked for.
+    imports run while the driver sets up the study. `workers`: how many workers the
+    raylet starts as the driver connects (Ray's default: one per CPU), at most as many
+    as the study runs trials at once: the others would preload at the same time on the
+    same cores as the first trial's, and Ray starts more when they are asked for.
 
     What stays: the GCS, the raylet (with its object store), the runtime-env agent
     and a minimal dashboard agent, all on 127.0.0.1, with token auth as before.
