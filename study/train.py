@@ -23,6 +23,7 @@ from study.config import CORE, TrainConfig
 from study.data import resolve_device
 from study.errors import UserError
 from study.models import create_model
+from study.optim import SGD
 from study.timeline import mark
 from study.variants import StepSchedule, declared_schedules, features, get_variant
 
@@ -281,8 +282,8 @@ def train(cfg: TrainConfig, report: ReportFn | None = None,
                          in_channels=data.in_channels, **cfg.model_options()).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.weight_decay_scope), lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    optimizer = SGD(param_groups(model, cfg.weight_decay, cfg.weight_decay_scope), lr=cfg.lr,
+                    momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     schedule = Schedule(cfg.lr, cfg.schedule, float(cfg.epochs), float(cfg.warmup_epochs))
     mark("train: model built")
     ctx = TrialContext(cfg, data, device, amp, channels_last)

@@ -249,17 +249,16 @@ def _preload() -> None:
         from study.variants import list_variants
 
         list_variants()  # loads the built-in variants
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # its first construction imports torch._dynamo
-        mark("trial: worker preloaded (ray.tune, torch, study.train, torch._dynamo)")
+        torch.zeros(1).add_(1.0)  # the first op's one-off set-up
+        mark("trial: worker preloaded (ray.tune, torch, study.train)")
     except Exception:  # noqa: BLE001  (what failed here fails again, with its trace, in the trial)
         pass
 
 
 def preload() -> None:
     """Ray's worker setup hook, in the embedded Ray: import what every trial imports
-    (Tune's trainable classes, torch, the trainer, the built-in variants, torch._dynamo,
-    which the first optimizer's construction imports: about 1 s) on a thread, as the
-    worker starts. The raylet starts workers as the driver connects, so the first trial's
+    (Tune's trainable classes, torch, the trainer, the built-in variants) on a thread,
+    as the worker starts. The raylet starts workers as the driver connects, so the first trial's
     imports run while the driver still sets up MLflow, Optuna and Tune. A thread, not the
     hook itself: a worker still in its hook takes no task, and the raylet would start
     another one for the first trial. The trainable waits for the thread before its own

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("study.timeline", "study.cache", "study.errors", "study.options", "study.variants", "study.presets",
               "study.config", "study.spaces", "study.spec", "study.artifacts", "search_spaces")),
     ("models", ("study.models", "study.sgs")),
-    ("training", ("study.data", "study.compile", "study.train")),
+    ("training", ("study.data", "study.compile", "study.optim", "study.train")),
     ("trainable", ("study.trainable",)),
     ("stats", ("study.stats",)),
     # what a study writes and reads back: the ledger, epoch logs, MLflow, Optuna, progress

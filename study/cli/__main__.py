@@ -2,7 +2,7 @@
 
 import sys
 
-from study.cli import main
+from study.cli.app import entry
 
 if __name__ == "__main__":  # importing it (a walk over the package's modules) runs nothing
-    sys.exit(main())
+    sys.exit(entry())

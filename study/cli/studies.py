@@ -14,6 +14,7 @@ import typer.core
 from study.cli.app import app
 from study.cli.base import (STATE, CliError, Preset, Sets, SpecFile, StoragePath, TrackingUri, output_width,
                             study_dir)
+from study.timeline import mark
 
 
 def _load_spec(spec: Optional[Path], preset: Optional[str], storage_path: str | None, tracking_uri: str | None,
@@ -211,6 +212,7 @@ def _where(d: Path | None) -> None:
     if d is None or not d.is_dir():
         return
     _claims_at_end(d)
+    mark("cli: claims written")
     typer.echo(f"study directory: {d}")
     for name, what in (("results.parquet", "one row per trial"), ("history.parquet", "one row per trial-epoch"),
                        ("optuna.db", "Optuna studies"), ("mlflow.db", "MLflow runs")):

@@ -206,6 +206,7 @@ class StudyRunner:
                     raise StudyInterrupted()
                 self.events.study_start()
                 self._run_experiments(ctx, backend)
+                mark("driver: last trial done")
                 self.events.study_end()
                 if self.stop.is_set():  # a stop after the last trial: the study ends interrupted all the same
                     raise StudyInterrupted()
@@ -222,6 +223,7 @@ class StudyRunner:
             self._flush_tracking(ctx)  # first: runs created late give their rows their ids
             compact(self.study_dir, _finished_rows(ctx.ledger))
             ctx.progress.close()
+            mark("driver: study recorded (MLflow, ledger, results)")
             print(f"resstudy: results in {self.study_dir / 'results.parquet'} and history.parquet", flush=True)
             print(f"resstudy: browse the runs with: resstudy ui {self.study_dir}", flush=True)
             return self.study_dir

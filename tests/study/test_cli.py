@@ -635,3 +635,25 @@ def test_a_damaged_flag_cache_is_derived_again(fresh_table, content):
     fresh_table.write_text(content.replace("KEY", cli._source_key()))
     assert cli.flag_table() == cli.flag_table_from_registry()
     assert '"options"' in fresh_table.read_text()
+
+
+def test_the_program_stops_ray_itself_and_freezes_the_heap_before_it_exits(monkeypatch):
+    """entry (the console script) ends an embedded Ray without Ray's exit-hook wait and
+    freezes the heap for the exit; main alone (in process: tests, notebooks) leaves both."""
+    import gc
+    import importlib
+    import types
+
+    app = importlib.import_module("study.cli.app")  # the module (study.cli's `app` is the typer app)
+
+    calls: list[str] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: True, shutdown=lambda: calls.append("shutdown"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    gc.unfreeze()
+    assert run_main(["list", "--storage-path", "/nonexistent-resstudy"])[0] in (0, 2) and calls == []
+    monkeypatch.setattr(app, "main", lambda: 3)
+    try:
+        assert app.entry() == 3
+        assert calls == ["shutdown"] and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

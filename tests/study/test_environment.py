@@ -94,7 +94,7 @@ try:
             from study import trainable
             trainable._PRELOADING.join()
             return os.getpid(), all(m in sys.modules for m in ("ray.tune.trainable.function_trainable", "torch",
-                                                               "torch._dynamo"))
+                                                               "study.train", "study.models"))
 
     time.sleep(1.0)  # the raylet started its workers as the driver connected
     raylet = next(psutil.Process(p) for p in environment._ray_group() if psutil.Process(p).name() == "raylet")
@@ -124,7 +124,7 @@ def test_the_embedded_ray_starts_early_and_lean():
         assert absent not in names, names
     assert "SIGTERM handler is not set" not in out.stderr
     # the first trial actor takes a worker the raylet started as the driver connected, which
-    # had imported Tune's trainable classes, torch, the trainer and torch._dynamo
+    # had imported Tune's trainable classes, torch, the trainer and the variants
     # (study.trainable.preload) by then; one worker started with Ray, not one per CPU
     probe = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
     assert probe and json.loads(probe[-1][len("PROBE "):]) == [True, True, 1], out.stdout[-2000:] + out.stderr[-3000:]
