@@ -1,0 +1,47 @@
+"""study.driver.backend's Tune callback, on Tune's own Trial objects (no Ray started):
+each ended trial reaches the phase with its last result, and Tune's per-metric
+statistics of that trial are dropped (the driver's memory stays flat over a study)."""
+
+from __future__ import annotations
+
+import pytest
+from ray.tune.experiment import Trial
+
+from study.driver.backend import StudyCallback
+
+
+class _Phase:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def started(self, rid):
+        self.events.append(("started", rid))
+
+    def result(self, rid, result):
+        self.events.append(("result", rid, result["val_acc"]))
+
+    def ended(self, rid, result, error):
+        self.events.append(("ended", rid, result.get("val_acc"), error))
+
+
+def _trial(rid: str) -> Trial:
+    return Trial("__fake", config={"control": {"rid": rid}}, stub=True)
+
+
+@pytest.mark.parametrize("how", ["complete", "error"])
+def test_an_ended_trial_reaches_the_phase_and_tune_forgets_its_metric_stats(how):
+    phase = _Phase()
+    cb = StudyCallback(phase)
+    live, ended = _trial("r-live"), _trial("r-ended")
+    for t in (live, ended):
+        cb.on_trial_start(0, [], t)
+        for epoch in (1, 2, 3):  # as Tune does with each report: its statistics, then the callbacks
+            result = {"val_acc": 0.1 * epoch, "epoch": epoch, "training_iteration": epoch, "loss": 1.0 / epoch}
+            t.update_last_result(result)
+            cb.on_trial_result(0, [], t, result)
+    assert set(ended.metric_analysis) >= {"val_acc", "epoch", "loss"} and ended.metric_n_steps
+    getattr(cb, f"on_trial_{how}")(0, [], ended)
+    assert phase.events[-1] == ("ended", "r-ended", pytest.approx(0.3), "" if how == "complete" else "error")
+    assert ended.metric_analysis == {} and ended.metric_n_steps == {}
+    assert ended.last_result["val_acc"] == pytest.approx(0.3)  # what Tune itself reads at a trial's end stays
+    assert live.metric_analysis["val_acc"]["max"] == pytest.approx(0.3)  # a running trial keeps its own
