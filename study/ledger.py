@@ -273,6 +273,13 @@ class Ledger:
         self.state = read_state(self.dir)
         self.trials: dict[str, dict[str, Any]] = read_trials(self.path)
         self._fd: int | None = None
+        # each (experiment, phase)'s unfinished trials, kept as records are put: a driver asks
+        # for them at every step of Tune's loop, and a scan of every trial grows with the study
+        self._open: dict[tuple[Any, Any], set[str]] = {}
+        self._order: dict[str, int] = {}
+        self._key: dict[str, tuple[Any, Any]] = {}
+        for rec in self.trials.values():
+            self._index(rec)
 
     # ------------------------------------------------------------ writes
 
@@ -293,7 +300,21 @@ class Ledger:
                 pass  # then the torn line is the last one, and the next load drops it
             raise
         self.trials[rec["rid"]] = rec
+        self._index(rec)
         return rec
+
+    def _index(self, rec: dict[str, Any]) -> None:
+        rid, key = rec["rid"], (rec.get("experiment"), rec.get("phase"))
+        self._order.setdefault(rid, len(self._order))
+        was = self._key.setdefault(rid, key)
+        if was != key:  # not done by the driver; kept right all the same
+            self._open.get(was, set()).discard(rid)
+            self._key[rid] = key
+        rids = self._open.setdefault(key, set())
+        if rec.get("status") in FINISHED:
+            rids.discard(rid)
+        else:
+            rids.add(rid)
 
     def update(self, rid: str, **fields: Any) -> dict[str, Any]:
         return self.put({**self.trials[rid], **fields})
@@ -329,9 +350,11 @@ class Ledger:
             if all(rec.get(k) == v for k, v in match.items()):
                 yield rec
 
-    def next_rid(self, experiment: str, phase: str) -> str:
-        n = sum(1 for r in self.trials.values() if r["experiment"] == experiment and r["phase"] == phase)
-        return f"{experiment}-{phase[0]}{n:04d}"
+    def unfinished(self, experiment: str, phase: str) -> list[dict[str, Any]]:
+        """The trials of one experiment's phase whose status is not FINISHED, in the order
+        they were first recorded; its cost grows with those, not with the study."""
+        rids = self._open.get((experiment, phase), ())
+        return [self.trials[rid] for rid in sorted(rids, key=self._order.__getitem__)]
 
 
 def read_trials(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -78,6 +79,32 @@ class RungScheduler(_NotSaved, FIFOScheduler):
         super().__init__()
         self.rungs, self.on_prune, self.applies = rungs, on_prune, applies
         self.pruned: set[str] = set()
+        self._added: dict[str, int] = {}  # each live trial's place in the order Tune added them
+        self._count = 0
+
+    def choose_trial_to_run(self, tune_controller) -> Any:
+        """FIFOScheduler's choice (a pending trial, else a paused one) from the run's live
+        trials: FIFOScheduler walks every trial of the run, finished ones too, at each step
+        of Tune's loop, a cost that grows with the study. The earliest added first, as there."""
+        live = tune_controller.get_live_trials()
+        for status in (Trial.PENDING, Trial.PAUSED):
+            ready = [t for t in live if t.status == status]
+            if ready:
+                return min(ready, key=lambda t: self._added.get(t.trial_id, len(self._added)))
+        return None
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._added[trial.trial_id] = self._count
+        self._count += 1
+
+    def on_trial_error(self, tune_controller, trial) -> None:
+        self._added.pop(trial.trial_id, None)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._added.pop(trial.trial_id, None)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._added.pop(trial.trial_id, None)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if self.rungs is None or "rid" not in result or not self.applies(result["rid"]):

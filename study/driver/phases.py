@@ -67,10 +67,10 @@ class Phase:
         return [self.ctx.ledger.trials[rid] for rid in self._rids]
 
     def unfinished(self) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r["status"] not in FINISHED]
+        return self.ctx.ledger.unfinished(self.experiment, self.phase)
 
     def done(self) -> bool:
-        return not self.unfinished() and (self.phase != "search" or len(self.records()) >= self.planned)
+        return not self.unfinished() and (self.phase != "search" or len(self._rids) >= self.planned)
 
     def new_record(self, config: dict[str, Any], *, variant: str, arm: str, optuna_number: int | None,
                    searched: list[str], claim: str = "") -> dict[str, Any]:
@@ -182,7 +182,7 @@ class Phase:
                 return self._launch(rec)
         if waiting:
             return None
-        if self.phase == "search" and len(self.records()) < self.planned:
+        if self.phase == "search" and len(self._rids) < self.planned:
             assert self.optuna is not None and self.space is not None
             number, values = ask(self.optuna, self.space, self.sampler_state)  # saves the sampler state
             config = {**self.ctx.spec.trial_base_config(self.subject, self.depth), **values}

@@ -45,3 +45,37 @@ def test_an_ended_trial_reaches_the_phase_and_tune_forgets_its_metric_stats(how)
     assert ended.metric_analysis == {} and ended.metric_n_steps == {}
     assert ended.last_result["val_acc"] == pytest.approx(0.3)  # what Tune itself reads at a trial's end stays
     assert live.metric_analysis["val_acc"]["max"] == pytest.approx(0.3)  # a running trial keeps its own
+
+
+class _Controller:
+    """What Tune hands a scheduler, with a run's trials: only the live ones may be read."""
+
+    def __init__(self, live: list[Trial]) -> None:
+        self.live = set(live)
+
+    def get_live_trials(self):
+        return self.live
+
+    def get_trials(self):
+        raise AssertionError("a scan of every trial of the run, finished ones too")
+
+
+def test_the_scheduler_picks_from_the_live_trials_in_the_order_tune_added_them():
+    from study.driver.backend import RungScheduler
+
+    sched = RungScheduler(None, on_prune=lambda rid, epoch: None)
+    trials = [_trial(f"r{i}") for i in range(5)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    for t, status in zip(trials, (Trial.TERMINATED, Trial.RUNNING, Trial.PAUSED, Trial.PENDING, Trial.PENDING)):
+        t.set_status(status)
+    ctl = _Controller(trials[1:])
+    assert sched.choose_trial_to_run(ctl) is trials[3]  # the first pending, by the order they were added
+    trials[3].set_status(Trial.RUNNING)
+    assert sched.choose_trial_to_run(ctl) is trials[4]
+    trials[4].set_status(Trial.RUNNING)
+    assert sched.choose_trial_to_run(ctl) is trials[2]  # then a paused one
+    trials[2].set_status(Trial.RUNNING)
+    assert sched.choose_trial_to_run(ctl) is None
+    sched.on_trial_complete(None, trials[3], {})
+    assert trials[3].trial_id not in sched._added  # nothing kept of an ended trial

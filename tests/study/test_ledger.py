@@ -987,3 +987,29 @@ def test_ray_processes_miss_the_jobs_sigterm_and_die_with_the_driver_even_by_sig
             driver.wait(10)
         if not _hit(agent, signal.SIGKILL):
             os.kill(agent, signal.SIGKILL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["search", "repeat"]),
+                          st.sampled_from(["pending", "running", "interrupted", "completed", "pruned", "failed"])),
+                min_size=1, max_size=30))
+def test_unfinished_is_the_scan_it_replaces_as_puts_come_and_after_a_reload(tmp_path_factory, puts):
+    """Ledger.unfinished(experiment, phase), kept as records are put, equals the scan of
+    every trial in first-record order (what the driver asked at each step of Tune's loop),
+    whatever the order of the status changes, and so does a ledger read back from disk."""
+    d = tmp_path_factory.mktemp("ledger")
+    led = Ledger(d)
+
+    def scan(ledger: Ledger, phase: str) -> list[str]:
+        return [r["rid"] for r in ledger.trials.values() if r["experiment"] == "e" and r["phase"] == phase
+                and r["status"] not in ledger_lib.FINISHED]
+
+    for n, phase, status in puts:
+        led.put({"rid": f"t{n}-{phase}", "experiment": "e", "phase": phase, "status": status})
+        for p in ("search", "repeat"):
+            assert [r["rid"] for r in led.unfinished("e", p)] == scan(led, p)
+    led.close()
+    again = Ledger(d)
+    for p in ("search", "repeat"):
+        assert [r["rid"] for r in again.unfinished("e", p)] == scan(again, p) == scan(led, p)
+    assert again.unfinished("other", "search") == []
