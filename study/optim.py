@@ -60,18 +60,20 @@ class SGD:
             if wd != 0:
                 grads = list(torch._foreach_add(grads, params, alpha=wd))
             if momentum != 0:
-                old: list[int] = []  # the parameters with a buffer from an earlier step
-                for i, (p, grad) in enumerate(zip(params, grads)):
+                bufs: list[torch.Tensor] = []
+                old: list[torch.Tensor] = []  # the buffers from an earlier step, and their gradients
+                old_grads: list[torch.Tensor] = []
+                for p, grad in zip(params, grads):
                     s = self.state.setdefault(p, {})
                     if "momentum_buffer" in s:
-                        old.append(i)
+                        old.append(s["momentum_buffer"])
+                        old_grads.append(grad)
                     else:  # the first step: the buffer starts as the gradient
                         s["momentum_buffer"] = grad.detach().clone()
+                    bufs.append(s["momentum_buffer"])
                 if old:
-                    torch._foreach_mul_([self.state[params[i]]["momentum_buffer"] for i in old], momentum)
-                    torch._foreach_add_([self.state[params[i]]["momentum_buffer"] for i in old],
-                                        [grads[i] for i in old], alpha=1.0)
-                bufs = [self.state[p]["momentum_buffer"] for p in params]
+                    torch._foreach_mul_(old, momentum)
+                    torch._foreach_add_(old, old_grads, alpha=1.0)
                 grads = list(torch._foreach_add(grads, bufs, alpha=momentum)) if g["nesterov"] else bufs
             torch._foreach_add_(params, grads, alpha=-lr)
 

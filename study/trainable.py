@@ -243,13 +243,12 @@ def _preload() -> None:
         # Tune's trainable classes first: creating the trial's actor imports them (ray.tune,
         # pandas: about 0.7 s), and Tune counts the trial started only once that is done
         import ray.tune.trainable.function_trainable  # noqa: F401
-        import torch
+        import torch  # noqa: F401
 
         import study.train  # noqa: F401
         from study.variants import list_variants
 
         list_variants()  # loads the built-in variants
-        torch.zeros(1).add_(1.0)  # the first op's one-off set-up
         mark("trial: worker preloaded (ray.tune, torch, study.train)")
     except Exception:  # noqa: BLE001  (what failed here fails again, with its trace, in the trial)
         pass
