@@ -301,10 +301,14 @@ def quiet_libraries(verbose: bool = False) -> None:
     lines, Ray's token-auth notice) off the console unless `verbose`, so the
     progress view stays readable; their warnings and errors still show (Ray's
     token notice is a warning, silenced by choosing token mode explicitly).
-    Each library sets its logger to INFO when first imported, so MLflow and
-    Optuna are imported here first; call it again after importing Ray."""
+    MLflow sets its loggers' level when first imported, from MLFLOW_LOGGING_LEVEL
+    (a user's own setting stands), so it is not imported here: its import (about
+    1.5 s) is the driver's, once the embedded Ray's start is under way. Optuna,
+    which the spec's search spaces import already, is set here; call it again
+    after importing Ray."""
     if verbose:
         return
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # "View run ... at: URL" would print a tracking URI that may hold a password.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -312,17 +316,13 @@ def quiet_libraries(verbose: bool = False) -> None:
         # The embedded Ray keeps token auth on (Ray 2.60's default); saying so
         # explicitly is what stops Ray warning about it on every start.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import importlib
-
-    for module in ("mlflow", "optuna"):  # configured now, so their import later cannot reset the levels
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.WARNING)
-    if "optuna" in sys.modules:
-        sys.modules["optuna"].logging.set_verbosity(logging.WARNING)
+    try:
+        import optuna
+    except ImportError:
+        return
+    optuna.logging.set_verbosity(logging.WARNING)
 
 
 __all__ = ["Progress", "quiet_libraries"]

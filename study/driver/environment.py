@@ -198,9 +198,10 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
 
     pythonpath = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [RAY_PATH, pythonpath]))  # read by Ray's children
-    _RAYLET_ENV.update(_tune_trial_env())  # what Tune would hand each trial actor, given to every worker
-    added = [k for k in _RAYLET_ENV if k not in os.environ]
-    os.environ.update(_RAYLET_ENV)
+    added = [k for k in TUNE_DEFAULT_ENV if k not in os.environ]
+    os.environ.update(TUNE_DEFAULT_ENV)  # what Tune hands each trial actor, given to every worker
+    _RAYLET_ENV.clear()
+    _RAYLET_ENV.update(os.environ)
     hook: str = getattr(ray_constants, "WORKER_PROCESS_SETUP_HOOK_ENV_VAR", "")
     hook_set = bool(hook) and hook not in os.environ
     if hook_set:
@@ -227,7 +228,11 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = pythonpath
 
 
-_RAYLET_ENV: dict[str, str] = {}  # Tune's trial-actor variables, as the embedded raylet got them
+_RAYLET_ENV: dict[str, str] = {}  # the embedded raylet's environment, which every worker inherits
+# ray.tune.execution.class_cache.DEFAULT_ENV_VARS, which only importing ray.tune reads (0.7 s
+# on the embedded start's path); trial_actors_on_started_workers compares it with Tune's own
+# at every trial, and tests/study/test_environment.py holds the two equal
+TUNE_DEFAULT_ENV = {"PL_DISABLE_FORK": "1"}
 
 
 def _tune_trial_env() -> dict[str, str]:
@@ -262,7 +267,7 @@ def trial_actors_on_started_workers() -> None:
     def get(self: Any, trainable_cls: Any) -> Any:
         import ray
 
-        if _tune_trial_env() != _RAYLET_ENV:
+        if not _raylet_has(_tune_trial_env()):
             return tune_get(self, trainable_cls)
         if trainable_cls not in self._cache:
             self._cache[trainable_cls] = ray.remote(trainable_cls)
@@ -270,6 +275,12 @@ def trial_actors_on_started_workers() -> None:
 
     cache.get = get  # type: ignore[method-assign]
     cache.resstudy_plain = True  # type: ignore[attr-defined]
+
+
+def _raylet_has(env: dict[str, str]) -> bool:
+    """Whether every worker the raylet starts has `env` (what Tune would hand a trial
+    actor now) already: each of those variables as the raylet got it."""
+    return all(_RAYLET_ENV.get(k) == v for k, v in env.items())
 
 
 class _NoSigtermNote(logging.Filter):
@@ -282,28 +293,34 @@ _PRESTART: threading.Thread | None = None
 
 
 def prestart(verbose: bool = False, workers: int | None = None) -> threading.Thread | None:
-    """Start the embedded Ray on a thread of its own, now, while the driver goes on with
-    what does not need Ray (ledger, spec checks, MLflow, Optuna): Ray's local start is
-    mostly waiting for its processes, which no longer waits in line behind the driver's.
-    `init_ray` later waits for this start and returns (or starts Ray itself where this
-    one failed: its error is raised there). Nothing for a cluster (RAY_ADDRESS), or where
-    Ray is up. The thread is a daemon: a driver that stops before it needs Ray exits at
-    once, and the reaper (ray_in_its_own_group) takes Ray's processes with it.
+    """Start the embedded Ray now, on a thread of its own, and return once it is up (or
+    its start failed): as soon as the spec has passed its checks, before the driver
+    imports MLflow and Ray Tune and sets up its stores. The raylet starts the first
+    trial's worker as the driver connects, and that worker's imports (study.trainable.
+    preload) then run on the other core beside the driver's MLflow and Optuna set-up.
+    Run beside Ray's start instead, the driver's imports took the GIL from the start's
+    own Python and the cores from its processes: the start took 5 s instead of 2.2 and
+    the first epoch came 3 s later (docs/startup.md). `init_ray` later finds this start
+    done and returns (or starts Ray itself where this one failed: its error is raised
+    there). Nothing for a cluster (RAY_ADDRESS), or where Ray is up. The thread is a
+    daemon, parked once Ray is up: Ray's processes die with the thread that started them,
+    and the reaper (ray_in_its_own_group) takes them when the driver exits.
     `workers`: as lean_start's."""
     global _PRESTART
     if os.environ.get("RAY_ADDRESS") or _START_LOCK.locked():
         return None
-    started = threading.Event()
+    done = threading.Event()
 
     def start() -> None:
         with _START_LOCK:
-            started.set()
             mark("ray: early start begun, on its own thread")
             try:
                 _init_ray(verbose, 1, workers)
                 mark("ray: early start done")
             except Exception:  # init_ray in the driver's thread tries again and reports it
                 logging.getLogger("study.driver").debug("early Ray start failed", exc_info=True)
+            finally:
+                done.set()
         # Ray's processes die with the THREAD that started them (PR_SET_PDEATHSIG fires at
         # the thread's exit on Linux): this one stays, parked, as long as the process lives.
         threading.Event().wait()
@@ -313,7 +330,7 @@ def prestart(verbose: bool = False, workers: int | None = None) -> threading.Thr
     logging.getLogger("ray._private.worker").addFilter(_NoSigtermNote())
     _PRESTART = threading.Thread(target=start, name="resstudy-ray-start", daemon=True)
     _PRESTART.start()
-    started.wait()  # holds the start lock: init_ray from here on waits for this start
+    done.wait()
     return _PRESTART
 
 
@@ -325,6 +342,8 @@ def init_ray(verbose: bool = False, *, attempts: int = START_ATTEMPTS, workers: 
     lean_start's."""
     with _START_LOCK:
         _init_ray(verbose, attempts, workers)
+    if not os.environ.get("RAY_ADDRESS"):
+        trial_actors_on_started_workers()  # here, not on the start's thread: it imports Ray Tune
 
 
 def _init_ray(verbose: bool, attempts: int, workers: int | None = None) -> None:
@@ -352,7 +371,6 @@ def _init_ray(verbose: bool, attempts: int, workers: int | None = None) -> None:
             with lean_start(workers):
                 ray.init(include_dashboard=False, log_to_driver=False, num_cpus=os.cpu_count(),
                          logging_level=_log_level(verbose))
-            trial_actors_on_started_workers()
             return
         except Exception as e:
             transient = any(s in str(e) for s in ("timed out during startup", "Failed to start GCS"))

@@ -25,13 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from study import ledger as ledger_lib
-from study.driver.arms import PHASE, Arms
 from study.driver.context import Context, experiment_name
 from study.driver.lifecycle import (StorageError, Stopper, StudyInterrupted, check_spec, check_storage,
                                     end_runs_without_tracker, redacted)
 from study.driver.options import Events, RuntimeOptions
-from study.driver.experiment import Phases
-from study.driver.phases import FIXED_PHASES, Phase
 from study.driver.plan import plan
 from study.driver.stores import MlflowRuns
 from study.ledger import FINISHED, Ledger, StateError, StudyLock
@@ -255,10 +252,19 @@ class StudyRunner:
         return {f"{variant} d{depth}": sum(arms.values()) for (variant, depth), arms in plan(self.spec).items()}
 
     def _phase_names(self) -> list[str]:
+        from study.driver.arms import PHASE
+        from study.driver.phases import FIXED_PHASES
+
         later = FIXED_PHASES if self.spec.repeat_best and self.spec.seeds else ()
         return ["search", *later, *((PHASE,) if later and self.spec.design is not None else ())]
 
     def _run_experiments(self, ctx: Context, backend: Any) -> None:
+        # imported here, not at the top: they import Ray Tune (about 1 s), which the embedded
+        # Ray's start, begun in prepare(), imports on its own thread beside MLflow's set-up
+        from study.driver.arms import PHASE, Arms
+        from study.driver.experiment import Phases
+        from study.driver.phases import Phase
+
         spec = self.spec
         for variant, depth in spec.experiments():
             experiment = experiment_name(spec.name, variant, depth)

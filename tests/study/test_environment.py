@@ -23,6 +23,16 @@ print(stopped == [gcs.pid], gcs.wait(10) is not None, environment.stop_failed_st
 """
 
 
+def test_tunes_default_trial_env_is_the_one_the_raylet_gets():
+    """The raylet's environment takes Tune's default trial-actor variables from a copy
+    (reading Tune's own imports Ray Tune on the start's path); the copy is Tune's."""
+    from ray.tune.execution import class_cache
+
+    from study.driver import environment
+
+    assert environment.TUNE_DEFAULT_ENV == class_cache.DEFAULT_ENV_VARS
+
+
 def test_a_failed_starts_processes_are_stopped_by_their_pids():
     out = subprocess.run([sys.executable, "-c", _FAILED_START], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "True", "True"], out.stdout + out.stderr[-2000:]
@@ -73,8 +83,11 @@ _LEAN_START = r"""
 import json, os, time
 import psutil
 from study.driver import environment
+import sys
 environment.prestart(workers=1)  # on a thread of its own, as `resstudy run` starts it (max_concurrent 1)
 import ray
+# prestart returned with Ray up, and without Ray Tune: the driver imports Tune beside the worker's preload
+print("EARLY " + json.dumps([ray.is_initialized(), "ray.tune" in sys.modules]), flush=True)
 environment.init_ray()  # waits for that start instead of starting a second Ray
 try:
     names = set()
@@ -118,6 +131,8 @@ def test_the_embedded_ray_starts_early_and_lean():
                          env=clean_env())
     lines = [line for line in out.stdout.splitlines() if line.startswith("LEAN ")]
     assert out.returncode == 0 and lines, out.stdout[-2000:] + out.stderr[-3000:]
+    early = [line for line in out.stdout.splitlines() if line.startswith("EARLY ")]
+    assert early and json.loads(early[-1][len("EARLY "):]) == [True, False], out.stdout[-2000:]
     names = " ".join(json.loads(lines[-1][len("LEAN "):]))
     assert "gcs_server" in names and "raylet" in names, names
     for absent in ("dashboard/dashboard.py", "monitor.py", "log_monitor.py"):

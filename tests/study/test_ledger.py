@@ -266,6 +266,35 @@ def _run(spec):
     return StudyRunner(spec, backend=_Unused()).run()
 
 
+def test_the_default_backend_starts_ray_once_the_spec_passed_and_before_mlflow(tmp_path, monkeypatch):
+    """Tune's Ray starts (environment.prestart, which returns once Ray is up) after the
+    study's spec checks and before the driver sets up MLflow: the first trial's worker
+    then imports beside MLflow's set-up, not Ray's start beside it."""
+    from study.driver import environment, runner
+
+    order: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def tracker(*args, **kwargs):
+        order.append("mlflow")
+        raise Stop()
+
+    monkeypatch.setattr(environment, "prestart", lambda verbose, workers: order.append(f"ray {workers}"))
+    monkeypatch.setattr(runner, "Tracker", tracker)
+    with pytest.raises(Stop):
+        runner.StudyRunner(_spec(tmp_path, max_concurrent=1)).run()
+    assert order == ["ray 1", "mlflow"]
+    order.clear()
+    # a spec the study's record refuses starts nothing: no Ray, no MLflow
+    spec = _spec(tmp_path, name="t")
+    _started(tmp_path, spec)
+    with pytest.raises(ledger_lib.SpecChanged):
+        runner.StudyRunner(_spec(tmp_path, name="t", epochs=3)).run()
+    assert order == []
+
+
 def test_storage_that_is_a_file_or_not_a_study_is_refused(tmp_path):
     from study.driver import StorageError
 

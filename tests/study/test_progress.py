@@ -102,7 +102,7 @@ def test_quiet_libraries_silences_info_unless_verbose(monkeypatch):
     names = ("mlflow", "ray", "alembic")
     before = {n: logging.getLogger(n).level for n in names}
     verbosity = optuna.logging.get_verbosity()
-    for var in ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "RAY_AUTH_MODE"):
+    for var in ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "RAY_AUTH_MODE", "MLFLOW_LOGGING_LEVEL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     try:
@@ -115,11 +115,35 @@ def test_quiet_libraries_silences_info_unless_verbose(monkeypatch):
         import os
 
         assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+        assert os.environ["MLFLOW_LOGGING_LEVEL"] == "WARNING"  # read by MLflow's import, which comes later
         assert os.environ["RAY_AUTH_MODE"] == "token"  # explicit token mode: auth on, no warning
     finally:
         for n, level in before.items():
             logging.getLogger(n).setLevel(level)
         optuna.logging.set_verbosity(verbosity)
+
+
+_MLFLOW_LATER = """
+import logging, sys
+from study.progress import quiet_libraries
+quiet_libraries()
+print("mlflow" in sys.modules, flush=True)  # MLflow's import is the driver's, after Ray's start
+import mlflow
+print(logging.getLogger("mlflow").getEffectiveLevel(), logging.getLogger("mlflow.tracking").getEffectiveLevel())
+"""
+
+
+def test_mlflow_imported_after_quiet_libraries_stays_quiet():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.study.test_security import clean_env
+
+    env = {k: v for k, v in clean_env().items() if k != "MLFLOW_LOGGING_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", _MLFLOW_LATER], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.stdout.split() == ["False", str(logging.WARNING), str(logging.WARNING)], out.stdout + out.stderr[-2000:]
 
 
 def test_a_resumed_study_counts_the_trials_it_finished_before():

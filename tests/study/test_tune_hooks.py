@@ -1,4 +1,4 @@
-"""study.driver.backend's Tune callback, on Tune's own Trial objects (no Ray started):
+"""study.driver.tune_hooks: the Tune callback, on Tune's own Trial objects (no Ray started):
 each ended trial reaches the phase with its last result, and Tune's per-metric
 statistics of that trial are dropped (the driver's memory stays flat over a study)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from ray.tune.experiment import Trial
 
-from study.driver.backend import StudyCallback
+from study.driver.tune_hooks import StudyCallback
 
 
 class _Phase:
@@ -61,7 +61,7 @@ class _Controller:
 
 
 def test_the_scheduler_picks_from_the_live_trials_in_the_order_tune_added_them():
-    from study.driver.backend import RungScheduler
+    from study.driver.tune_hooks import RungScheduler
 
     sched = RungScheduler(None, on_prune=lambda rid, epoch: None)
     trials = [_trial(f"r{i}") for i in range(5)]
