@@ -7,7 +7,8 @@
 - experiment: one experiment's phases as one Tune run
 - design / arms: the designed experiments of the variants' claims, round by round
 - stores: the MLflow runs kept in step with the ledger
-- backend: the Tune backend (searcher, rung scheduler, callbacks)
+- backend: the Tune backend (Ray Tune imported when a phase runs)
+- tune_hooks: Tune's plug-ins (searcher, rung scheduler, callback, stopper)
 - environment: Ray's switches and the embedded Ray's start-up
 - lifecycle: storage, spec fingerprint, signals and stopping
 - runner: StudyRunner, run_study, resume_study
