@@ -103,12 +103,12 @@ def measure(args: argparse.Namespace, trials: int, trial_seconds: float) -> dict
     window = results._end.iloc[-1] - results._end.iloc[0]
     # The machine's speed drifts (shared hosts): the same probe took from 2.3 to 3.0 s an epoch
     # within one hour here. Each side is set against the probes around it, so a study that ran
-    # in a slow stretch is not charged for it: `speed` = the bare side's probe / the study's.
+    # in a slow stretch is not charged for it: drift = the bare side's probe / the study's.
     drift = ((probe_mid + probe_end) / 2) / ((probe + probe_mid) / 2)
     out = {"trials": float(trials), "trial_s": bare / max(len(bare_each), 1), "study_s": study_s, "bare_s": bare,
            "startup_s": min(starts.values()) - t_wall0 if starts else float("nan"),
            "steady": window / sum(bare_each[1:]) if len(bare_each) > 1 else float("nan"),
-           "whole": study_s / bare, "probes": (probe, probe_mid, probe_end), "speed": drift}
+           "whole": study_s / bare, "probes": (probe, probe_mid, probe_end), "drift": drift}
     out["whole_adj"] = out["whole"] * drift
     print(f"  study {study_s:.1f} s, bare {bare:.1f} s, start-up {out['startup_s']:.1f} s, "
           f"steady {out['steady']:.3f}x, whole {out['whole']:.3f}x; probes {probe:.3f} / {probe_mid:.3f} / "
@@ -141,7 +141,7 @@ def main() -> None:
         if (r["whole"] <= target) != (r["whole_adj"] <= target):
             verdict = "open (the machine's speed drifted across it)"
         print(f"{name:<6} {r['trials']:6.0f} {r['trial_s']:8.1f} {r['study_s']:8.1f} {r['bare_s']:8.1f} "
-              f"{r['startup_s']:10.1f} {r['steady']:7.3f}x {r['whole']:7.3f}x {r['speed']:6.3f}x {r['whole_adj']:8.3f}x"
+              f"{r['startup_s']:10.1f} {r['steady']:7.3f}x {r['whole']:7.3f}x {r['drift']:6.3f}x {r['whole_adj']:8.3f}x"
               f"  <={target:.2f}x {verdict}")
     print("steady: trials 2..N, study / bare; whole: the study's wall time (start-up included) / bare sum;\n"
           "drift: the machine's speed while the bare runs ran against while the study ran (a fixed probe "

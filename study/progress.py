@@ -303,7 +303,7 @@ def quiet_libraries(verbose: bool = False) -> None:
     token notice is a warning, silenced by choosing token mode explicitly).
     MLflow sets its loggers' level when first imported, from MLFLOW_LOGGING_LEVEL
     (a user's own setting stands), so it is not imported here: its import (about
-    1.5 s) is the driver's, once the embedded Ray's start is under way. Optuna,
+    1.5 s) is the driver's, once the embedded Ray is up. Optuna,
     which the spec's search spaces import already, is set here; call it again
     after importing Ray."""
     if verbose:

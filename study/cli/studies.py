@@ -70,7 +70,6 @@ def run(
     quiet_libraries(STATE["verbose"])
     from study.driver import run_study
 
-    quiet_libraries(STATE["verbose"])  # the libraries set their loggers to INFO on import
     out = run_study(s, new_name=new_name, **_driver_deps()) if new_name else run_study(s, **_driver_deps())
     _where(Path(out) if out else None)
 
