@@ -141,7 +141,9 @@ def stop_failed_start() -> list[int]:
     return pids
 
 
-MINIMAL = "resstudy's embedded Ray starts no dashboard: its agents run minimal"
+# The raylet's command imports the dashboard's packages (aiohttp and more: 0.3-0.5 s) to
+# choose the agent's flags, which the stand-in ignores
+NO_AGENT = "resstudy's embedded Ray runs a stand-in for its dashboard agent"
 RAY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "raypath")
 
 
@@ -157,9 +159,13 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
       aiohttp on a busy machine) before it started the raylet;
     - the autoscaler's monitor: one fixed node, nothing to scale;
     - the log monitor: the driver runs with log_to_driver=False, nothing reads it;
-    - the dashboard agent's full mode: it runs minimal (no HTTP server, no metrics
-      modules), the way it runs where the dashboard's packages are not installed;
-      the raylet waits for its agents before it registers, so their start is Ray's;
+    - the dashboard agent: a stand-in the raylet watches instead (DASHBOARD_AGENT_STUB).
+      Without the API server nothing asks the agent anything (its modules serve the
+      dashboard head, Jobs, the state API's logs and metrics; it would run minimal,
+      with no metrics), yet the raylet waited for its ports before it registered
+      while the agent imported all of the dashboard's modules: about 1 s of a core
+      on a 2-core machine, on the path to the first trial, then 0.6% of a core
+      while idle. The driver writes the ports it would have written (none: -1);
     - rfc3987-syntax in Ray's Python processes (agents, workers: every trial), which
       `import ray` loads through jsonschema and which builds a grammar at import (2-3 s
       on a busy 2-core machine): RAY_PATH leads their PYTHONPATH (see its package's
@@ -174,8 +180,9 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
     as the study runs trials at once: the others would preload at the same time on the
     same cores as the first trial's, and Ray starts more when they are asked for.
 
-    What stays: the GCS, the raylet (with its object store), the runtime-env agent
-    and a minimal dashboard agent, all on 127.0.0.1, with token auth as before.
+    What stays: the GCS, the raylet (with its object store) and the runtime-env agent
+    (actors with a runtime_env of their own need it), all on 127.0.0.1, with token
+    auth as before.
     Fewer idle processes also take less of the cores from the trials."""
     from ray._private import node as node_mod
     from ray._private import ray_constants, services, utils
@@ -184,13 +191,12 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
 
     node_cls = node_mod.Node
     saved = {name: getattr(node_cls, name) for name in ("start_api_server", "start_monitor", "start_log_monitor")}
-    saved_dep = utils.get_dashboard_dependency_error
     saved_process = services.start_ray_process
+    saved_dep = utils.get_dashboard_dependency_error
 
-    def fewer_workers(command: list[str], process_type: str, *args: Any, **kwargs: Any) -> Any:
-        if process_type == ray_constants.PROCESS_TYPE_RAYLET and workers:
-            flag = "--num_prestart_python_workers="
-            command = [f"{flag}{min(workers, int(c[len(flag):]))}" if c.startswith(flag) else c for c in command]
+    def lean_raylet(command: list[str], process_type: str, *args: Any, **kwargs: Any) -> Any:
+        if process_type == ray_constants.PROCESS_TYPE_RAYLET:
+            command = _raylet_command(command, workers)
         return saved_process(command, process_type, *args, **kwargs)
 
     def no_api_server(self: Any, *, include_dashboard: Any = None, raise_on_failure: Any = None) -> None:
@@ -209,15 +215,15 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
     node_cls.start_api_server = no_api_server  # type: ignore[method-assign]
     node_cls.start_monitor = lambda self: None  # type: ignore[method-assign]
     node_cls.start_log_monitor = lambda self: None  # type: ignore[method-assign]
-    utils.get_dashboard_dependency_error = lambda: ImportError(MINIMAL)
-    services.start_ray_process = fewer_workers
+    services.start_ray_process = lean_raylet
+    utils.get_dashboard_dependency_error = lambda: ImportError(NO_AGENT)
     try:
         yield
     finally:
         for name, fn in saved.items():
             setattr(node_cls, name, fn)
-        utils.get_dashboard_dependency_error = saved_dep
         services.start_ray_process = saved_process
+        utils.get_dashboard_dependency_error = saved_dep
         if hook_set:
             os.environ.pop(hook, None)
         for k in added:  # the raylet has them; the driver's environment is put back
@@ -226,6 +232,65 @@ def lean_start(workers: int | None = None) -> Iterator[None]:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = pythonpath
+
+
+# What the raylet starts as its dashboard agent: a shell that waits for the raylet to go.
+# The raylet takes an agent's exit for a failure (it stops itself) and hands each agent a
+# pipe as its stdin, which ends when the raylet does; where stdin is no pipe (Ray's
+# pipe-based health check switched off), the raylet's pid is watched instead.
+DASHBOARD_AGENT_STUB = ["/bin/sh", "-c", "if [ -p /dev/stdin ]; then while read -r _; do :; done; "
+                        "else while kill -0 $PPID 2>/dev/null; do sleep 5; done; fi",
+                        "resstudy-dashboard-agent-stand-in"]
+
+
+def _raylet_command(command: list[str], workers: int | None) -> list[str]:
+    """The embedded raylet's command: `workers` prestarted workers at most, and the
+    dashboard agent's stand-in, whose ports (none) are written before the raylet
+    looks for them."""
+    from ray._raylet import (DASHBOARD_AGENT_LISTEN_PORT_NAME, METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME,
+                             persist_port)
+
+    opts = dict(c[2:].split("=", 1) for c in command if c.startswith("--") and "=" in c)
+    for name in (METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME, DASHBOARD_AGENT_LISTEN_PORT_NAME):
+        persist_port(opts["session_dir"], opts["node_id"], name, -1)  # what a minimal agent writes
+    # the runtime-env agent's port chosen here: the raylet waits for an agent that picks its
+    # own (0.7 s of its Python start on 2 cores) before it registers, for a port it uses
+    # only for an actor with a runtime_env of its own. An agent that cannot bind it ends,
+    # and the raylet with it: a failed start, which init_ray tries again.
+    port = _free_loopback_port() if opts.get("runtime_env_agent_port") == "0" else None
+    out = []
+    for c in command:
+        if port is not None:
+            c = c.replace("--runtime_env_agent_port=0", f"--runtime_env_agent_port={port}")
+            c = c.replace("--runtime-env-agent-port=0", f"--runtime-env-agent-port={port}")
+        flag = "--num_prestart_python_workers="
+        if c.startswith(flag) and workers:
+            c = f"{flag}{min(workers, int(c[len(flag):]))}"
+        elif c.startswith("--dashboard_agent_command="):
+            c = "--dashboard_agent_command=" + subprocess.list2cmdline(DASHBOARD_AGENT_STUB)
+        out.append(c)
+    return out
+
+
+# Where the runtime-env agent's port is picked: below Linux's ephemeral range (32768 and
+# up, where any process's outgoing connection or bind to port 0 could take it before the
+# agent binds it) and above Ray's worker ports (10002-19999)
+AGENT_PORTS = range(20000, 32768)
+
+
+def _free_loopback_port(tries: int = 50) -> int | None:
+    """A port free on 127.0.0.1 now, in AGENT_PORTS; None where none was found (Ray's own
+    way then: the agent binds any port and the raylet waits to read it)."""
+    import socket
+
+    for port in random.SystemRandom().sample(AGENT_PORTS, tries):  # not a study's seeded random
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return None
 
 
 _RAYLET_ENV: dict[str, str] = {}  # the embedded raylet's environment, which every worker inherits

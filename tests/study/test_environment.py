@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
+
+from study.driver import environment
 
 from tests.conftest import ROOT
 from tests.study.test_security import clean_env
@@ -94,7 +98,8 @@ try:
     for pid in environment._ray_group():
         try:
             proc = psutil.Process(pid)
-            names.add(proc.name() if "python" not in proc.name() else " ".join(proc.cmdline()[1:2]))
+            name = proc.name()
+            names.add(proc.cmdline()[-1] if name == "sh" else name if "python" not in name else proc.cmdline()[1])
         except psutil.Error:
             pass
     print("LEAN " + json.dumps(sorted(names)), flush=True)
@@ -117,6 +122,10 @@ try:
     print("PROBE " + json.dumps([pid in started, preloaded, len(started)]), flush=True)
     # after the probe, which the one worker started with Ray is for
     assert ray.get(ray.remote(lambda: 7).remote()) == 7  # Ray outlives nothing it needs: the thread is parked
+    # the runtime-env agent, on the port the driver chose for it, serves a task's own runtime_env
+    own_env = ray.remote(lambda: os.environ.get("RESSTUDY_PROBE")).options(runtime_env={"env_vars": {"RESSTUDY_PROBE": "y"}})
+    port = ray._private.worker._global_node._ray_params.runtime_env_agent_port
+    print("AGENT " + json.dumps([ray.get(own_env.remote(), timeout=120), port in environment.AGENT_PORTS]), flush=True)
 finally:
     ray.shutdown()
 """
@@ -124,7 +133,7 @@ finally:
 
 @pytest.mark.ray
 def test_the_embedded_ray_starts_early_and_lean():
-    """No API server, autoscaler monitor or log monitor; the dashboard agent minimal; the
+    """No API server, autoscaler monitor, log monitor or dashboard agent (a stand-in); the
     first trial on a worker started, and preloaded, before it was asked for; only as many
     workers started with Ray as the study runs trials at once."""
     out = subprocess.run([sys.executable, "-c", _LEAN_START], cwd=ROOT, capture_output=True, text=True, timeout=240,
@@ -135,11 +144,39 @@ def test_the_embedded_ray_starts_early_and_lean():
     assert early and json.loads(early[-1][len("EARLY "):]) == [True, False], out.stdout[-2000:]
     names = " ".join(json.loads(lines[-1][len("LEAN "):]))
     assert "gcs_server" in names and "raylet" in names, names
-    for absent in ("dashboard/dashboard.py", "monitor.py", "log_monitor.py"):
+    for absent in ("dashboard/dashboard.py", "monitor.py", "log_monitor.py", "dashboard/agent.py", "DashboardAgent"):
         assert absent not in names, names
+    # the raylet watches the dashboard agent's stand-in, and a worker ran for it (below)
+    assert environment.DASHBOARD_AGENT_STUB[-1] in names and "RuntimeEnvAgent" in names, names
     assert "SIGTERM handler is not set" not in out.stderr
     # the first trial actor takes a worker the raylet started as the driver connected, which
     # had imported Tune's trainable classes, torch, the trainer and the variants
     # (study.trainable.preload) by then; one worker started with Ray, not one per CPU
+    agent = [line for line in out.stdout.splitlines() if line.startswith("AGENT ")]
+    assert agent and json.loads(agent[-1][len("AGENT "):]) == ["y", True], out.stdout[-2000:] + out.stderr[-3000:]
     probe = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
     assert probe and json.loads(probe[-1][len("PROBE "):]) == [True, True, 1], out.stdout[-2000:] + out.stderr[-3000:]
+
+
+def test_the_dashboard_agents_stand_in_ends_with_its_raylet():
+    """The raylet takes an agent's exit for a failure: the stand-in lives as long as the
+    raylet's pipe is open, and ends when it closes or, with no pipe, when its parent goes."""
+    stub = environment.DASHBOARD_AGENT_STUB
+    piped = subprocess.Popen(stub, stdin=subprocess.PIPE)
+    time.sleep(0.5)
+    assert piped.poll() is None  # alive while the pipe is open
+    piped.stdin.close()
+    assert piped.wait(timeout=5) == 0
+    # no pipe (stdin at its end at once): it watches the process that started it
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys, time; p = subprocess.Popen({stub!r}, "
+                               "stdin=subprocess.DEVNULL); print(p.pid, flush=True); time.sleep(1.5)"],
+                              stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(0.5)
+    assert child.is_running() and parent.poll() is None
+    parent.wait(timeout=10)
+    psutil.wait_procs([child], timeout=15)
+    try:
+        assert child.status() == psutil.STATUS_ZOMBIE  # ended, not yet reaped by its new parent
+    except psutil.NoSuchProcess:
+        pass
