@@ -247,8 +247,8 @@ def _raylet_command(command: list[str], workers: int | None) -> list[str]:
     """The embedded raylet's command: `workers` prestarted workers at most, and the
     dashboard agent's stand-in, whose ports (none) are written before the raylet
     looks for them."""
-    from ray._raylet import (DASHBOARD_AGENT_LISTEN_PORT_NAME, METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME,
-                             persist_port)
+    from ray._raylet import (DASHBOARD_AGENT_LISTEN_PORT_NAME, METRICS_AGENT_PORT_NAME,  # type: ignore[attr-defined]
+                             METRICS_EXPORT_PORT_NAME, persist_port)
 
     opts = dict(c[2:].split("=", 1) for c in command if c.startswith("--") and "=" in c)
     for name in (METRICS_AGENT_PORT_NAME, METRICS_EXPORT_PORT_NAME, DASHBOARD_AGENT_LISTEN_PORT_NAME):

@@ -123,7 +123,8 @@ try:
     # after the probe, which the one worker started with Ray is for
     assert ray.get(ray.remote(lambda: 7).remote()) == 7  # Ray outlives nothing it needs: the thread is parked
     # the runtime-env agent, on the port the driver chose for it, serves a task's own runtime_env
-    own_env = ray.remote(lambda: os.environ.get("RESSTUDY_PROBE")).options(runtime_env={"env_vars": {"RESSTUDY_PROBE": "y"}})
+    own_env = ray.remote(lambda: os.environ.get("RESSTUDY_PROBE"))
+    own_env = own_env.options(runtime_env={"env_vars": {"RESSTUDY_PROBE": "y"}})
     port = ray._private.worker._global_node._ray_params.runtime_env_agent_port
     print("AGENT " + json.dumps([ray.get(own_env.remote(), timeout=120), port in environment.AGENT_PORTS]), flush=True)
 finally:
