@@ -147,16 +147,17 @@ def test_the_embedded_ray_starts_early_and_lean():
     assert "gcs_server" in names and "raylet" in names, names
     for absent in ("dashboard/dashboard.py", "monitor.py", "log_monitor.py", "dashboard/agent.py", "DashboardAgent"):
         assert absent not in names, names
-    # the raylet watches the dashboard agent's stand-in, and a worker ran for it (below)
+    # the raylet watches the dashboard agent's stand-in; the runtime-env agent runs (a task with a runtime_env
+    # of its own goes through it, below)
     assert environment.DASHBOARD_AGENT_STUB[-1] in names and "RuntimeEnvAgent" in names, names
     assert "SIGTERM handler is not set" not in out.stderr
     # the first trial actor takes a worker the raylet started as the driver connected, which
     # had imported Tune's trainable classes, torch, the trainer and the variants
     # (study.trainable.preload) by then; one worker started with Ray, not one per CPU
-    agent = [line for line in out.stdout.splitlines() if line.startswith("AGENT ")]
-    assert agent and json.loads(agent[-1][len("AGENT "):]) == ["y", True], out.stdout[-2000:] + out.stderr[-3000:]
     probe = [line for line in out.stdout.splitlines() if line.startswith("PROBE ")]
     assert probe and json.loads(probe[-1][len("PROBE "):]) == [True, True, 1], out.stdout[-2000:] + out.stderr[-3000:]
+    agent = [line for line in out.stdout.splitlines() if line.startswith("AGENT ")]
+    assert agent and json.loads(agent[-1][len("AGENT "):]) == ["y", True], out.stdout[-2000:] + out.stderr[-3000:]
 
 
 def test_the_dashboard_agents_stand_in_ends_with_its_raylet():
